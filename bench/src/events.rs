@@ -1,0 +1,70 @@
+//! The events each function receives, shaped as Lambda delivers them.
+
+use serde_json::{Value, json};
+
+pub fn hello() -> Value {
+    json!({ "bench": "hello", "n": 1 })
+}
+
+/// EventBridge's scheduled event, as the hourly rule sends it.
+pub fn scheduled() -> Value {
+    json!({
+        "version": "0",
+        "id": "9b6c1d2e-0000-4000-8000-000000000000",
+        "detail-type": "Scheduled Event",
+        "source": "aws.events",
+        "account": "123456789012",
+        "time": "2026-11-23T12:00:00Z",
+        "region": "us-east-1",
+        "resources": ["arn:aws:events:us-east-1:123456789012:rule/keapalive-refresh"],
+        "detail": {}
+    })
+}
+
+/// A direct invocation of contact-upsert.
+pub fn upsert(email: &str, tags: &[&str]) -> Value {
+    let mut contact = json!({
+        "email": email,
+        "given_name": "Ada",
+        "family_name": "Lovelace",
+        "company": "Analytical Engines"
+    });
+    if !tags.is_empty() {
+        contact["tags"] = json!(tags);
+    }
+    json!({ "connection_id": "default", "contact": contact, "match_on": "email" })
+}
+
+/// API Gateway HTTP API (payload 2.0): Keap's redirect to `GET /oauth/callback?code&state`.
+pub fn callback(raw_query: &str) -> Value {
+    json!({
+        "version": "2.0",
+        "routeKey": "GET /oauth/callback",
+        "rawPath": "/oauth/callback",
+        "rawQueryString": raw_query,
+        "headers": {
+            "host": "keapalive.test",
+            "user-agent": "Mozilla/5.0 (keapalive-bench)",
+            "accept": "text/html"
+        },
+        "requestContext": {
+            "accountId": "123456789012",
+            "apiId": "bench",
+            "domainName": "keapalive.test",
+            "domainPrefix": "keapalive",
+            "http": {
+                "method": "GET",
+                "path": "/oauth/callback",
+                "protocol": "HTTP/1.1",
+                "sourceIp": "127.0.0.1",
+                "userAgent": "Mozilla/5.0 (keapalive-bench)"
+            },
+            "requestId": "bench-request",
+            "routeKey": "GET /oauth/callback",
+            "stage": "$default",
+            "time": "23/Nov/2026:12:00:00 +0000",
+            "timeEpoch": 1_795_435_200_000u64
+        },
+        "isBase64Encoded": false
+    })
+}

@@ -1,0 +1,338 @@
+//! The one table `make bench` prints, the targets it is judged against, and the JSON copy.
+
+use std::fmt::Write as _;
+
+use serde::Serialize;
+
+use crate::cold::ColdRuns;
+use crate::counts::OperationCount;
+use crate::machine::Machine;
+use crate::stats::ratio;
+use crate::throughput::ThroughputRun;
+use crate::warm::Overhead;
+
+pub const TARGET_INIT_RATIO: f64 = 1.3;
+pub const TARGET_BOOTSTRAP_BYTES: u64 = 8_000_000;
+pub const TARGET_RSS_KIB: f64 = 30_000_000.0 / 1_024.0;
+pub const TARGET_OVERHEAD_MS: f64 = 1.0;
+pub const TARGET_THROUGHPUT_RATIO: f64 = 1.2;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Target {
+    pub what: String,
+    pub target: String,
+    pub measured: String,
+    pub met: bool,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub machine: Machine,
+    pub mode: &'static str,
+    pub cold_rounds: usize,
+    pub cold: Vec<ColdRuns>,
+    pub operations: Vec<OperationCount>,
+    pub overhead: Overhead,
+    pub throughput: Vec<ThroughputRun>,
+    pub targets: Vec<Target>,
+    pub floor_violations: Vec<String>,
+}
+
+impl Report {
+    pub fn hello(&self) -> Option<&ColdRuns> {
+        self.cold
+            .iter()
+            .find(|c| c.function == crate::binaries::HELLO)
+    }
+
+    pub fn evaluate(&mut self) {
+        let mut targets = Vec::new();
+        let hello_init = self.hello().map_or(f64::NAN, |h| h.init().median);
+        for runs in self
+            .cold
+            .iter()
+            .filter(|c| c.function != crate::binaries::HELLO)
+        {
+            let init_ratio = ratio(runs.init().median, hello_init);
+            targets.push(Target {
+                what: format!("{} cold init", runs.function),
+                target: format!("≤ {TARGET_INIT_RATIO}× hello"),
+                measured: format!("{init_ratio:.2}×"),
+                met: init_ratio <= TARGET_INIT_RATIO,
+            });
+            targets.push(Target {
+                what: format!("{} bootstrap", runs.function),
+                target: format!("≤ {}", mb(TARGET_BOOTSTRAP_BYTES as f64)),
+                measured: mb(runs.bootstrap_bytes as f64),
+                met: runs.bootstrap_bytes <= TARGET_BOOTSTRAP_BYTES,
+            });
+            let rss = runs.peak_rss().median;
+            targets.push(Target {
+                what: format!("{} peak RSS", runs.function),
+                target: format!("≤ {}", mb(TARGET_RSS_KIB * 1_024.0)),
+                measured: mb(rss * 1_024.0),
+                met: rss <= TARGET_RSS_KIB,
+            });
+        }
+        targets.push(Target {
+            what: "warm upsert overhead (net of the runtime API round trip)".to_owned(),
+            target: format!("≤ {TARGET_OVERHEAD_MS} ms"),
+            measured: format!("{:.3} ms", self.overhead.net_overhead_ms),
+            met: self.overhead.net_overhead_ms <= TARGET_OVERHEAD_MS,
+        });
+        for run in &self.throughput {
+            targets.push(Target {
+                what: format!("refresher, {} connections", run.connections),
+                target: format!("≤ {TARGET_THROUGHPUT_RATIO}× ideal"),
+                measured: format!(
+                    "{:.2}× ideal ({:.2}× max(ideal, emulator alone))",
+                    run.ratio_to_ideal, run.ratio_to_bound
+                ),
+                met: run.ratio_to_ideal <= TARGET_THROUGHPUT_RATIO,
+            });
+        }
+        self.targets = targets;
+        self.floor_violations = self
+            .operations
+            .iter()
+            .flat_map(OperationCount::violations)
+            .collect();
+    }
+
+    pub fn table(&self) -> String {
+        let mut out = String::new();
+        let m = &self.machine;
+        let _ = writeln!(
+            out,
+            "keapalive bench ({}) — {} — {} cores, {} — Linux {} — {} build",
+            self.mode, m.date_utc, m.cores, m.cpu_model, m.kernel, m.profile
+        );
+        self.cold_table(&mut out);
+        self.operations_table(&mut out);
+        self.overhead_table(&mut out);
+        self.throughput_table(&mut out);
+        self.targets_table(&mut out);
+        out
+    }
+
+    fn cold_table(&self, out: &mut String) {
+        let hello = self.hello();
+        let hello_init = hello.map_or(f64::NAN, |h| h.init().median);
+        let hello_first = hello.map_or(f64::NAN, |h| h.first_invoke().median);
+        let _ = writeln!(
+            out,
+            "\n1+2. Cold start and memory — {} runs each, interleaved with hello-world, medians \
+             (p10–p90); init = process start → first GET /runtime/invocation/next",
+            self.cold_rounds
+        );
+        let _ = writeln!(
+            out,
+            "{:<16} {:>8} {:>15} {:>7} {:>12} {:>17} {:>9} {:>10}  first invocation",
+            "function",
+            "init ms",
+            "(p10–p90)",
+            "×hello",
+            "1st call ms",
+            "(p10–p90)",
+            "RSS MB",
+            "bootstrap"
+        );
+        for runs in &self.cold {
+            let init = runs.init();
+            let first = runs.first_invoke();
+            let _ = writeln!(
+                out,
+                "{:<16} {:>8.2} {:>15} {:>7} {:>12.2} {:>17} {:>9.1} {:>10}  {}",
+                runs.function,
+                init.median,
+                format!("{:.2}–{:.2}", init.p10, init.p90),
+                times(ratio(init.median, hello_init)),
+                first.median,
+                format!("{:.2}–{:.2}", first.p10, first.p90),
+                runs.peak_rss().median * 1_024.0 / 1e6,
+                mb(runs.bootstrap_bytes as f64),
+                runs.first_invocation
+            );
+        }
+        let _ = writeln!(
+            out,
+            "(first call ×hello: {})",
+            self.cold
+                .iter()
+                .filter(|c| Some(c.function) != hello.map(|h| h.function))
+                .map(|c| format!(
+                    "{} {}",
+                    c.function,
+                    times(ratio(c.first_invoke().median, hello_first))
+                ))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
+
+    fn operations_table(&self, out: &mut String) {
+        let _ = writeln!(
+            out,
+            "\n3. Requests per operation — Keap counted at the sandbox, AWS at the emulator \
+             (scoped to the function's table and secret); floor K=Keap R/W=DynamoDB reads/writes \
+             S=Secrets Manager"
+        );
+        let _ = writeln!(
+            out,
+            "{:<38} {:>4} {:<34} {:>3} {:<13} {:<4} {:>7}  notes",
+            "operation", "Keap", "DynamoDB", "SM", "floor", "ok", "samples"
+        );
+        for op in &self.operations {
+            let ok = if op.violations().is_empty() {
+                "ok"
+            } else {
+                "OVER"
+            };
+            let _ = writeln!(
+                out,
+                "{:<38} {:>4} {:<34} {:>3} {:<13} {:<4} {:>7}  {}",
+                op.operation,
+                op.measured.keap,
+                op.measured.dynamodb_summary(),
+                op.measured.secrets,
+                op.floor.describe(),
+                ok,
+                op.samples,
+                op.note
+            );
+        }
+    }
+
+    fn overhead_table(&self, out: &mut String) {
+        let o = &self.overhead;
+        let _ = writeln!(
+            out,
+            "\n4. Warm upsert overhead — {} warm upserts interleaved with {} hello-world \
+             invocations through the runtime API host, medians (p10–p90) in ms; the upsert \
+             container's Keap limiter at {}/s (the default 10/s spaces back-to-back upserts \
+             102 ms apart, by design)",
+            o.invocations, o.invocations, o.keap_rate_per_sec
+        );
+        let row = |out: &mut String, label: &str, s: &crate::stats::Summary| {
+            let _ = writeln!(
+                out,
+                "{label:<58} {:>8.3}  ({:.3}–{:.3})",
+                s.median, s.p10, s.p90
+            );
+        };
+        row(
+            out,
+            "upsert invocation (host queues event → host gets answer)",
+            &o.upsert_ms,
+        );
+        row(
+            out,
+            "  Keap sandbox's own handling of the PUT",
+            &o.keap_handling_ms,
+        );
+        row(
+            out,
+            "  overhead = invocation − Keap handling",
+            &o.overhead_ms,
+        );
+        row(
+            out,
+            "hello-world invocation (runtime API round trip)",
+            &o.hello_ms,
+        );
+        let _ = writeln!(
+            out,
+            "{:<58} {:>8.3}  (includes: request parse + validation, cached token, rate limiter, \
+             Keap request over loopback HTTP/1.1 and response parse, answer encoding, logging)",
+            "net overhead = median overhead − median hello", o.net_overhead_ms
+        );
+    }
+
+    fn throughput_table(&self, out: &mut String) {
+        let Some(first) = self.throughput.first() else {
+            return;
+        };
+        let s = first.settings;
+        let _ = writeln!(
+            out,
+            "\n5. Refresher throughput — one token-refresher invocation, L={} concurrent, R={}/s, \
+             Keap token latency {} ms, unserialized emulator; ideal = max(N×latency/L, N/R)",
+            s.concurrency, s.rate_per_sec, s.keap_latency_ms
+        );
+        let _ = writeln!(
+            out,
+            "{:>6} {:>8} {:>8} {:>8} {:>8} {:>8} {:>14} {:>8} {:>8}  dominated by",
+            "N",
+            "wall s",
+            "N·lat/L",
+            "N/R",
+            "ideal s",
+            "×ideal",
+            "emulator alone",
+            "bound s",
+            "×bound"
+        );
+        for run in &self.throughput {
+            let dominant = if run.emulator_alone_s > run.ideal_s {
+                "the emulator (moto), not Keap or the refresher"
+            } else if run.rate_bound_s >= run.latency_bound_s {
+                "the rate limit R"
+            } else {
+                "Keap's latency"
+            };
+            let _ = writeln!(
+                out,
+                "{:>6} {:>8.2} {:>8.2} {:>8.2} {:>8.2} {:>8.2} {:>14.2} {:>8.2} {:>8.2}  {}",
+                run.connections,
+                run.wall_s,
+                run.latency_bound_s,
+                run.rate_bound_s,
+                run.ideal_s,
+                run.ratio_to_ideal,
+                run.emulator_alone_s,
+                run.bound_s,
+                run.ratio_to_bound,
+                dominant
+            );
+        }
+        let _ = writeln!(
+            out,
+            "(emulator alone = the same scan + lease + commit requests through the token store at \
+             concurrency L with no Keap call; the limiter spaces requests 2 % wider than 1/R)"
+        );
+    }
+
+    fn targets_table(&self, out: &mut String) {
+        let _ = writeln!(out, "\nTargets");
+        for target in &self.targets {
+            let _ = writeln!(
+                out,
+                "{:<4} {:<58} {:<14} measured {}",
+                if target.met { "met" } else { "MISS" },
+                target.what,
+                target.target,
+                target.measured
+            );
+        }
+        if self.floor_violations.is_empty() {
+            let _ = writeln!(out, "\nRequest floors: all kept.");
+        } else {
+            let _ = writeln!(out, "\nREQUEST FLOORS EXCEEDED:");
+            for violation in &self.floor_violations {
+                let _ = writeln!(out, "  {violation}");
+            }
+        }
+    }
+}
+
+fn mb(bytes: f64) -> String {
+    format!("{:.2} MB", bytes / 1e6)
+}
+
+fn times(value: f64) -> String {
+    if value.is_finite() {
+        format!("{value:.2}×")
+    } else {
+        "n/a".to_owned()
+    }
+}

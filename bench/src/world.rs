@@ -1,0 +1,214 @@
+//! The bench's world: one fixture (Keap sandbox, table, client secret) per function on the
+//! shared, serialized emulator, and how to make each function do its one operation.
+
+use keapalive::authorization::{StartAuthorization, start_authorization};
+use keapalive::clock::now_epoch_secs;
+use keapalive::wiring::Clients;
+use keapalive_tests::emulator::Emulator;
+use keapalive_tests::fixture::{Fixture, connection_id};
+use serde_json::Value;
+
+use crate::binaries;
+use crate::counts::{AwsScope, AwsSnapshot};
+use crate::events;
+
+/// The app (tenant) the sandbox's consent approves: the callback authorizes it.
+const CALLBACK_APP: &str = keap_sandbox::DEFAULT_APP;
+const UPSERT_APP: &str = "benchupsert";
+pub const TAGS: [&str; 2] = ["bench-newsletter", "bench-customer"];
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Subject {
+    Hello,
+    Refresher,
+    Upsert,
+    Callback,
+}
+
+impl Subject {
+    pub const ALL: [Subject; 4] = [
+        Subject::Hello,
+        Subject::Refresher,
+        Subject::Upsert,
+        Subject::Callback,
+    ];
+
+    pub fn binary(self) -> &'static str {
+        match self {
+            Subject::Hello => binaries::HELLO,
+            Subject::Refresher => binaries::REFRESHER,
+            Subject::Upsert => binaries::UPSERT,
+            Subject::Callback => binaries::CALLBACK,
+        }
+    }
+
+    /// What its first invocation does in the cold-start runs.
+    pub fn operation(self) -> &'static str {
+        match self {
+            Subject::Hello => "echo the event",
+            Subject::Refresher => "scheduled run, 1 due connection",
+            Subject::Upsert => "upsert 1 contact, no tags",
+            Subject::Callback => "finish 1 authorization",
+        }
+    }
+}
+
+pub struct World {
+    pub emulator: &'static Emulator,
+    pub refresher: Fixture,
+    pub upsert: Fixture,
+    pub callback: Fixture,
+    /// Starts authorizations for the callback (the operator's step, not measured).
+    operator: Clients,
+    browser: reqwest::Client,
+}
+
+impl World {
+    pub async fn new() -> Result<Self, String> {
+        let emulator = Emulator::shared();
+        let refresher = Fixture::new().await;
+        let upsert = Fixture::new().await;
+        upsert.seed_connection("default", UPSERT_APP, None).await;
+        for tag in TAGS {
+            upsert.sandbox.add_tag(UPSERT_APP, tag);
+        }
+        let callback = Fixture::new().await;
+        let operator = callback.clients(&[]);
+        let browser = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .map_err(|e| format!("cannot build an HTTP client: {e}"))?;
+        Ok(Self {
+            emulator,
+            refresher,
+            upsert,
+            callback,
+            operator,
+            browser,
+        })
+    }
+
+    pub fn fixture(&self, subject: Subject) -> Option<&Fixture> {
+        match subject {
+            Subject::Hello => None,
+            Subject::Refresher => Some(&self.refresher),
+            Subject::Upsert => Some(&self.upsert),
+            Subject::Callback => Some(&self.callback),
+        }
+    }
+
+    /// The function's environment: the configuration contract pointed at its fixture.
+    pub fn env(&self, subject: Subject, extra: &[(&str, &str)]) -> Vec<(String, String)> {
+        let mut env = self.emulator.process_env();
+        if let Some(fixture) = self.fixture(subject) {
+            env.extend(fixture.env(extra));
+        }
+        env
+    }
+
+    pub fn scope(&self, subject: Subject) -> Option<AwsScope> {
+        self.fixture(subject).map(|fixture| AwsScope {
+            table: fixture.table.clone(),
+            secret_id: fixture.secret_id.clone(),
+        })
+    }
+
+    pub async fn snapshot(&self, subject: Subject) -> AwsSnapshot {
+        match self.scope(subject) {
+            Some(scope) => AwsSnapshot::take(self.emulator, &scope).await,
+            None => AwsSnapshot::default(),
+        }
+    }
+
+    /// Sets up the world for one operation (`run` names it uniquely) and returns its event.
+    /// The sandbox's request log is cleared last, so it holds only the function's requests.
+    pub async fn prepare(&self, subject: Subject, run: &str) -> Result<Value, String> {
+        let event = match subject {
+            Subject::Hello => events::hello(),
+            Subject::Refresher => {
+                let soon = Some(now_epoch_secs() + 60);
+                self.refresher
+                    .seed_connection(&format!("due-{run}"), &format!("app{run}"), soon)
+                    .await;
+                events::scheduled()
+            }
+            Subject::Upsert => events::upsert(&format!("{run}@example.com"), &[]),
+            Subject::Callback => events::callback(&self.authorization_redirect().await?),
+        };
+        if let Some(fixture) = self.fixture(subject) {
+            fixture.sandbox.clear_requests();
+        }
+        Ok(event)
+    }
+
+    /// The operator starts an authorization and the user approves it: the query string Keap
+    /// redirects the browser to (`code=..&state=..`).
+    async fn authorization_redirect(&self) -> Result<String, String> {
+        let started = start_authorization(
+            &self.operator,
+            &StartAuthorization {
+                connection_id: connection_id("default"),
+                replace_account: false,
+            },
+        )
+        .await
+        .map_err(|e| format!("start_authorization failed: {e}"))?;
+        let response = self
+            .browser
+            .get(&started.authorize_url)
+            .send()
+            .await
+            .map_err(|e| format!("the sandbox's authorize page failed: {e}"))?;
+        let location = response
+            .headers()
+            .get(reqwest::header::LOCATION)
+            .and_then(|value| value.to_str().ok())
+            .ok_or_else(|| {
+                format!(
+                    "the sandbox's authorize page answered {} without a redirect",
+                    response.status()
+                )
+            })?;
+        let redirect =
+            url::Url::parse(location).map_err(|e| format!("bad redirect location: {e}"))?;
+        let query = redirect.query().unwrap_or_default();
+        if !query.contains("code=") {
+            return Err(format!(
+                "the sandbox's redirect carries no code (app {CALLBACK_APP})"
+            ));
+        }
+        Ok(query.to_owned())
+    }
+
+    /// Whether the answer shows the operation really happened (else its counts mean nothing).
+    pub fn check(&self, subject: Subject, answer: &Value) -> Result<(), String> {
+        let ok = match subject {
+            Subject::Hello => answer.get("echo") == Some(&events::hello()),
+            Subject::Refresher => {
+                answer.get("refreshed").and_then(Value::as_u64) == Some(1)
+                    && answer.get("due").and_then(Value::as_u64) == Some(1)
+            }
+            Subject::Upsert => answer.get("contact_id").and_then(Value::as_i64).is_some(),
+            Subject::Callback => answer.get("statusCode").and_then(Value::as_u64) == Some(200),
+        };
+        if ok {
+            Ok(())
+        } else {
+            Err(format!(
+                "{} did not do its operation ({}); it answered {}",
+                subject.binary(),
+                subject.operation(),
+                summarize(answer)
+            ))
+        }
+    }
+}
+
+/// The answer without a page body (the callback's HTML is long and says nothing new).
+fn summarize(answer: &Value) -> String {
+    let mut shown = answer.clone();
+    if let Some(body) = shown.get_mut("body") {
+        *body = Value::String("<page>".to_owned());
+    }
+    shown.to_string()
+}

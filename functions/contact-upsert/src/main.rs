@@ -1,0 +1,34 @@
+//! contact-upsert: creates or updates a Keap contact, from a direct invocation or an SQS batch.
+//!
+//! Clients, caches and the cached credential are built once per container, outside the
+//! handler; a warm upsert costs one Keap request and no AWS request.
+
+use keapalive::config::Requirements;
+use keapalive::contact::{UpsertError, UpsertService};
+use keapalive::refresh::Deadline;
+use keapalive::wiring::{self, Clients};
+use keapalive::{Config, telemetry};
+use lambda_runtime::{Error, LambdaEvent, service_fn};
+use serde_json::Value;
+use serde_json::value::RawValue;
+
+#[tokio::main]
+async fn main() -> Result<(), Error> {
+    telemetry::init_logging();
+    let config = Config::from_env(Requirements::default())?;
+    let aws = wiring::load_aws().await;
+    let clients = Clients::new(config, &aws)?;
+    let service = UpsertService::from_clients(&clients);
+    let service = &service;
+
+    lambda_runtime::run(service_fn(
+        move |event: LambdaEvent<Box<RawValue>>| async move {
+            let deadline = Deadline::from_epoch_millis(event.context.deadline);
+            let answer: Result<Value, UpsertError> = service
+                .handle(event.payload.get().as_bytes(), deadline)
+                .await;
+            answer
+        },
+    ))
+    .await
+}

@@ -1,0 +1,31 @@
+//! token-refresher: refreshes every due Keap connection on an EventBridge schedule, or one
+//! connection on an operator's request. The protocol lives in `keapalive::refresh`.
+
+use keapalive::config::{Config, Requirements};
+use keapalive::refresh::{Deadline, RefresherEvent};
+use keapalive::telemetry;
+use keapalive::wiring::{Clients, load_aws};
+use lambda_runtime::{Diagnostic, LambdaEvent, service_fn};
+use serde_json::Value;
+
+#[tokio::main]
+async fn main() -> Result<(), lambda_runtime::Error> {
+    telemetry::init_logging();
+    let config = Config::from_env(Requirements::default())?;
+    let stage = config.stage.clone();
+    let concurrency = config.refresh_concurrency;
+    let clients = Clients::new(config, &load_aws().await)?;
+    let refresher = clients.refresher();
+
+    lambda_runtime::run(service_fn(|event: LambdaEvent<Value>| {
+        let (refresher, stage) = (&refresher, &stage);
+        async move {
+            let deadline = Deadline::from_epoch_millis(event.context.deadline);
+            let request = RefresherEvent::parse(event.payload)?;
+            let run = refresher.handle(request, deadline, concurrency).await?;
+            run.metrics.emit(stage);
+            Ok::<_, Diagnostic>(run.summary)
+        }
+    }))
+    .await
+}

@@ -1,0 +1,759 @@
+"""Offline checks of infra/template.yaml: least privilege, the environment contract, alarms, data safety.
+
+Runs with the infra virtualenv's Python (cfn-lint is the only dependency: its decoder reads the
+short intrinsic forms like !Ref and !GetAtt). Usage: python infra/checks/test_template.py [template]
+
+Every check also runs against deliberately broken copies of the template (MUTANTS below): each
+broken copy must fail at least one check, so a check that can no longer fail is itself a failure.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+import sys
+import tomllib
+import traceback
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+from cfnlint.decode import decode
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+DEFAULT_TEMPLATE = REPO_ROOT / "infra" / "template.yaml"
+
+FUNCTIONS = {
+    # logical id -> binary / package name (DESIGN.md: names are part of the contract)
+    "OAuthCallbackFunction": "oauth-callback",
+    "TokenRefresherFunction": "token-refresher",
+    "ContactUpsertFunction": "contact-upsert",
+}
+CALLBACK, REFRESHER, UPSERT = FUNCTIONS
+
+# Which function needs which variable (issue 7 / DESIGN.md "Configuration").
+REQUIRED_ENV = {
+    CALLBACK: {
+        "KEAPALIVE_TABLE", "KEAPALIVE_CLIENT_SECRET_ID", "KEAPALIVE_REDIRECT_URI",
+        "KEAPALIVE_STAGE", "KEAPALIVE_KEY_SECRET_PREFIX",
+    },
+    REFRESHER: {
+        "KEAPALIVE_TABLE", "KEAPALIVE_CLIENT_SECRET_ID", "KEAPALIVE_REFRESH_WINDOW_SECS",
+        "KEAPALIVE_LEASE_SECS", "KEAPALIVE_REFRESH_CONCURRENCY", "KEAPALIVE_KEAP_RATE_PER_SEC",
+        "KEAPALIVE_STAGE",
+    },
+    UPSERT: {
+        "KEAPALIVE_TABLE", "KEAPALIVE_CLIENT_SECRET_ID", "KEAPALIVE_REFRESH_WINDOW_SECS",
+        "KEAPALIVE_LEASE_SECS", "KEAPALIVE_CREATE_MISSING_TAGS", "KEAPALIVE_DEAD_LETTER_QUEUE_URL",
+        "KEAPALIVE_KEAP_RATE_PER_SEC", "KEAPALIVE_STAGE", "KEAPALIVE_KEY_SECRET_PREFIX",
+    },
+}
+KNOWN_ENV = set().union(*REQUIRED_ENV.values()) | {
+    "KEAP_AUTHORIZE_URL", "KEAP_TOKEN_URL", "KEAP_API_BASE_URL",
+}
+
+EXPECTED_SIZING = {  # memory MB, timeout s
+    CALLBACK: (128, 15),
+    REFRESHER: (256, 300),
+    UPSERT: (128, 30),
+}
+
+# Resource "*" is allowed only where AWS offers no narrower resource. None is needed today;
+# X-Ray tracing (xray:PutTraceSegments) would be the first entry if tracing is turned on.
+STAR_RESOURCE_EXCEPTIONS: set[str] = set()
+
+EMF_NAMESPACE = "Keapalive"
+EMF_METRICS = {
+    "Refreshed", "RefreshFailedTransient", "NeedsReauthorization", "ClientCredentialsRejected",
+    "CircuitBreakerOpen", "SecondsUntilEarliestExpiry", "SecondsSinceOldestRefresh",
+    "ConnectionsNeedingReauthorization",
+}
+# metric -> (comparison, threshold) the issue asks for
+REQUIRED_METRIC_ALARMS = {
+    "ConnectionsNeedingReauthorization": ("GreaterThanOrEqualToThreshold", 1),
+    "ClientCredentialsRejected": ("GreaterThanOrEqualToThreshold", 1),
+    "CircuitBreakerOpen": ("GreaterThanOrEqualToThreshold", 1),
+    "RefreshFailedTransient": ("GreaterThanOrEqualToThreshold", 3),
+    "SecondsUntilEarliestExpiry": ("LessThanThreshold", 7200),
+    "SecondsSinceOldestRefresh": ("GreaterThanThreshold", 259200),
+}
+
+REQUIRED_OUTPUTS = {
+    "CallbackUrl", "ContactUpsertFunctionArn", "ContactUpsertFunctionName",
+    "OAuthCallbackFunctionName", "UpsertQueueUrl", "TableName", "ClientSecretId",
+}
+
+KEY_PREFIX_ARN = (
+    "arn:${AWS::Partition}:secretsmanager:${AWS::Region}:${AWS::AccountId}"
+    ":secret:keapalive/${Stage}/keys/*"
+)
+CONN_CONDITION = {"ForAllValues:StringLike": {"dynamodb:LeadingKeys": ["conn#*"]}}
+
+
+# --------------------------------------------------------------------------- template helpers
+
+
+def load(path: Path) -> dict[str, Any]:
+    template, matches = decode(str(path))
+    if matches or template is None:
+        raise SystemExit(f"cannot parse {path}: {[str(m) for m in matches]}")
+    return plain(template)
+
+
+def plain(value: Any) -> Any:
+    """cfn-lint's node types carry line numbers; plain dicts, lists and strs compare simply."""
+    if isinstance(value, dict):
+        return {str(k): plain(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [plain(v) for v in value]
+    if isinstance(value, str):
+        return str(value)
+    return value
+
+
+def as_list(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else [value]
+
+
+def resources(t: dict, type_: str | None = None) -> dict[str, dict]:
+    return {k: v for k, v in t["Resources"].items() if type_ is None or v.get("Type") == type_}
+
+
+def props(t: dict, logical_id: str) -> dict:
+    return t["Resources"][logical_id].get("Properties", {})
+
+
+def merged_function_props(t: dict, logical_id: str) -> dict:
+    """Function properties after SAM's Globals merge (maps merge, local wins, lists append)."""
+
+    def merge(g: Any, local: Any) -> Any:
+        if isinstance(g, dict) and isinstance(local, dict):
+            if any(k == "Ref" or k.startswith("Fn::") for k in [*g, *local]):
+                return local
+            out = dict(g)
+            for k, v in local.items():
+                out[k] = merge(out[k], v) if k in out else v
+            return out
+        if isinstance(g, list) and isinstance(local, list):
+            return g + local
+        return local
+
+    globals_ = t.get("Globals", {}).get("Function", {})
+    return merge(copy.deepcopy(globals_), copy.deepcopy(props(t, logical_id)))
+
+
+def is_ref(value: Any, target: str) -> bool:
+    return value == {"Ref": target}
+
+
+def is_getatt(value: Any, target: str, attribute: str) -> bool:
+    return value in ({"Fn::GetAtt": [target, attribute]}, {"Fn::GetAtt": f"{target}.{attribute}"})
+
+
+def sub_string(value: Any) -> str | None:
+    if isinstance(value, dict) and "Fn::Sub" in value:
+        sub = value["Fn::Sub"]
+        return sub if isinstance(sub, str) else sub[0]
+    return None
+
+
+def referenced_ids(value: Any) -> set[str]:
+    """Logical ids and parameters a value refers to (Ref, GetAtt, ${X} and ${X.Attr} in Sub)."""
+    found: set[str] = set()
+    if isinstance(value, dict):
+        for k, v in value.items():
+            if k == "Ref" and isinstance(v, str):
+                found.add(v)
+            elif k == "Fn::GetAtt":
+                found.add(v[0] if isinstance(v, list) else v.split(".")[0])
+            elif k == "Fn::Sub":
+                text = v if isinstance(v, str) else v[0]
+                found |= {m.split(".")[0] for m in re.findall(r"\$\{([^}!]+)\}", text)}
+                if isinstance(v, list):
+                    found |= referenced_ids(v[1])
+            else:
+                found |= referenced_ids(v)
+    elif isinstance(value, list):
+        for v in value:
+            found |= referenced_ids(v)
+    return {f for f in found if not f.startswith("AWS::")}
+
+
+def role_of(t: dict, function_id: str) -> str:
+    role = props(t, function_id).get("Role")
+    assert isinstance(role, dict) and "Fn::GetAtt" in role, (
+        f"{function_id} must use an explicit role from this template (SAM's generated role "
+        "brings AWSLambdaBasicExecutionRole with Resource '*')"
+    )
+    return next(iter(referenced_ids(role)))
+
+
+def statements(t: dict, role_id: str) -> list[dict]:
+    out = []
+    for policy in props(t, role_id).get("Policies", []):
+        out.extend(as_list(policy["PolicyDocument"]["Statement"]))
+    return out
+
+
+def all_identity_statements(t: dict) -> Iterator[tuple[str, dict]]:
+    """Every identity-policy statement in the template, with the resource that holds it."""
+    for rid, res in resources(t).items():
+        p = res.get("Properties", {})
+        if res["Type"] == "AWS::IAM::Role":
+            for policy in p.get("Policies", []):
+                for st in as_list(policy["PolicyDocument"]["Statement"]):
+                    yield rid, st
+        elif res["Type"] in ("AWS::IAM::Policy", "AWS::IAM::ManagedPolicy"):
+            for st in as_list(p["PolicyDocument"]["Statement"]):
+                yield rid, st
+        elif res["Type"] == "AWS::Serverless::Function":
+            for policy in as_list(p.get("Policies", [])):
+                for st in as_list(policy.get("Statement", [])) if isinstance(policy, dict) else []:
+                    yield rid, st
+
+
+def actions(st: dict) -> set[str]:
+    return {a.lower() for a in as_list(st.get("Action", []))}
+
+
+def allowed_actions(t: dict, role_id: str) -> set[str]:
+    return set().union(*(actions(st) for st in statements(t, role_id) if st["Effect"] == "Allow"))
+
+
+def sam_events(t: dict, function_id: str, type_: str) -> list[dict]:
+    events = props(t, function_id).get("Events", {})
+    return [e.get("Properties", {}) for e in events.values() if e.get("Type") == type_]
+
+
+def parameter_default(t: dict, name: str) -> Any:
+    return t["Parameters"][name].get("Default")
+
+
+# --------------------------------------------------------------------------- checks
+
+CHECKS: list[Callable[[dict], None]] = []
+
+
+def check(fn: Callable[[dict], None]) -> Callable[[dict], None]:
+    CHECKS.append(fn)
+    return fn
+
+
+@check
+def functions_use_explicit_lambda_only_roles(t: dict) -> None:
+    for fid in FUNCTIONS:
+        p = props(t, fid)
+        assert "Policies" not in p, f"{fid}: put permissions in its role, not SAM Policies"
+        role_id = role_of(t, fid)
+        role = t["Resources"][role_id]
+        assert role["Type"] == "AWS::IAM::Role", f"{fid}: {role_id} is not an IAM role"
+        rp = role["Properties"]
+        assert not rp.get("ManagedPolicyArns"), f"{role_id}: managed policies are not scoped"
+        trust = as_list(rp["AssumeRolePolicyDocument"]["Statement"])
+        assert trust == [{
+            "Effect": "Allow",
+            "Principal": {"Service": "lambda.amazonaws.com"},
+            "Action": "sts:AssumeRole",
+        }], f"{role_id}: only Lambda may assume it"
+    roles = [role_of(t, fid) for fid in FUNCTIONS]
+    assert len(set(roles)) == len(roles), "each function needs its own role"
+
+
+@check
+def no_wildcard_actions_or_resources(t: dict) -> None:
+    for holder, st in all_identity_statements(t):
+        for action in actions(st):
+            assert "*" not in action, f"{holder}: wildcard action {action}"
+        assert "NotAction" not in st and "NotResource" not in st, f"{holder}: Not* widens access"
+        for resource in as_list(st.get("Resource", [])):
+            if resource == "*":
+                assert actions(st) <= STAR_RESOURCE_EXCEPTIONS, (
+                    f"{holder}: Resource '*' for {sorted(actions(st))}"
+                )
+
+
+@check
+def policies_name_only_this_stacks_resources(t: dict) -> None:
+    """Table and secrets by this stack's ARN or the Stage-scoped key prefix: never another stage's."""
+    for holder, st in all_identity_statements(t):
+        for resource in as_list(st.get("Resource", [])):
+            if resource == "*":
+                continue
+            text = sub_string(resource)
+            if text is not None:
+                assert text == KEY_PREFIX_ARN, f"{holder}: unexpected ARN pattern {text}"
+                continue
+            ids = referenced_ids(resource)
+            assert ids and ids <= set(t["Resources"]), f"{holder}: {resource} is not in this stack"
+
+
+@check
+def callback_permissions(t: dict) -> None:
+    role = role_of(t, CALLBACK)
+    acts = allowed_actions(t, role)
+    assert not any(a.startswith("sqs:") for a in acts), "oauth-callback must not touch SQS"
+    assert {a for a in acts if a.startswith("dynamodb:")} == {
+        "dynamodb:getitem", "dynamodb:putitem", "dynamodb:updateitem", "dynamodb:deleteitem",
+    }, f"oauth-callback dynamodb actions: {sorted(acts)}"
+    allowed_services = {"dynamodb", "secretsmanager", "logs"}
+    assert {a.split(":")[0] for a in acts} <= allowed_services, sorted(acts)
+    for st in statements(t, role):
+        for resource in as_list(st["Resource"]):
+            ok = (
+                is_getatt(resource, "ConnectionsTable", "Arn")
+                or is_ref(resource, "OAuthClientSecret")
+                or sub_string(resource) == KEY_PREFIX_ARN
+                or is_getatt(resource, "OAuthCallbackLogGroup", "Arn")
+            )
+            assert ok, f"oauth-callback reaches beyond its table, secrets and log: {resource}"
+
+
+def dynamodb_statements(t: dict, role: str) -> list[dict]:
+    return [st for st in statements(t, role) if any(a.startswith("dynamodb:") for a in actions(st))]
+
+
+@check
+def refresher_permissions(t: dict) -> None:
+    role = role_of(t, REFRESHER)
+    acts = allowed_actions(t, role)
+    assert {a for a in acts if a.startswith("dynamodb:")} == {
+        "dynamodb:getitem", "dynamodb:updateitem", "dynamodb:scan",
+    }, f"token-refresher dynamodb actions: {sorted(acts)}"
+    assert {a.split(":")[0] for a in acts} <= {"dynamodb", "secretsmanager", "logs"}, sorted(acts)
+    for st in dynamodb_statements(t, role):
+        # Scan carries no partition key, so LeadingKeys cannot restrict it: it must stand alone
+        # (read-only) so the keyed actions keep their condition.
+        if actions(st) == {"dynamodb:scan"}:
+            continue
+        assert "dynamodb:scan" not in actions(st), "Scan shares a statement with keyed actions"
+        assert st.get("Condition") == CONN_CONDITION, f"token-refresher {sorted(actions(st))} lacks conn#*"
+    for st in statements(t, role):
+        if "secretsmanager:getsecretvalue" in actions(st):
+            assert as_list(st["Resource"]) == [{"Ref": "OAuthClientSecret"}], "refresher: client secret only"
+
+
+@check
+def upsert_permissions(t: dict) -> None:
+    role = role_of(t, UPSERT)
+    acts = allowed_actions(t, role)
+    assert {a for a in acts if a.startswith("dynamodb:")} == {
+        "dynamodb:getitem", "dynamodb:updateitem",
+    }, f"contact-upsert dynamodb actions: {sorted(acts)}"
+    for st in dynamodb_statements(t, role):
+        assert st.get("Condition") == CONN_CONDITION, f"contact-upsert {sorted(actions(st))} lacks conn#*"
+    sqs = [st for st in statements(t, role) if any(a.startswith("sqs:") for a in actions(st))]
+    for st in sqs:
+        if "sqs:sendmessage" in actions(st):
+            assert actions(st) == {"sqs:sendmessage"}
+            assert as_list(st["Resource"]) == [{"Fn::GetAtt": ["UpsertDeadLetterQueue", "Arn"]}], (
+                "contact-upsert may send to the dead-letter queue only"
+            )
+        else:
+            assert as_list(st["Resource"]) == [{"Fn::GetAtt": ["UpsertQueue", "Arn"]}]
+
+
+@check
+def only_upsert_sends_to_sqs(t: dict) -> None:
+    upsert_role = role_of(t, UPSERT)
+    for holder, st in all_identity_statements(t):
+        if any(a in ("sqs:sendmessage", "sqs:sendmessagebatch") for a in actions(st)):
+            assert holder == upsert_role, f"{holder} may send to SQS"
+    for rid, res in resources(t, "AWS::SQS::QueuePolicy").items():
+        raise AssertionError(f"{rid}: a queue policy would let other principals use the queues")
+
+
+@check
+def environment_contract(t: dict) -> None:
+    for fid, required in REQUIRED_ENV.items():
+        env = merged_function_props(t, fid).get("Environment", {}).get("Variables", {})
+        missing = required - set(env)
+        assert not missing, f"{FUNCTIONS[fid]} lacks {sorted(missing)}"
+        unknown = set(env) - KNOWN_ENV
+        assert not unknown, f"{FUNCTIONS[fid]} sets variables outside the contract: {sorted(unknown)}"
+        assert is_ref(env["KEAPALIVE_TABLE"], "ConnectionsTable")
+        assert is_ref(env["KEAPALIVE_CLIENT_SECRET_ID"], "OAuthClientSecret")
+        assert is_ref(env["KEAPALIVE_STAGE"], "Stage")
+        if "KEAPALIVE_KEY_SECRET_PREFIX" in env:
+            assert sub_string(env["KEAPALIVE_KEY_SECRET_PREFIX"]) == "keapalive/${Stage}/keys/"
+    upsert_env = merged_function_props(t, UPSERT)["Environment"]["Variables"]
+    assert is_ref(upsert_env["KEAPALIVE_DEAD_LETTER_QUEUE_URL"], "UpsertDeadLetterQueue")
+    redirect = sub_string(merged_function_props(t, CALLBACK)["Environment"]["Variables"]["KEAPALIVE_REDIRECT_URI"])
+    assert redirect == "${CallbackApi.ApiEndpoint}/oauth/callback", f"redirect URI {redirect}"
+
+
+@check
+def functions_build_and_run_as_designed(t: dict) -> None:
+    assert parameter_default(t, "Architecture") == "arm64"
+    assert set(t["Parameters"]["Architecture"]["AllowedValues"]) == {"arm64", "x86_64"}
+    for fid, name in FUNCTIONS.items():
+        p = merged_function_props(t, fid)
+        meta = t["Resources"][fid].get("Metadata", {})
+        assert meta.get("BuildMethod") == "rust-cargolambda", fid
+        assert meta.get("BuildProperties", {}).get("Binary") == name, f"{fid}: Binary must be {name}"
+        assert p["Runtime"] == "provided.al2023" and p["Handler"] == "bootstrap", fid
+        assert p["Architectures"] == [{"Ref": "Architecture"}], fid
+        assert (p["MemorySize"], p["Timeout"]) == EXPECTED_SIZING[fid], f"{fid} memory/timeout"
+        code_dir = (REPO_ROOT / "infra" / p["CodeUri"]).resolve()
+        manifest = tomllib.loads((code_dir / "Cargo.toml").read_text())
+        assert manifest["package"]["name"] == name, f"{fid}: CodeUri {code_dir} is not package {name}"
+        logging = p.get("LoggingConfig", {})
+        assert logging.get("LogFormat") == "JSON", f"{fid}: JSON logs"
+        group = next(iter(referenced_ids(logging.get("LogGroup"))), None)
+        assert group and t["Resources"][group]["Type"] == "AWS::Logs::LogGroup", f"{fid}: own log group"
+        assert sub_string(props(t, group)["LogGroupName"]) == f"/aws/lambda/keapalive-${{Stage}}-{name}"
+
+
+@check
+def refresher_runs_alone_on_a_schedule(t: dict) -> None:
+    p = props(t, REFRESHER)
+    assert p.get("ReservedConcurrentExecutions") == 1, "token-refresher reserved concurrency must be 1"
+    schedules = sam_events(t, REFRESHER, "Schedule") + sam_events(t, REFRESHER, "ScheduleV2")
+    assert len(schedules) == 1 and is_ref(schedules[0].get("Schedule"), "RefreshSchedule")
+    assert parameter_default(t, "RefreshSchedule") == "rate(1 hour)"
+
+
+@check
+def upsert_queue_wiring(t: dict) -> None:
+    queue = props(t, "UpsertQueue")
+    timeout = props(t, UPSERT)["Timeout"]
+    assert queue["VisibilityTimeout"] >= 6 * timeout, "visibility timeout must be >= 6x the function timeout"
+    assert is_getatt(queue["RedrivePolicy"]["deadLetterTargetArn"], "UpsertDeadLetterQueue", "Arn")
+    events = sam_events(t, UPSERT, "SQS")
+    assert len(events) == 1 and is_getatt(events[0]["Queue"], "UpsertQueue", "Arn")
+    assert events[0].get("FunctionResponseTypes") == ["ReportBatchItemFailures"]
+    for qid in ("UpsertQueue", "UpsertDeadLetterQueue"):
+        assert props(t, qid).get("SqsManagedSseEnabled") is True or props(t, qid).get("KmsMasterKeyId"), qid
+
+
+@check
+def table_is_safe(t: dict) -> None:
+    table = t["Resources"]["ConnectionsTable"]
+    assert table.get("DeletionPolicy") == "Retain" and table.get("UpdateReplacePolicy") == "Retain"
+    p = table["Properties"]
+    assert p.get("DeletionProtectionEnabled") is True, "deletion protection"
+    assert p.get("BillingMode") == "PAY_PER_REQUEST", "on-demand"
+    assert p.get("PointInTimeRecoverySpecification", {}).get("PointInTimeRecoveryEnabled") is True, "PITR"
+    assert p.get("SSESpecification", {}).get("SSEEnabled") is True, "SSE"
+    assert p.get("TimeToLiveSpecification") == {"AttributeName": "expires_at", "Enabled": True}, "TTL"
+    assert p["KeySchema"] == [{"AttributeName": "pk", "KeyType": "HASH"}]
+    assert p["AttributeDefinitions"] == [{"AttributeName": "pk", "AttributeType": "S"}]
+
+
+@check
+def client_secret_holds_no_credentials(t: dict) -> None:
+    secrets = resources(t, "AWS::SecretsManager::Secret")
+    assert list(secrets) == ["OAuthClientSecret"], sorted(secrets)
+    p = props(t, "OAuthClientSecret")
+    # An edit here would make CloudFormation overwrite the operator's real credentials, and a
+    # real value here would put credentials into the repository.
+    assert p.get("SecretString") == '{"client_id":"","client_secret":""}', "placeholder changed"
+    assert "GenerateSecretString" not in p
+
+
+@check
+def http_api_has_only_the_callback_route(t: dict) -> None:
+    assert not resources(t, "AWS::Serverless::HttpApi") and not resources(t, "AWS::Serverless::Api")
+    for fid in FUNCTIONS:
+        for kind in ("HttpApi", "Api"):
+            assert not sam_events(t, fid, kind), f"{fid}: {kind} events would add routes (and a cycle)"
+    routes = resources(t, "AWS::ApiGatewayV2::Route")
+    assert len(routes) == 1, f"routes: {sorted(routes)}"
+    route = next(iter(routes.values()))["Properties"]
+    assert route["RouteKey"] == "GET /oauth/callback"
+    integration_id = next(iter(referenced_ids(route["Target"])))
+    assert is_getatt(props(t, integration_id)["IntegrationUri"], CALLBACK, "Arn")
+    permissions = [
+        p["Properties"] for p in resources(t, "AWS::Lambda::Permission").values()
+        if is_ref(p["Properties"]["FunctionName"], CALLBACK)
+    ]
+    assert len(permissions) == 1
+    assert sub_string(permissions[0]["SourceArn"]).endswith("${CallbackApi}/*/GET/oauth/callback")
+
+
+@check
+def alarms_watch_the_refresher(t: dict) -> None:
+    alarms = [a["Properties"] for a in resources(t, "AWS::CloudWatch::Alarm").values()]
+    custom = [a for a in alarms if a.get("Namespace") == EMF_NAMESPACE]
+    for alarm in custom:
+        assert alarm["MetricName"] in EMF_METRICS, f"unknown metric {alarm['MetricName']}"
+        assert alarm.get("Dimensions") == [{"Name": "Stage", "Value": {"Ref": "Stage"}}], alarm["MetricName"]
+        assert alarm.get("TreatMissingData") == "breaching", f"{alarm['MetricName']}: missing data must breach"
+    for metric, (comparison, threshold) in REQUIRED_METRIC_ALARMS.items():
+        matching = [a for a in custom if a["MetricName"] == metric]
+        assert matching, f"no alarm on {metric}"
+        assert any(
+            a["ComparisonOperator"] == comparison and a["Threshold"] == threshold for a in matching
+        ), f"{metric}: expected {comparison} {threshold}"
+    transient = next(a for a in custom if a["MetricName"] == "RefreshFailedTransient")
+    assert transient["Period"] * transient["EvaluationPeriods"] == 10800, "3 failures over 3 hours"
+    for alarm in alarms:
+        assert is_ref(as_list(alarm.get("AlarmActions", []))[0], "AlarmTopic"), "alarms notify the topic"
+
+
+@check
+def alarms_watch_functions_and_dead_letters(t: dict) -> None:
+    alarms = [a["Properties"] for a in resources(t, "AWS::CloudWatch::Alarm").values()]
+    errors = {
+        next(iter(referenced_ids(a["Dimensions"])))
+        for a in alarms if a.get("Namespace") == "AWS/Lambda" and a["MetricName"] == "Errors"
+    }
+    assert errors == set(FUNCTIONS), f"function error alarms: {sorted(errors)}"
+    refresher_errors = next(
+        a for a in alarms
+        if a.get("Namespace") == "AWS/Lambda" and referenced_ids(a["Dimensions"]) == {REFRESHER}
+    )
+    assert refresher_errors["TreatMissingData"] == "breaching", "no refresher invocation must alarm"
+    dlq = [
+        a for a in alarms
+        if a.get("Namespace") == "AWS/SQS" and referenced_ids(a["Dimensions"]) == {"UpsertDeadLetterQueue"}
+    ]
+    assert dlq and dlq[0]["MetricName"] == "ApproximateNumberOfMessagesVisible" and dlq[0]["Threshold"] == 1
+
+
+@check
+def log_groups_have_retention(t: dict) -> None:
+    groups = resources(t, "AWS::Logs::LogGroup")
+    assert len(groups) >= 3
+    for gid, group in groups.items():
+        assert "RetentionInDays" in group["Properties"], f"{gid} keeps logs forever"
+
+
+@check
+def outputs_for_operators(t: dict) -> None:
+    missing = REQUIRED_OUTPUTS - set(t.get("Outputs", {}))
+    assert not missing, f"missing outputs {sorted(missing)}"
+    assert sub_string(t["Outputs"]["CallbackUrl"]["Value"]) == "${CallbackApi.ApiEndpoint}/oauth/callback"
+
+
+@check
+def samconfig_has_the_three_stages(t: dict) -> None:
+    config = tomllib.loads((REPO_ROOT / "infra" / "samconfig.toml").read_text())
+    for stage in ("dev", "stage", "prod"):
+        deploy = config[stage]["deploy"]["parameters"]
+        assert deploy["stack_name"] == f"keapalive-{stage}", stage
+        overrides = as_list(deploy["parameter_overrides"])
+        assert f"Stage={stage}" in overrides, f"{stage}: Stage override"
+        names = {o.split("=", 1)[0] for o in overrides}
+        assert names <= set(t["Parameters"]), f"{stage}: unknown parameters {sorted(names - set(t['Parameters']))}"
+        assert "Architecture" not in names, "one arm64 build is deployed to every stage"
+        assert deploy["capabilities"] == "CAPABILITY_IAM" and deploy["resolve_s3"] is True, stage
+        assert deploy["confirm_changeset"] is True, f"{stage}: humans confirm; CI passes --no-confirm-changeset"
+
+
+@check
+def no_circular_dependencies(t: dict) -> None:
+    """CloudFormation rejects cycles at deploy time; cfn-lint misses the ones SAM creates."""
+    res = t["Resources"]
+    edges: dict[str, set[str]] = {rid: set() for rid in res}
+    for rid, r in res.items():
+        edges[rid] |= referenced_ids(r.get("Properties", {})) & set(res)
+        edges[rid] |= set(as_list(r.get("DependsOn", []))) & set(res)
+        if r["Type"] == "AWS::Serverless::Function":
+            # SAM writes a function's API events into the API's body: the API depends on it.
+            for event in r.get("Properties", {}).get("Events", {}).values():
+                api = event.get("Properties", {}).get("ApiId") or event.get("Properties", {}).get("RestApiId")
+                for api_id in referenced_ids(api) & set(res):
+                    edges[api_id].add(rid)
+    visiting, done = set(), set()
+
+    def visit(node: str, path: list[str]) -> None:
+        if node in done:
+            return
+        assert node not in visiting, "circular dependency: " + " -> ".join(path + [node])
+        visiting.add(node)
+        for nxt in sorted(edges[node]):
+            visit(nxt, path + [node])
+        visiting.discard(node)
+        done.add(node)
+
+    for rid in sorted(res):
+        visit(rid, [])
+
+
+# --------------------------------------------------------------------------- mutants
+# Each mutant breaks one rule; the checks above must catch every one of them.
+
+
+def _role_statements(t: dict, role: str) -> list[dict]:
+    return t["Resources"][role]["Properties"]["Policies"][0]["PolicyDocument"]["Statement"]
+
+
+def _sid(t: dict, role: str, sid: str) -> dict:
+    return next(st for st in _role_statements(t, role) if st.get("Sid") == sid)
+
+
+def _mutate_wildcard_action(t: dict) -> None:
+    _sid(t, "OAuthCallbackRole", "StateAndConnectionItems")["Action"] = "dynamodb:*"
+
+
+def _mutate_star_resource(t: dict) -> None:
+    _sid(t, "TokenRefresherRole", "ClientSecret")["Resource"] = "*"
+
+
+def _mutate_callback_gets_sqs(t: dict) -> None:
+    _role_statements(t, "OAuthCallbackRole").append(
+        {"Effect": "Allow", "Action": "sqs:SendMessage", "Resource": {"Fn::GetAtt": ["UpsertQueue", "Arn"]}}
+    )
+
+
+def _mutate_refresher_sends_to_dlq(t: dict) -> None:
+    _role_statements(t, "TokenRefresherRole").append(
+        {"Effect": "Allow", "Action": "sqs:SendMessage",
+         "Resource": {"Fn::GetAtt": ["UpsertDeadLetterQueue", "Arn"]}}
+    )
+
+
+def _mutate_upsert_loses_leading_keys(t: dict) -> None:
+    del _sid(t, "ContactUpsertRole", "ConnectionItemsOnly")["Condition"]
+
+
+def _mutate_upsert_writes_items(t: dict) -> None:
+    _sid(t, "ContactUpsertRole", "ConnectionItemsOnly")["Action"].append("dynamodb:PutItem")
+
+
+def _mutate_refresher_scan_under_condition(t: dict) -> None:
+    _sid(t, "TokenRefresherRole", "ConnectionItemsOnly")["Action"].append("dynamodb:Scan")
+
+
+def _mutate_other_stage_secret(t: dict) -> None:
+    _sid(t, "ContactUpsertRole", "ClientAndKeySecrets")["Resource"][1] = {
+        "Fn::Sub": "arn:${AWS::Partition}:secretsmanager:${AWS::Region}:${AWS::AccountId}:secret:keapalive/*"
+    }
+
+
+def _mutate_missing_env(t: dict) -> None:
+    del t["Resources"][UPSERT]["Properties"]["Environment"]["Variables"]["KEAPALIVE_DEAD_LETTER_QUEUE_URL"]
+
+
+def _mutate_missing_global_env(t: dict) -> None:
+    del t["Globals"]["Function"]["Environment"]["Variables"]["KEAPALIVE_STAGE"]
+
+
+def _mutate_concurrency(t: dict) -> None:
+    t["Resources"][REFRESHER]["Properties"]["ReservedConcurrentExecutions"] = 2
+
+
+def _mutate_missing_data(t: dict) -> None:
+    t["Resources"]["EarliestExpiryAlarm"]["Properties"]["TreatMissingData"] = "notBreaching"
+
+
+def _mutate_metric_name(t: dict) -> None:
+    t["Resources"]["OldestRefreshAlarm"]["Properties"]["MetricName"] = "SecondsSinceLastRefresh"
+
+
+def _mutate_table_retain(t: dict) -> None:
+    t["Resources"]["ConnectionsTable"]["DeletionPolicy"] = "Delete"
+
+
+def _mutate_table_ttl(t: dict) -> None:
+    t["Resources"]["ConnectionsTable"]["Properties"]["TimeToLiveSpecification"]["AttributeName"] = "ttl"
+
+
+def _mutate_table_pitr(t: dict) -> None:
+    del t["Resources"]["ConnectionsTable"]["Properties"]["PointInTimeRecoverySpecification"]
+
+
+def _mutate_visibility(t: dict) -> None:
+    t["Resources"]["UpsertQueue"]["Properties"]["VisibilityTimeout"] = 30
+
+
+def _mutate_secret_value(t: dict) -> None:
+    t["Resources"]["OAuthClientSecret"]["Properties"]["SecretString"] = '{"client_id":"abc","client_secret":"xyz"}'
+
+
+def _mutate_sam_http_api_cycle(t: dict) -> None:
+    t["Resources"]["SamApi"] = {"Type": "AWS::Serverless::HttpApi", "Properties": {}}
+    t["Resources"][CALLBACK]["Properties"]["Events"] = {
+        "Callback": {"Type": "HttpApi", "Properties": {
+            "ApiId": {"Ref": "SamApi"}, "Path": "/oauth/callback", "Method": "GET"}}
+    }
+    t["Resources"][CALLBACK]["Properties"]["Environment"]["Variables"]["KEAPALIVE_REDIRECT_URI"] = {
+        "Fn::Sub": "https://${SamApi}.execute-api.${AWS::Region}.${AWS::URLSuffix}/oauth/callback"
+    }
+
+
+def _mutate_generated_role(t: dict) -> None:
+    del t["Resources"][CALLBACK]["Properties"]["Role"]
+
+
+def _mutate_log_retention(t: dict) -> None:
+    del t["Resources"]["TokenRefresherLogGroup"]["Properties"]["RetentionInDays"]
+
+
+def _mutate_binary(t: dict) -> None:
+    t["Resources"][UPSERT]["Metadata"]["BuildProperties"]["Binary"] = "bootstrap"
+
+
+# mutant -> the check that must fail on it (other checks may fail too)
+MUTANTS: dict[Callable[[dict], None], Callable[[dict], None]] = {
+    _mutate_wildcard_action: no_wildcard_actions_or_resources,
+    _mutate_star_resource: no_wildcard_actions_or_resources,
+    _mutate_callback_gets_sqs: callback_permissions,
+    _mutate_refresher_sends_to_dlq: only_upsert_sends_to_sqs,
+    _mutate_upsert_loses_leading_keys: upsert_permissions,
+    _mutate_upsert_writes_items: upsert_permissions,
+    _mutate_refresher_scan_under_condition: refresher_permissions,
+    _mutate_other_stage_secret: policies_name_only_this_stacks_resources,
+    _mutate_missing_env: environment_contract,
+    _mutate_missing_global_env: environment_contract,
+    _mutate_concurrency: refresher_runs_alone_on_a_schedule,
+    _mutate_missing_data: alarms_watch_the_refresher,
+    _mutate_metric_name: alarms_watch_the_refresher,
+    _mutate_table_retain: table_is_safe,
+    _mutate_table_ttl: table_is_safe,
+    _mutate_table_pitr: table_is_safe,
+    _mutate_visibility: upsert_queue_wiring,
+    _mutate_secret_value: client_secret_holds_no_credentials,
+    _mutate_sam_http_api_cycle: no_circular_dependencies,
+    _mutate_generated_role: functions_use_explicit_lambda_only_roles,
+    _mutate_log_retention: log_groups_have_retention,
+    _mutate_binary: functions_build_and_run_as_designed,
+}
+
+
+# --------------------------------------------------------------------------- runner
+
+
+def failures(t: dict) -> list[tuple[str, str]]:
+    out = []
+    for fn in CHECKS:
+        try:
+            fn(copy.deepcopy(t))
+        except AssertionError as err:
+            out.append((fn.__name__, str(err) or "assertion failed"))
+        except Exception:  # a crash in a check is a failure, never a pass
+            out.append((fn.__name__, traceback.format_exc(limit=3)))
+    return out
+
+
+def main(argv: list[str]) -> int:
+    path = Path(argv[1]) if len(argv) > 1 else DEFAULT_TEMPLATE
+    template = load(path)
+    passed = failed = 0
+
+    found = dict(failures(template))
+    for fn in CHECKS:
+        if fn.__name__ in found:
+            failed += 1
+            print(f"FAIL {fn.__name__}: {found[fn.__name__]}")
+        else:
+            passed += 1
+            print(f"ok   {fn.__name__}")
+
+    for mutant, expected in MUTANTS.items():
+        broken = copy.deepcopy(template)
+        name = mutant.__name__.removeprefix("_mutate_")
+        mutant(broken)
+        caught = dict(failures(broken))
+        if expected.__name__ in caught:
+            passed += 1
+            print(f"ok   mutant {name} caught by {expected.__name__}")
+        else:
+            failed += 1
+            print(f"FAIL mutant {name}: {expected.__name__} passes on the broken template")
+
+    print(f"{passed} passed, {failed} failed")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))

@@ -1,0 +1,373 @@
+//! `GET /oauth/callback`: Keap's redirect after the operator's consent. Consumes the state
+//! (single use), exchanges the code with the exact registered redirect URI, and stores the pair
+//! as a new generation, `active`, in one atomic update.
+//!
+//! Every outcome is a page (never a Lambda error: a browser mistake is not a function failure)
+//! and one log line with a `reason`. No page or log line ever carries the code, a token, the
+//! state or anything else from the query string.
+
+use std::time::Duration;
+
+use aws_lambda_events::apigw::{ApiGatewayV2httpRequest, ApiGatewayV2httpResponse};
+use aws_lambda_events::http::Method;
+use tracing::{error, info, warn};
+
+use super::nonce;
+use super::pages::{self, Page};
+use super::query::{self, QueryError};
+use crate::clock::now_epoch_secs;
+use crate::connection_id::ConnectionId;
+use crate::keap::{IssuedTokens, TokenError};
+use crate::token_store::{AuthorizeOutcome, StateOutcome, StoreError, TokenStore};
+use crate::wiring::Clients;
+
+/// The route the SAM template gives the callback.
+pub const CALLBACK_PATH: &str = "/oauth/callback";
+
+/// Writing a pair Keap just issued is retried on throttling: losing it means the operator has
+/// to start over.
+const STORE_ATTEMPTS: u32 = 3;
+const STORE_BACKOFF: Duration = Duration::from_millis(200);
+
+pub async fn handle_callback(
+    clients: &Clients,
+    request: &ApiGatewayV2httpRequest,
+) -> ApiGatewayV2httpResponse {
+    let outcome = finish(clients, request).await;
+    let page = outcome.page();
+    outcome.log(page.status);
+    page.into_response()
+}
+
+/// Why a callback did not authorize anything; `reason()` is the log's reason code.
+#[derive(Debug)]
+enum Failure {
+    NotFound,
+    MethodNotAllowed,
+    OversizedQuery,
+    MalformedQuery,
+    AccessDenied,
+    KeapError {
+        code: Option<String>,
+    },
+    MissingState,
+    UnknownState,
+    ExpiredState,
+    MissingCode,
+    CodeRejected(TokenError),
+    KeapUnavailable(TokenError),
+    ClientRejected(TokenError),
+    Configuration(String),
+    StoreUnavailable(StoreError),
+    AccountMismatch {
+        existing_app: String,
+        offered_app: String,
+    },
+}
+
+impl Failure {
+    fn reason(&self) -> &'static str {
+        match self {
+            Self::NotFound => "not_found",
+            Self::MethodNotAllowed => "method_not_allowed",
+            Self::OversizedQuery => "oversized_query",
+            Self::MalformedQuery => "malformed_query",
+            Self::AccessDenied => "access_denied",
+            Self::KeapError { .. } => "keap_error",
+            Self::MissingState => "missing_state",
+            Self::UnknownState => "unknown_state",
+            Self::ExpiredState => "expired_state",
+            Self::MissingCode => "missing_code",
+            Self::CodeRejected(_) => "code_rejected",
+            Self::KeapUnavailable(_) => "keap_unavailable",
+            Self::ClientRejected(_) => "client_rejected",
+            Self::Configuration(_) => "configuration",
+            Self::StoreUnavailable(_) => "store_unavailable",
+            Self::AccountMismatch { .. } => "account_mismatch",
+        }
+    }
+
+    /// The operator must act (configuration) or a pair may be lost: ERROR; the rest is a
+    /// browser or Keap mistake: WARN.
+    fn needs_operator(&self) -> bool {
+        matches!(
+            self,
+            Self::ClientRejected(_) | Self::Configuration(_) | Self::StoreUnavailable(_)
+        )
+    }
+
+    /// Safe diagnosis for the log: error types' `Display` never include a token or secret.
+    fn detail(&self) -> Option<String> {
+        match self {
+            Self::KeapError { code } => code.clone(),
+            Self::CodeRejected(e) | Self::KeapUnavailable(e) | Self::ClientRejected(e) => {
+                Some(e.to_string())
+            }
+            Self::Configuration(detail) => Some(detail.clone()),
+            Self::StoreUnavailable(e) => Some(e.to_string()),
+            _ => None,
+        }
+    }
+
+    fn page(&self, connection_id: Option<&ConnectionId>) -> Page {
+        match self {
+            Self::NotFound => pages::not_found(),
+            Self::MethodNotAllowed => pages::method_not_allowed(),
+            Self::OversizedQuery | Self::MalformedQuery => pages::bad_request(),
+            Self::AccessDenied => pages::access_denied(connection_id),
+            Self::KeapError { .. } => pages::keap_error(connection_id),
+            Self::MissingState => pages::missing_state(),
+            Self::UnknownState => pages::unknown_state(),
+            Self::ExpiredState => pages::expired_state(),
+            Self::MissingCode => pages::missing_code(),
+            Self::CodeRejected(_) => pages::code_rejected(connection_id),
+            Self::KeapUnavailable(_) => pages::keap_unavailable(connection_id),
+            Self::ClientRejected(_) | Self::Configuration(_) => pages::configuration(connection_id),
+            Self::StoreUnavailable(_) => pages::temporarily_unavailable(connection_id),
+            Self::AccountMismatch {
+                existing_app,
+                offered_app,
+            } => pages::account_mismatch(connection_id, existing_app, offered_app),
+        }
+    }
+}
+
+enum Outcome {
+    Authorized {
+        connection_id: ConnectionId,
+        keap_app: Option<String>,
+        generation: u64,
+    },
+    Failed {
+        failure: Failure,
+        /// Known once a state was consumed (it comes from our table, not from the query).
+        connection_id: Option<ConnectionId>,
+    },
+}
+
+impl Outcome {
+    fn page(&self) -> Page {
+        match self {
+            Self::Authorized {
+                connection_id,
+                keap_app,
+                ..
+            } => pages::authorized(connection_id, keap_app.as_deref()),
+            Self::Failed {
+                failure,
+                connection_id,
+            } => failure.page(connection_id.as_ref()),
+        }
+    }
+
+    fn log(&self, status: u16) {
+        match self {
+            Self::Authorized {
+                connection_id,
+                keap_app,
+                generation,
+            } => info!(
+                reason = "authorized",
+                status,
+                connection_id = %connection_id,
+                keap_app = keap_app.as_deref(),
+                generation,
+                "authorization completed"
+            ),
+            Self::Failed {
+                failure,
+                connection_id,
+            } => {
+                let reason = failure.reason();
+                let connection_id = connection_id.as_ref().map(ConnectionId::as_str);
+                let detail = failure.detail();
+                let (existing_app, offered_app) = match failure {
+                    Failure::AccountMismatch {
+                        existing_app,
+                        offered_app,
+                    } => (Some(existing_app.as_str()), Some(offered_app.as_str())),
+                    _ => (None, None),
+                };
+                if failure.needs_operator() {
+                    error!(
+                        reason,
+                        status, connection_id, detail, "authorization failed"
+                    );
+                } else {
+                    warn!(
+                        reason,
+                        status,
+                        connection_id,
+                        detail,
+                        existing_app,
+                        offered_app,
+                        "authorization refused"
+                    );
+                }
+            }
+        }
+    }
+}
+
+fn refused(failure: Failure) -> Outcome {
+    Outcome::Failed {
+        failure,
+        connection_id: None,
+    }
+}
+
+async fn finish(clients: &Clients, request: &ApiGatewayV2httpRequest) -> Outcome {
+    let http = &request.request_context.http;
+    let path = request
+        .raw_path
+        .as_deref()
+        .or(http.path.as_deref())
+        .unwrap_or_default();
+    let configured_path = clients.config.redirect_uri.as_ref().map(|uri| uri.path());
+    if path != CALLBACK_PATH && Some(path) != configured_path {
+        return refused(Failure::NotFound);
+    }
+    if http.method != Method::GET {
+        return refused(Failure::MethodNotAllowed);
+    }
+    let query = match query::parse(request.raw_query_string.as_deref().unwrap_or_default()) {
+        Ok(query) => query,
+        Err(QueryError::Oversized) => return refused(Failure::OversizedQuery),
+        Err(QueryError::Malformed) => return refused(Failure::MalformedQuery),
+    };
+
+    if let Some(keap_error) = query.error {
+        // The flow is over either way: the state is spent so its link cannot be replayed.
+        let connection_id = match query.state.as_deref() {
+            Some(state) => consume_quietly(clients, state).await,
+            None => None,
+        };
+        let failure = if keap_error == "access_denied" {
+            Failure::AccessDenied
+        } else {
+            Failure::KeapError {
+                code: oauth_error_code(&keap_error),
+            }
+        };
+        return Outcome::Failed {
+            failure,
+            connection_id,
+        };
+    }
+    let Some(state) = query.state else {
+        return refused(Failure::MissingState);
+    };
+    let Some(code) = query.code else {
+        return refused(Failure::MissingCode);
+    };
+    if !nonce::is_well_formed(&state) {
+        return refused(Failure::UnknownState);
+    }
+    let pending = match clients.store.consume_state(&state, now_epoch_secs()).await {
+        Ok(StateOutcome::Consumed(pending)) => pending,
+        Ok(StateOutcome::Expired) => return refused(Failure::ExpiredState),
+        Ok(StateOutcome::Unknown) => return refused(Failure::UnknownState),
+        Err(e) => return refused(store_failure(e)),
+    };
+
+    let connection_id = pending.connection_id;
+    let failed = |failure| Outcome::Failed {
+        failure,
+        connection_id: Some(connection_id.clone()),
+    };
+    let redirect_uri = match clients.config.redirect_uri() {
+        Ok(uri) => uri,
+        Err(e) => return failed(Failure::Configuration(e.to_string())),
+    };
+    let secret_id = clients.config.client_secret_id.as_str();
+    let credentials = match clients.secrets.client_credentials(secret_id).await {
+        Ok(credentials) => credentials,
+        Err(e) => return failed(Failure::Configuration(e.to_string())),
+    };
+    clients.keap_limiter.acquire().await;
+    let issued = match clients
+        .oauth
+        .exchange_code(&credentials, &code, redirect_uri)
+        .await
+    {
+        Ok(issued) => issued,
+        Err(e @ (TokenError::CodeRejected { .. } | TokenError::Refused { .. })) => {
+            return failed(Failure::CodeRejected(e));
+        }
+        Err(e @ TokenError::ClientRejected { .. }) => {
+            // The secret may have been rotated since it was cached: read it afresh next time.
+            clients.secrets.invalidate(secret_id);
+            return failed(Failure::ClientRejected(e));
+        }
+        Err(e) => return failed(Failure::KeapUnavailable(e)),
+    };
+
+    match store_pair(clients, &connection_id, &issued, pending.replace_account).await {
+        Ok(AuthorizeOutcome::Authorized { generation }) => Outcome::Authorized {
+            keap_app: issued.keap_app,
+            connection_id,
+            generation,
+        },
+        Ok(AuthorizeOutcome::AccountMismatch { existing_app }) => {
+            failed(Failure::AccountMismatch {
+                existing_app,
+                offered_app: issued.keap_app.unwrap_or_else(|| "<unknown>".to_owned()),
+            })
+        }
+        Err(e) => failed(store_failure(e)),
+    }
+}
+
+async fn store_pair(
+    clients: &Clients,
+    connection_id: &ConnectionId,
+    issued: &IssuedTokens,
+    replace_account: bool,
+) -> Result<AuthorizeOutcome, StoreError> {
+    let mut attempt = 1;
+    loop {
+        let result = clients
+            .store
+            .authorize(connection_id, issued, replace_account, now_epoch_secs())
+            .await;
+        match result {
+            Err(e) if e.is_retryable() && attempt < STORE_ATTEMPTS => {
+                warn!(connection_id = %connection_id, attempt, error = %e, "storing the pair failed; retrying");
+                tokio::time::sleep(STORE_BACKOFF * attempt).await;
+                attempt += 1;
+            }
+            other => return other,
+        }
+    }
+}
+
+/// Consumes a state on an error redirect, only to retire it; its outcome changes no page.
+async fn consume_quietly(clients: &Clients, state: &str) -> Option<ConnectionId> {
+    if !nonce::is_well_formed(state) {
+        return None;
+    }
+    match clients.store.consume_state(state, now_epoch_secs()).await {
+        Ok(StateOutcome::Consumed(pending)) => Some(pending.connection_id),
+        Ok(_) => None,
+        Err(e) => {
+            warn!(error = %e, "could not retire the state of an error redirect");
+            None
+        }
+    }
+}
+
+fn store_failure(error: StoreError) -> Failure {
+    if error.is_retryable() {
+        Failure::StoreUnavailable(error)
+    } else {
+        Failure::Configuration(error.to_string())
+    }
+}
+
+/// OAuth error codes are a short lowercase vocabulary; anything else is not worth logging.
+fn oauth_error_code(raw: &str) -> Option<String> {
+    let plausible = !raw.is_empty()
+        && raw.len() <= 40
+        && raw.bytes().all(|b| b.is_ascii_lowercase() || b == b'_');
+    plausible.then(|| raw.to_owned())
+}

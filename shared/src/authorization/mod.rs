@@ -1,0 +1,90 @@
+//! The oauth-callback function's logic (DESIGN.md, "OAuth authorization").
+//!
+//! One function answers two kinds of event:
+//! - an API Gateway HTTP API (payload 2.0) request, `GET /oauth/callback`: Keap's redirect,
+//!   answered with an HTML page ([`callback`], [`pages`]);
+//! - an operator command, by direct invocation (IAM-protected): `start_authorization`
+//!   ([`start`]), `register_service_account_key` and `remove_connection`
+//!   ([`service_account_key`]), answered with JSON or a Lambda error whose `errorType` is one
+//!   of [`CommandError`]'s kinds.
+//!
+//! Only an operator can start an authorization; the public route only finishes one, with a
+//! random single-use state that expires after ten minutes.
+
+pub mod callback;
+pub mod commands;
+mod error;
+mod nonce;
+pub mod pages;
+mod query;
+pub mod service_account_key;
+pub mod start;
+
+use aws_lambda_events::apigw::ApiGatewayV2httpRequest;
+use lambda_runtime::Diagnostic;
+use serde_json::Value;
+use tracing::warn;
+
+pub use callback::{CALLBACK_PATH, handle_callback};
+pub use commands::{
+    ACCEPTED_COMMANDS, Command, RegisterServiceAccountKey, RemoveConnection, StartAuthorization,
+};
+pub use error::CommandError;
+pub use query::MAX_QUERY_BYTES;
+pub use service_account_key::{
+    ConnectionRemoved, KeyRegistered, register_service_account_key, remove_connection,
+};
+pub use start::{AuthorizationStarted, STATE_TTL_SECS, start_authorization};
+
+use crate::wiring::Clients;
+
+/// One invocation of oauth-callback, whatever its event.
+pub async fn handle(clients: &Clients, event: Value) -> Result<Value, Diagnostic> {
+    if is_http_event(&event) {
+        let response = match serde_json::from_value::<ApiGatewayV2httpRequest>(event) {
+            Ok(request) => handle_callback(clients, &request).await,
+            Err(_) => {
+                // serde's message may quote the event (and its query): not logged.
+                warn!(
+                    reason = "malformed_event",
+                    status = 400,
+                    "authorization refused"
+                );
+                pages::bad_request().into_response()
+            }
+        };
+        return to_json(&response);
+    }
+    // lambda_runtime logs the returned error (errorType and message) itself.
+    let command = Command::parse(&event)?;
+    Ok(run(clients, command).await?)
+}
+
+pub async fn run(clients: &Clients, command: Command) -> Result<Value, CommandError> {
+    let answer = match command {
+        Command::StartAuthorization(request) => {
+            serde_json::to_value(start_authorization(clients, &request).await?)
+        }
+        Command::RegisterServiceAccountKey(request) => {
+            serde_json::to_value(register_service_account_key(clients, &request).await?)
+        }
+        Command::RemoveConnection(request) => {
+            serde_json::to_value(remove_connection(clients, &request).await?)
+        }
+    };
+    answer.map_err(|e| CommandError::Configuration(format!("could not encode the answer: {e}")))
+}
+
+/// API Gateway's payload 2.0 always has `requestContext.http`; operator commands never do.
+fn is_http_event(event: &Value) -> bool {
+    event.pointer("/requestContext/http").is_some()
+}
+
+fn to_json(
+    response: &aws_lambda_events::apigw::ApiGatewayV2httpResponse,
+) -> Result<Value, Diagnostic> {
+    serde_json::to_value(response).map_err(|e| Diagnostic {
+        error_type: "InternalError".to_owned(),
+        error_message: format!("could not encode the page: {e}"),
+    })
+}

@@ -1,0 +1,165 @@
+//! Connections of kind `service_account_key`: registering a key (validated with one cheap read
+//! of the account profile before anything is stored) and removing a connection.
+
+use tracing::info;
+
+use super::commands::{RegisterServiceAccountKey, RemoveConnection};
+use super::error::CommandError;
+use crate::clock::now_epoch_secs;
+use crate::connection_id::ConnectionId;
+use crate::keap::KeapError;
+use crate::refresh::AccessCredential;
+use crate::secrets::SecretsError;
+use crate::token_store::TokenStore;
+use crate::wiring::Clients;
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct KeyRegistered {
+    pub connection_id: ConnectionId,
+    pub kind: &'static str,
+    pub generation: u64,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ConnectionRemoved {
+    pub connection_id: ConnectionId,
+    pub removed: bool,
+}
+
+pub async fn register_service_account_key(
+    clients: &Clients,
+    request: &RegisterServiceAccountKey,
+) -> Result<KeyRegistered, CommandError> {
+    let secret_id = request.secret_id.as_str();
+    if let Some(prefix) = clients.config.key_secret_prefix.as_deref()
+        && !secret_name(secret_id).starts_with(prefix)
+    {
+        // The IAM policy only lets the functions read secrets under the prefix; a key elsewhere
+        // would validate here only if the policy were wider than the design says.
+        return Err(CommandError::NotAuthorized(format!(
+            "register_service_account_key.secret_id must name a secret under {prefix} \
+             (KEAPALIVE_KEY_SECRET_PREFIX): create the secret there and try again"
+        )));
+    }
+    // A re-registration usually follows a rotation: never validate a cached old value.
+    clients.secrets.invalidate(secret_id);
+    let key = clients
+        .secrets
+        .secret_string(secret_id)
+        .await
+        .map_err(key_secret_error)?;
+    clients
+        .rest
+        .account_profile(&AccessCredential::ApiKey(key))
+        .await
+        .map_err(profile_error)?;
+    // Keap's account profile does not name the app (tenant), so a key connection starts
+    // without `keap_app`.
+    let generation = clients
+        .store
+        .register_service_account_key(&request.connection_id, secret_id, None, now_epoch_secs())
+        .await
+        .map_err(CommandError::from_store)?;
+    info!(
+        connection_id = %request.connection_id,
+        generation,
+        "service account key registered"
+    );
+    Ok(KeyRegistered {
+        connection_id: request.connection_id.clone(),
+        kind: "service_account_key",
+        generation,
+    })
+}
+
+pub async fn remove_connection(
+    clients: &Clients,
+    request: &RemoveConnection,
+) -> Result<ConnectionRemoved, CommandError> {
+    let removed = clients
+        .store
+        .delete_connection(&request.connection_id)
+        .await
+        .map_err(CommandError::from_store)?;
+    info!(connection_id = %request.connection_id, removed, "connection removed");
+    Ok(ConnectionRemoved {
+        connection_id: request.connection_id.clone(),
+        removed,
+    })
+}
+
+/// The name part of a Secrets Manager id: an ARN's `secret:` suffix, or the id itself.
+fn secret_name(secret_id: &str) -> &str {
+    let Some(rest) = secret_id.strip_prefix("arn:") else {
+        return secret_id;
+    };
+    // arn:<partition>:secretsmanager:<region>:<account>:secret:<name>
+    let parts: Vec<&str> = rest.splitn(6, ':').collect();
+    match parts.as_slice() {
+        [_, "secretsmanager", _, _, "secret", name] => name,
+        _ => secret_id,
+    }
+}
+
+/// The key's secret was named by the operator: a missing one is their input error. The id is
+/// not repeated (it passed no prefix check when none is configured and could be anything).
+fn key_secret_error(error: SecretsError) -> CommandError {
+    match error {
+        SecretsError::NotFound { .. } => CommandError::Validation(
+            "register_service_account_key.secret_id names no secret with a value: put the key \
+             into it as the secret string"
+                .to_owned(),
+        ),
+        SecretsError::Malformed { .. } => CommandError::Validation(
+            "the secret named by register_service_account_key.secret_id is empty: put the key \
+             into it as the secret string"
+                .to_owned(),
+        ),
+        SecretsError::AccessDenied { .. } => CommandError::Configuration(
+            "the function may not read the secret named by secret_id: check \
+             KEAPALIVE_KEY_SECRET_PREFIX and the function's IAM policy"
+                .to_owned(),
+        ),
+        SecretsError::Unavailable { reason, .. } => {
+            CommandError::Unavailable(format!("Secrets Manager is unavailable ({reason})"))
+        }
+    }
+}
+
+fn profile_error(error: KeapError) -> CommandError {
+    match error {
+        KeapError::Unauthorized { .. } | KeapError::Rejected { status: 403, .. } => {
+            CommandError::KeapRejected(
+                "Keap rejected the key (it is revoked, mistyped or not a Service Account Key): \
+                 nothing was stored"
+                    .to_owned(),
+            )
+        }
+        KeapError::Rejected { .. } => {
+            CommandError::KeapRejected(format!("{error}: nothing was stored"))
+        }
+        _ => CommandError::Unavailable(format!(
+            "{error}: the key could not be checked and nothing was stored; try again"
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefix_applies_to_the_name_inside_an_arn() {
+        assert_eq!(
+            secret_name("keapalive/prod/keys/a"),
+            "keapalive/prod/keys/a"
+        );
+        assert_eq!(
+            secret_name(
+                "arn:aws:secretsmanager:eu-west-1:123456789012:secret:keapalive/prod/keys/a-AbC123"
+            ),
+            "keapalive/prod/keys/a-AbC123"
+        );
+        assert_eq!(secret_name("arn:aws:s3:::bucket"), "arn:aws:s3:::bucket");
+    }
+}

@@ -1,0 +1,267 @@
+//! The environment-variable contract of DESIGN.md, parsed once at init.
+//!
+//! Every variable but the required ones has a documented default, so a deployment that sets
+//! only the contract's variables works. A malformed value, a missing required value or an
+//! unknown `KEAPALIVE_*` name (usually a typo that would otherwise be silently ignored) fails
+//! at init with one line naming the variable.
+
+use std::time::Duration;
+use url::Url;
+
+pub const DEFAULT_AUTHORIZE_URL: &str = "https://accounts.infusionsoft.com/app/oauth/authorize";
+pub const DEFAULT_TOKEN_URL: &str = "https://api.infusionsoft.com/token";
+pub const DEFAULT_API_BASE_URL: &str = "https://api.infusionsoft.com/crm/rest";
+
+/// Every `KEAPALIVE_*` variable this version understands.
+pub const KNOWN_VARIABLES: &[&str] = &[
+    "KEAPALIVE_TABLE",
+    "KEAPALIVE_CLIENT_SECRET_ID",
+    "KEAPALIVE_REDIRECT_URI",
+    "KEAPALIVE_REFRESH_WINDOW_SECS",
+    "KEAPALIVE_CREATE_MISSING_TAGS",
+    "KEAPALIVE_DEAD_LETTER_QUEUE_URL",
+    "KEAPALIVE_LEASE_SECS",
+    "KEAPALIVE_REFRESH_CONCURRENCY",
+    "KEAPALIVE_KEAP_RATE_PER_SEC",
+    "KEAPALIVE_KEAP_TIMEOUT_SECS",
+    "KEAPALIVE_SECRET_CACHE_SECS",
+    "KEAPALIVE_MODEL_CACHE_SECS",
+    "KEAPALIVE_STAGE",
+    "KEAPALIVE_KEY_SECRET_PREFIX",
+];
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ConfigError {
+    #[error("configuration: {0} is required but not set")]
+    Missing(&'static str),
+    #[error("configuration: {name} is malformed: {reason}")]
+    Malformed { name: &'static str, reason: String },
+    #[error("configuration: unknown variable {0} (known: see the README's configuration table)")]
+    Unknown(String),
+}
+
+/// What a function needs beyond the variables every function needs.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Requirements {
+    /// oauth-callback builds authorize URLs and exchanges codes.
+    pub redirect_uri: bool,
+}
+
+/// Keap's three endpoints; overridable so tests and the local demo point at the sandbox.
+#[derive(Clone, Debug)]
+pub struct KeapEndpoints {
+    pub authorize_url: Url,
+    pub token_url: Url,
+    /// REST base without the version: `.../crm/rest`.
+    pub api_base_url: Url,
+}
+
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub table: String,
+    pub client_secret_id: String,
+    pub redirect_uri: Option<Url>,
+    pub refresh_window: Duration,
+    pub create_missing_tags: bool,
+    pub dead_letter_queue_url: Option<String>,
+    pub lease: Duration,
+    pub refresh_concurrency: usize,
+    pub keap_rate_per_sec: u32,
+    pub keap_timeout: Duration,
+    pub secret_cache_ttl: Duration,
+    pub model_cache_ttl: Duration,
+    /// Metric dimension; the SAM stack sets it per stage.
+    pub stage: String,
+    /// Service-account-key secrets must live under this prefix (least privilege in IAM).
+    pub key_secret_prefix: Option<String>,
+    pub keap: KeapEndpoints,
+}
+
+impl Config {
+    /// Reads the process environment.
+    pub fn from_env(requirements: Requirements) -> Result<Self, ConfigError> {
+        let vars: Vec<(String, String)> = std::env::vars().collect();
+        Self::from_vars(&vars, requirements)
+    }
+
+    /// Reads from an explicit list of variables (tests, tools).
+    pub fn from_vars(
+        vars: &[(String, String)],
+        requirements: Requirements,
+    ) -> Result<Self, ConfigError> {
+        if let Some((unknown, _)) = vars
+            .iter()
+            .find(|(k, _)| k.starts_with("KEAPALIVE_") && !KNOWN_VARIABLES.contains(&k.as_str()))
+        {
+            return Err(ConfigError::Unknown(unknown.clone()));
+        }
+        let get = |name: &str| {
+            vars.iter()
+                .rev()
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| v.trim().to_owned())
+                .filter(|v| !v.is_empty())
+        };
+        let required = |name: &'static str| get(name).ok_or(ConfigError::Missing(name));
+
+        let redirect_uri = match get("KEAPALIVE_REDIRECT_URI") {
+            Some(raw) => Some(parse_absolute_url("KEAPALIVE_REDIRECT_URI", &raw)?),
+            None if requirements.redirect_uri => {
+                return Err(ConfigError::Missing("KEAPALIVE_REDIRECT_URI"));
+            }
+            None => None,
+        };
+        let url_or = |name: &'static str, default: &str| match get(name) {
+            Some(raw) => parse_absolute_url(name, &raw),
+            None => parse_absolute_url(name, default),
+        };
+
+        Ok(Self {
+            table: required("KEAPALIVE_TABLE")?,
+            client_secret_id: required("KEAPALIVE_CLIENT_SECRET_ID")?,
+            redirect_uri,
+            refresh_window: secs(get, "KEAPALIVE_REFRESH_WINDOW_SECS", 21_600, 1)?,
+            create_missing_tags: boolean(get, "KEAPALIVE_CREATE_MISSING_TAGS", false)?,
+            dead_letter_queue_url: get("KEAPALIVE_DEAD_LETTER_QUEUE_URL"),
+            lease: secs(get, "KEAPALIVE_LEASE_SECS", 300, 1)?,
+            refresh_concurrency: number(get, "KEAPALIVE_REFRESH_CONCURRENCY", 8, 1, 256)? as usize,
+            keap_rate_per_sec: number(get, "KEAPALIVE_KEAP_RATE_PER_SEC", 10, 1, 1_000)? as u32,
+            keap_timeout: secs(get, "KEAPALIVE_KEAP_TIMEOUT_SECS", 10, 1)?,
+            secret_cache_ttl: secs(get, "KEAPALIVE_SECRET_CACHE_SECS", 300, 0)?,
+            model_cache_ttl: secs(get, "KEAPALIVE_MODEL_CACHE_SECS", 300, 0)?,
+            stage: get("KEAPALIVE_STAGE").unwrap_or_else(|| "default".to_owned()),
+            key_secret_prefix: get("KEAPALIVE_KEY_SECRET_PREFIX"),
+            keap: KeapEndpoints {
+                authorize_url: url_or("KEAP_AUTHORIZE_URL", DEFAULT_AUTHORIZE_URL)?,
+                token_url: url_or("KEAP_TOKEN_URL", DEFAULT_TOKEN_URL)?,
+                api_base_url: url_or("KEAP_API_BASE_URL", DEFAULT_API_BASE_URL)?,
+            },
+        })
+    }
+
+    /// The redirect URI, for the functions that required it at init.
+    pub fn redirect_uri(&self) -> Result<&Url, ConfigError> {
+        self.redirect_uri
+            .as_ref()
+            .ok_or(ConfigError::Missing("KEAPALIVE_REDIRECT_URI"))
+    }
+}
+
+fn parse_absolute_url(name: &'static str, raw: &str) -> Result<Url, ConfigError> {
+    let url = Url::parse(raw).map_err(|e| ConfigError::Malformed {
+        name,
+        reason: format!("not an absolute URL ({e})"),
+    })?;
+    if !matches!(url.scheme(), "https" | "http") {
+        return Err(ConfigError::Malformed {
+            name,
+            reason: "scheme must be https (or http for a local sandbox)".to_owned(),
+        });
+    }
+    Ok(url)
+}
+
+fn number(
+    get: impl Fn(&str) -> Option<String>,
+    name: &'static str,
+    default: u64,
+    min: u64,
+    max: u64,
+) -> Result<u64, ConfigError> {
+    let Some(raw) = get(name) else {
+        return Ok(default);
+    };
+    let value: u64 = raw.parse().map_err(|_| ConfigError::Malformed {
+        name,
+        reason: "expected a whole number".to_owned(),
+    })?;
+    if !(min..=max).contains(&value) {
+        return Err(ConfigError::Malformed {
+            name,
+            reason: format!("must be between {min} and {max}"),
+        });
+    }
+    Ok(value)
+}
+
+fn secs(
+    get: impl Fn(&str) -> Option<String>,
+    name: &'static str,
+    default: u64,
+    min: u64,
+) -> Result<Duration, ConfigError> {
+    number(get, name, default, min, 31_536_000).map(Duration::from_secs)
+}
+
+fn boolean(
+    get: impl Fn(&str) -> Option<String>,
+    name: &'static str,
+    default: bool,
+) -> Result<bool, ConfigError> {
+    match get(name).map(|v| v.to_ascii_lowercase()).as_deref() {
+        None => Ok(default),
+        Some("true" | "1" | "yes") => Ok(true),
+        Some("false" | "0" | "no") => Ok(false),
+        Some(_) => Err(ConfigError::Malformed {
+            name,
+            reason: "expected true or false".to_owned(),
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vars(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    }
+
+    const MINIMAL: &[(&str, &str)] = &[
+        ("KEAPALIVE_TABLE", "t"),
+        ("KEAPALIVE_CLIENT_SECRET_ID", "s"),
+    ];
+
+    #[test]
+    fn defaults_match_the_contract() {
+        let config = Config::from_vars(&vars(MINIMAL), Requirements::default()).unwrap();
+        assert_eq!(config.refresh_window, Duration::from_secs(21_600));
+        assert_eq!(config.lease, Duration::from_secs(300));
+        assert_eq!(config.refresh_concurrency, 8);
+        assert_eq!(config.keap_rate_per_sec, 10);
+        assert!(!config.create_missing_tags);
+        assert_eq!(config.keap.token_url.as_str(), DEFAULT_TOKEN_URL);
+        assert_eq!(config.keap.api_base_url.as_str(), DEFAULT_API_BASE_URL);
+    }
+
+    #[test]
+    fn names_the_missing_variable() {
+        let err = Config::from_vars(&vars(&[("KEAPALIVE_TABLE", "t")]), Requirements::default())
+            .unwrap_err();
+        assert_eq!(err, ConfigError::Missing("KEAPALIVE_CLIENT_SECRET_ID"));
+        let err =
+            Config::from_vars(&vars(MINIMAL), Requirements { redirect_uri: true }).unwrap_err();
+        assert!(err.to_string().contains("KEAPALIVE_REDIRECT_URI"));
+    }
+
+    #[test]
+    fn names_malformed_and_unknown_variables() {
+        let mut v = vars(MINIMAL);
+        v.push(("KEAPALIVE_LEASE_SECS".into(), "five".into()));
+        let err = Config::from_vars(&v, Requirements::default()).unwrap_err();
+        assert!(err.to_string().contains("KEAPALIVE_LEASE_SECS"), "{err}");
+
+        let mut v = vars(MINIMAL);
+        v.push(("KEAPALIVE_REDIRECT_URI".into(), "/relative".into()));
+        let err = Config::from_vars(&v, Requirements::default()).unwrap_err();
+        assert!(err.to_string().contains("KEAPALIVE_REDIRECT_URI"), "{err}");
+
+        let mut v = vars(MINIMAL);
+        v.push(("KEAPALIVE_REFRESH_WINDOW".into(), "60".into()));
+        let err = Config::from_vars(&v, Requirements::default()).unwrap_err();
+        assert_eq!(err, ConfigError::Unknown("KEAPALIVE_REFRESH_WINDOW".into()));
+    }
+}

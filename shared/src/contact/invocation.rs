@@ -1,0 +1,84 @@
+//! One contact-upsert invocation: a direct request, or an SQS batch of requests.
+
+use aws_lambda_events::sqs::SqsEvent;
+use serde::Deserialize;
+use serde_json::Value;
+
+use super::error::UpsertError;
+use super::request::UpsertRequest;
+use super::service::UpsertService;
+use crate::refresh::Deadline;
+use crate::token_store::TokenStore;
+
+#[derive(Deserialize)]
+struct Probe {
+    #[serde(rename = "Records")]
+    records: Option<Vec<ProbeRecord>>,
+}
+
+#[derive(Deserialize)]
+struct ProbeRecord {
+    #[serde(rename = "eventSource")]
+    event_source: Option<String>,
+}
+
+/// An SQS event is recognised by `Records[0].eventSource == "aws:sqs"`; anything else is a
+/// direct request (and validated as one).
+pub fn is_sqs_event(payload: &[u8]) -> bool {
+    serde_json::from_slice::<Probe>(payload)
+        .ok()
+        .and_then(|probe| probe.records)
+        .and_then(|records| records.into_iter().next())
+        .and_then(|record| record.event_source)
+        .is_some_and(|source| source == "aws:sqs")
+}
+
+impl<S: TokenStore> UpsertService<S> {
+    /// The function's handler: the raw payload in, the JSON answer out.
+    pub async fn handle(&self, payload: &[u8], deadline: Deadline) -> Result<Value, UpsertError> {
+        let answer = if is_sqs_event(payload) {
+            let event: SqsEvent = serde_json::from_slice(payload).map_err(|e| {
+                UpsertError::Validation(format!(
+                    "the SQS event is malformed ({})",
+                    e.classify_name()
+                ))
+            })?;
+            serde_json::to_value(self.handle_batch(event, deadline).await?)
+        } else {
+            let request = UpsertRequest::parse(payload)?;
+            serde_json::to_value(self.upsert(&request, deadline).await?)
+        };
+        answer.map_err(|e| UpsertError::Unavailable(format!("could not encode the answer: {e}")))
+    }
+}
+
+trait ClassifyName {
+    fn classify_name(&self) -> &'static str;
+}
+
+impl ClassifyName for serde_json::Error {
+    fn classify_name(&self) -> &'static str {
+        match self.classify() {
+            serde_json::error::Category::Data => "a field has the wrong type",
+            _ => "not valid JSON",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn recognises_sqs_events() {
+        assert!(is_sqs_event(
+            br#"{"Records": [{"eventSource": "aws:sqs", "body": "{}"}]}"#
+        ));
+        assert!(!is_sqs_event(
+            br#"{"Records": [{"eventSource": "aws:sns"}]}"#
+        ));
+        assert!(!is_sqs_event(br#"{"contact": {"email": "a@b.co"}}"#));
+        assert!(!is_sqs_event(b"not json"));
+        assert!(!is_sqs_event(br#"{"Records": []}"#));
+    }
+}

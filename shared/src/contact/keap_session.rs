@@ -1,0 +1,281 @@
+//! One invocation's conversation with Keap for one connection: the credential, and what to do
+//! when a request does not succeed.
+//!
+//! - 401 on an OAuth connection: ask for a fresh grant, naming the rejected one (the store is
+//!   re-read; if it still holds the rejected token, the refresh protocol runs), retry once.
+//! - 401 on a key connection: re-read the key (it may have been rotated in Secrets Manager);
+//!   a different key is retried once; the same key marks the connection
+//!   `needs_reauthorization` (reason `key_rejected`) and emits `NeedsReauthorization`.
+//! - 429: wait `Retry-After` (or 1 s, then 2 s) while the total wait stays within
+//!   [`MAX_THROTTLE_WAIT`] and the deadline; otherwise `RateLimited`.
+//! - 5xx, timeout, dropped connection: one retry (every request sent here is idempotent: the
+//!   upsert matches by email, applying a tag twice is a no-op, creating an existing tag is
+//!   refused and then found); otherwise `Unavailable`.
+
+use std::time::Duration;
+
+use secrecy::ExposeSecret;
+use tokio::time::Instant;
+use tracing::{info, warn};
+
+use super::error::UpsertError;
+use super::service::UpsertService;
+use crate::clock::now_epoch_secs;
+use crate::connection_id::ConnectionId;
+use crate::keap::rest::{KeapError, RestRequest, RestResponse};
+use crate::refresh::{AccessCredential, Deadline, Grant, OnDemandError};
+use crate::telemetry::{Metrics, Unit};
+use crate::token_store::{MarkGuard, MarkOutcome, TokenStore};
+
+/// Total time one invocation may spend waiting out Keap's throttling.
+pub const MAX_THROTTLE_WAIT: Duration = Duration::from_secs(5);
+/// Backoff when a 429 carries no `Retry-After`.
+const THROTTLE_BACKOFF: Duration = Duration::from_secs(1);
+/// Pause before the single retry of a 5xx or lost answer.
+const TRANSIENT_RETRY_PAUSE: Duration = Duration::from_millis(250);
+/// A request is not started, and a wait not begun, with less than this left before the
+/// deadline: the invocation must still answer (and, in a batch, report its failures).
+const DEADLINE_MARGIN: Duration = Duration::from_millis(1_500);
+pub const REASON_KEY_REJECTED: &str = "key_rejected";
+pub const METRIC_NEEDS_REAUTHORIZATION: &str = "NeedsReauthorization";
+
+pub(crate) struct KeapSession<'a, S> {
+    service: &'a UpsertService<S>,
+    id: &'a ConnectionId,
+    grant: Grant,
+    deadline: Deadline,
+    /// The credential was replaced once after a 401; a second 401 is final.
+    renewed: bool,
+    throttled_for: Duration,
+    throttles: u32,
+}
+
+impl<'a, S: TokenStore> KeapSession<'a, S> {
+    pub(crate) async fn open(
+        service: &'a UpsertService<S>,
+        id: &'a ConnectionId,
+        deadline: Deadline,
+    ) -> Result<Self, UpsertError> {
+        let grant = service
+            .grants
+            .grant(id, deadline, None)
+            .await
+            .map_err(|e| grant_error(id, e))?;
+        Ok(Self {
+            service,
+            id,
+            grant,
+            deadline,
+            renewed: false,
+            throttled_for: Duration::ZERO,
+            throttles: 0,
+        })
+    }
+
+    pub(crate) fn connection(&self) -> &ConnectionId {
+        self.id
+    }
+
+    /// Sends `request` until it succeeds or the policy above gives up.
+    pub(crate) async fn send(
+        &mut self,
+        request: &RestRequest,
+    ) -> Result<RestResponse, UpsertError> {
+        let mut transient_retried = false;
+        loop {
+            let error = match self.send_once(request).await {
+                Ok(response) => return Ok(response),
+                Err(error) => error,
+            };
+            match error {
+                KeapError::Unauthorized { fault } => self.renew_after_401(&fault).await?,
+                KeapError::RateLimited { retry_after } => {
+                    let wait = retry_after
+                        .unwrap_or_else(|| THROTTLE_BACKOFF * 2u32.pow(self.throttles.min(4)));
+                    self.throttles += 1;
+                    if self.throttled_for + wait > MAX_THROTTLE_WAIT || !self.has_time_for(wait) {
+                        return Err(UpsertError::RateLimited(format!(
+                            "Keap is throttling requests for connection {} (retry after {} s); \
+                             retry later",
+                            self.id,
+                            retry_after.unwrap_or(THROTTLE_BACKOFF).as_secs().max(1)
+                        )));
+                    }
+                    info!(connection = %self.id, wait_ms = wait.as_millis() as u64, "Keap throttled; waiting");
+                    self.throttled_for += wait;
+                    tokio::time::sleep(wait).await;
+                }
+                KeapError::Rejected { status, message } => {
+                    return Err(UpsertError::KeapRejected(format!(
+                        "Keap refused {} {} (HTTP {status}): {message}",
+                        request.method, request.path
+                    )));
+                }
+                transient => {
+                    if transient_retried || !self.has_time_for(TRANSIENT_RETRY_PAUSE) {
+                        return Err(unavailable(self.id, &transient));
+                    }
+                    warn!(connection = %self.id, error = %transient, "Keap request failed; retrying once");
+                    transient_retried = true;
+                    tokio::time::sleep(TRANSIENT_RETRY_PAUSE).await;
+                }
+            }
+        }
+    }
+
+    async fn send_once(&self, request: &RestRequest) -> Result<RestResponse, KeapError> {
+        let Some(stop_at) = self.deadline.instant().checked_sub(DEADLINE_MARGIN) else {
+            return Err(KeapError::NoAnswer { timed_out: true });
+        };
+        if Instant::now() >= stop_at {
+            return Err(KeapError::NoAnswer { timed_out: true });
+        }
+        let sending = self.service.rest.send(&self.grant.credential, request);
+        tokio::time::timeout_at(stop_at, sending)
+            .await
+            .unwrap_or(Err(KeapError::NoAnswer { timed_out: true }))
+    }
+
+    fn has_time_for(&self, wait: Duration) -> bool {
+        self.deadline.remaining() > wait + DEADLINE_MARGIN * 2
+    }
+
+    /// Replaces the rejected credential, or fails with `NotAuthorized`.
+    async fn renew_after_401(&mut self, fault: &str) -> Result<(), UpsertError> {
+        let rejected = self.grant.clone();
+        if self.renewed {
+            return Err(self.final_rejection(&rejected, fault).await);
+        }
+        self.renewed = true;
+        let fresh = match &rejected.credential {
+            AccessCredential::Bearer(_) => {
+                info!(connection = %self.id, "Keap rejected the access token; getting a fresh one");
+                self.service
+                    .grants
+                    .grant(self.id, self.deadline, Some(&rejected))
+                    .await
+                    .map_err(|e| grant_error(self.id, e))?
+            }
+            AccessCredential::ApiKey(_) => self.reread_key().await?,
+        };
+        if same_credential(&fresh.credential, &rejected.credential) {
+            return Err(self.final_rejection(&rejected, fault).await);
+        }
+        self.grant = fresh;
+        Ok(())
+    }
+
+    /// The key may have been rotated in Secrets Manager since this container cached it.
+    async fn reread_key(&self) -> Result<Grant, UpsertError> {
+        let store = self.service.grants.refresher().store();
+        let connection = store.get(self.id).await.map_err(|e| {
+            UpsertError::Unavailable(format!("the token store is unavailable: {e}"))
+        })?;
+        if let Some(secret_id) = connection.and_then(|c| c.key_secret_id) {
+            self.service.secrets.invalidate(&secret_id);
+        }
+        self.service.grants.forget(self.id);
+        self.service
+            .grants
+            .grant(self.id, self.deadline, None)
+            .await
+            .map_err(|e| grant_error(self.id, e))
+    }
+
+    async fn final_rejection(&self, rejected: &Grant, fault: &str) -> UpsertError {
+        self.service.grants.forget(self.id);
+        match rejected.credential {
+            AccessCredential::ApiKey(_) => self.mark_key_rejected(rejected).await,
+            AccessCredential::Bearer(_) => UpsertError::NotAuthorized(format!(
+                "Keap rejected a freshly issued access token for connection {} ({fault}); if \
+                 this persists, re-authorize: invoke oauth-callback with \
+                 {{\"start_authorization\": {{\"connection_id\": \"{}\"}}}}",
+                self.id, self.id
+            )),
+        }
+    }
+
+    async fn mark_key_rejected(&self, rejected: &Grant) -> UpsertError {
+        let store = self.service.grants.refresher().store();
+        let outcome = store
+            .mark_needs_reauthorization(
+                self.id,
+                rejected.generation,
+                MarkGuard::GenerationOnly,
+                REASON_KEY_REJECTED,
+                now_epoch_secs(),
+            )
+            .await;
+        match outcome {
+            Ok(MarkOutcome::Marked) => {
+                warn!(
+                    connection = %self.id,
+                    generation = rejected.generation,
+                    "Keap rejected the service account key; connection marked needs_reauthorization"
+                );
+                let mut metrics = Metrics::new();
+                metrics.put(METRIC_NEEDS_REAUTHORIZATION, 1.0, Unit::Count);
+                self.service
+                    .metrics
+                    .emit(&metrics, &self.service.settings.stage);
+            }
+            Ok(MarkOutcome::NotMarked) => {
+                info!(connection = %self.id, "key connection changed while its key was rejected; not marking");
+            }
+            Err(error) => {
+                warn!(connection = %self.id, error = %error, "could not mark the key connection");
+            }
+        }
+        UpsertError::NotAuthorized(key_rejected_message(self.id))
+    }
+}
+
+fn key_rejected_message(id: &ConnectionId) -> String {
+    format!(
+        "Keap rejected the service account key of connection {id} (key_rejected): create a new \
+         key in Keap (Settings → API Settings → Service Account Keys), store it in its secret \
+         and invoke oauth-callback with {{\"register_service_account_key\": \
+         {{\"connection_id\": \"{id}\", \"secret_id\": \"...\"}}}}"
+    )
+}
+
+fn same_credential(a: &AccessCredential, b: &AccessCredential) -> bool {
+    match (a, b) {
+        (AccessCredential::Bearer(x), AccessCredential::Bearer(y)) => {
+            x.expose_secret() == y.expose_secret()
+        }
+        (AccessCredential::ApiKey(x), AccessCredential::ApiKey(y)) => {
+            x.expose_secret() == y.expose_secret()
+        }
+        _ => false,
+    }
+}
+
+fn unavailable(id: &ConnectionId, error: &KeapError) -> UpsertError {
+    UpsertError::Unavailable(format!(
+        "{error} for connection {id}; the request is safe to retry"
+    ))
+}
+
+pub(crate) fn grant_error(id: &ConnectionId, error: OnDemandError) -> UpsertError {
+    match error {
+        OnDemandError::NotFound { .. } => UpsertError::NotAuthorized(format!(
+            "connection {id} does not exist: authorize it (invoke oauth-callback with \
+             {{\"start_authorization\": {{\"connection_id\": \"{id}\"}}}}) or register a \
+             service account key for it"
+        )),
+        OnDemandError::NeedsReauthorization { reason, .. } if reason == REASON_KEY_REJECTED => {
+            UpsertError::NotAuthorized(key_rejected_message(id))
+        }
+        OnDemandError::NeedsReauthorization { reason, .. } => UpsertError::NotAuthorized(format!(
+            "connection {id} needs re-authorization ({reason}): invoke oauth-callback with \
+                 {{\"start_authorization\": {{\"connection_id\": \"{id}\"}}}} and open the link"
+        )),
+        OnDemandError::Unavailable { reason, .. } => UpsertError::Unavailable(format!(
+            "no usable credential for connection {id} right now ({reason}); retry later"
+        )),
+        OnDemandError::Store(error) => UpsertError::Unavailable(format!(
+            "the token store is unavailable ({error}); retry later"
+        )),
+    }
+}

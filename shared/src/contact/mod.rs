@@ -1,0 +1,26 @@
+//! contact-upsert: the call other services make to create or update a Keap contact.
+//!
+//! - [`request`]: the public request schema, parsed strictly and validated before any network
+//!   call (a `ValidationError` never costs a Keap request).
+//! - [`translate`]: the request as Keap v1's `PUT /contacts` body, labels resolved to ids.
+//! - [`service`]: the upsert (resolve custom fields and tags, `PUT`, apply tags), with the
+//!   per-container caches.
+//! - `keap_session`: credentials and retries for one invocation (401, 429, 5xx).
+//! - `batch`: SQS batches, dead-lettering and `batchItemFailures`.
+//! - [`error`]: the five `errorType`s a caller branches on.
+
+mod batch;
+pub mod error;
+mod invocation;
+mod keap_session;
+pub mod request;
+pub mod response;
+pub mod service;
+pub mod translate;
+
+pub use error::UpsertError;
+pub use invocation::is_sqs_event;
+pub use keap_session::{MAX_THROTTLE_WAIT, METRIC_NEEDS_REAUTHORIZATION, REASON_KEY_REJECTED};
+pub use request::{ContactInput, CustomFields, FieldKey, MatchOn, TagRef, UpsertRequest};
+pub use response::UpsertResponse;
+pub use service::{MetricSink, UpsertService, UpsertSettings};

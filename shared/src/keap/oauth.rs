@@ -1,0 +1,373 @@
+//! Keap's OAuth2 endpoints: the authorize URL, the code exchange and the refresh.
+//!
+//! The code exchange sends the client credentials in the form body and the refresh sends them
+//! as HTTP Basic, as Keap's own SDK does. Every answer is classified into [`TokenError`] the way
+//! the refresh protocol needs it (DESIGN.md, refresh step 5).
+
+use std::time::Duration;
+
+use secrecy::{ExposeSecret, SecretString};
+use url::Url;
+
+use super::http::{never_sent, retry_after};
+use super::tokens::{IssuedTokens, TokenPair, keap_app_from_scope};
+use crate::clock::now_epoch_secs;
+use crate::config::KeapEndpoints;
+use crate::secrets::ClientCredentials;
+
+/// How Keap's token endpoint answered, when it did not issue a pair.
+///
+/// `Display` never includes a token, code or secret: only Keap's error code and HTTP status.
+#[derive(Debug, thiserror::Error)]
+pub enum TokenError {
+    /// The refresh token is spent, rotated away, expired or revoked (`invalid_grant`, or
+    /// `invalid_request` whose description names the refresh token).
+    #[error("Keap rejected the refresh token ({code})")]
+    RefreshTokenRejected { code: String },
+    /// The authorization code is unknown, used, expired or bound to another redirect URI.
+    #[error("Keap rejected the authorization code ({code})")]
+    CodeRejected { code: String },
+    /// The client id/secret are wrong or were rotated: a configuration error, not a dead grant.
+    #[error(
+        "Keap rejected the client credentials (HTTP {status}, {code}): check the client secret"
+    )]
+    ClientRejected { status: u16, code: String },
+    /// Any other 4xx with an OAuth error body.
+    #[error("Keap refused the token request (HTTP {status}, {code})")]
+    Refused { status: u16, code: String },
+    /// 429: Keap answered, so nothing was consumed.
+    #[error("Keap is throttling token requests (HTTP 429)")]
+    RateLimited { retry_after: Option<Duration> },
+    /// 5xx: Keap answered, so nothing was consumed.
+    #[error("Keap's token endpoint is unavailable (HTTP {status})")]
+    Unavailable { status: u16 },
+    /// The request could not have reached Keap (connect failed): nothing was consumed.
+    #[error("could not reach Keap's token endpoint")]
+    NotSent,
+    /// The request may have reached Keap but no answer arrived (timeout, dropped connection):
+    /// the refresh token may be spent.
+    #[error("no answer from Keap's token endpoint ({})", if *.timed_out { "timed out" } else { "connection dropped" })]
+    NoAnswer { timed_out: bool },
+    /// An answer that is not a token response nor an OAuth error (e.g. an HTML error page).
+    #[error("unexpected answer from Keap's token endpoint (HTTP {status}): {reason}")]
+    UnexpectedResponse { status: u16, reason: &'static str },
+}
+
+impl TokenError {
+    /// Keap answered without consuming anything: the same token may be presented again later.
+    pub fn is_transient(&self) -> bool {
+        matches!(
+            self,
+            Self::RateLimited { .. } | Self::Unavailable { .. } | Self::NotSent
+        )
+    }
+}
+
+#[derive(serde::Deserialize)]
+struct TokenResponse {
+    access_token: Option<String>,
+    refresh_token: Option<String>,
+    expires_in: Option<serde_json::Value>,
+    scope: Option<String>,
+}
+
+#[derive(serde::Deserialize)]
+struct OAuthErrorBody {
+    error: String,
+    #[serde(default)]
+    error_description: String,
+}
+
+/// Which grant a token request used; decides what `invalid_grant` means.
+#[derive(Clone, Copy)]
+enum Grant {
+    AuthorizationCode,
+    RefreshToken,
+}
+
+#[derive(Clone)]
+pub struct OAuthClient {
+    http: reqwest::Client,
+    authorize_url: Url,
+    token_url: Url,
+}
+
+impl OAuthClient {
+    pub fn new(http: reqwest::Client, endpoints: &KeapEndpoints) -> Self {
+        Self {
+            http,
+            authorize_url: endpoints.authorize_url.clone(),
+            token_url: endpoints.token_url.clone(),
+        }
+    }
+
+    /// The URL an operator opens to grant access; `state` is the single-use nonce.
+    pub fn authorize_url(&self, client_id: &str, redirect_uri: &Url, state: &str) -> Url {
+        let mut url = self.authorize_url.clone();
+        url.query_pairs_mut()
+            .append_pair("client_id", client_id)
+            .append_pair("redirect_uri", redirect_uri.as_str())
+            .append_pair("response_type", "code")
+            .append_pair("scope", "full")
+            .append_pair("state", state);
+        url
+    }
+
+    pub async fn exchange_code(
+        &self,
+        credentials: &ClientCredentials,
+        code: &SecretString,
+        redirect_uri: &Url,
+    ) -> Result<IssuedTokens, TokenError> {
+        let form = [
+            ("client_id", credentials.client_id.as_str()),
+            ("client_secret", credentials.client_secret.expose_secret()),
+            ("code", code.expose_secret()),
+            ("grant_type", "authorization_code"),
+            ("redirect_uri", redirect_uri.as_str()),
+        ];
+        let request = self.http.post(self.token_url.clone()).form(&form);
+        self.send(request, Grant::AuthorizationCode).await
+    }
+
+    pub async fn refresh(
+        &self,
+        credentials: &ClientCredentials,
+        refresh_token: &SecretString,
+    ) -> Result<IssuedTokens, TokenError> {
+        let form = [
+            ("grant_type", "refresh_token"),
+            ("refresh_token", refresh_token.expose_secret()),
+        ];
+        let request = self
+            .http
+            .post(self.token_url.clone())
+            .basic_auth(
+                &credentials.client_id,
+                Some(credentials.client_secret.expose_secret()),
+            )
+            .form(&form);
+        self.send(request, Grant::RefreshToken).await
+    }
+
+    async fn send(
+        &self,
+        request: reqwest::RequestBuilder,
+        grant: Grant,
+    ) -> Result<IssuedTokens, TokenError> {
+        let response = request.send().await.map_err(transport_error)?;
+        let status = response.status().as_u16();
+        let retry = retry_after(response.headers());
+        let body = response.bytes().await.map_err(transport_error)?;
+        let received_at = now_epoch_secs();
+        classify(status, retry, &body, grant, received_at)
+    }
+}
+
+fn transport_error(error: reqwest::Error) -> TokenError {
+    if never_sent(&error) {
+        TokenError::NotSent
+    } else {
+        TokenError::NoAnswer {
+            timed_out: error.is_timeout(),
+        }
+    }
+}
+
+fn classify(
+    status: u16,
+    retry_after: Option<Duration>,
+    body: &[u8],
+    grant: Grant,
+    received_at: i64,
+) -> Result<IssuedTokens, TokenError> {
+    match status {
+        200..=299 => parse_tokens(status, body, received_at),
+        429 => Err(TokenError::RateLimited { retry_after }),
+        500..=599 => Err(TokenError::Unavailable { status }),
+        400..=499 => {
+            let Ok(error) = serde_json::from_slice::<OAuthErrorBody>(body) else {
+                return Err(if status == 401 {
+                    TokenError::ClientRejected {
+                        status,
+                        code: "unauthorized".to_owned(),
+                    }
+                } else {
+                    TokenError::UnexpectedResponse {
+                        status,
+                        reason: "not an OAuth error body",
+                    }
+                });
+            };
+            Err(classify_oauth_error(status, error, grant))
+        }
+        _ => Err(TokenError::UnexpectedResponse {
+            status,
+            reason: "unexpected HTTP status",
+        }),
+    }
+}
+
+fn classify_oauth_error(status: u16, error: OAuthErrorBody, grant: Grant) -> TokenError {
+    let names_refresh_token = error
+        .error_description
+        .to_ascii_lowercase()
+        .contains("refresh token");
+    // Keap's own error codes are a short fixed vocabulary; anything longer is not worth echoing.
+    let code: String = error.error.chars().take(40).collect();
+    match (error.error.as_str(), grant) {
+        ("invalid_client" | "unauthorized_client", _) => {
+            TokenError::ClientRejected { status, code }
+        }
+        (_, _) if status == 401 => TokenError::ClientRejected { status, code },
+        ("invalid_grant", Grant::RefreshToken) => TokenError::RefreshTokenRejected { code },
+        ("invalid_request", Grant::RefreshToken) if names_refresh_token => {
+            TokenError::RefreshTokenRejected { code }
+        }
+        ("invalid_grant", Grant::AuthorizationCode) => TokenError::CodeRejected { code },
+        _ => TokenError::Refused { status, code },
+    }
+}
+
+fn parse_tokens(status: u16, body: &[u8], received_at: i64) -> Result<IssuedTokens, TokenError> {
+    let malformed = |reason| TokenError::UnexpectedResponse { status, reason };
+    let parsed: TokenResponse =
+        serde_json::from_slice(body).map_err(|_| malformed("token response is not JSON"))?;
+    let access_token = parsed
+        .access_token
+        .filter(|t| !t.is_empty())
+        .ok_or_else(|| malformed("token response has no access_token"))?;
+    let refresh_token = parsed
+        .refresh_token
+        .filter(|t| !t.is_empty())
+        .ok_or_else(|| malformed("token response has no refresh_token"))?;
+    let expires_in = match parsed.expires_in {
+        Some(serde_json::Value::Number(n)) => n.as_i64(),
+        Some(serde_json::Value::String(s)) => s.trim().parse().ok(),
+        _ => None,
+    }
+    .filter(|secs| *secs > 0)
+    .ok_or_else(|| malformed("token response has no positive expires_in"))?;
+    let keap_app = parsed.scope.as_deref().and_then(keap_app_from_scope);
+    Ok(IssuedTokens {
+        pair: TokenPair {
+            access_token: SecretString::from(access_token),
+            refresh_token: SecretString::from(refresh_token),
+            access_expires_at: received_at.saturating_add(expires_in),
+        },
+        scope: parsed.scope,
+        keap_app,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn refresh(status: u16, body: &str) -> Result<IssuedTokens, TokenError> {
+        classify(status, None, body.as_bytes(), Grant::RefreshToken, 1_000)
+    }
+
+    #[test]
+    fn success_computes_absolute_expiry_and_app() {
+        let issued = refresh(
+            200,
+            r#"{"access_token":"a","refresh_token":"r","expires_in":86400,"token_type":"bearer","scope":"full|ab1.infusionsoft.com"}"#,
+        )
+        .unwrap();
+        assert_eq!(issued.pair.access_expires_at, 87_400);
+        assert_eq!(issued.keap_app.as_deref(), Some("ab1.infusionsoft.com"));
+    }
+
+    #[test]
+    fn both_spellings_of_a_dead_refresh_token_are_rejections() {
+        let grant = refresh(
+            400,
+            r#"{"error":"invalid_grant","error_description":"Invalid refresh token"}"#,
+        );
+        assert!(matches!(
+            grant,
+            Err(TokenError::RefreshTokenRejected { .. })
+        ));
+        let request = refresh(
+            400,
+            r#"{"error":"invalid_request","error_description":"Invalid Refresh Token"}"#,
+        );
+        assert!(matches!(
+            request,
+            Err(TokenError::RefreshTokenRejected { .. })
+        ));
+        let other = refresh(
+            400,
+            r#"{"error":"invalid_request","error_description":"Missing grant_type"}"#,
+        );
+        assert!(matches!(other, Err(TokenError::Refused { .. })));
+    }
+
+    #[test]
+    fn client_errors_are_not_grant_errors() {
+        assert!(matches!(
+            refresh(401, r#"{"error":"invalid_client"}"#),
+            Err(TokenError::ClientRejected { .. })
+        ));
+        assert!(matches!(
+            refresh(401, "<html>nope</html>"),
+            Err(TokenError::ClientRejected { .. })
+        ));
+        assert!(matches!(
+            refresh(400, r#"{"error":"invalid_client"}"#),
+            Err(TokenError::ClientRejected { .. })
+        ));
+    }
+
+    #[test]
+    fn throttling_outages_and_garbage_are_classified() {
+        assert!(matches!(
+            classify(429, Some(Duration::from_secs(3)), b"", Grant::RefreshToken, 0),
+            Err(TokenError::RateLimited { retry_after: Some(d) }) if d.as_secs() == 3
+        ));
+        assert!(matches!(
+            refresh(503, "down"),
+            Err(TokenError::Unavailable { status: 503 })
+        ));
+        assert!(matches!(
+            refresh(200, "<html>"),
+            Err(TokenError::UnexpectedResponse { .. })
+        ));
+        assert!(matches!(
+            refresh(200, r#"{"access_token":"a","expires_in":5}"#),
+            Err(TokenError::UnexpectedResponse { .. })
+        ));
+    }
+
+    #[test]
+    fn code_exchange_invalid_grant_means_the_code() {
+        let result = classify(
+            400,
+            None,
+            br#"{"error":"invalid_grant"}"#,
+            Grant::AuthorizationCode,
+            0,
+        );
+        assert!(matches!(result, Err(TokenError::CodeRejected { .. })));
+    }
+
+    #[test]
+    fn authorize_url_carries_the_documented_parameters() {
+        let endpoints = KeapEndpoints {
+            authorize_url: Url::parse("https://accounts.infusionsoft.com/app/oauth/authorize")
+                .unwrap(),
+            token_url: Url::parse("https://api.infusionsoft.com/token").unwrap(),
+            api_base_url: Url::parse("https://api.infusionsoft.com/crm/rest").unwrap(),
+        };
+        let client = OAuthClient::new(reqwest::Client::new(), &endpoints);
+        let redirect = Url::parse("https://example.com/oauth/callback").unwrap();
+        let url = client.authorize_url("cid", &redirect, "nonce");
+        let pairs: Vec<(String, String)> = url.query_pairs().into_owned().collect();
+        assert!(pairs.contains(&("client_id".into(), "cid".into())));
+        assert!(pairs.contains(&("redirect_uri".into(), redirect.to_string())));
+        assert!(pairs.contains(&("response_type".into(), "code".into())));
+        assert!(pairs.contains(&("scope".into(), "full".into())));
+        assert!(pairs.contains(&("state".into(), "nonce".into())));
+    }
+}

@@ -1,0 +1,176 @@
+//! Spacing limiter for Keap requests: at most `rate` requests start in any one-second window.
+//!
+//! Keap refuses per-second spikes (about 25/s per client, 10/s per service-account key), so the
+//! guarantee needed is "never more than R in any window", which a bursting token bucket does not
+//! give (a full bucket plus its refill allows up to 2R in one second). Spacing requests evenly
+//! gives it with a dozen lines; a rate-limiting crate configured with burst 1 would do the same
+//! with more dependencies.
+
+use std::collections::VecDeque;
+use std::time::Duration;
+
+use tokio::sync::Mutex;
+use tokio::time::Instant;
+
+/// Requests are spaced 2 % wider than 1/R, so scheduling jitter between our send and Keap's
+/// arrival cannot squeeze R + 1 requests into one second.
+const JITTER_MARGIN: f64 = 1.02;
+
+pub struct RateLimiter {
+    interval: Duration,
+    next_slot: Mutex<Instant>,
+}
+
+impl RateLimiter {
+    pub fn per_second(rate: u32) -> Self {
+        let rate = f64::from(rate.max(1));
+        Self {
+            interval: Duration::from_secs_f64(JITTER_MARGIN / rate),
+            next_slot: Mutex::new(Instant::now()),
+        }
+    }
+
+    /// Waits for this caller's slot.
+    pub async fn acquire(&self) {
+        let slot = {
+            let mut next = self.next_slot.lock().await;
+            let slot = (*next).max(Instant::now());
+            *next = slot + self.interval;
+            slot
+        };
+        tokio::time::sleep_until(slot).await;
+    }
+}
+
+/// Keap's limits for one Personal Access Token or Service Account Key.
+pub const KEY_REQUESTS_PER_SECOND: u32 = 10;
+pub const KEY_REQUESTS_PER_MINUTE: usize = 240;
+/// The minute window is measured a second longer, for the same reason as [`JITTER_MARGIN`].
+const MINUTE_WINDOW: Duration = Duration::from_secs(61);
+
+/// Spacing plus a per-minute cap, for one key: 10/s alone would allow 600 a minute, and Keap
+/// allows a key 240.
+pub struct KeyRateLimiter {
+    interval: Duration,
+    per_window: usize,
+    window: Duration,
+    /// Start times handed out, oldest first; only the last `per_window` are kept.
+    state: Mutex<KeySlots>,
+}
+
+struct KeySlots {
+    next_slot: Instant,
+    recent: VecDeque<Instant>,
+}
+
+impl KeyRateLimiter {
+    pub fn service_account_key() -> Self {
+        Self::new(
+            KEY_REQUESTS_PER_SECOND,
+            KEY_REQUESTS_PER_MINUTE,
+            MINUTE_WINDOW,
+        )
+    }
+
+    fn new(per_second: u32, per_window: usize, window: Duration) -> Self {
+        Self {
+            interval: Duration::from_secs_f64(JITTER_MARGIN / f64::from(per_second.max(1))),
+            per_window: per_window.max(1),
+            window,
+            state: Mutex::new(KeySlots {
+                next_slot: Instant::now(),
+                recent: VecDeque::new(),
+            }),
+        }
+    }
+
+    /// Waits for this caller's slot.
+    pub async fn acquire(&self) {
+        let slot = {
+            let mut state = self.state.lock().await;
+            let mut slot = state.next_slot.max(Instant::now());
+            if state.recent.len() >= self.per_window
+                && let Some(oldest_in_window) =
+                    state.recent.get(state.recent.len() - self.per_window)
+            {
+                slot = slot.max(*oldest_in_window + self.window);
+            }
+            state.recent.push_back(slot);
+            while state.recent.len() > self.per_window {
+                state.recent.pop_front();
+            }
+            state.next_slot = slot + self.interval;
+            slot
+        };
+        tokio::time::sleep_until(slot).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn never_more_than_rate_in_any_second() {
+        let limiter = std::sync::Arc::new(RateLimiter::per_second(20));
+        let start = Instant::now();
+        let mut handles = Vec::new();
+        for _ in 0..100 {
+            let limiter = limiter.clone();
+            handles.push(tokio::spawn(async move {
+                limiter.acquire().await;
+                Instant::now()
+            }));
+        }
+        let mut times = Vec::new();
+        for handle in handles {
+            times.push(handle.await.unwrap());
+        }
+        times.sort();
+        for (i, t) in times.iter().enumerate() {
+            let in_window = times[i..]
+                .iter()
+                .take_while(|u| **u < *t + Duration::from_secs(1))
+                .count();
+            assert!(in_window <= 20, "{in_window} requests in one second");
+        }
+        // And it is not needlessly slow: 100 requests at 20/s take about 5 s.
+        assert!(times[99] - start < Duration::from_millis(5_200));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn key_limiter_caps_each_second_and_each_minute() {
+        let limiter = std::sync::Arc::new(KeyRateLimiter::service_account_key());
+        let start = Instant::now();
+        let mut handles = Vec::new();
+        for _ in 0..500 {
+            let limiter = limiter.clone();
+            handles.push(tokio::spawn(async move {
+                limiter.acquire().await;
+                Instant::now()
+            }));
+        }
+        let mut times = Vec::new();
+        for handle in handles {
+            times.push(handle.await.unwrap());
+        }
+        times.sort();
+        let most_within = |window: Duration| {
+            (0..times.len())
+                .map(|i| {
+                    times[i..]
+                        .iter()
+                        .take_while(|u| **u < times[i] + window)
+                        .count()
+                })
+                .max()
+                .unwrap()
+        };
+        assert!(most_within(Duration::from_secs(1)) <= 10);
+        assert!(most_within(Duration::from_secs(60)) <= 240);
+        // 500 requests: two full minutes of 240, then the rest; not needlessly slower.
+        let took = times[499] - start;
+        assert!(took >= Duration::from_secs(120), "{took:?}");
+        assert!(took < Duration::from_secs(130), "{took:?}");
+    }
+}

@@ -1,0 +1,356 @@
+//! Keap REST v1 (`{KEAP_API_BASE_URL}/v1/...`): one request, one classified answer.
+//!
+//! This layer sends exactly once and says what happened ([`KeapError`]); deciding whether to
+//! wait and retry (429, 5xx) or to get a fresh credential (401) is the caller's job, because
+//! only the caller knows its deadline and its connection. Every request waits for the
+//! container's limiter and, for a service-account key, for that key's own limiter (Keap allows
+//! a key 10 requests a second and 240 a minute).
+
+use std::collections::HashMap;
+use std::hash::{DefaultHasher, Hash, Hasher};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use reqwest::Method;
+use reqwest::header::{ACCEPT, AUTHORIZATION, HeaderValue};
+use secrecy::ExposeSecret;
+use serde::de::DeserializeOwned;
+use url::Url;
+
+use super::http::{never_sent, retry_after};
+use super::rate_limit::{KeyRateLimiter, RateLimiter};
+use crate::config::KeapEndpoints;
+use crate::redact;
+use crate::refresh::AccessCredential;
+
+/// The header Keap reads a Personal Access Token or Service Account Key from.
+pub const API_KEY_HEADER: &str = "X-Keap-API-Key";
+/// Keap's messages are short; anything longer is cut rather than passed on whole.
+const MAX_MESSAGE_CHARS: usize = 300;
+
+/// How Keap answered a REST request that did not succeed.
+///
+/// `Display` never contains a credential or a full email: Keap's own message is passed on
+/// (callers need it to fix their request) with anything that looks like an email redacted.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum KeapError {
+    /// 401: the access token or key is invalid, expired or revoked.
+    #[error("Keap rejected the credential (HTTP 401: {fault})")]
+    Unauthorized { fault: String },
+    /// Any other 4xx: Keap understood the request and refused it.
+    #[error("Keap refused the request (HTTP {status}): {message}")]
+    Rejected { status: u16, message: String },
+    /// 429: Keap answered, nothing was done.
+    #[error("Keap is throttling requests (HTTP 429)")]
+    RateLimited { retry_after: Option<Duration> },
+    /// 5xx.
+    #[error("Keap is unavailable (HTTP {status})")]
+    Unavailable { status: u16 },
+    /// The connection failed before the request was sent: nothing was done.
+    #[error("could not reach Keap")]
+    NotSent,
+    /// The request may have reached Keap but no answer came back.
+    #[error("no answer from Keap ({})", if *.timed_out { "timed out" } else { "connection dropped" })]
+    NoAnswer { timed_out: bool },
+    /// A 2xx whose body is not what the endpoint returns, or a status Keap does not use.
+    #[error("unexpected answer from Keap (HTTP {status}): {reason}")]
+    UnexpectedResponse { status: u16, reason: &'static str },
+}
+
+impl KeapError {
+    /// Worth retrying later with the same request and credential.
+    pub fn is_transient(&self) -> bool {
+        matches!(
+            self,
+            Self::RateLimited { .. }
+                | Self::Unavailable { .. }
+                | Self::NotSent
+                | Self::NoAnswer { .. }
+        )
+    }
+}
+
+/// One REST request, relative to `/v1/`. Plain data, so a caller can send it again.
+#[derive(Debug, Clone)]
+pub struct RestRequest {
+    pub method: Method,
+    /// Like `contacts/model` or `contacts/12/tags` (no leading slash).
+    pub path: String,
+    pub query: Vec<(&'static str, String)>,
+    pub body: Option<serde_json::Value>,
+}
+
+impl RestRequest {
+    pub fn get(path: impl Into<String>) -> Self {
+        Self {
+            method: Method::GET,
+            path: path.into(),
+            query: Vec::new(),
+            body: None,
+        }
+    }
+
+    pub fn with_body(method: Method, path: impl Into<String>, body: serde_json::Value) -> Self {
+        Self {
+            method,
+            path: path.into(),
+            query: Vec::new(),
+            body: Some(body),
+        }
+    }
+
+    pub fn query(mut self, name: &'static str, value: impl Into<String>) -> Self {
+        self.query.push((name, value.into()));
+        self
+    }
+}
+
+/// A 2xx answer.
+#[derive(Debug, Clone)]
+pub struct RestResponse {
+    pub status: u16,
+    pub body: Vec<u8>,
+}
+
+impl RestResponse {
+    pub fn json<T: DeserializeOwned>(&self) -> Result<T, KeapError> {
+        serde_json::from_slice(&self.body).map_err(|_| KeapError::UnexpectedResponse {
+            status: self.status,
+            reason: "the body is not the JSON this endpoint returns",
+        })
+    }
+}
+
+/// Keap REST v1 client; cheap to clone, built once per container.
+#[derive(Clone)]
+pub struct RestClient {
+    http: reqwest::Client,
+    /// `.../crm/rest/v1/`, always with the trailing slash so `join` appends.
+    v1: Url,
+    limiter: Arc<RateLimiter>,
+    key_limiters: Arc<Mutex<HashMap<u64, Arc<KeyRateLimiter>>>>,
+}
+
+impl RestClient {
+    pub fn new(
+        http: reqwest::Client,
+        endpoints: &KeapEndpoints,
+        limiter: Arc<RateLimiter>,
+    ) -> Self {
+        let mut v1 = endpoints.api_base_url.clone();
+        let base_path = v1.path().trim_end_matches('/').to_owned();
+        v1.set_path(&format!("{base_path}/v1/"));
+        Self {
+            http,
+            v1,
+            limiter,
+            key_limiters: Arc::new(Mutex::new(HashMap::new())),
+        }
+    }
+
+    /// `GET /v1/account/profile`: the cheapest call that proves a credential works (and names
+    /// the Keap account it belongs to).
+    pub async fn account_profile(
+        &self,
+        credential: &AccessCredential,
+    ) -> Result<serde_json::Value, KeapError> {
+        self.send(credential, &RestRequest::get("account/profile"))
+            .await?
+            .json()
+    }
+
+    /// Sends `request` once and classifies the answer.
+    pub async fn send(
+        &self,
+        credential: &AccessCredential,
+        request: &RestRequest,
+    ) -> Result<RestResponse, KeapError> {
+        let mut url = self
+            .v1
+            .join(&request.path)
+            .map_err(|_| KeapError::UnexpectedResponse {
+                status: 0,
+                reason: "the request path is not a valid URL path",
+            })?;
+        if !request.query.is_empty() {
+            url.query_pairs_mut().extend_pairs(request.query.iter());
+        }
+        let mut builder = self
+            .http
+            .request(request.method.clone(), url)
+            .header(ACCEPT, HeaderValue::from_static("application/json"));
+        if let Some(body) = &request.body {
+            builder = builder.json(body);
+        }
+        builder = match credential {
+            AccessCredential::Bearer(token) => {
+                builder.header(AUTHORIZATION, bearer_value(token.expose_secret())?)
+            }
+            AccessCredential::ApiKey(key) => {
+                let mut value = HeaderValue::from_str(key.expose_secret())
+                    .map_err(|_| malformed_credential())?;
+                value.set_sensitive(true);
+                builder.header(API_KEY_HEADER, value)
+            }
+        };
+
+        if let AccessCredential::ApiKey(key) = credential {
+            self.key_limiter(key.expose_secret()).acquire().await;
+        }
+        self.limiter.acquire().await;
+        let response = builder.send().await.map_err(transport_error)?;
+        let status = response.status().as_u16();
+        let retry = retry_after(response.headers());
+        let body = response.bytes().await.map_err(transport_error)?;
+        classify(status, retry, body.to_vec())
+    }
+
+    /// One limiter per key (Keap counts per key), found by a hash so the map never holds the key.
+    fn key_limiter(&self, key: &str) -> Arc<KeyRateLimiter> {
+        let mut hasher = DefaultHasher::new();
+        key.hash(&mut hasher);
+        let mut limiters = self
+            .key_limiters
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        limiters
+            .entry(hasher.finish())
+            .or_insert_with(|| Arc::new(KeyRateLimiter::service_account_key()))
+            .clone()
+    }
+}
+
+fn bearer_value(token: &str) -> Result<HeaderValue, KeapError> {
+    let mut value =
+        HeaderValue::from_str(&format!("Bearer {token}")).map_err(|_| malformed_credential())?;
+    value.set_sensitive(true);
+    Ok(value)
+}
+
+fn malformed_credential() -> KeapError {
+    KeapError::Unauthorized {
+        fault: "the stored credential is not a valid header value".to_owned(),
+    }
+}
+
+fn transport_error(error: reqwest::Error) -> KeapError {
+    if never_sent(&error) {
+        KeapError::NotSent
+    } else {
+        KeapError::NoAnswer {
+            timed_out: error.is_timeout(),
+        }
+    }
+}
+
+fn classify(
+    status: u16,
+    retry_after: Option<Duration>,
+    body: Vec<u8>,
+) -> Result<RestResponse, KeapError> {
+    match status {
+        200..=299 => Ok(RestResponse { status, body }),
+        401 => Err(KeapError::Unauthorized {
+            fault: keap_message(&body).unwrap_or_else(|| "unauthorized".to_owned()),
+        }),
+        429 => Err(KeapError::RateLimited { retry_after }),
+        500..=599 => Err(KeapError::Unavailable { status }),
+        400..=499 => Err(KeapError::Rejected {
+            status,
+            message: keap_message(&body).unwrap_or_else(|| "no message".to_owned()),
+        }),
+        _ => Err(KeapError::UnexpectedResponse {
+            status,
+            reason: "unexpected HTTP status",
+        }),
+    }
+}
+
+/// Keap's human-readable message: `{"message": ...}` from the API, or the gateway's
+/// `{"fault": {"faultstring": ...}}`; emails in it are redacted and its length bounded.
+fn keap_message(body: &[u8]) -> Option<String> {
+    let value: serde_json::Value = serde_json::from_slice(body).ok()?;
+    let text = value
+        .get("message")
+        .and_then(|m| m.as_str())
+        .or_else(|| value.pointer("/fault/faultstring").and_then(|m| m.as_str()))?;
+    Some(safe_message(text))
+}
+
+/// Redacts every email-looking word and bounds the length.
+pub(crate) fn safe_message(text: &str) -> String {
+    let redacted: Vec<String> = text
+        .split(' ')
+        .map(|word| {
+            if word.contains('@') {
+                redact::email(word.trim_matches(|c: char| !c.is_alphanumeric() && c != '@'))
+            } else {
+                word.to_owned()
+            }
+        })
+        .collect();
+    let joined = redacted.join(" ");
+    if joined.chars().count() > MAX_MESSAGE_CHARS {
+        let cut: String = joined.chars().take(MAX_MESSAGE_CHARS).collect();
+        format!("{cut}…")
+    } else {
+        joined
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_are_passed_on_without_emails() {
+        let body = br#"{"message":"Contact ada@example.com is invalid"}"#;
+        assert_eq!(
+            keap_message(body).as_deref(),
+            Some("Contact a***@example.com is invalid")
+        );
+        let fault = br#"{"fault":{"faultstring":"Invalid Access Token","detail":{}}}"#;
+        assert_eq!(keap_message(fault).as_deref(), Some("Invalid Access Token"));
+        assert_eq!(keap_message(b"<html>"), None);
+        assert!(safe_message(&"x".repeat(1000)).chars().count() <= MAX_MESSAGE_CHARS + 1);
+    }
+
+    #[test]
+    fn statuses_are_classified() {
+        assert!(matches!(
+            classify(401, None, Vec::new()),
+            Err(KeapError::Unauthorized { .. })
+        ));
+        assert!(matches!(
+            classify(400, None, br#"{"message":"Input could not be converted to a valid request"}"#.to_vec()),
+            Err(KeapError::Rejected { status: 400, message }) if message.contains("Input could not")
+        ));
+        assert!(matches!(
+            classify(429, Some(Duration::from_secs(2)), Vec::new()),
+            Err(KeapError::RateLimited { retry_after: Some(d) }) if d == Duration::from_secs(2)
+        ));
+        assert!(matches!(
+            classify(503, None, Vec::new()),
+            Err(KeapError::Unavailable { status: 503 })
+        ));
+        assert!(classify(201, None, b"{}".to_vec()).is_ok());
+    }
+
+    #[test]
+    fn v1_is_appended_to_the_base() {
+        let endpoints = KeapEndpoints {
+            authorize_url: Url::parse("https://a.example/authorize").unwrap(),
+            token_url: Url::parse("https://a.example/token").unwrap(),
+            api_base_url: Url::parse("https://api.example/crm/rest").unwrap(),
+        };
+        let client = RestClient::new(
+            reqwest::Client::new(),
+            &endpoints,
+            Arc::new(RateLimiter::per_second(10)),
+        );
+        assert_eq!(
+            client.v1.join("contacts/model").unwrap().as_str(),
+            "https://api.example/crm/rest/v1/contacts/model"
+        );
+    }
+}

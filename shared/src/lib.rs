@@ -1,0 +1,28 @@
+//! keapalive: keep a Keap (Infusionsoft) OAuth grant alive and use it safely.
+//!
+//! The Lambda binaries in `functions/` are thin; everything else lives here:
+//! - [`config`]: the environment-variable contract, parsed once at init.
+//! - [`secrets`]: client credentials and service-account keys from Secrets Manager, cached.
+//! - [`keap`]: the Keap HTTP client (OAuth token endpoint, REST v1), with typed errors.
+//! - [`token_store`]: connection and state records in DynamoDB, every write conditional.
+//! - [`refresh`]: the refresh protocol (lease → refresh → commit) and its invariants.
+//! - [`contact`]: the contact-upsert request schema, validation, translation and service.
+//! - [`telemetry`]: JSON logs and CloudWatch embedded-metric lines.
+//! - [`authorization`]: the oauth-callback function: start, callback pages, key registration.
+
+pub mod authorization;
+pub mod clock;
+pub mod config;
+pub mod connection_id;
+pub mod contact;
+pub mod keap;
+pub mod redact;
+pub mod refresh;
+pub mod secrets;
+pub mod telemetry;
+pub mod token_store;
+mod ttl_cache;
+pub mod wiring;
+
+pub use config::Config;
+pub use connection_id::ConnectionId;

@@ -1,0 +1,115 @@
+//! What the token-refresher function does with one invocation: decide between the scheduled
+//! run and the operator's one-connection run, and report errors with a branchable `errorType`.
+
+use aws_lambda_events::eventbridge::EventBridgeEvent;
+use lambda_runtime::Diagnostic;
+use serde_json::Value;
+
+use super::scheduled::{RefreshRun, RunError, ScheduledRequest};
+use super::{Deadline, Refresher};
+use crate::token_store::TokenStore;
+
+#[derive(Debug)]
+pub enum RefresherEvent {
+    /// EventBridge schedule (or an empty payload): every due connection.
+    Scheduled,
+    /// Operator: `{"connection_id": "...", "force": true}`.
+    One(ScheduledRequest),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RefresherError {
+    #[error(
+        "invalid refresher payload: {0}; expected an EventBridge scheduled event or {{\"connection_id\": \"...\", \"force\": true}}"
+    )]
+    InvalidEvent(String),
+    #[error(transparent)]
+    Run(#[from] RunError),
+}
+
+impl From<RefresherError> for Diagnostic {
+    fn from(error: RefresherError) -> Self {
+        let error_type = match &error {
+            RefresherError::InvalidEvent(_) => "ValidationError",
+            RefresherError::Run(RunError::NotFound(_)) => "NotAuthorized",
+            RefresherError::Run(RunError::Store(_)) => "Unavailable",
+        };
+        Diagnostic {
+            error_type: error_type.to_owned(),
+            error_message: error.to_string(),
+        }
+    }
+}
+
+impl RefresherEvent {
+    pub fn parse(payload: Value) -> Result<Self, RefresherError> {
+        let is_object_with = |key: &str| payload.get(key).is_some();
+        if payload.is_null() || payload.as_object().is_some_and(|o| o.is_empty()) {
+            return Ok(Self::Scheduled);
+        }
+        if is_object_with("detail-type") {
+            // Parsed only to reject look-alikes early; its contents do not steer the run.
+            let _event: EventBridgeEvent<Value> = serde_json::from_value(payload)
+                .map_err(|e| RefresherError::InvalidEvent(e.to_string()))?;
+            return Ok(Self::Scheduled);
+        }
+        let request: ScheduledRequest = serde_json::from_value(payload)
+            .map_err(|e| RefresherError::InvalidEvent(e.to_string()))?;
+        Ok(match request.connection_id {
+            Some(_) => Self::One(request),
+            None => Self::Scheduled,
+        })
+    }
+}
+
+impl<S: TokenStore> Refresher<S> {
+    pub async fn handle(
+        &self,
+        event: RefresherEvent,
+        deadline: Deadline,
+        concurrency: usize,
+    ) -> Result<RefreshRun, RefresherError> {
+        Ok(match event {
+            RefresherEvent::Scheduled => self.run_scheduled(deadline, concurrency).await?,
+            RefresherEvent::One(ScheduledRequest {
+                connection_id: Some(id),
+                force,
+            }) => self.run_one(&id, deadline, force).await?,
+            RefresherEvent::One(_) => self.run_scheduled(deadline, concurrency).await?,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn recognises_schedules_operators_and_garbage() {
+        let scheduled = json!({
+            "version": "0", "id": "1", "detail-type": "Scheduled Event", "source": "aws.events",
+            "account": "123456789012", "time": "2026-11-23T10:00:00Z", "region": "us-east-1",
+            "resources": ["arn:aws:events:us-east-1:123456789012:rule/r"], "detail": {}
+        });
+        assert!(matches!(
+            RefresherEvent::parse(scheduled),
+            Ok(RefresherEvent::Scheduled)
+        ));
+        assert!(matches!(
+            RefresherEvent::parse(json!({})),
+            Ok(RefresherEvent::Scheduled)
+        ));
+        assert!(matches!(
+            RefresherEvent::parse(json!({"connection_id": "default", "force": true})),
+            Ok(RefresherEvent::One(ScheduledRequest { force: true, .. }))
+        ));
+        for bad in [
+            json!({"connection_id": "bad id"}),
+            json!({"conection_id": "default"}),
+            json!([1]),
+        ] {
+            assert!(RefresherEvent::parse(bad).is_err());
+        }
+    }
+}

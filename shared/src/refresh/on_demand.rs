@@ -1,0 +1,270 @@
+//! A usable credential for a caller (contact-upsert), refreshing on demand through the same
+//! protocol when the access token is expired, about to expire, or was just rejected by Keap.
+//!
+//! Credentials are cached per warm container, so a warm call costs no DynamoDB read; the cache
+//! is dropped for a connection whenever Keap rejects what it holds.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use secrecy::{ExposeSecret, SecretString};
+use tokio::time::Instant;
+use tracing::info;
+
+use super::Deadline;
+use super::protocol::{RefreshOutcome, Refresher};
+use crate::clock::now_epoch_secs;
+use crate::connection_id::ConnectionId;
+use crate::secrets::SecretsSource;
+use crate::token_store::{ConnectionKind, ConnectionStatus, StoreError, TokenStore};
+
+/// An access token this close to expiry is refreshed before use rather than risk a 401.
+const MIN_VALIDITY_SECS: i64 = 120;
+/// How often a caller that lost the lease race re-reads the connection.
+const LOSER_POLL: Duration = Duration::from_millis(100);
+/// How long a caller waits for another instance's refresh before giving up as `Unavailable`.
+const MAX_WAIT_FOR_OTHER_REFRESH: Duration = Duration::from_secs(15);
+/// Service-account keys are re-read from Secrets Manager this often (rotation).
+const KEY_CACHE_TTL_SECS: i64 = 300;
+
+#[derive(Clone)]
+pub enum AccessCredential {
+    /// An OAuth access token: `Authorization: Bearer`.
+    Bearer(SecretString),
+    /// A service-account key: `X-Keap-API-Key`.
+    ApiKey(Arc<SecretString>),
+}
+
+impl std::fmt::Debug for AccessCredential {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Bearer(_) => f.write_str("Bearer([REDACTED])"),
+            Self::ApiKey(_) => f.write_str("ApiKey([REDACTED])"),
+        }
+    }
+}
+
+impl AccessCredential {
+    pub fn kind(&self) -> ConnectionKind {
+        match self {
+            Self::Bearer(_) => ConnectionKind::OAuth,
+            Self::ApiKey(_) => ConnectionKind::ServiceAccountKey,
+        }
+    }
+
+    fn same_secret(&self, other: &AccessCredential) -> bool {
+        let value = |c: &AccessCredential| match c {
+            Self::Bearer(t) => t.expose_secret().to_owned(),
+            Self::ApiKey(k) => k.expose_secret().to_owned(),
+        };
+        value(self) == value(other)
+    }
+}
+
+/// A credential plus the generation of the connection it came from.
+#[derive(Debug, Clone)]
+pub struct Grant {
+    pub credential: AccessCredential,
+    pub generation: u64,
+    /// Epoch seconds after which the credential must not be used without re-checking.
+    valid_until: i64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum OnDemandError {
+    #[error(
+        "connection {id} does not exist: authorize it (invoke oauth-callback with start_authorization)"
+    )]
+    NotFound { id: ConnectionId },
+    #[error(
+        "connection {id} needs re-authorization ({reason}): invoke oauth-callback with start_authorization"
+    )]
+    NeedsReauthorization { id: ConnectionId, reason: String },
+    #[error("connection {id} could not be refreshed now ({reason}); retry later")]
+    Unavailable { id: ConnectionId, reason: String },
+    #[error("the token store is unavailable: {0}")]
+    Store(#[from] StoreError),
+}
+
+pub struct OnDemandRefresher<S> {
+    refresher: Arc<Refresher<S>>,
+    secrets: Arc<SecretsSource>,
+    cache: Mutex<HashMap<ConnectionId, Grant>>,
+}
+
+impl<S: TokenStore> OnDemandRefresher<S> {
+    pub fn new(refresher: Arc<Refresher<S>>, secrets: Arc<SecretsSource>) -> Self {
+        Self {
+            refresher,
+            secrets,
+            cache: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub fn refresher(&self) -> &Refresher<S> {
+        &self.refresher
+    }
+
+    /// A credential usable now. `rejected` is one Keap just answered 401 for: it is never
+    /// handed out again, and an OAuth connection still holding it is refreshed.
+    pub async fn grant(
+        &self,
+        id: &ConnectionId,
+        deadline: Deadline,
+        rejected: Option<&Grant>,
+    ) -> Result<Grant, OnDemandError> {
+        let is_rejected =
+            |g: &Grant| rejected.is_some_and(|r| r.credential.same_secret(&g.credential));
+        if let Some(cached) = self.cached(id)
+            && !is_rejected(&cached)
+            && cached.valid_until > now_epoch_secs()
+        {
+            return Ok(cached);
+        }
+        self.forget(id);
+
+        let give_up_at = Instant::now() + MAX_WAIT_FOR_OTHER_REFRESH.min(deadline.remaining());
+        loop {
+            let connection = self
+                .refresher
+                .store()
+                .get(id)
+                .await?
+                .ok_or_else(|| OnDemandError::NotFound { id: id.clone() })?;
+            if connection.status == ConnectionStatus::NeedsReauthorization {
+                return Err(OnDemandError::NeedsReauthorization {
+                    id: id.clone(),
+                    reason: connection
+                        .last_error
+                        .unwrap_or_else(|| "grant rejected".to_owned()),
+                });
+            }
+            if connection.kind == ConnectionKind::ServiceAccountKey {
+                return self.key_grant(id, &connection).await;
+            }
+            let now = now_epoch_secs();
+            if let Some(pair) = &connection.tokens {
+                let grant = Grant {
+                    credential: AccessCredential::Bearer(pair.access_token.clone()),
+                    generation: connection.generation,
+                    valid_until: pair.access_expires_at - MIN_VALIDITY_SECS,
+                };
+                if grant.valid_until > now && !is_rejected(&grant) {
+                    return Ok(self.remember(id, grant));
+                }
+            }
+
+            info!(connection = %id, generation = connection.generation, "refreshing on demand");
+            let outcome = self.refresher.refresh(&connection, deadline, true).await?;
+            let outcome = match outcome {
+                RefreshOutcome::Rejected(pending) => self.refresher.mark(&pending).await?,
+                other => other,
+            };
+            match outcome {
+                RefreshOutcome::Refreshed { generation, pair } => {
+                    let grant = Grant {
+                        credential: AccessCredential::Bearer(pair.access_token),
+                        generation,
+                        valid_until: pair.access_expires_at - MIN_VALIDITY_SECS,
+                    };
+                    return Ok(self.remember(id, grant));
+                }
+                RefreshOutcome::MarkedNeedsReauthorization { reason } => {
+                    return Err(OnDemandError::NeedsReauthorization {
+                        id: id.clone(),
+                        reason: reason.to_owned(),
+                    });
+                }
+                RefreshOutcome::Gone => {
+                    return Err(OnDemandError::NotFound { id: id.clone() });
+                }
+                RefreshOutcome::FailedTransient { reason }
+                | RefreshOutcome::ConfigurationError { reason }
+                | RefreshOutcome::CommitFailed { reason } => {
+                    return Err(OnDemandError::Unavailable {
+                        id: id.clone(),
+                        reason,
+                    });
+                }
+                RefreshOutcome::ClientRejected => {
+                    return Err(OnDemandError::Unavailable {
+                        id: id.clone(),
+                        reason: "Keap rejected the client credentials".to_owned(),
+                    });
+                }
+                RefreshOutcome::NotStartedDeadline => {
+                    return Err(OnDemandError::Unavailable {
+                        id: id.clone(),
+                        reason: "too little invocation time left to refresh".to_owned(),
+                    });
+                }
+                // Someone else is refreshing, or just did: wait for their commit and re-read (I4).
+                RefreshOutcome::SkippedLocked
+                | RefreshOutcome::AlreadyRefreshed
+                | RefreshOutcome::Orphaned
+                | RefreshOutcome::NotDue
+                | RefreshOutcome::Static
+                | RefreshOutcome::AlreadyNeedsReauthorization
+                | RefreshOutcome::Rejected(_) => {
+                    if Instant::now() + LOSER_POLL >= give_up_at {
+                        return Err(OnDemandError::Unavailable {
+                            id: id.clone(),
+                            reason: "another instance is refreshing the token".to_owned(),
+                        });
+                    }
+                    tokio::time::sleep(LOSER_POLL).await;
+                }
+            }
+        }
+    }
+
+    /// Drops the cached credential (Keap rejected it, or the key was revoked).
+    pub fn forget(&self, id: &ConnectionId) {
+        self.cache
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(id);
+    }
+
+    async fn key_grant(
+        &self,
+        id: &ConnectionId,
+        connection: &crate::token_store::Connection,
+    ) -> Result<Grant, OnDemandError> {
+        let secret_id = connection.key_secret_id.as_deref().ok_or_else(|| {
+            OnDemandError::NeedsReauthorization {
+                id: id.clone(),
+                reason: "key connection without key_secret_id".to_owned(),
+            }
+        })?;
+        let key = self.secrets.secret_string(secret_id).await.map_err(|e| {
+            OnDemandError::Unavailable {
+                id: id.clone(),
+                reason: e.to_string(),
+            }
+        })?;
+        let grant = Grant {
+            credential: AccessCredential::ApiKey(key),
+            generation: connection.generation,
+            valid_until: now_epoch_secs() + KEY_CACHE_TTL_SECS,
+        };
+        Ok(self.remember(id, grant))
+    }
+
+    fn cached(&self, id: &ConnectionId) -> Option<Grant> {
+        self.cache
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(id)
+            .cloned()
+    }
+
+    fn remember(&self, id: &ConnectionId, grant: Grant) -> Grant {
+        self.cache
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id.clone(), grant.clone());
+        grant
+    }
+}

@@ -1,0 +1,290 @@
+//! The scheduled run over every connection, and the operator's one-connection run.
+
+use futures_util::StreamExt;
+use futures_util::stream;
+use tracing::{error, info, warn};
+
+use super::Deadline;
+use super::protocol::{RefreshOutcome, Refresher};
+use crate::clock::now_epoch_secs;
+use crate::connection_id::ConnectionId;
+use crate::telemetry::{Metrics, Unit};
+use crate::token_store::{Connection, ConnectionKind, ConnectionStatus, StoreError, TokenStore};
+
+/// The circuit breaker opens when at least this many refresh tokens were rejected in one run...
+const BREAKER_MIN_REJECTED: usize = 3;
+// ...and they are more than half of the connections for which Keap was called.
+
+/// Optional payload of the refresher: `{"connection_id": "...", "force": true}` refreshes one
+/// connection now (operator tool).
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScheduledRequest {
+    pub connection_id: Option<ConnectionId>,
+    #[serde(default)]
+    pub force: bool,
+}
+
+/// The run's result, as returned, logged and turned into metrics.
+#[derive(Debug, Default, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct RefreshSummary {
+    /// OAuth connections whose access token expires within the window (or forced).
+    pub due: usize,
+    pub refreshed: usize,
+    pub skipped_locked: usize,
+    pub failed_transient: usize,
+    /// Connections in `needs_reauthorization` after this run (newly marked or already).
+    pub needs_reauthorization: usize,
+    /// Service-account-key connections: nothing to refresh.
+    #[serde(rename = "static")]
+    pub static_: usize,
+    pub newly_needs_reauthorization: usize,
+    pub not_started_deadline: usize,
+    pub client_rejected: usize,
+    pub circuit_breaker_open: bool,
+    pub orphaned: usize,
+    pub commit_failed: usize,
+}
+
+#[derive(Debug)]
+pub struct RefreshRun {
+    pub summary: RefreshSummary,
+    pub metrics: Metrics,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("connection {0} does not exist")]
+    NotFound(ConnectionId),
+}
+
+impl<S: TokenStore> Refresher<S> {
+    /// Refreshes every due connection, `concurrency` at a time; one connection's failure never
+    /// stops the others.
+    pub async fn run_scheduled(
+        &self,
+        deadline: Deadline,
+        concurrency: usize,
+    ) -> Result<RefreshRun, RunError> {
+        let connections = self.store().list_connections().await?;
+        let now = now_epoch_secs();
+        let due: Vec<&Connection> = connections
+            .iter()
+            .filter(|c| {
+                c.kind == ConnectionKind::OAuth
+                    && c.status == ConnectionStatus::Active
+                    && self.is_due(c, now)
+            })
+            .collect();
+        let outcomes: Vec<(ConnectionId, RefreshOutcome)> = stream::iter(due.iter().copied())
+            .map(|connection| async move {
+                let outcome = match self.refresh(connection, deadline, false).await {
+                    Ok(outcome) => outcome,
+                    Err(e) => {
+                        warn!(connection = %connection.id, error = %e, "refresh failed on the table");
+                        RefreshOutcome::FailedTransient {
+                            reason: e.to_string(),
+                        }
+                    }
+                };
+                (connection.id.clone(), outcome)
+            })
+            .buffer_unordered(concurrency.max(1))
+            .collect()
+            .await;
+        Ok(self.finish(&connections, due.len(), outcomes).await)
+    }
+
+    /// Refreshes one connection now (when due, or always with `force`).
+    pub async fn run_one(
+        &self,
+        id: &ConnectionId,
+        deadline: Deadline,
+        force: bool,
+    ) -> Result<RefreshRun, RunError> {
+        let connection = self
+            .store()
+            .get(id)
+            .await?
+            .ok_or_else(|| RunError::NotFound(id.clone()))?;
+        let outcome = self.refresh(&connection, deadline, force).await?;
+        let due = usize::from(!matches!(
+            outcome,
+            RefreshOutcome::NotDue
+                | RefreshOutcome::Static
+                | RefreshOutcome::AlreadyNeedsReauthorization
+                | RefreshOutcome::Gone
+        ));
+        Ok(self
+            .finish(
+                std::slice::from_ref(&connection),
+                due,
+                vec![(id.clone(), outcome)],
+            )
+            .await)
+    }
+
+    /// Decides the rejected ones (circuit breaker), then builds the summary and metrics.
+    async fn finish(
+        &self,
+        connections: &[Connection],
+        due: usize,
+        outcomes: Vec<(ConnectionId, RefreshOutcome)>,
+    ) -> RefreshRun {
+        let mut summary = RefreshSummary {
+            due,
+            ..RefreshSummary::default()
+        };
+        let attempted = outcomes.iter().filter(|(_, o)| reached_keap(o)).count();
+        let rejected = outcomes
+            .iter()
+            .filter(|(_, o)| matches!(o, RefreshOutcome::Rejected(_)))
+            .count();
+        summary.circuit_breaker_open = rejected >= BREAKER_MIN_REJECTED && rejected * 2 > attempted;
+        if summary.circuit_breaker_open {
+            error!(
+                rejected,
+                attempted,
+                "most refresh tokens were rejected in one run: that is a Keap incident or a wrong client, not that many dead grants; none is marked"
+            );
+        }
+
+        let mut refreshed_now: Vec<(ConnectionId, i64)> = Vec::new();
+        let mut marked_now: Vec<ConnectionId> = Vec::new();
+        for (id, outcome) in outcomes {
+            let settled = match outcome {
+                RefreshOutcome::Rejected(pending) if summary.circuit_breaker_open => {
+                    if let Err(e) = self.release(&pending, "circuit_breaker_open").await {
+                        warn!(connection = %id, error = %e, "could not release the lease");
+                    }
+                    summary.failed_transient += 1;
+                    continue;
+                }
+                RefreshOutcome::Rejected(pending) => match self.mark(&pending).await {
+                    Ok(settled) => settled,
+                    Err(e) => RefreshOutcome::FailedTransient {
+                        reason: e.to_string(),
+                    },
+                },
+                other => other,
+            };
+            match &settled {
+                RefreshOutcome::Refreshed { pair, .. } => {
+                    summary.refreshed += 1;
+                    refreshed_now.push((id.clone(), pair.access_expires_at));
+                }
+                RefreshOutcome::MarkedNeedsReauthorization { .. } => {
+                    summary.newly_needs_reauthorization += 1;
+                    marked_now.push(id.clone());
+                }
+                RefreshOutcome::SkippedLocked | RefreshOutcome::AlreadyRefreshed => {
+                    summary.skipped_locked += 1
+                }
+                RefreshOutcome::FailedTransient { .. }
+                | RefreshOutcome::ConfigurationError { .. } => summary.failed_transient += 1,
+                RefreshOutcome::ClientRejected => summary.client_rejected += 1,
+                RefreshOutcome::NotStartedDeadline => summary.not_started_deadline += 1,
+                RefreshOutcome::Orphaned => summary.orphaned += 1,
+                RefreshOutcome::CommitFailed { .. } => summary.commit_failed += 1,
+                _ => {}
+            }
+        }
+
+        let now = now_epoch_secs();
+        let mut earliest_expiry: Option<i64> = None;
+        let mut oldest_success: Option<i64> = None;
+        for connection in connections {
+            let marked = marked_now.contains(&connection.id);
+            if connection.kind == ConnectionKind::ServiceAccountKey {
+                summary.static_ += 1;
+            }
+            if marked || connection.status == ConnectionStatus::NeedsReauthorization {
+                summary.needs_reauthorization += 1;
+                continue;
+            }
+            if connection.kind != ConnectionKind::OAuth {
+                continue;
+            }
+            let refreshed = refreshed_now.iter().find(|(id, _)| *id == connection.id);
+            let expires_at = refreshed
+                .map(|(_, at)| *at)
+                .or(connection.tokens.as_ref().map(|t| t.access_expires_at));
+            let success_at = if refreshed.is_some() {
+                Some(now)
+            } else {
+                connection.last_success_at()
+            };
+            earliest_expiry = min_some(earliest_expiry, expires_at);
+            oldest_success = min_some(oldest_success, success_at);
+        }
+
+        let mut metrics = Metrics::new();
+        metrics
+            .put("Refreshed", summary.refreshed as f64, Unit::Count)
+            .put(
+                "RefreshFailedTransient",
+                (summary.failed_transient + summary.commit_failed) as f64,
+                Unit::Count,
+            )
+            .put(
+                "NeedsReauthorization",
+                summary.newly_needs_reauthorization as f64,
+                Unit::Count,
+            )
+            .put(
+                "ConnectionsNeedingReauthorization",
+                summary.needs_reauthorization as f64,
+                Unit::Count,
+            )
+            .put(
+                "ClientCredentialsRejected",
+                summary.client_rejected as f64,
+                Unit::Count,
+            )
+            .put(
+                "CircuitBreakerOpen",
+                f64::from(u8::from(summary.circuit_breaker_open)),
+                Unit::Count,
+            );
+        // With no live OAuth connection these gauges have nothing to measure; reporting
+        // "far from expiry / just refreshed" keeps the absence alarms for a stopped refresher.
+        metrics
+            .put(
+                "SecondsUntilEarliestExpiry",
+                earliest_expiry.map_or(NOTHING_EXPIRES, |at| (at - now) as f64),
+                Unit::Seconds,
+            )
+            .put(
+                "SecondsSinceOldestRefresh",
+                oldest_success.map_or(0.0, |at| (now - at).max(0) as f64),
+                Unit::Seconds,
+            );
+        info!(summary = ?summary, "refresh run finished");
+        RefreshRun { summary, metrics }
+    }
+}
+
+/// Reported as the earliest expiry when no active OAuth connection exists: one year.
+const NOTHING_EXPIRES: f64 = 31_536_000.0;
+
+fn min_some(a: Option<i64>, b: Option<i64>) -> Option<i64> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+/// Outcomes for which Keap's token endpoint was called.
+fn reached_keap(outcome: &RefreshOutcome) -> bool {
+    matches!(
+        outcome,
+        RefreshOutcome::Refreshed { .. }
+            | RefreshOutcome::Rejected(_)
+            | RefreshOutcome::FailedTransient { .. }
+            | RefreshOutcome::ClientRejected
+            | RefreshOutcome::Orphaned
+            | RefreshOutcome::CommitFailed { .. }
+    )
+}

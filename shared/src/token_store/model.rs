@@ -1,0 +1,244 @@
+use std::collections::HashMap;
+
+use aws_sdk_dynamodb::types::AttributeValue;
+use secrecy::SecretString;
+
+use super::StoreError;
+use crate::connection_id::ConnectionId;
+use crate::keap::TokenPair;
+
+pub(crate) const CONNECTION_PREFIX: &str = "conn#";
+pub(crate) const STATE_PREFIX: &str = "state#";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ConnectionStatus {
+    Active,
+    NeedsReauthorization,
+}
+
+impl ConnectionStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Active => "active",
+            Self::NeedsReauthorization => "needs_reauthorization",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ConnectionKind {
+    #[serde(rename = "oauth")]
+    OAuth,
+    ServiceAccountKey,
+}
+
+impl ConnectionKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::OAuth => "oauth",
+            Self::ServiceAccountKey => "service_account_key",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lease {
+    pub owner: String,
+    pub until: i64,
+}
+
+/// One authorized Keap account. `Debug` is safe to log: tokens are [`SecretString`]s.
+#[derive(Debug, Clone)]
+pub struct Connection {
+    pub id: ConnectionId,
+    pub kind: ConnectionKind,
+    /// The current pair (OAuth connections).
+    pub tokens: Option<TokenPair>,
+    /// Secrets Manager id of the key (service-account-key connections).
+    pub key_secret_id: Option<String>,
+    pub generation: u64,
+    pub status: ConnectionStatus,
+    pub lease: Option<Lease>,
+    pub keap_scope: Option<String>,
+    pub keap_app: Option<String>,
+    pub authorized_at: Option<i64>,
+    pub refreshed_at: Option<i64>,
+    pub last_error: Option<String>,
+    pub updated_at: Option<i64>,
+    /// Generation of a pair whose commit lost to a re-authorization (the pair itself stays in
+    /// the table for diagnosis and is never read back into memory).
+    pub orphan_generation: Option<u64>,
+}
+
+impl Connection {
+    /// Last time this grant was known good: its last refresh, or its authorization.
+    pub fn last_success_at(&self) -> Option<i64> {
+        self.refreshed_at.max(self.authorized_at)
+    }
+}
+
+/// A started authorization, waiting for Keap's redirect.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PendingAuthorization {
+    pub connection_id: ConnectionId,
+    pub expires_at: i64,
+    pub replace_account: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StateOutcome {
+    Consumed(PendingAuthorization),
+    /// The state exists but its ten minutes are over (DynamoDB's TTL deletion lags).
+    Expired,
+    /// Never issued, or already used.
+    Unknown,
+}
+
+pub(crate) type Item = HashMap<String, AttributeValue>;
+
+pub(crate) fn connection_key(id: &ConnectionId) -> AttributeValue {
+    AttributeValue::S(format!("{CONNECTION_PREFIX}{id}"))
+}
+
+pub(crate) fn state_key(nonce: &str) -> AttributeValue {
+    AttributeValue::S(format!("{STATE_PREFIX}{nonce}"))
+}
+
+pub(crate) fn number(value: i64) -> AttributeValue {
+    AttributeValue::N(value.to_string())
+}
+
+pub(crate) fn unsigned(value: u64) -> AttributeValue {
+    AttributeValue::N(value.to_string())
+}
+
+pub(crate) fn string(value: impl Into<String>) -> AttributeValue {
+    AttributeValue::S(value.into())
+}
+
+struct Reader<'a> {
+    item: &'a Item,
+    pk: &'a str,
+}
+
+impl Reader<'_> {
+    fn malformed(&self, reason: String) -> StoreError {
+        StoreError::Malformed {
+            pk: self.pk.to_owned(),
+            reason,
+        }
+    }
+
+    fn opt_s(&self, name: &str) -> Result<Option<String>, StoreError> {
+        match self.item.get(name) {
+            None | Some(AttributeValue::Null(_)) => Ok(None),
+            Some(AttributeValue::S(s)) => Ok(Some(s.clone())),
+            Some(_) => Err(self.malformed(format!("{name} is not a string"))),
+        }
+    }
+
+    fn opt_n(&self, name: &str) -> Result<Option<i64>, StoreError> {
+        match self.item.get(name) {
+            None | Some(AttributeValue::Null(_)) => Ok(None),
+            Some(AttributeValue::N(n)) => n
+                .parse()
+                .map(Some)
+                .map_err(|_| self.malformed(format!("{name} is not an integer"))),
+            Some(_) => Err(self.malformed(format!("{name} is not a number"))),
+        }
+    }
+
+    fn opt_bool(&self, name: &str) -> Result<Option<bool>, StoreError> {
+        match self.item.get(name) {
+            None | Some(AttributeValue::Null(_)) => Ok(None),
+            Some(AttributeValue::Bool(b)) => Ok(Some(*b)),
+            Some(_) => Err(self.malformed(format!("{name} is not a boolean"))),
+        }
+    }
+}
+
+pub(crate) fn parse_connection(item: &Item) -> Result<Connection, StoreError> {
+    let pk = match item.get("pk") {
+        Some(AttributeValue::S(pk)) => pk.as_str(),
+        _ => "<no pk>",
+    };
+    let r = Reader { item, pk };
+    let raw_id = pk
+        .strip_prefix(CONNECTION_PREFIX)
+        .ok_or_else(|| r.malformed("not a connection key".to_owned()))?;
+    let id = ConnectionId::parse(raw_id).map_err(|e| r.malformed(e.to_string()))?;
+    let kind = match r.opt_s("kind")?.as_deref() {
+        None | Some("oauth") => ConnectionKind::OAuth,
+        Some("service_account_key") => ConnectionKind::ServiceAccountKey,
+        Some(other) => return Err(r.malformed(format!("unknown kind {other:?}"))),
+    };
+    let status = match r.opt_s("status")?.as_deref() {
+        Some("active") => ConnectionStatus::Active,
+        Some("needs_reauthorization") => ConnectionStatus::NeedsReauthorization,
+        other => return Err(r.malformed(format!("unknown status {other:?}"))),
+    };
+    let tokens = match (
+        r.opt_s("access_token")?,
+        r.opt_s("refresh_token")?,
+        r.opt_n("access_expires_at")?,
+    ) {
+        (Some(access), Some(refresh), Some(expires)) => Some(TokenPair {
+            access_token: SecretString::from(access),
+            refresh_token: SecretString::from(refresh),
+            access_expires_at: expires,
+        }),
+        (None, None, _) => None,
+        _ => return Err(r.malformed("half a token pair".to_owned())),
+    };
+    let generation = r
+        .opt_n("generation")?
+        .and_then(|g| u64::try_from(g).ok())
+        .ok_or_else(|| r.malformed("missing generation".to_owned()))?;
+    let lease = match (r.opt_s("lease_owner")?, r.opt_n("lease_until")?) {
+        (Some(owner), Some(until)) => Some(Lease { owner, until }),
+        _ => None,
+    };
+    let orphan_generation = match item.get("orphan_pair") {
+        Some(AttributeValue::M(m)) => match m.get("generation") {
+            Some(AttributeValue::N(n)) => n.parse().ok(),
+            _ => None,
+        },
+        _ => None,
+    };
+    Ok(Connection {
+        id,
+        kind,
+        tokens,
+        key_secret_id: r.opt_s("key_secret_id")?,
+        generation,
+        status,
+        lease,
+        keap_scope: r.opt_s("keap_scope")?,
+        keap_app: r.opt_s("keap_app")?,
+        authorized_at: r.opt_n("authorized_at")?,
+        refreshed_at: r.opt_n("refreshed_at")?,
+        last_error: r.opt_s("last_error")?,
+        updated_at: r.opt_n("updated_at")?,
+        orphan_generation,
+    })
+}
+
+pub(crate) fn parse_state(item: &Item) -> Result<PendingAuthorization, StoreError> {
+    let pk = match item.get("pk") {
+        Some(AttributeValue::S(pk)) => pk.as_str(),
+        _ => "<no pk>",
+    };
+    let r = Reader { item, pk };
+    let raw_id = r
+        .opt_s("connection_id")?
+        .ok_or_else(|| r.malformed("missing connection_id".to_owned()))?;
+    Ok(PendingAuthorization {
+        connection_id: ConnectionId::parse(&raw_id).map_err(|e| r.malformed(e.to_string()))?,
+        expires_at: r
+            .opt_n("expires_at")?
+            .ok_or_else(|| r.malformed("missing expires_at".to_owned()))?,
+        replace_account: r.opt_bool("replace_account")?.unwrap_or(false),
+    })
+}

@@ -1,0 +1,249 @@
+#!/usr/bin/env python3
+"""moto's server with every request serialized, plus fault injection and request counting.
+
+moto checks a ConditionExpression and writes without a lock, so two concurrent conditional
+writes can both succeed where DynamoDB lets exactly one through. Holding one lock around each
+request makes race tests fail only for the code under test, never for the emulator.
+
+Control endpoints on the same port (never forwarded to moto):
+  POST   /_keapalive/faults    {"target", "error_type", "status"=400, "times"=1, "body_contains"?: str | [str]}
+  DELETE /_keapalive/faults
+  GET    /_keapalive/requests[?resource=NAME]   {"<X-Amz-Target or Action>": count, ...}
+  DELETE /_keapalive/requests
+"""
+
+import argparse
+import collections
+import contextlib
+import io
+import json
+import logging
+import os
+import signal
+import sys
+import threading
+import urllib.parse
+
+from moto.moto_server.threaded_moto_server import (
+    DomainDispatcherApplication,
+    create_backend_app,
+)
+from moto.moto_server.werkzeug_app import MotoRequestHandler
+from werkzeug.serving import make_server
+
+CONTROL_PREFIX = "/_keapalive/"
+DYNAMODB_ERROR_NAMESPACE = "com.amazonaws.dynamodb.v20120810#"
+
+
+class Fault:
+    def __init__(self, spec):
+        self.target = spec["target"]
+        self.error_type = spec["error_type"]
+        self.status = int(spec.get("status", 400))
+        self.times = int(spec.get("times", 1))
+        needles = spec.get("body_contains")
+        # One substring or a list of them, all of which must occur.
+        self.body_contains = [needles] if isinstance(needles, str) else needles
+        if self.times < 1:
+            raise ValueError("times must be >= 1")
+
+    def matches(self, target, body):
+        if self.target != target:
+            return False
+        if self.body_contains is None:
+            return True
+        return all(n.encode("utf-8") in body for n in self.body_contains)
+
+
+def read_body(environ):
+    stream = environ["wsgi.input"]
+    length = environ.get("CONTENT_LENGTH")
+    if length:
+        return stream.read(int(length))
+    if environ.get("wsgi.input_terminated"):
+        # Chunked upload: werkzeug has already bounded the stream.
+        return stream.read()
+    return b""
+
+
+def request_target(environ, body):
+    target = environ.get("HTTP_X_AMZ_TARGET")
+    if target:
+        return target
+    # Query-protocol services name the operation in an Action parameter.
+    query = urllib.parse.parse_qs(environ.get("QUERY_STRING", ""))
+    if "Action" in query:
+        return query["Action"][0]
+    if environ.get("CONTENT_TYPE", "").startswith("application/x-www-form-urlencoded"):
+        form = urllib.parse.parse_qs(body.decode("utf-8", "replace"))
+        if "Action" in form:
+            return form["Action"][0]
+    return f'{environ.get("REQUEST_METHOD", "?")} {environ.get("PATH_INFO", "/")}'
+
+
+def request_resources(body):
+    """Names of the tables, secrets and queues a JSON-protocol request touches.
+
+    Lets one test (or benchmark) count its own requests while other tests share the emulator.
+    """
+    try:
+        payload = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        return set()
+    if not isinstance(payload, dict):
+        return set()
+    resources = set()
+    for key in ("TableName", "SecretId", "Name", "QueueUrl", "QueueName"):
+        value = payload.get(key)
+        if isinstance(value, str):
+            resources.add(value)
+    request_items = payload.get("RequestItems")
+    if isinstance(request_items, dict):
+        resources.update(request_items.keys())
+    for item in payload.get("TransactItems") or []:
+        if isinstance(item, dict):
+            for operation in item.values():
+                if isinstance(operation, dict) and isinstance(operation.get("TableName"), str):
+                    resources.add(operation["TableName"])
+    return resources
+
+
+def json_response(start_response, status, payload, content_type="application/json"):
+    body = json.dumps(payload).encode("utf-8")
+    start_response(
+        status,
+        [("Content-Type", content_type), ("Content-Length", str(len(body)))],
+    )
+    return [body]
+
+
+class SerializedMoto:
+    def __init__(self, app, serialize=True):
+        self.app = app
+        # Unserialized (--no-serialize) is for benchmarks with no race to get wrong: moto's own
+        # threading is then the only limit on throughput.
+        self.moto_lock = threading.Lock() if serialize else contextlib.nullcontext()
+        # Faults and counters have their own lock so control calls never wait behind moto.
+        self.state_lock = threading.Lock()
+        self.faults = []
+        self.counts = collections.Counter()
+        self.counts_by_resource = collections.defaultdict(collections.Counter)
+
+    def __call__(self, environ, start_response):
+        if environ.get("PATH_INFO", "").startswith(CONTROL_PREFIX):
+            return self.control(environ, start_response)
+
+        body = read_body(environ)
+        environ["wsgi.input"] = io.BytesIO(body)
+        environ["CONTENT_LENGTH"] = str(len(body))
+        target = request_target(environ, body)
+
+        with self.state_lock:
+            self.counts[target] += 1
+            for resource in request_resources(body):
+                self.counts_by_resource[resource][target] += 1
+            fault = self.take_fault(environ.get("HTTP_X_AMZ_TARGET"), body)
+
+        if fault is not None:
+            return json_response(
+                start_response,
+                f"{fault.status} Injected",
+                {"__type": DYNAMODB_ERROR_NAMESPACE + fault.error_type, "message": "injected"},
+                content_type="application/x-amz-json-1.0",
+            )
+
+        with self.moto_lock:
+            result = self.app(environ, start_response)
+            try:
+                # Drain inside the lock: moto may produce the body lazily from shared state.
+                return list(result)
+            finally:
+                close = getattr(result, "close", None)
+                if close is not None:
+                    close()
+
+    def take_fault(self, target, body):
+        for fault in self.faults:
+            if fault.matches(target, body):
+                fault.times -= 1
+                if fault.times == 0:
+                    self.faults.remove(fault)
+                return fault
+        return None
+
+    def control(self, environ, start_response):
+        path = environ["PATH_INFO"][len(CONTROL_PREFIX):].rstrip("/")
+        method = environ.get("REQUEST_METHOD")
+        if path == "faults" and method == "POST":
+            try:
+                fault = Fault(json.loads(read_body(environ)))
+            except (ValueError, KeyError, TypeError) as error:
+                return json_response(start_response, "400 Bad Request", {"error": str(error)})
+            with self.state_lock:
+                self.faults.append(fault)
+            return json_response(start_response, "200 OK", {"ok": True})
+        if path == "faults" and method == "DELETE":
+            with self.state_lock:
+                self.faults.clear()
+            return json_response(start_response, "200 OK", {"ok": True})
+        if path == "requests" and method == "GET":
+            query = urllib.parse.parse_qs(environ.get("QUERY_STRING", ""))
+            with self.state_lock:
+                if "resource" in query:
+                    counts = dict(self.counts_by_resource.get(query["resource"][0], {}))
+                else:
+                    counts = dict(self.counts)
+            return json_response(start_response, "200 OK", counts)
+        if path == "requests" and method == "DELETE":
+            with self.state_lock:
+                self.counts.clear()
+                self.counts_by_resource.clear()
+            return json_response(start_response, "200 OK", {"ok": True})
+        return json_response(start_response, "404 Not Found", {"error": "unknown control path"})
+
+
+def exit_when_stdin_closes():
+    # The parent holds our stdin open; when it dies for any reason the pipe closes.
+    while sys.stdin.buffer.read(65536):
+        pass
+    os.kill(os.getpid(), signal.SIGTERM)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=0, help="0 picks a free port")
+    parser.add_argument("--exit-on-stdin-eof", action="store_true")
+    parser.add_argument(
+        "--no-serialize",
+        action="store_true",
+        help="let moto handle requests concurrently (faster; wrong under conditional-write races)",
+    )
+    args = parser.parse_args()
+
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)
+
+    app = SerializedMoto(
+        DomainDispatcherApplication(create_backend_app), serialize=not args.no_serialize
+    )
+    server = make_server(
+        args.host, args.port, app, threaded=True, request_handler=MotoRequestHandler
+    )
+
+    def stop(_signum, _frame):
+        raise SystemExit(0)
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    if args.exit_on_stdin_eof:
+        threading.Thread(target=exit_when_stdin_closes, daemon=True).start()
+
+    print(f"MOTO_PORT={server.server_port}", flush=True)
+    try:
+        server.serve_forever()
+    finally:
+        server.server_close()
+
+
+if __name__ == "__main__":
+    main()

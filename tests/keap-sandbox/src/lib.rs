@@ -1,0 +1,252 @@
+//! A stateful local stand-in for Keap's (Infusionsoft's) OAuth2 endpoints and REST v1 API, for
+//! integration tests, benchmarks and the local demo. It is deliberately strict: it rejects what
+//! Keap rejects (or is reported to reject), so a client that passes here is not merely passing
+//! against a lenient fake.
+//!
+//! # Endpoints (real HTTP on 127.0.0.1)
+//!
+//! - `GET /app/oauth/authorize?client_id&redirect_uri&response_type=code&scope=full&state` →
+//!   `302` to `redirect_uri?code=..&state=..`, or Keap's denial redirect
+//!   (`?state=..&error=access_denied&error_description=User+denied+access+to+resource&error_uri=..`)
+//!   per [`Consent`]. Bad client / redirect URI (must be https, or http on localhost) → `400` page.
+//!   Codes: single use, 10 minutes, bound to the client and the exact redirect URI.
+//! - `POST /token` (form body only; a JSON body or URL parameters → `400 invalid_request`):
+//!   `authorization_code` (client credentials in the body or HTTP Basic) and `refresh_token`
+//!   (HTTP Basic required). Refresh tokens are single-use; a new authorization of the same
+//!   client and app kills the grant's previous refresh token; access tokens live until expiry.
+//!   Errors: `400 {"error":"invalid_grant","error_description":"Invalid refresh token"}`,
+//!   `400 invalid_grant "Invalid authorization code"`, `401 invalid_client`.
+//! - `/crm/rest/v1/...` with `Authorization: Bearer` or `X-Keap-API-Key` (a `?access_token=`
+//!   query parameter is not accepted): `GET account/profile`, `PUT contacts` (strict upsert),
+//!   `GET contacts?email=`, `GET contacts/{id}` (`optional_properties=custom_fields` to include
+//!   custom fields), `GET contacts/model`, `GET|POST tags`, `POST contacts/{id}/tags`.
+//!   Auth failures are `401` with Keap's gateway body
+//!   `{"fault":{"faultstring":"Invalid Access Token","detail":{"errorcode":"keymanagement.service.invalid_access_token"}}}`
+//!   (`"Access Token expired"` / `keymanagement.service.access_token_expired` when expired,
+//!   `"Invalid ApiKey"` / `oauth.v2.InvalidApiKey` for keys). Shape errors in request bodies are
+//!   `400 {"message":"Input could not be converted to a valid request"}`.
+//!
+//! Data is per Keap app (tenant); a token's or key's app is its tenant. `PUT /contacts` accepts
+//! `tag_ids` but ignores it (whether Keap honours it is unverified). Without `duplicate_option`
+//! it always creates.
+//!
+//! # Control API (for out-of-process users such as `keap-sandbox` the binary)
+//!
+//! Under `/_sandbox`, JSON in and out, never faulted, delayed or logged:
+//!
+//! | request | body / query | answer |
+//! |---|---|---|
+//! | `POST /_sandbox/clients` | `{"client_id","client_secret"}` | 204 |
+//! | `PUT /_sandbox/consent` | `{"decision":"approve","app":"sandbox01"}` or `{"decision":"deny"}` | 204 |
+//! | `POST /_sandbox/grants` | `{"client_id","app"}` | `{"access_token","refresh_token","expires_in","scope"}` |
+//! | `POST /_sandbox/revoke-grant` | `{"app"}` | 204 |
+//! | `POST /_sandbox/expire-access-tokens` | — | 204 |
+//! | `PUT /_sandbox/access-token-lifetime` | `{"secs"}` | 204 |
+//! | `GET /_sandbox/refresh-token?app=` | — | `{"refresh_token": string or null}` |
+//! | `POST /_sandbox/service-account-keys` | `{"app"}` | `{"key"}` |
+//! | `POST /_sandbox/revoke-service-account-key` | `{"key"}` | 204 |
+//! | `POST /_sandbox/custom-fields` | `{"app","label","field_type"}` | `{"id"}` |
+//! | `POST /_sandbox/tags` | `{"app","name"}` | `{"id"}` |
+//! | `GET /_sandbox/tags?app=` | — | `[{"id","name"}]` |
+//! | `GET /_sandbox/contacts?app=` | — | the stored contacts |
+//! | `POST /_sandbox/faults` | `{"endpoint":"token"\|"api"\|"authorize"\|"any","times":1,"kind":K}` | 204 |
+//! | `PUT /_sandbox/latency` | `{"endpoint","millis"}` | 204 |
+//! | `GET /_sandbox/requests` | — | `[{"method","path","query","at_ms","auth","basic_client_id","grant_type","form_client_id","status","handling_ms","app"}]` |
+//! | `DELETE /_sandbox/requests` | — | 204 |
+//!
+//! `K` is `{"status":{"status":429,"retry_after_secs":3}}`, `{"delay_ms":5000}`,
+//! `"drop_after_processing"` or `"drop_before_processing"` (see [`FaultKind`]). `at_ms` counts
+//! from the sandbox's start; `auth` is `basic`, `bearer`, `api_key` or `none`.
+
+mod api;
+mod clock;
+mod contacts;
+mod control;
+mod credentials;
+mod gate;
+mod oauth;
+mod random;
+mod respond;
+mod server;
+mod state;
+mod tags;
+mod types;
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::middleware::from_fn_with_state;
+use axum::routing::{get, post};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use state::Shared;
+pub use types::{AuthKind, Consent, Endpoint, Fault, FaultKind, IssuedPair, RecordedRequest};
+
+/// The app (tenant) the default consent approves.
+pub const DEFAULT_APP: &str = "sandbox01";
+
+/// A running sandbox. Dropping it stops the server and closes its connections.
+pub struct Sandbox {
+    shared: Arc<Shared>,
+    addr: SocketAddr,
+    // Dropping the sender is the shutdown signal.
+    _shutdown: watch::Sender<()>,
+    accept_task: JoinHandle<()>,
+}
+
+impl Drop for Sandbox {
+    fn drop(&mut self) {
+        self.accept_task.abort();
+    }
+}
+
+impl std::fmt::Debug for Sandbox {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sandbox").field("addr", &self.addr).finish()
+    }
+}
+
+impl Sandbox {
+    /// Binds 127.0.0.1 on a free port.
+    pub async fn start() -> std::io::Result<Sandbox> {
+        Self::start_on(SocketAddr::from((Ipv4Addr::LOCALHOST, 0))).await
+    }
+
+    pub async fn start_on(addr: SocketAddr) -> std::io::Result<Sandbox> {
+        let listener = TcpListener::bind(addr).await?;
+        let addr = listener.local_addr()?;
+        let shared = Arc::new(Shared::new());
+        let (shutdown, shutdown_signal) = watch::channel(());
+        let accept_task = tokio::spawn(server::accept_loop(
+            listener,
+            router(shared.clone()),
+            shutdown_signal,
+        ));
+        Ok(Sandbox {
+            shared,
+            addr,
+            _shutdown: shutdown,
+            accept_task,
+        })
+    }
+
+    pub fn base_url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn authorize_url(&self) -> String {
+        format!("{}/app/oauth/authorize", self.base_url())
+    }
+
+    pub fn token_url(&self) -> String {
+        format!("{}/token", self.base_url())
+    }
+
+    /// Clients append `/v1/...`, as with `https://api.infusionsoft.com/crm/rest`.
+    pub fn api_base_url(&self) -> String {
+        format!("{}/crm/rest", self.base_url())
+    }
+
+    // ---- OAuth apps and grants ----
+
+    pub fn register_client(&self, client_id: &str, client_secret: &str) {
+        self.shared.lock().register_client(client_id, client_secret);
+    }
+
+    pub fn set_consent(&self, consent: Consent) {
+        self.shared.lock().consent = consent;
+    }
+
+    /// Mints a pair as a completed authorization would (replacing that client's grant for `app`).
+    pub fn issue_grant(&self, client_id: &str, app: &str) -> IssuedPair {
+        self.shared.lock().new_grant(client_id, app)
+    }
+
+    /// The user revoked access in Keap: every access and refresh token of `app` dies.
+    pub fn revoke_grant(&self, app: &str) {
+        self.shared.lock().revoke_grant(app);
+    }
+
+    /// Every access token valid now is expired from now on; later ones are unaffected.
+    pub fn expire_access_tokens(&self) {
+        self.shared.lock().expire_access_tokens();
+    }
+
+    /// `expires_in` of tokens issued from now on (default 86400).
+    pub fn set_access_token_lifetime(&self, secs: u64) {
+        self.shared.lock().access_token_lifetime_secs = secs;
+    }
+
+    /// The live refresh token of the app's most recent grant.
+    pub fn current_refresh_token(&self, app: &str) -> Option<String> {
+        self.shared.lock().current_refresh_token(app)
+    }
+
+    // ---- Service account keys ----
+
+    pub fn issue_service_account_key(&self, app: &str) -> String {
+        self.shared.lock().issue_service_account_key(app)
+    }
+
+    pub fn revoke_service_account_key(&self, key: &str) {
+        self.shared.lock().revoke_service_account_key(key);
+    }
+
+    // ---- Tenant data ----
+
+    /// Returns the field's id; the same label and type again return the same id.
+    pub fn add_custom_field(&self, app: &str, label: &str, field_type: &str) -> i64 {
+        self.shared.lock().add_custom_field(app, label, field_type)
+    }
+
+    /// Returns the tag's id; an existing name returns the existing id.
+    pub fn add_tag(&self, app: &str, name: &str) -> i64 {
+        self.shared.lock().add_tag(app, name)
+    }
+
+    /// Stored contacts, by id, as `PUT /contacts` returns them (custom fields included).
+    pub fn contacts(&self, app: &str) -> Vec<serde_json::Value> {
+        self.shared.lock().contacts_json(app)
+    }
+
+    pub fn tags(&self, app: &str) -> Vec<(i64, String)> {
+        self.shared.lock().tag_list(app)
+    }
+
+    // ---- Faults, latency, request log ----
+
+    /// Faults queue in order; a request takes the first one that matches its endpoint.
+    pub fn inject(&self, fault: Fault) {
+        self.shared.lock().inject(fault);
+    }
+
+    /// Added to every matching request (settings for `Any` and a specific endpoint add up);
+    /// zero turns it off. Requests sleep concurrently.
+    pub fn set_latency(&self, endpoint: Endpoint, latency: Duration) {
+        self.shared.lock().set_latency(endpoint, latency);
+    }
+
+    /// Finished requests (dropped ones included, with status 0), in order of arrival.
+    pub fn requests(&self) -> Vec<RecordedRequest> {
+        self.shared.lock().requests()
+    }
+
+    pub fn clear_requests(&self) {
+        self.shared.lock().clear_requests();
+    }
+}
+
+fn router(shared: Arc<Shared>) -> Router {
+    Router::new()
+        .route("/app/oauth/authorize", get(oauth::authorize))
+        .route("/token", post(oauth::token))
+        .nest("/crm/rest/v1", api::router())
+        .nest(gate::CONTROL_PREFIX, control::router())
+        .fallback(api::fallback)
+        .layer(from_fn_with_state(shared.clone(), gate::gate))
+        .with_state(shared)
+}

@@ -1,0 +1,117 @@
+//! The public vocabulary: who may log in, which faults to inject, what the request log holds.
+
+use std::fmt;
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+
+/// What the simulated Keap user clicks on the consent screen.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Consent {
+    /// The user allows access to this Keap app (tenant), e.g. `"sandbox01"`.
+    Approve { app: String },
+    /// The user clicks "deny": Keap redirects with `error=access_denied`.
+    Deny,
+}
+
+impl Default for Consent {
+    fn default() -> Self {
+        Consent::Approve {
+            app: crate::DEFAULT_APP.to_owned(),
+        }
+    }
+}
+
+/// A freshly minted token pair, as the token endpoint would return it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct IssuedPair {
+    pub access_token: String,
+    pub refresh_token: String,
+    pub expires_in: u64,
+    /// `full|<app>.infusionsoft.com`
+    pub scope: String,
+}
+
+impl fmt::Debug for IssuedPair {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("IssuedPair")
+            .field("access_token", &"<redacted>")
+            .field("refresh_token", &"<redacted>")
+            .field("expires_in", &self.expires_in)
+            .field("scope", &self.scope)
+            .finish()
+    }
+}
+
+/// Which part of the simulated Keap a fault or latency setting applies to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Endpoint {
+    /// `POST /token`
+    Token,
+    /// Everything under `/crm/rest`
+    Api,
+    /// `GET /app/oauth/authorize`
+    Authorize,
+    /// Every request except the sandbox's own `/_sandbox` control API.
+    Any,
+}
+
+/// A misbehaviour to inject into the next `times` requests that match `endpoint`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Fault {
+    pub endpoint: Endpoint,
+    pub kind: FaultKind,
+    pub times: u32,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum FaultKind {
+    /// Answer this status without processing the request: nothing is consumed or changed.
+    Status {
+        status: u16,
+        retry_after_secs: Option<u64>,
+    },
+    /// Process normally, then wait this long before answering (client timeouts).
+    Delay(Duration),
+    /// Process fully (tokens rotate, contacts are written), then close the TCP connection
+    /// without sending a single response byte: the "lost response" case.
+    DropAfterProcessing,
+    /// Close the TCP connection without processing.
+    DropBeforeProcessing,
+}
+
+/// How a request authenticated, without the secret itself.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum AuthKind {
+    /// `Authorization: Basic`, with the client id it carried.
+    Basic {
+        client_id: String,
+    },
+    /// `Authorization: Bearer`
+    Bearer,
+    /// `X-Keap-API-Key`
+    ApiKey,
+    None,
+}
+
+/// One request as the sandbox saw it.
+#[derive(Clone, Debug)]
+pub struct RecordedRequest {
+    pub method: String,
+    pub path: String,
+    pub query: Option<String>,
+    /// Arrival time; the log is ordered by it.
+    pub at: Instant,
+    pub auth: AuthKind,
+    /// For `/token`: the form body's `grant_type`.
+    pub grant_type: Option<String>,
+    /// For `/token`: the `client_id` sent in the form body (client_secret_post), if any.
+    pub form_client_id: Option<String>,
+    /// 0 when the connection was dropped instead of answered.
+    pub status: u16,
+    /// The server's own handling time, including injected latency and delays.
+    pub handling: Duration,
+    /// The Keap app (tenant) the request acted on, when the sandbox could tell.
+    pub app: Option<String>,
+}

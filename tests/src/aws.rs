@@ -1,0 +1,171 @@
+//! Fresh, uniquely named AWS resources in the emulator, so tests never share state and run in
+//! parallel.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use aws_config::SdkConfig;
+use aws_sdk_dynamodb::types::{
+    AttributeDefinition, AttributeValue, BillingMode, KeySchemaElement, KeyType,
+    ScalarAttributeType, SseSpecification, TimeToLiveSpecification,
+};
+use aws_sdk_sqs::types::{Message, MessageSystemAttributeName};
+
+pub const PARTITION_KEY: &str = "pk";
+pub const TTL_ATTRIBUTE: &str = "expires_at";
+
+/// Unique across tests of one process and across processes sharing one emulator.
+pub fn unique_name(prefix: &str) -> String {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    format!(
+        "{prefix}-{}-{}-{nanos}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// The connections table as DESIGN.md's data model describes it: partition key `pk` (string),
+/// no sort key, on-demand, server-side encryption, TTL on `expires_at`.
+pub async fn create_table(sdk: &SdkConfig) -> String {
+    let client = aws_sdk_dynamodb::Client::new(sdk);
+    let name = unique_name("keapalive-test");
+    client
+        .create_table()
+        .table_name(&name)
+        .attribute_definitions(
+            AttributeDefinition::builder()
+                .attribute_name(PARTITION_KEY)
+                .attribute_type(ScalarAttributeType::S)
+                .build()
+                .expect("attribute definition"),
+        )
+        .key_schema(
+            KeySchemaElement::builder()
+                .attribute_name(PARTITION_KEY)
+                .key_type(KeyType::Hash)
+                .build()
+                .expect("key schema"),
+        )
+        .billing_mode(BillingMode::PayPerRequest)
+        .sse_specification(SseSpecification::builder().enabled(true).build())
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("create table {name}: {e:?}"));
+    client
+        .update_time_to_live()
+        .table_name(&name)
+        .time_to_live_specification(
+            TimeToLiveSpecification::builder()
+                .enabled(true)
+                .attribute_name(TTL_ATTRIBUTE)
+                .build()
+                .expect("ttl specification"),
+        )
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("enable TTL on {name}: {e:?}"));
+    name
+}
+
+/// Stores `{"client_id": .., "client_secret": ..}` as the Keap client secret; returns its id.
+pub async fn create_client_secret(sdk: &SdkConfig, client_id: &str, client_secret: &str) -> String {
+    let value = serde_json::json!({ "client_id": client_id, "client_secret": client_secret });
+    create_secret_string(sdk, &value.to_string()).await
+}
+
+/// Stores any string (a service account key, a malformed client secret); returns its id.
+pub async fn create_secret_string(sdk: &SdkConfig, value: &str) -> String {
+    let name = unique_name("keapalive-test-secret");
+    aws_sdk_secretsmanager::Client::new(sdk)
+        .create_secret()
+        .name(&name)
+        .secret_string(value)
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("create secret {name}: {e:?}"));
+    name
+}
+
+/// A fresh SQS queue (a dead-letter queue in contact-upsert tests); returns its URL.
+pub async fn create_queue(sdk: &SdkConfig) -> String {
+    let name = unique_name("keapalive-test-queue");
+    aws_sdk_sqs::Client::new(sdk)
+        .create_queue()
+        .queue_name(&name)
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("create queue {name}: {e:?}"))
+        .queue_url
+        .expect("create_queue returns the queue URL")
+}
+
+/// Every message currently in the queue, with all message attributes, removed from it.
+pub async fn drain_queue(sdk: &SdkConfig, queue_url: &str) -> Vec<Message> {
+    let client = aws_sdk_sqs::Client::new(sdk);
+    let mut messages = Vec::new();
+    loop {
+        let batch = client
+            .receive_message()
+            .queue_url(queue_url)
+            .max_number_of_messages(10)
+            .message_attribute_names("All")
+            .message_system_attribute_names(MessageSystemAttributeName::All)
+            .wait_time_seconds(0)
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("receive from {queue_url}: {e:?}"))
+            .messages
+            .unwrap_or_default();
+        if batch.is_empty() {
+            return messages;
+        }
+        for message in &batch {
+            if let Some(handle) = message.receipt_handle() {
+                client
+                    .delete_message()
+                    .queue_url(queue_url)
+                    .receipt_handle(handle)
+                    .send()
+                    .await
+                    .unwrap_or_else(|e| panic!("delete from {queue_url}: {e:?}"));
+            }
+        }
+        messages.extend(batch);
+    }
+}
+
+/// Every item in the table (consistent scan, all pages).
+pub async fn scan_all(sdk: &SdkConfig, table: &str) -> Vec<HashMap<String, AttributeValue>> {
+    aws_sdk_dynamodb::Client::new(sdk)
+        .scan()
+        .table_name(table)
+        .consistent_read(true)
+        .into_paginator()
+        .items()
+        .send()
+        .collect::<Result<Vec<_>, _>>()
+        .await
+        .unwrap_or_else(|e| panic!("scan {table}: {e:?}"))
+}
+
+/// One item by partition key (consistent read).
+pub async fn get_item(
+    sdk: &SdkConfig,
+    table: &str,
+    pk: &str,
+) -> Option<HashMap<String, AttributeValue>> {
+    aws_sdk_dynamodb::Client::new(sdk)
+        .get_item()
+        .table_name(table)
+        .key(PARTITION_KEY, AttributeValue::S(pk.to_owned()))
+        .consistent_read(true)
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("get {pk} from {table}: {e:?}"))
+        .item
+}

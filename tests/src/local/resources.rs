@@ -1,0 +1,116 @@
+//! The AWS side of a deployment, in the emulator: the connections table (as the SAM template
+//! declares it) and the client secret (as an operator stores it after deploying).
+
+use aws_config::{BehaviorVersion, Region, SdkConfig};
+use aws_sdk_dynamodb::config::{Credentials, SharedCredentialsProvider};
+use aws_sdk_dynamodb::error::DisplayErrorContext;
+use aws_sdk_dynamodb::types::{
+    AttributeDefinition, BillingMode, KeySchemaElement, KeyType, ScalarAttributeType,
+    SseSpecification, TimeToLiveSpecification,
+};
+use secrecy::{ExposeSecret, SecretString};
+
+use crate::aws::{PARTITION_KEY, TTL_ATTRIBUTE};
+use crate::emulator::{ACCESS_KEY_ID, REGION, SECRET_ACCESS_KEY};
+
+pub const TABLE: &str = "keapalive-local-connections";
+pub const CLIENT_SECRET_ID: &str = "keapalive/local/keap-client";
+
+/// The SDK pointed at the emulator with dummy credentials: nothing read from the environment
+/// or profile files, so a developer's real AWS account is never touched.
+pub fn sdk_config(endpoint_url: &str) -> SdkConfig {
+    SdkConfig::builder()
+        .behavior_version(BehaviorVersion::latest())
+        .region(Region::new(REGION))
+        .credentials_provider(SharedCredentialsProvider::new(Credentials::new(
+            ACCESS_KEY_ID,
+            SECRET_ACCESS_KEY,
+            None,
+            None,
+            "keapalive-local",
+        )))
+        .endpoint_url(endpoint_url)
+        .build()
+}
+
+/// The environment a function or tool needs to reach the emulator.
+pub fn aws_env(endpoint_url: &str) -> Vec<(String, String)> {
+    [
+        ("AWS_ENDPOINT_URL", endpoint_url),
+        ("AWS_REGION", REGION),
+        ("AWS_DEFAULT_REGION", REGION),
+        ("AWS_ACCESS_KEY_ID", ACCESS_KEY_ID),
+        ("AWS_SECRET_ACCESS_KEY", SECRET_ACCESS_KEY),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+    .collect()
+}
+
+/// Partition key `pk`, on-demand, encrypted, TTL on `expires_at` (DESIGN.md, "Data model").
+pub async fn create_table(sdk: &SdkConfig) -> Result<(), String> {
+    let client = aws_sdk_dynamodb::Client::new(sdk);
+    let built = |e: aws_sdk_dynamodb::error::BuildError| format!("table definition: {e}");
+    client
+        .create_table()
+        .table_name(TABLE)
+        .attribute_definitions(
+            AttributeDefinition::builder()
+                .attribute_name(PARTITION_KEY)
+                .attribute_type(ScalarAttributeType::S)
+                .build()
+                .map_err(built)?,
+        )
+        .key_schema(
+            KeySchemaElement::builder()
+                .attribute_name(PARTITION_KEY)
+                .key_type(KeyType::Hash)
+                .build()
+                .map_err(built)?,
+        )
+        .billing_mode(BillingMode::PayPerRequest)
+        .sse_specification(SseSpecification::builder().enabled(true).build())
+        .send()
+        .await
+        .map_err(|e| format!("create table {TABLE}: {}", DisplayErrorContext(&e)))?;
+    client
+        .update_time_to_live()
+        .table_name(TABLE)
+        .time_to_live_specification(
+            TimeToLiveSpecification::builder()
+                .enabled(true)
+                .attribute_name(TTL_ATTRIBUTE)
+                .build()
+                .map_err(built)?,
+        )
+        .send()
+        .await
+        .map_err(|e| format!("enable TTL on {TABLE}: {}", DisplayErrorContext(&e)))?;
+    Ok(())
+}
+
+/// `{"client_id", "client_secret"}` under [`CLIENT_SECRET_ID`], exactly what the README tells
+/// an operator to store in the stack's secret.
+pub async fn store_client_secret(
+    sdk: &SdkConfig,
+    client_id: &str,
+    client_secret: &SecretString,
+) -> Result<(), String> {
+    let value = serde_json::json!({
+        "client_id": client_id,
+        "client_secret": client_secret.expose_secret(),
+    });
+    aws_sdk_secretsmanager::Client::new(sdk)
+        .create_secret()
+        .name(CLIENT_SECRET_ID)
+        .secret_string(value.to_string())
+        .send()
+        .await
+        .map_err(|e| {
+            format!(
+                "create secret {CLIENT_SECRET_ID}: {}",
+                DisplayErrorContext(&e)
+            )
+        })?;
+    Ok(())
+}

@@ -1,0 +1,785 @@
+//! contact-upsert against the Keap sandbox and the AWS emulator: the ButtonPush story, custom
+//! fields and tags by name, strict validation, token expiry under concurrency, request counts,
+//! SQS batches and the real binary.
+
+mod contact_upsert_support;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use aws_sdk_sqs::types::Message;
+use contact_upsert_support::*;
+use keap_sandbox::{Endpoint, Fault, FaultKind};
+use keapalive::clock::now_epoch_secs;
+use keapalive::contact::{UpsertError, UpsertSettings};
+use keapalive::token_store::{MarkGuard, TokenStore};
+use keapalive_tests::aws::{create_queue, drain_queue};
+use keapalive_tests::emulator::Emulator;
+use keapalive_tests::fixture::{Fixture, connection_id};
+use keapalive_tests::logs::{assert_logs_never_contain, capture_logs};
+use keapalive_tests::runtime_api::{RuntimeApi, binary_path, spawn_function};
+use serde_json::{Value, json};
+use tokio::sync::Barrier;
+
+const APP: &str = "buttonpush01";
+
+fn attribute<'a>(message: &'a Message, name: &str) -> Option<&'a str> {
+    message
+        .message_attributes()
+        .and_then(|attributes| attributes.get(name))
+        .and_then(|value| value.string_value())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn buttonpush_story_end_to_end() {
+    capture_logs();
+    let fx = Fixture::new().await;
+    let issued = fx.seed_connection("default", APP, None).await;
+    let tag = fx.sandbox.add_tag(APP, "buttonpushed");
+    let container = container(&fx, &[]);
+    let email = "ada.signup@buttonpush.example";
+
+    let signed_up = upsert(
+        &container.service,
+        json!({"connection_id": "default",
+               "contact": {"email": email, "given_name": "Ada", "family_name": "Lovelace"},
+               "match_on": "email"}),
+    )
+    .await
+    .unwrap();
+    assert!(signed_up.created);
+    assert!(signed_up.tags_applied.is_empty());
+
+    let again = upsert(
+        &container.service,
+        json!({"contact": {"email": email, "phone": "+44 20 7946 0000",
+                           "company": "Analytical Engines"}}),
+    )
+    .await
+    .unwrap();
+    assert!(!again.created);
+    assert_eq!(again.contact_id, signed_up.contact_id);
+
+    let pushed = upsert(
+        &container.service,
+        json!({"contact": {"email": email, "tags": ["buttonpushed"]}}),
+    )
+    .await
+    .unwrap();
+    assert!(!pushed.created);
+    assert_eq!(pushed.contact_id, signed_up.contact_id);
+    assert_eq!(pushed.tags_applied, vec![tag]);
+
+    let contacts = fx.sandbox.contacts(APP);
+    assert_eq!(contacts.len(), 1, "exactly one contact: {contacts:?}");
+    let contact = &contacts[0];
+    assert_eq!(contact["id"], signed_up.contact_id);
+    assert_eq!(contact["given_name"], "Ada");
+    assert_eq!(contact["family_name"], "Lovelace");
+    assert_eq!(
+        contact["email_addresses"],
+        json!([{"email": email, "field": "EMAIL1"}])
+    );
+    assert_eq!(contact["phone_numbers"][0]["number"], "+44 20 7946 0000");
+    assert_eq!(contact["company"]["company_name"], "Analytical Engines");
+    assert_eq!(tag_ids(contact), vec![tag]);
+
+    let api = api_requests(&fx);
+    let shape: Vec<(String, String)> = api
+        .iter()
+        .map(|r| (r.method.clone(), r.path.clone()))
+        .collect();
+    assert_eq!(
+        shape,
+        vec![
+            ("PUT".into(), "/crm/rest/v1/contacts".into()),
+            ("PUT".into(), "/crm/rest/v1/contacts".into()),
+            ("GET".into(), "/crm/rest/v1/tags".into()),
+            ("PUT".into(), "/crm/rest/v1/contacts".into()),
+            (
+                "POST".into(),
+                format!("/crm/rest/v1/contacts/{}/tags", signed_up.contact_id)
+            ),
+        ]
+    );
+    assert_eq!(
+        api.iter().map(|r| r.status).collect::<Vec<_>>(),
+        vec![201, 200, 200, 200, 200]
+    );
+    assert_eq!(token_endpoint_requests(&fx), 0);
+    assert_logs_never_contain(&[&issued.access_token, &issued.refresh_token, email]);
+}
+
+#[tokio::test]
+async fn custom_fields_by_label_and_by_id_land_as_id_content() {
+    let fx = Fixture::new().await;
+    fx.seed_connection("default", APP, None).await;
+    let color = fx.sandbox.add_custom_field(APP, "Favorite Color", "Text");
+    let plan = fx.sandbox.add_custom_field(APP, "Plan", "Text");
+    let container = container(&fx, &[]);
+
+    let plan_key = plan.to_string();
+    let response = upsert(
+        &container.service,
+        json!({"contact": {"email": "fields@buttonpush.example",
+                           "custom_fields": {"Favorite Color": "blue", plan_key: "pro"}}}),
+    )
+    .await
+    .unwrap();
+    assert!(response.created);
+
+    let contact = contact_with_email(&fx, APP, "fields@buttonpush.example").unwrap();
+    let mut fields = contact["custom_fields"].as_array().unwrap().clone();
+    fields.sort_by_key(|f| f["id"].as_i64());
+    let mut expected = vec![
+        json!({"id": color, "content": "blue"}),
+        json!({"id": plan, "content": "pro"}),
+    ];
+    expected.sort_by_key(|f| f["id"].as_i64());
+    assert_eq!(fields, expected);
+
+    // An unknown label is the caller's mistake: named, and nothing written.
+    let before = fx.sandbox.contacts(APP).len();
+    let error = upsert(
+        &container.service,
+        json!({"contact": {"email": "other@buttonpush.example",
+                           "custom_fields": {"Shoe Size": 42}}}),
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        matches!(&error, UpsertError::Validation(m) if m.contains("Shoe Size")),
+        "{error:?}"
+    );
+    assert_eq!(fx.sandbox.contacts(APP).len(), before);
+}
+
+#[tokio::test]
+async fn unknown_tags_are_rejected_or_created_as_configured() {
+    let fx = Fixture::new().await;
+    fx.seed_connection("default", APP, None).await;
+
+    let strict = container(&fx, &[]);
+    let error = upsert(
+        &strict.service,
+        json!({"contact": {"email": "t@buttonpush.example", "tags": ["newsletter"]}}),
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        matches!(&error, UpsertError::Validation(m) if m.contains("newsletter")
+            && m.contains("KEAPALIVE_CREATE_MISSING_TAGS")),
+        "{error:?}"
+    );
+    assert!(
+        fx.sandbox.contacts(APP).is_empty(),
+        "validated before the PUT"
+    );
+    assert!(fx.sandbox.tags(APP).is_empty());
+
+    let creating = container(&fx, &[("KEAPALIVE_CREATE_MISSING_TAGS", "true")]);
+    let response = upsert(
+        &creating.service,
+        json!({"contact": {"email": "t@buttonpush.example", "tags": ["newsletter"]}}),
+    )
+    .await
+    .unwrap();
+    let tags = fx.sandbox.tags(APP);
+    assert_eq!(tags.len(), 1);
+    assert_eq!(tags[0].1, "newsletter");
+    assert_eq!(response.tags_applied, vec![tags[0].0]);
+    let contact = contact_with_email(&fx, APP, "t@buttonpush.example").unwrap();
+    assert_eq!(tag_ids(&contact), vec![tags[0].0]);
+}
+
+/// Every case must fail validation before any network call.
+fn malformed_requests() -> Vec<(&'static str, String)> {
+    let long = "x".repeat(256);
+    let many_tags: Vec<String> = (0..101).map(|i| format!("tag{i}")).collect();
+    let many_fields: serde_json::Map<String, Value> = (0..101)
+        .map(|i| (format!("Field {i}"), json!("v")))
+        .collect();
+    let cases: Vec<(&str, String)> = vec![
+        ("empty body", String::new()),
+        ("whitespace body", "  \n".into()),
+        ("not JSON", "contact=ada@example.com".into()),
+        ("truncated JSON", r#"{"contact": {"email": "ada@example.com""#.into()),
+        ("JSON array", "[]".into()),
+        ("JSON string", r#""ada@example.com""#.into()),
+        ("empty object", "{}".into()),
+        ("trailing data", r#"{"contact": {"email": "ada@example.com"}} {}"#.into()),
+        ("unknown top-level field", r#"{"contact": {"email": "ada@example.com"}, "dry_run": true}"#.into()),
+        ("unknown contact field", r#"{"contact": {"email": "ada@example.com", "emails": []}}"#.into()),
+        ("Keap's own shape", r#"{"contact": {"email_addresses": [{"email": "ada@example.com", "field": "EMAIL1"}]}}"#.into()),
+        ("missing email", r#"{"contact": {"given_name": "Ada"}}"#.into()),
+        ("email not a string", r#"{"contact": {"email": 42}}"#.into()),
+        ("contact as array", r#"{"contact": ["ada@example.com", "Ada"]}"#.into()),
+        ("request as array", r#"[{"email": "ada@example.com"}]"#.into()),
+        ("email list", r#"{"contact": {"email": ["ada@example.com"]}}"#.into()),
+        ("email without @", r#"{"contact": {"email": "ada.example.com"}}"#.into()),
+        ("email without domain dot", r#"{"contact": {"email": "ada@example"}}"#.into()),
+        ("email with space", r#"{"contact": {"email": "ada lovelace@example.com"}}"#.into()),
+        ("email with two @", r#"{"contact": {"email": "ada@@example.com"}}"#.into()),
+        ("email too long", format!(r#"{{"contact": {{"email": "{}@example.com"}}}}"#, "a".repeat(250))),
+        ("email given twice", r#"{"contact": {"email": "ada@example.com", "email": "bob@example.com"}}"#.into()),
+        ("contact given twice", r#"{"contact": {"email": "ada@example.com"}, "contact": {"email": "b@example.com"}}"#.into()),
+        ("given_name not a string", r#"{"contact": {"email": "ada@example.com", "given_name": 7}}"#.into()),
+        ("given_name oversized", format!(r#"{{"contact": {{"email": "ada@example.com", "given_name": "{long}"}}}}"#)),
+        ("family_name empty", r#"{"contact": {"email": "ada@example.com", "family_name": "  "}}"#.into()),
+        ("company oversized", format!(r#"{{"contact": {{"email": "ada@example.com", "company": "{long}"}}}}"#)),
+        ("phone as number", r#"{"contact": {"email": "ada@example.com", "phone": 5551234}}"#.into()),
+        ("phone with letters", r#"{"contact": {"email": "ada@example.com", "phone": "call me"}}"#.into()),
+        ("unknown match_on", r#"{"contact": {"email": "ada@example.com"}, "match_on": "name"}"#.into()),
+        ("match_on Keap spelling", r#"{"contact": {"email": "ada@example.com"}, "match_on": "EmailAndName"}"#.into()),
+        ("bad connection_id", r#"{"connection_id": "conn#1", "contact": {"email": "ada@example.com"}}"#.into()),
+        ("null connection_id", r#"{"connection_id": null, "contact": {"email": "ada@example.com"}}"#.into()),
+        ("custom_fields as list", r#"{"contact": {"email": "ada@example.com", "custom_fields": [{"id": 1, "content": "x"}]}}"#.into()),
+        ("custom field value object", r#"{"contact": {"email": "ada@example.com", "custom_fields": {"Color": {"v": 1}}}}"#.into()),
+        ("custom field key twice", r#"{"contact": {"email": "ada@example.com", "custom_fields": {"Color": "a", "Color": "b"}}}"#.into()),
+        ("custom field empty key", r#"{"contact": {"email": "ada@example.com", "custom_fields": {" ": "a"}}}"#.into()),
+        ("custom field value oversized", format!(r#"{{"contact": {{"email": "ada@example.com", "custom_fields": {{"Notes": "{}"}}}}}}"#, "n".repeat(10_001))),
+        ("too many custom fields", json!({"contact": {"email": "ada@example.com", "custom_fields": many_fields}}).to_string()),
+        ("tags not a list", r#"{"contact": {"email": "ada@example.com", "tags": "vip"}}"#.into()),
+        ("tag as object", r#"{"contact": {"email": "ada@example.com", "tags": [{"id": 1}]}}"#.into()),
+        ("negative tag id", r#"{"contact": {"email": "ada@example.com", "tags": [-3]}}"#.into()),
+        ("fractional tag id", r#"{"contact": {"email": "ada@example.com", "tags": [1.5]}}"#.into()),
+        ("empty tag name", r#"{"contact": {"email": "ada@example.com", "tags": [""]}}"#.into()),
+        ("too many tags", json!({"contact": {"email": "ada@example.com", "tags": many_tags}}).to_string()),
+        ("request too large", format!(r#"{{"contact": {{"email": "ada@example.com"}}, "pad": "{}"}}"#, "p".repeat(70_000))),
+        ("SQS-looking event from another source", r#"{"Records": [{"eventSource": "aws:sns", "body": "{}"}]}"#.into()),
+    ];
+    cases
+}
+
+#[tokio::test]
+async fn malformed_requests_are_validation_errors_without_any_keap_call() {
+    capture_logs();
+    let fx = Fixture::new().await;
+    fx.seed_connection("default", APP, None).await;
+    let queue = create_queue(&fx.sdk).await;
+    let container = container(&fx, &[("KEAPALIVE_DEAD_LETTER_QUEUE_URL", &queue)]);
+    let cases = malformed_requests();
+    assert!(cases.len() >= 25);
+
+    // Direct invocations.
+    for (name, body) in &cases {
+        let error = container
+            .service
+            .handle(body.as_bytes(), deadline())
+            .await
+            .expect_err(name);
+        assert_eq!(error.error_type(), "ValidationError", "{name}: {error}");
+        assert!(
+            !error.to_string().contains("ada@example.com"),
+            "{name}: {error}"
+        );
+    }
+    // The same bodies as SQS messages: every one dead-lettered as a ValidationError.
+    let records: Vec<(String, String)> = cases
+        .iter()
+        .enumerate()
+        .filter(|(_, (_, body))| !body.is_empty())
+        .map(|(i, (_, body))| (format!("m{i}"), body.clone()))
+        .collect();
+    let borrowed: Vec<(&str, &str)> = records
+        .iter()
+        .map(|(id, body)| (id.as_str(), body.as_str()))
+        .collect();
+    let failed = run_batch(&container.service, &borrowed).await;
+    assert!(failed.is_empty(), "{failed:?}");
+    let dead = drain_queue(&fx.sdk, &queue).await;
+    assert_eq!(dead.len(), records.len());
+    for message in &dead {
+        assert_eq!(attribute(message, "error_type"), Some("ValidationError"));
+        assert!(attribute(message, "error_message").is_some_and(|m| !m.is_empty()));
+        assert!(
+            records
+                .iter()
+                .any(|(_, body)| Some(body.as_str()) == message.body())
+        );
+    }
+
+    assert!(api_requests(&fx).is_empty(), "{:?}", api_requests(&fx));
+    assert_eq!(token_endpoint_requests(&fx), 0);
+    assert_logs_never_contain(&["ada@example.com"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_upserts_survive_token_expiry_with_exactly_one_refresh() {
+    capture_logs();
+    const UPSERTS: usize = 32;
+    let fx = Fixture::new().await;
+    let issued = fx.seed_connection("default", APP, None).await;
+    let container = Arc::new(container(&fx, &[]));
+    // Warm: the access token is cached.
+    upsert(
+        &container.service,
+        json!({"contact": {"email": "warm@buttonpush.example"}}),
+    )
+    .await
+    .unwrap();
+
+    // 32 upserts through one container's limiter (10/s) take ~3 s; the token dies at ~1 s,
+    // so some requests carry a live token and the rest the dead one.
+    let barrier = Arc::new(Barrier::new(UPSERTS + 1));
+    let tasks: Vec<_> = (0..UPSERTS)
+        .map(|i| {
+            let container = container.clone();
+            let barrier = barrier.clone();
+            tokio::spawn(async move {
+                barrier.wait().await;
+                upsert(
+                    &container.service,
+                    json!({"contact": {"email": format!("user{i}@buttonpush.example")}}),
+                )
+                .await
+            })
+        })
+        .collect();
+    barrier.wait().await;
+    tokio::time::sleep(Duration::from_millis(1_000)).await;
+    fx.sandbox.expire_access_tokens();
+    for task in tasks {
+        let response = task.await.unwrap().expect("every upsert succeeds");
+        assert!(response.created);
+    }
+
+    assert_eq!(refresh_requests(&fx), 1, "exactly one refresh");
+    let rejected = api_requests(&fx).iter().filter(|r| r.status == 401).count();
+    assert!(rejected >= 1, "the token did expire mid-run");
+    assert_eq!(fx.sandbox.contacts(APP).len(), UPSERTS + 1);
+    let connection = fx
+        .store()
+        .get(&connection_id("default"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(connection.generation, 2);
+    assert_logs_never_contain(&[&issued.access_token, &issued.refresh_token]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_cold_upserts_with_an_expired_stored_token_refresh_once() {
+    const UPSERTS: usize = 32;
+    let fx = Fixture::new().await;
+    fx.seed_connection("default", APP, Some(now_epoch_secs() - 60))
+        .await;
+    let container = Arc::new(container(&fx, &[("KEAPALIVE_KEAP_RATE_PER_SEC", "100")]));
+    let barrier = Arc::new(Barrier::new(UPSERTS));
+    let tasks: Vec<_> = (0..UPSERTS)
+        .map(|i| {
+            let container = container.clone();
+            let barrier = barrier.clone();
+            tokio::spawn(async move {
+                barrier.wait().await;
+                upsert(
+                    &container.service,
+                    json!({"contact": {"email": format!("cold{i}@buttonpush.example")}}),
+                )
+                .await
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.unwrap().expect("every upsert succeeds");
+    }
+    assert_eq!(refresh_requests(&fx), 1);
+    assert!(api_requests(&fx).iter().all(|r| r.status == 201));
+}
+
+#[tokio::test]
+async fn warm_upserts_cost_one_keap_request_and_no_aws_request() {
+    let fx = Fixture::new().await;
+    fx.seed_connection("default", APP, None).await;
+    fx.sandbox.add_tag(APP, "buttonpushed");
+    fx.sandbox.add_custom_field(APP, "Favorite Color", "Text");
+    let container = container(&fx, &[]);
+    let emulator = Emulator::shared();
+    let aws_requests = || async {
+        let table: u64 = emulator.request_counts_for(&fx.table).await.values().sum();
+        let secret: u64 = emulator
+            .request_counts_for(&fx.secret_id)
+            .await
+            .values()
+            .sum();
+        table + secret
+    };
+
+    // Cold: reads the connection.
+    upsert(
+        &container.service,
+        json!({"contact": {"email": "w@buttonpush.example"}}),
+    )
+    .await
+    .unwrap();
+    let aws_before = aws_requests().await;
+    assert!(aws_before > 0, "the emulator counts this table's requests");
+    fx.sandbox.clear_requests();
+
+    upsert(
+        &container.service,
+        json!({"contact": {"email": "w@buttonpush.example"}}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(api_requests(&fx).len(), 1, "warm upsert without tags");
+    assert_eq!(aws_requests().await, aws_before, "no AWS request when warm");
+
+    let tagged = json!({"contact": {"email": "w@buttonpush.example", "tags": ["buttonpushed"],
+                                    "custom_fields": {"Favorite Color": "red"}}});
+    upsert(&container.service, tagged.clone()).await.unwrap();
+    fx.sandbox.clear_requests();
+    upsert(&container.service, tagged).await.unwrap();
+    let paths: Vec<String> = api_requests(&fx).iter().map(|r| r.path.clone()).collect();
+    assert_eq!(
+        paths.len(),
+        2,
+        "upsert + apply tags once ids are cached: {paths:?}"
+    );
+    assert_eq!(aws_requests().await, aws_before);
+}
+
+#[tokio::test]
+async fn throttling_is_waited_out_within_budget_and_reported_beyond_it() {
+    let fx = Fixture::new().await;
+    fx.seed_connection("default", APP, None).await;
+    let container = container(&fx, &[]);
+    let request = json!({"contact": {"email": "slow@buttonpush.example"}});
+
+    fx.sandbox.inject(Fault {
+        endpoint: Endpoint::Api,
+        kind: FaultKind::Status {
+            status: 429,
+            retry_after_secs: Some(1),
+        },
+        times: 1,
+    });
+    let started = Instant::now();
+    upsert(&container.service, request.clone()).await.unwrap();
+    assert!(
+        started.elapsed() >= Duration::from_secs(1),
+        "Retry-After honoured"
+    );
+
+    fx.sandbox.inject(Fault {
+        endpoint: Endpoint::Api,
+        kind: FaultKind::Status {
+            status: 429,
+            retry_after_secs: Some(30),
+        },
+        times: 1,
+    });
+    let started = Instant::now();
+    let error = upsert(&container.service, request.clone())
+        .await
+        .unwrap_err();
+    assert_eq!(error.error_type(), "RateLimited", "{error}");
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "no hopeless wait"
+    );
+
+    // 5xx: one retry, then Unavailable.
+    fx.sandbox.inject(Fault {
+        endpoint: Endpoint::Api,
+        kind: FaultKind::Status {
+            status: 503,
+            retry_after_secs: None,
+        },
+        times: 2,
+    });
+    let error = upsert(&container.service, request.clone())
+        .await
+        .unwrap_err();
+    assert_eq!(error.error_type(), "Unavailable", "{error}");
+    fx.sandbox.inject(Fault {
+        endpoint: Endpoint::Api,
+        kind: FaultKind::Status {
+            status: 502,
+            retry_after_secs: None,
+        },
+        times: 1,
+    });
+    upsert(&container.service, request).await.unwrap();
+}
+
+fn good(email: &str) -> String {
+    json!({"contact": {"email": email}}).to_string()
+}
+
+const INVALID: &str = r#"{"contact": {"email": "not-an-email"}}"#;
+
+#[tokio::test]
+async fn sqs_batch_dead_letters_permanent_failures_and_retries_transient_ones() {
+    let fx = Fixture::new().await;
+    fx.seed_connection("default", APP, None).await;
+    let queue = create_queue(&fx.sdk).await;
+    let with_dlq = sequential(&fx, Some(&queue));
+    let transient = good("transient@buttonpush.example");
+    let records = [
+        ("transient", transient.as_str()),
+        ("invalid", INVALID),
+        ("good", &good("good@buttonpush.example")),
+    ];
+
+    fx.sandbox.inject(Fault {
+        endpoint: Endpoint::Api,
+        kind: FaultKind::Status {
+            status: 503,
+            retry_after_secs: None,
+        },
+        times: 2,
+    });
+    let failed = run_batch(&with_dlq, &records).await;
+    assert_eq!(failed, vec!["transient"]);
+    let dead = drain_queue(&fx.sdk, &queue).await;
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].body(), Some(INVALID), "body unchanged");
+    assert_eq!(attribute(&dead[0], "error_type"), Some("ValidationError"));
+    assert!(attribute(&dead[0], "error_message").is_some_and(|m| m.contains("contact.email")));
+    assert!(contact_with_email(&fx, APP, "good@buttonpush.example").is_some());
+    assert!(contact_with_email(&fx, APP, "transient@buttonpush.example").is_none());
+
+    // Without a dead-letter queue, both failures stay with SQS.
+    let without_dlq = sequential(&fx, None);
+    fx.sandbox.inject(Fault {
+        endpoint: Endpoint::Api,
+        kind: FaultKind::Status {
+            status: 503,
+            retry_after_secs: None,
+        },
+        times: 2,
+    });
+    let failed = run_batch(&without_dlq, &records).await;
+    assert_eq!(failed, vec!["invalid", "transient"]);
+
+    // A dead-letter queue that cannot be written to: the record is not acknowledged.
+    let missing_queue = format!("{queue}-missing");
+    let broken_dlq = sequential(&fx, Some(&missing_queue));
+    let failed = run_batch(
+        &broken_dlq,
+        &[
+            ("invalid", INVALID),
+            ("good", &good("g2@buttonpush.example")),
+        ],
+    )
+    .await;
+    assert_eq!(failed, vec!["invalid"]);
+}
+
+/// A container whose batches run one record at a time.
+fn sequential(fx: &Fixture, dead_letter_queue: Option<&str>) -> Service {
+    let clients = fx.clients(&[]);
+    let mut settings = UpsertSettings::from_config(&clients.config);
+    settings.batch_concurrency = 1;
+    settings.dead_letter_queue_url = dead_letter_queue.map(str::to_owned);
+    Service::new(
+        clients.rest.clone(),
+        Arc::new(clients.on_demand()),
+        clients.secrets.clone(),
+        clients.sqs.clone(),
+        settings,
+    )
+}
+
+#[tokio::test]
+async fn sqs_batch_keeps_keap_rejections_out_of_retries() {
+    let fx = Fixture::new().await;
+    fx.seed_connection("default", APP, None).await;
+    let queue = create_queue(&fx.sdk).await;
+    let container = container(&fx, &[("KEAPALIVE_DEAD_LETTER_QUEUE_URL", &queue)]);
+    // A numeric tag id Keap does not have: Keap refuses the tag request (400).
+    let refused =
+        json!({"contact": {"email": "r@buttonpush.example", "tags": [999999]}}).to_string();
+    let failed = run_batch(&container.service, &[("refused", &refused)]).await;
+    assert!(failed.is_empty());
+    let dead = drain_queue(&fx.sdk, &queue).await;
+    assert_eq!(dead.len(), 1);
+    assert_eq!(attribute(&dead[0], "error_type"), Some("KeapRejected"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqs_batch_processes_records_concurrently() {
+    let fx = Fixture::new().await;
+    fx.seed_connection("default", APP, None).await;
+    fx.sandbox
+        .set_latency(Endpoint::Api, Duration::from_millis(300));
+    let container = container(&fx, &[("KEAPALIVE_KEAP_RATE_PER_SEC", "100")]);
+    let bodies: Vec<(String, String)> = (0..8)
+        .map(|i| {
+            (
+                format!("m{i}"),
+                good(&format!("batch{i}@buttonpush.example")),
+            )
+        })
+        .collect();
+    let records: Vec<(&str, &str)> = bodies
+        .iter()
+        .map(|(a, b)| (a.as_str(), b.as_str()))
+        .collect();
+    let started = Instant::now();
+    assert!(run_batch(&container.service, &records).await.is_empty());
+    assert_eq!(fx.sandbox.contacts(APP).len(), 8);
+    // Sequentially this would take 8 × 300 ms.
+    assert!(
+        started.elapsed() < Duration::from_millis(1_800),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+#[tokio::test]
+async fn sqs_batch_for_a_connection_needing_reauthorization_fails_every_record() {
+    let fx = Fixture::new().await;
+    fx.seed_connection("default", APP, None).await;
+    let id = connection_id("default");
+    let store = fx.store();
+    let generation = store.get(&id).await.unwrap().unwrap().generation;
+    store
+        .mark_needs_reauthorization(
+            &id,
+            generation,
+            MarkGuard::GenerationOnly,
+            "refresh_token_rejected",
+            now_epoch_secs(),
+        )
+        .await
+        .unwrap();
+    let queue = create_queue(&fx.sdk).await;
+    let container = container(&fx, &[("KEAPALIVE_DEAD_LETTER_QUEUE_URL", &queue)]);
+
+    let a = good("a@buttonpush.example");
+    let b = good("b@buttonpush.example");
+    let failed = run_batch(&container.service, &[("a", &a), ("b", &b)]).await;
+    assert_eq!(failed, vec!["a", "b"]);
+    assert!(
+        drain_queue(&fx.sdk, &queue).await.is_empty(),
+        "NotAuthorized is never dead-lettered"
+    );
+    assert!(api_requests(&fx).is_empty());
+
+    let error = upsert(
+        &container.service,
+        json!({"contact": {"email": "a@buttonpush.example"}}),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(error.error_type(), "NotAuthorized");
+    assert!(error.to_string().contains("start_authorization"), "{error}");
+
+    let missing = upsert(
+        &container.service,
+        json!({"connection_id": "nobody", "contact": {"email": "a@buttonpush.example"}}),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(missing.error_type(), "NotAuthorized");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_real_binary_handles_direct_and_sqs_invocations() {
+    capture_logs();
+    let fx = Fixture::new().await;
+    let issued = fx.seed_connection("default", APP, None).await;
+    let tag = fx.sandbox.add_tag(APP, "buttonpushed");
+    let binary = binary_path("contact-upsert");
+    let runtime = RuntimeApi::start_named("contact-upsert").await;
+    let mut env = fx.env(&[]);
+    env.retain(|(k, _)| k != "KEAPALIVE_REDIRECT_URI");
+    env.extend(Emulator::shared().process_env());
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let mut function = spawn_function(&binary, &env, &runtime);
+    assert!(
+        runtime
+            .wait_until_ready(Duration::from_secs(60))
+            .await
+            .is_some(),
+        "init failed: {:?}\n{}",
+        runtime.init_error(),
+        function.output()
+    );
+    let limit = Duration::from_secs(20);
+
+    let created = runtime
+        .invoke(
+            json!({"contact": {"email": "bin@buttonpush.example", "tags": ["buttonpushed"]}}),
+            limit,
+        )
+        .await
+        .unwrap();
+    assert_eq!(created["created"], true);
+    assert_eq!(created["tags_applied"], json!([tag]));
+
+    let invalid = runtime
+        .invoke(
+            json!({"contact": {"email": "bin@buttonpush.example", "nick": "x"}}),
+            limit,
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(invalid.error_type, "ValidationError");
+    assert!(
+        invalid.error_message.contains("nick"),
+        "{}",
+        invalid.error_message
+    );
+
+    let batch = runtime
+        .invoke(
+            sqs_event(&[("ok", &good("bin@buttonpush.example")), ("bad", INVALID)]),
+            limit,
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        batch,
+        json!({"batchItemFailures": [{"itemIdentifier": "bad"}]}),
+        "no dead-letter queue configured: the invalid record stays with SQS"
+    );
+    let contact = contact_with_email(&fx, APP, "bin@buttonpush.example").unwrap();
+    assert_eq!(tag_ids(&contact), vec![tag]);
+
+    function.kill().await;
+    assert_logs_never_contain(&[
+        &issued.access_token,
+        &issued.refresh_token,
+        "bin@buttonpush.example",
+    ]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqs_records_for_one_contact_run_in_order_one_at_a_time() {
+    let fx = Fixture::new().await;
+    fx.seed_connection("default", APP, None).await;
+    fx.sandbox
+        .set_latency(Endpoint::Api, Duration::from_millis(150));
+    let container = container(&fx, &[("KEAPALIVE_KEAP_RATE_PER_SEC", "100")]);
+    let bodies: Vec<(String, String)> = ["First", "Second", "Third", "Fourth"]
+        .iter()
+        .enumerate()
+        .map(|(i, name)| {
+            let body = json!({"contact": {"email": "Same@Buttonpush.example", "given_name": name}});
+            (format!("m{i}"), body.to_string())
+        })
+        .collect();
+    let records: Vec<(&str, &str)> = bodies
+        .iter()
+        .map(|(a, b)| (a.as_str(), b.as_str()))
+        .collect();
+    assert!(run_batch(&container.service, &records).await.is_empty());
+
+    let contacts = fx.sandbox.contacts(APP);
+    assert_eq!(contacts.len(), 1);
+    assert_eq!(contacts[0]["given_name"], "Fourth", "queue order kept");
+    let puts: Vec<_> = api_requests(&fx)
+        .into_iter()
+        .filter(|r| r.method == "PUT")
+        .collect();
+    assert_eq!(puts.len(), 4);
+    for pair in puts.windows(2) {
+        assert!(
+            pair[1].at >= pair[0].at + pair[0].handling,
+            "upserts of one contact overlapped"
+        );
+    }
+}

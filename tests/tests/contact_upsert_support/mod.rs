@@ -1,0 +1,153 @@
+//! Helpers shared by `contact_upsert.rs` and `service_account_key.rs`.
+#![allow(dead_code)]
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use aws_lambda_events::sqs::SqsEvent;
+use keap_sandbox::{AuthKind, RecordedRequest};
+use keapalive::clock::now_epoch_secs;
+use keapalive::contact::{MetricSink, UpsertError, UpsertResponse, UpsertService};
+use keapalive::refresh::Deadline;
+use keapalive::token_store::{DynamoDbTokenStore, TokenStore};
+use keapalive_tests::aws::create_secret_string;
+use keapalive_tests::fixture::{Fixture, connection_id};
+use serde_json::{Value, json};
+
+pub type Service = UpsertService<DynamoDbTokenStore>;
+
+/// One warm container's upsert service, its emitted metric documents captured.
+pub struct Container {
+    pub service: Service,
+    pub metrics: Arc<Mutex<Vec<Value>>>,
+}
+
+pub fn container(fx: &Fixture, extra: &[(&str, &str)]) -> Container {
+    let metrics = Arc::new(Mutex::new(Vec::new()));
+    let sink = metrics.clone();
+    let service = UpsertService::from_clients(&fx.clients(extra)).with_metric_sink(
+        MetricSink::new(move |m, stage| sink.lock().unwrap().push(m.to_emf(stage))),
+    );
+    Container { service, metrics }
+}
+
+impl Container {
+    pub fn metric_total(&self, name: &str) -> f64 {
+        self.metrics
+            .lock()
+            .unwrap()
+            .iter()
+            .filter_map(|doc| doc.get(name).and_then(Value::as_f64))
+            .sum()
+    }
+}
+
+pub fn deadline() -> Deadline {
+    Deadline::after(Duration::from_secs(30))
+}
+
+pub async fn upsert(service: &Service, request: Value) -> Result<UpsertResponse, UpsertError> {
+    let answer = service
+        .handle(request.to_string().as_bytes(), deadline())
+        .await?;
+    Ok(serde_json::from_value(answer).expect("the answer is an UpsertResponse"))
+}
+
+/// An SQS event as Lambda delivers it; `records` are (messageId, body).
+pub fn sqs_event(records: &[(&str, &str)]) -> Value {
+    let records: Vec<Value> = records
+        .iter()
+        .map(|(id, body)| {
+            json!({
+                "messageId": id,
+                "receiptHandle": format!("handle-{id}"),
+                "body": body,
+                "attributes": {
+                    "ApproximateReceiveCount": "1",
+                    "SentTimestamp": "1700000000000",
+                    "SenderId": "AIDAEXAMPLE",
+                    "ApproximateFirstReceiveTimestamp": "1700000000001"
+                },
+                "messageAttributes": {},
+                "md5OfBody": "0",
+                "eventSource": "aws:sqs",
+                "eventSourceARN": "arn:aws:sqs:us-east-1:123456789012:contacts",
+                "awsRegion": "us-east-1"
+            })
+        })
+        .collect();
+    json!({ "Records": records })
+}
+
+/// Runs a batch through the real event type and returns the failed message ids, sorted.
+pub async fn run_batch(service: &Service, records: &[(&str, &str)]) -> Vec<String> {
+    let event: SqsEvent = serde_json::from_value(sqs_event(records)).expect("SqsEvent");
+    let response = service
+        .handle_batch(event, deadline())
+        .await
+        .expect("the batch is answered");
+    let mut failed: Vec<String> = response
+        .batch_item_failures
+        .into_iter()
+        .map(|f| f.item_identifier)
+        .collect();
+    failed.sort();
+    failed
+}
+
+/// Requests to Keap's REST API (not the token endpoint).
+pub fn api_requests(fx: &Fixture) -> Vec<RecordedRequest> {
+    fx.sandbox
+        .requests()
+        .into_iter()
+        .filter(|r| r.path.starts_with("/crm/rest/"))
+        .collect()
+}
+
+pub fn refresh_requests(fx: &Fixture) -> usize {
+    fx.sandbox
+        .requests()
+        .into_iter()
+        .filter(|r| r.path == "/token" && r.grant_type.as_deref() == Some("refresh_token"))
+        .count()
+}
+
+pub fn token_endpoint_requests(fx: &Fixture) -> usize {
+    fx.sandbox
+        .requests()
+        .into_iter()
+        .filter(|r| r.path == "/token")
+        .count()
+}
+
+pub fn all_used_api_key(requests: &[RecordedRequest]) -> bool {
+    requests.iter().all(|r| r.auth == AuthKind::ApiKey)
+}
+
+/// A service-account-key connection: the key in a fresh secret, the connection registered.
+/// Returns (key, secret id).
+pub async fn seed_key_connection(fx: &Fixture, id: &str, app: &str) -> (String, String) {
+    let key = fx.sandbox.issue_service_account_key(app);
+    let secret_id = create_secret_string(&fx.sdk, &key).await;
+    fx.store()
+        .register_service_account_key(&connection_id(id), &secret_id, Some(app), now_epoch_secs())
+        .await
+        .expect("register the key connection");
+    (key, secret_id)
+}
+
+/// The contact whose EMAIL1 is `email`, from the sandbox's state.
+pub fn contact_with_email(fx: &Fixture, app: &str, email: &str) -> Option<Value> {
+    fx.sandbox.contacts(app).into_iter().find(|c| {
+        c["email_addresses"]
+            .as_array()
+            .is_some_and(|list| list.iter().any(|e| e["email"] == email))
+    })
+}
+
+pub fn tag_ids(contact: &Value) -> Vec<i64> {
+    contact["tag_ids"]
+        .as_array()
+        .map(|ids| ids.iter().filter_map(Value::as_i64).collect())
+        .unwrap_or_default()
+}

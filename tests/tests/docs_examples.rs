@@ -1,0 +1,762 @@
+//! The README's caller examples (`docs/examples/`) run as written against a local Lambda Invoke
+//! API in front of the real contact-upsert binary: the AWS CLI, Python (boto3), Node (AWS SDK v3)
+//! and Rust (`aws-sdk-lambda`), plus the SQS path and the re-authorization command.
+//!
+//! Python and the AWS CLI come from `docs/examples/requirements.txt`, installed into
+//! `target/docs-examples/venv`; Node's SDK from `docs/examples/package-lock.json` (`npm ci`).
+//! When a tool or its install is unavailable, the test prints `SKIPPED: <reason>` and passes,
+//! so a machine without Node or PyPI still runs the rest.
+
+use std::path::{Path, PathBuf};
+use std::process::{Output, Stdio};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use aws_sdk_sqs::types::Message;
+use keap_sandbox::DEFAULT_APP;
+use keapalive_tests::aws::{create_queue, drain_queue};
+use keapalive_tests::emulator::{Emulator, REGION};
+use keapalive_tests::fixture::Fixture;
+use keapalive_tests::local::functions::{self, CONTACT_UPSERT, LocalFunction, OAUTH_CALLBACK};
+use keapalive_tests::local::invoke_api::InvokeApi;
+use keapalive_tests::local::supervisor::Supervisor;
+use keapalive_tests::runtime_api::{ACCOUNT_ID, binary_path};
+use keapalive_tests::workspace;
+use serde_json::{Value, json};
+use tokio::process::Command;
+
+const UPSERT_FUNCTION: &str = "keapalive-local-contact-upsert";
+const CALLBACK_FUNCTION: &str = "keapalive-local-oauth-callback";
+const EXAMPLE_TIMEOUT: Duration = Duration::from_secs(120);
+
+// ------------------------------------------------------------------ the world
+
+struct World {
+    fixture: Fixture,
+    supervisor: Supervisor,
+    upsert: LocalFunction,
+    invoke_api: InvokeApi,
+}
+
+/// A sandbox with the ButtonPush account's field and tag, the connection `default` authorized
+/// (unless `authorized` is false), contact-upsert and oauth-callback running behind a local
+/// Invoke API.
+async fn world(authorized: bool, extra_env: &[(&str, &str)]) -> World {
+    for name in [CONTACT_UPSERT, OAUTH_CALLBACK] {
+        binary_path(name);
+    }
+    let fixture = Fixture::new().await;
+    fixture
+        .sandbox
+        .add_custom_field(DEFAULT_APP, "Favorite Color", "Text");
+    fixture.sandbox.add_tag(DEFAULT_APP, "buttonpushed");
+    if authorized {
+        fixture.seed_connection("default", DEFAULT_APP, None).await;
+    }
+    let mut env = Emulator::shared().process_env();
+    env.extend(fixture.env(extra_env));
+    let supervisor = Supervisor::new(false);
+    let upsert = functions::start(CONTACT_UPSERT, &env, &supervisor)
+        .await
+        .expect("contact-upsert starts");
+    let callback = functions::start(OAUTH_CALLBACK, &env, &supervisor)
+        .await
+        .expect("oauth-callback starts");
+    let invoke_api = InvokeApi::start(vec![
+        (UPSERT_FUNCTION.to_owned(), upsert.clone()),
+        (CALLBACK_FUNCTION.to_owned(), callback),
+    ])
+    .await
+    .expect("invoke API starts");
+    World {
+        fixture,
+        supervisor,
+        upsert,
+        invoke_api,
+    }
+}
+
+impl World {
+    /// What a caller's machine has: dummy credentials, the Lambda endpoint pointed at the local
+    /// Invoke API, SQS at the emulator, no profile files (a developer's real AWS setup must
+    /// never be used).
+    fn caller_env(&self) -> Vec<(String, String)> {
+        let mut env: Vec<(String, String)> = [
+            ("AWS_ACCESS_KEY_ID", "keapalive-docs"),
+            ("AWS_SECRET_ACCESS_KEY", "keapalive-docs"),
+            ("AWS_REGION", REGION),
+            ("AWS_DEFAULT_REGION", REGION),
+            ("AWS_CONFIG_FILE", "/dev/null"),
+            ("AWS_SHARED_CREDENTIALS_FILE", "/dev/null"),
+            ("AWS_EC2_METADATA_DISABLED", "true"),
+            ("AWS_PAGER", ""),
+            ("CONTACT_UPSERT_FUNCTION", UPSERT_FUNCTION),
+            ("OAUTH_CALLBACK_FUNCTION", CALLBACK_FUNCTION),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
+        env.push((
+            "AWS_ENDPOINT_URL_LAMBDA".into(),
+            self.invoke_api.endpoint_url(),
+        ));
+        env.push((
+            "AWS_ENDPOINT_URL_SQS".into(),
+            Emulator::shared().endpoint_url().to_owned(),
+        ));
+        for name in ["HOME", "PATH"] {
+            if let Ok(value) = std::env::var(name) {
+                env.push((name.to_owned(), value));
+            }
+        }
+        env
+    }
+
+    fn contact(&self, email: &str) -> Option<Value> {
+        self.fixture
+            .sandbox
+            .contacts(DEFAULT_APP)
+            .into_iter()
+            .find(|c| {
+                c.pointer("/email_addresses/0/email")
+                    .and_then(Value::as_str)
+                    == Some(email)
+            })
+    }
+
+    /// The contact exists with the example's custom field and tag.
+    fn assert_upserted(&self, email: &str) {
+        let contact = self
+            .contact(email)
+            .unwrap_or_else(|| panic!("no contact {email} in the sandbox"));
+        let field = self
+            .fixture
+            .sandbox
+            .add_custom_field(DEFAULT_APP, "Favorite Color", "Text");
+        let tag = self.fixture.sandbox.add_tag(DEFAULT_APP, "buttonpushed");
+        assert!(
+            contact["custom_fields"]
+                .as_array()
+                .is_some_and(|f| f.iter().any(|f| f["id"] == field && f["content"] == "blue")),
+            "{contact}"
+        );
+        assert!(
+            contact["tag_ids"]
+                .as_array()
+                .is_some_and(|ids| ids.iter().any(|id| *id == tag)),
+            "{contact}"
+        );
+    }
+
+    async fn stop(self) {
+        self.supervisor.shutdown().await;
+    }
+}
+
+// ------------------------------------------------------------------ tools
+
+fn examples_dir() -> PathBuf {
+    workspace::root().join("docs/examples")
+}
+
+fn skip(reason: &str) {
+    eprintln!("SKIPPED: {reason}");
+}
+
+/// The examples' virtualenv (boto3, awscli), created once per machine and refreshed when
+/// `requirements.txt` changes. `Err` says why it is not available.
+fn python_venv() -> Result<PathBuf, String> {
+    static VENV: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    VENV.get_or_init(|| {
+        let venv = workspace::root().join("target/docs-examples/venv");
+        let requirements = examples_dir().join("requirements.txt");
+        let wanted = std::fs::read_to_string(&requirements).map_err(|e| e.to_string())?;
+        let stamp = venv.join(".keapalive-requirements");
+        if std::fs::read_to_string(&stamp).ok().as_deref() == Some(wanted.as_str()) {
+            return Ok(venv);
+        }
+        let python = std::env::var("PYTHON").unwrap_or_else(|_| "python3".to_owned());
+        let created = std::process::Command::new(&python)
+            .args(["-m", "venv"])
+            .arg(&venv)
+            .status()
+            .map_err(|e| format!("{python} is not available: {e}"))?;
+        if !created.success() {
+            return Err(format!("`{python} -m venv` failed"));
+        }
+        eprintln!(
+            "installing docs/examples/requirements.txt (boto3, awscli) into {}",
+            venv.display()
+        );
+        let installed = std::process::Command::new(venv.join("bin/python"))
+            .args([
+                "-m",
+                "pip",
+                "install",
+                "--quiet",
+                "--disable-pip-version-check",
+                "-r",
+            ])
+            .arg(&requirements)
+            .status()
+            .map_err(|e| format!("pip did not run: {e}"))?;
+        if !installed.success() {
+            return Err("pip install -r docs/examples/requirements.txt failed".to_owned());
+        }
+        std::fs::write(&stamp, wanted).map_err(|e| e.to_string())?;
+        Ok(venv)
+    })
+    .clone()
+}
+
+/// `node`, with `@aws-sdk/client-lambda` installed in docs/examples/node_modules.
+fn node_with_sdk() -> Result<(), String> {
+    static NODE: OnceLock<Result<(), String>> = OnceLock::new();
+    NODE.get_or_init(|| {
+        let version = std::process::Command::new("node")
+            .arg("--version")
+            .output()
+            .map_err(|e| format!("node is not available: {e}"))?;
+        let version = String::from_utf8_lossy(&version.stdout).trim().to_owned();
+        let major: u32 = version
+            .trim_start_matches('v')
+            .split('.')
+            .next()
+            .and_then(|m| m.parse().ok())
+            .unwrap_or(0);
+        if major < 18 {
+            return Err(format!("node {version} is older than 18"));
+        }
+        if examples_dir()
+            .join("node_modules/@aws-sdk/client-lambda/package.json")
+            .exists()
+        {
+            return Ok(());
+        }
+        eprintln!("installing @aws-sdk/client-lambda into docs/examples/node_modules (npm ci)");
+        let installed = std::process::Command::new("npm")
+            .args(["ci", "--no-audit", "--no-fund", "--loglevel=error"])
+            .current_dir(examples_dir())
+            .status()
+            .map_err(|e| format!("npm is not available: {e}"))?;
+        if !installed.success() {
+            return Err("`npm ci` in docs/examples failed".to_owned());
+        }
+        Ok(())
+    })
+    .clone()
+}
+
+/// `target/<profile>/examples/invoke_upsert`, built on first use (`cargo test --test
+/// docs_examples` builds only this test, not the package's examples).
+fn rust_example() -> PathBuf {
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
+            let mut command = std::process::Command::new(cargo);
+            command.current_dir(workspace::root()).args([
+                "build",
+                "--quiet",
+                "-p",
+                "keapalive-tests",
+                "--example",
+                "invoke_upsert",
+            ]);
+            if !cfg!(debug_assertions) {
+                command.arg("--release");
+            }
+            let status = command.status().expect("run cargo");
+            assert!(
+                status.success(),
+                "building the invoke_upsert example failed"
+            );
+            functions::binary_dir().join("examples/invoke_upsert")
+        })
+        .clone()
+}
+
+async fn run_example(program: &Path, args: &[&str], env: &[(String, String)]) -> Output {
+    let child = Command::new(program)
+        .args(args)
+        .env_clear()
+        .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .current_dir(examples_dir())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run {}: {e}", program.display()));
+    tokio::time::timeout(EXAMPLE_TIMEOUT, child.wait_with_output())
+        .await
+        .unwrap_or_else(|_| panic!("{} did not finish", program.display()))
+        .expect("example output")
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+fn assert_exit(output: &Output, code: i32) {
+    assert_eq!(
+        output.status.code(),
+        Some(code),
+        "stdout:\n{}\nstderr:\n{}",
+        text(&output.stdout),
+        text(&output.stderr)
+    );
+}
+
+/// The venv's bin first on PATH: `aws` and `python` are the examples' own.
+fn with_venv_path(mut env: Vec<(String, String)>, venv: &Path) -> Vec<(String, String)> {
+    let path = env
+        .iter()
+        .find(|(k, _)| k == "PATH")
+        .map(|(_, v)| v.clone())
+        .unwrap_or_default();
+    env.retain(|(k, _)| k != "PATH");
+    env.push((
+        "PATH".into(),
+        format!("{}:{path}", venv.join("bin").display()),
+    ));
+    env
+}
+
+/// A request file like request.json with another email (an invalid one for the error path).
+fn request_file(email: &str) -> tempfile_path::TempPath {
+    let request: Value = serde_json::from_str(
+        &std::fs::read_to_string(examples_dir().join("request.json")).expect("request.json"),
+    )
+    .expect("request.json is JSON");
+    let mut request = request;
+    request["contact"]["email"] = json!(email);
+    tempfile_path::TempPath::with_contents(&request.to_string())
+}
+
+mod tempfile_path {
+    use std::path::PathBuf;
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    /// A file under the system temp dir, deleted when dropped.
+    pub struct TempPath(pub PathBuf);
+
+    impl TempPath {
+        pub fn with_contents(contents: &str) -> Self {
+            static COUNTER: AtomicU64 = AtomicU64::new(0);
+            let path = std::env::temp_dir().join(format!(
+                "keapalive-docs-{}-{}.json",
+                std::process::id(),
+                COUNTER.fetch_add(1, Ordering::Relaxed)
+            ));
+            std::fs::write(&path, contents).expect("write temp file");
+            Self(path)
+        }
+
+        pub fn as_str(&self) -> &str {
+            self.0.to_str().expect("utf-8 temp path")
+        }
+    }
+
+    impl Drop for TempPath {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_file(&self.0);
+        }
+    }
+}
+
+// ------------------------------------------------------------------ the Invoke API itself
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invoke_api_speaks_lambda_to_the_rust_sdk() {
+    let world = world(true, &[]).await;
+    let config = aws_config::SdkConfig::builder()
+        .behavior_version(aws_config::BehaviorVersion::latest())
+        .region(aws_config::Region::new(REGION))
+        .credentials_provider(aws_sdk_lambda::config::SharedCredentialsProvider::new(
+            aws_sdk_lambda::config::Credentials::new("k", "s", None, None, "test"),
+        ))
+        .endpoint_url(world.invoke_api.endpoint_url())
+        .build();
+    let lambda = aws_sdk_lambda::Client::new(&config);
+
+    let invalid = lambda
+        .invoke()
+        .function_name(format!(
+            "arn:aws:lambda:{REGION}:{ACCOUNT_ID}:function:{UPSERT_FUNCTION}"
+        ))
+        .payload(aws_sdk_lambda::primitives::Blob::new(
+            r#"{"contact": {"email": "nope"}}"#,
+        ))
+        .send()
+        .await
+        .expect("a function error is still a successful Invoke");
+    assert_eq!(invalid.status_code(), 200);
+    assert_eq!(invalid.function_error(), Some("Unhandled"));
+    let body: Value = serde_json::from_slice(invalid.payload().unwrap().as_ref()).unwrap();
+    assert_eq!(body["errorType"], "ValidationError", "{body}");
+
+    let missing = lambda
+        .invoke()
+        .function_name("no-such-function")
+        .send()
+        .await
+        .expect_err("unknown function");
+    assert!(
+        missing
+            .into_service_error()
+            .is_resource_not_found_exception()
+    );
+    world.stop().await;
+}
+
+// ------------------------------------------------------------------ Python
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_example_upserts_and_branches_on_error_type() {
+    let venv = match python_venv() {
+        Ok(venv) => venv,
+        Err(reason) => return skip(&format!("python example: {reason}")),
+    };
+    let world = world(true, &[]).await;
+    let env = with_venv_path(world.caller_env(), &venv);
+    let python = venv.join("bin/python");
+
+    let ok = run_example(&python, &["invoke_upsert.py", "ada@example.com"], &env).await;
+    assert_exit(&ok, 0);
+    let answer: Value = serde_json::from_str(
+        text(&ok.stdout)
+            .trim()
+            .strip_prefix("upserted: ")
+            .expect("upserted line"),
+    )
+    .unwrap();
+    assert_eq!(answer["created"], true, "{answer}");
+    world.assert_upserted("ada@example.com");
+
+    let invalid = run_example(&python, &["invoke_upsert.py", "not-an-email"], &env).await;
+    assert_exit(&invalid, 2);
+    assert!(text(&invalid.stderr).starts_with("ValidationError: contact.email"));
+
+    // The user revokes access in Keap: the next upsert finds the grant dead, the connection
+    // needs re-authorization, and the example says what to do.
+    world.fixture.sandbox.revoke_grant(DEFAULT_APP);
+    let unauthorized = run_example(&python, &["invoke_upsert.py", "ada@example.com"], &env).await;
+    assert_exit(&unauthorized, 3);
+    assert!(text(&unauthorized.stderr).contains("NotAuthorized"));
+    assert!(text(&unauthorized.stderr).contains("re-authorize the connection"));
+    world.stop().await;
+}
+
+// ------------------------------------------------------------------ Node
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_example_upserts_and_branches_on_error_type() {
+    if let Err(reason) = node_with_sdk() {
+        return skip(&format!("node example: {reason}"));
+    }
+    let world = world(true, &[]).await;
+    let env = world.caller_env();
+    let node = PathBuf::from("node");
+
+    let ok = run_example(&node, &["invoke_upsert.mjs", "grace@example.com"], &env).await;
+    assert_exit(&ok, 0);
+    assert!(
+        text(&ok.stdout).contains("\"created\":true"),
+        "{}",
+        text(&ok.stdout)
+    );
+    world.assert_upserted("grace@example.com");
+
+    let invalid = run_example(&node, &["invoke_upsert.mjs", "not-an-email"], &env).await;
+    assert_exit(&invalid, 2);
+    // Node may print the SDK's own warnings (supported Node versions) first.
+    assert!(
+        text(&invalid.stderr).contains("\nValidationError: contact.email")
+            || text(&invalid.stderr).starts_with("ValidationError: contact.email"),
+        "{}",
+        text(&invalid.stderr)
+    );
+    world.stop().await;
+}
+
+// ------------------------------------------------------------------ Rust
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rust_example_upserts_and_branches_on_error_type() {
+    let example = rust_example();
+    let world = world(true, &[]).await;
+    let env = world.caller_env();
+
+    let ok = run_example(&example, &["hopper@example.com"], &env).await;
+    assert_exit(&ok, 0);
+    assert!(
+        text(&ok.stdout).contains("\"created\":true"),
+        "{}",
+        text(&ok.stdout)
+    );
+    world.assert_upserted("hopper@example.com");
+
+    // Updating the same contact: created is false now.
+    let again = run_example(&example, &["hopper@example.com"], &env).await;
+    assert_exit(&again, 0);
+    assert!(
+        text(&again.stdout).contains("\"created\":false"),
+        "{}",
+        text(&again.stdout)
+    );
+
+    let invalid = run_example(&example, &["not-an-email"], &env).await;
+    assert_exit(&invalid, 2);
+    assert!(text(&invalid.stderr).starts_with("ValidationError: contact.email"));
+    world.stop().await;
+}
+
+// ------------------------------------------------------------------ AWS CLI
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cli_example_upserts_and_branches_on_error_type() {
+    let venv = match python_venv() {
+        Ok(venv) => venv,
+        Err(reason) => return skip(&format!("AWS CLI example: {reason}")),
+    };
+    let world = world(true, &[]).await;
+    let env = with_venv_path(world.caller_env(), &venv);
+    let script = examples_dir().join("invoke_upsert.sh");
+
+    let ok = run_example(&script, &[], &env).await;
+    assert_exit(&ok, 0);
+    assert!(
+        text(&ok.stdout).starts_with("upserted: {"),
+        "{}",
+        text(&ok.stdout)
+    );
+    world.assert_upserted("ada@example.com");
+
+    let bad = request_file("not-an-email");
+    let invalid = run_example(&script, &[bad.as_str()], &env).await;
+    assert_exit(&invalid, 2);
+    assert!(text(&invalid.stderr).starts_with("ValidationError: fix the request"));
+    world.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reauthorize_command_prints_a_fresh_authorize_link() {
+    let venv = match python_venv() {
+        Ok(venv) => venv,
+        Err(reason) => return skip(&format!("re-authorize example: {reason}")),
+    };
+    let world = world(true, &[]).await;
+    let env = with_venv_path(world.caller_env(), &venv);
+
+    let output = run_example(&examples_dir().join("reauthorize.sh"), &["default"], &env).await;
+    assert_exit(&output, 0);
+    let stdout = text(&output.stdout);
+    let link = stdout
+        .lines()
+        .find(|line| line.starts_with("http"))
+        .unwrap_or_else(|| panic!("no link:\n{stdout}"));
+    let link = url::Url::parse(link).expect("a URL");
+    assert!(
+        link.as_str()
+            .starts_with(&world.fixture.sandbox.authorize_url()),
+        "{link}"
+    );
+    let query: Vec<(String, String)> = link.query_pairs().into_owned().collect();
+    assert!(
+        query.iter().any(|(k, v)| k == "state" && v.len() >= 32),
+        "{query:?}"
+    );
+    assert!(query.iter().any(|(k, _)| k == "client_id"));
+
+    // The link works: the sandbox's consent redirects to the callback with a code.
+    let consent = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
+        .get(link.as_str())
+        .send()
+        .await
+        .unwrap();
+    assert!(consent.status().is_redirection());
+    assert!(
+        consent.headers()["location"]
+            .to_str()
+            .unwrap()
+            .contains("code=")
+    );
+    world.stop().await;
+}
+
+// ------------------------------------------------------------------ SQS
+
+/// The messages as Lambda's SQS event source hands them to the function.
+fn sqs_event(queue_url: &str, messages: &[Message]) -> Value {
+    let queue_name = queue_url.rsplit('/').next().unwrap_or_default();
+    let records: Vec<Value> = messages
+        .iter()
+        .map(|m| {
+            json!({
+                "messageId": m.message_id(),
+                "receiptHandle": m.receipt_handle(),
+                "body": m.body(),
+                "attributes": {
+                    "ApproximateReceiveCount": "1",
+                    "SentTimestamp": "0",
+                    "SenderId": ACCOUNT_ID,
+                    "ApproximateFirstReceiveTimestamp": "0"
+                },
+                "messageAttributes": {},
+                "md5OfBody": m.md5_of_body(),
+                "eventSource": "aws:sqs",
+                "eventSourceARN": format!("arn:aws:sqs:{REGION}:{ACCOUNT_ID}:{queue_name}"),
+                "awsRegion": REGION
+            })
+        })
+        .collect();
+    json!({ "Records": records })
+}
+
+/// Sends one good and one invalid request with `send` (an example), then delivers the queue to
+/// contact-upsert as an SQS event: the good one is upserted, the invalid one dead-lettered.
+async fn queue_round_trip(
+    send: impl AsyncFn(&World, &str, &[(String, String)], &str) -> Output,
+    env_for: impl Fn(&World) -> Vec<(String, String)>,
+) {
+    let sdk = Emulator::shared().sdk_config();
+    let queue = create_queue(&sdk).await;
+    let dead_letters = create_queue(&sdk).await;
+    let world = world(true, &[("KEAPALIVE_DEAD_LETTER_QUEUE_URL", &dead_letters)]).await;
+    let mut env = env_for(&world);
+    env.push(("UPSERT_QUEUE_URL".into(), queue.clone()));
+
+    for email in ["lin@example.com", "not-an-email"] {
+        let output = send(&world, email, &env, &queue).await;
+        assert_exit(&output, 0);
+    }
+
+    let messages = drain_queue(&sdk, &queue).await;
+    assert_eq!(messages.len(), 2, "{messages:?}");
+    let answer = world
+        .upsert
+        .invoke(sqs_event(&queue, &messages))
+        .await
+        .expect("the batch is handled");
+    assert_eq!(answer, json!({"batchItemFailures": []}));
+    world.assert_upserted("lin@example.com");
+
+    let dead = drain_queue(&sdk, &dead_letters).await;
+    assert_eq!(
+        dead.len(),
+        1,
+        "the invalid request is dead-lettered: {dead:?}"
+    );
+    let error_type = dead[0]
+        .message_attributes()
+        .and_then(|a| a.get("error_type"))
+        .and_then(|a| a.string_value());
+    assert_eq!(error_type, Some("ValidationError"));
+    assert!(dead[0].body().unwrap().contains("not-an-email"));
+    world.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_queue_example_reaches_the_function() {
+    let venv = match python_venv() {
+        Ok(venv) => venv,
+        Err(reason) => return skip(&format!("python queue example: {reason}")),
+    };
+    let python = venv.join("bin/python");
+    queue_round_trip(
+        async |_world, email, env, _queue| {
+            run_example(&python, &["send_to_queue.py", email], env).await
+        },
+        |world| with_venv_path(world.caller_env(), &venv),
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cli_queue_example_reaches_the_function() {
+    let venv = match python_venv() {
+        Ok(venv) => venv,
+        Err(reason) => return skip(&format!("AWS CLI queue example: {reason}")),
+    };
+    let script = examples_dir().join("send_to_queue.sh");
+    queue_round_trip(
+        async |_world, email, env, _queue| {
+            let request = request_file(email);
+            run_example(&script, &[request.as_str()], env).await
+        },
+        |world| with_venv_path(world.caller_env(), &venv),
+    )
+    .await;
+}
+
+// ------------------------------------------------------------------ README quotes
+
+/// `(file, block)` for every fenced block preceded by `<!-- quote: <file> -->`.
+fn quoted_blocks(markdown: &str) -> Vec<(String, String)> {
+    let mut quotes = Vec::new();
+    let mut lines = markdown.lines();
+    while let Some(line) = lines.next() {
+        let Some(file) = line
+            .trim()
+            .strip_prefix("<!-- quote:")
+            .and_then(|rest| rest.strip_suffix("-->"))
+        else {
+            continue;
+        };
+        if !lines.next().is_some_and(|fence| fence.starts_with("```")) {
+            quotes.push((
+                file.trim().to_owned(),
+                String::from("<no fenced block after the marker>"),
+            ));
+            continue;
+        }
+        let block: Vec<&str> = lines.by_ref().take_while(|l| *l != "```").collect();
+        quotes.push((file.trim().to_owned(), block.join("\n")));
+    }
+    quotes
+}
+
+/// Quotes whose block is not a verbatim part of their file (or whose file is missing).
+fn stale_quotes(markdown: &str) -> Vec<String> {
+    quoted_blocks(markdown)
+        .into_iter()
+        .filter(|(file, block)| {
+            std::fs::read_to_string(workspace::root().join(file))
+                .map(|content| !content.contains(block.as_str()))
+                .unwrap_or(true)
+        })
+        .map(|(file, _)| file)
+        .collect()
+}
+
+#[test]
+fn quote_check_catches_an_edited_excerpt() {
+    let faithful =
+        "<!-- quote: docs/examples/send_to_queue.sh -->\n```sh\nset -euo pipefail\n```\n";
+    assert_eq!(quoted_blocks(faithful).len(), 1);
+    assert!(stale_quotes(faithful).is_empty());
+    let edited = "<!-- quote: docs/examples/send_to_queue.sh -->\n```sh\nset -e -u\n```\n";
+    assert_eq!(stale_quotes(edited), ["docs/examples/send_to_queue.sh"]);
+    let missing = "<!-- quote: docs/examples/nope.sh -->\n```sh\nx\n```\n";
+    assert_eq!(stale_quotes(missing), ["docs/examples/nope.sh"]);
+}
+
+/// The README quotes the example files; the files are what the tests above run.
+#[test]
+fn readme_quotes_are_verbatim_excerpts_of_the_examples() {
+    let Ok(readme) = std::fs::read_to_string(workspace::root().join("README.md")) else {
+        return skip("no README.md");
+    };
+    if quoted_blocks(&readme).is_empty() {
+        return skip("README.md quotes no docs/examples file yet");
+    }
+    assert_eq!(
+        stale_quotes(&readme),
+        Vec::<String>::new(),
+        "README.md quotes these files, but the quoted text is no longer in them"
+    );
+}
