@@ -39,6 +39,10 @@ pub struct SecretsSource {
     client: Client,
     credentials: TtlCache<Arc<ClientCredentials>>,
     strings: TtlCache<Arc<SecretString>>,
+    /// Held while a miss is fetched, so that a cold container refreshing many connections at
+    /// once reads the secret once, not once per concurrent refresh. Misses are rare (one per
+    /// secret per TTL), so one lock for all secrets costs nothing.
+    fetching: tokio::sync::Mutex<()>,
 }
 
 impl SecretsSource {
@@ -47,6 +51,7 @@ impl SecretsSource {
             client,
             credentials: TtlCache::new(ttl),
             strings: TtlCache::new(ttl),
+            fetching: tokio::sync::Mutex::new(()),
         }
     }
 
@@ -54,6 +59,10 @@ impl SecretsSource {
         &self,
         secret_id: &str,
     ) -> Result<Arc<ClientCredentials>, SecretsError> {
+        if let Some(cached) = self.credentials.get(secret_id) {
+            return Ok(cached);
+        }
+        let _fetching = self.fetching.lock().await;
         if let Some(cached) = self.credentials.get(secret_id) {
             return Ok(cached);
         }
@@ -80,6 +89,10 @@ impl SecretsSource {
 
     /// A secret whose whole string is the value (a service-account key).
     pub async fn secret_string(&self, secret_id: &str) -> Result<Arc<SecretString>, SecretsError> {
+        if let Some(cached) = self.strings.get(secret_id) {
+            return Ok(cached);
+        }
+        let _fetching = self.fetching.lock().await;
         if let Some(cached) = self.strings.get(secret_id) {
             return Ok(cached);
         }

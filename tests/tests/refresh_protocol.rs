@@ -330,12 +330,13 @@ async fn commit_after_lease_expiry_lands() {
 async fn mark_racing_a_commit_leaves_connection_active() {
     let fx = Fixture::new().await;
     fx.seed_connection("default", APP, due_soon()).await;
-    // A's request is processed at once but answered after 3 s. Its 1 s lease lapses, B takes
+    // A's request is processed at once but answered after 4.5 s. Its 1 s lease lapses, B takes
     // the lease, presents the same (now spent) token, is rejected and marks the grant dead.
     // A's commit then lands and must leave the connection active (I6): the pair is Keap's newest.
+    // Timestamps are whole seconds, so a 1 s lease is only certainly over after 2 s: B waits 2.3.
     fx.sandbox.inject(Fault {
         endpoint: Endpoint::Token,
-        kind: FaultKind::Delay(Duration::from_millis(3_000)),
+        kind: FaultKind::Delay(Duration::from_millis(4_500)),
         times: 1,
     });
     let a = fx.clients(&[("KEAPALIVE_LEASE_SECS", "1")]).refresher();
@@ -344,7 +345,7 @@ async fn mark_racing_a_commit_leaves_connection_active() {
 
     let run_a = a.run_one(&id, deadline(), false);
     let run_b = async {
-        tokio::time::sleep(Duration::from_millis(1_600)).await;
+        tokio::time::sleep(Duration::from_millis(2_300)).await;
         b.run_one(&id, deadline(), true).await
     };
     let (run_a, run_b) = tokio::join!(run_a, run_b);
