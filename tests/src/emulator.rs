@@ -189,18 +189,7 @@ impl Emulator {
     /// Region, dummy static credentials and the emulator's endpoint; nothing read from the
     /// environment or profile files, so a developer's real AWS setup is never used.
     pub fn sdk_config(&self) -> SdkConfig {
-        SdkConfig::builder()
-            .behavior_version(BehaviorVersion::latest())
-            .region(Region::new(REGION))
-            .credentials_provider(SharedCredentialsProvider::new(Credentials::new(
-                ACCESS_KEY_ID,
-                SECRET_ACCESS_KEY,
-                None,
-                None,
-                "keapalive-tests",
-            )))
-            .endpoint_url(&self.endpoint_url)
-            .build()
+        sdk_config_for(&self.endpoint_url)
     }
 
     /// Environment for a child process (a function binary, a tool) that talks to this emulator.
@@ -309,4 +298,21 @@ fn emulator_log_path(root: &Path, serialization: Serialization) -> PathBuf {
         Serialization::Concurrent => "-unserialized",
     };
     dir.join(format!("moto-{binary}{suffix}.log"))
+}
+
+/// The SDK configuration for an emulator at `endpoint_url`: region, dummy static credentials,
+/// nothing read from the environment or profile files, so a real AWS account is never touched.
+pub fn sdk_config_for(endpoint_url: &str) -> SdkConfig {
+    SdkConfig::builder()
+        .behavior_version(BehaviorVersion::latest())
+        .region(Region::new(REGION))
+        .credentials_provider(SharedCredentialsProvider::new(Credentials::new(
+            ACCESS_KEY_ID,
+            SECRET_ACCESS_KEY,
+            None,
+            None,
+            "keapalive-tests",
+        )))
+        .endpoint_url(endpoint_url)
+        .build()
 }

@@ -110,23 +110,38 @@ impl KeyRateLimiter {
 mod tests {
     use super::*;
 
-    #[tokio::test(start_paused = true)]
-    async fn never_more_than_rate_in_any_second() {
-        let limiter = std::sync::Arc::new(RateLimiter::per_second(20));
-        let start = Instant::now();
-        let mut handles = Vec::new();
-        for _ in 0..100 {
-            let limiter = limiter.clone();
-            handles.push(tokio::spawn(async move {
-                limiter.acquire().await;
-                Instant::now()
-            }));
-        }
+    /// When each of `count` concurrent tasks got through `acquire`, sorted.
+    async fn acquisition_times<F, Fut>(count: usize, acquire: F) -> Vec<Instant>
+    where
+        F: Fn() -> Fut,
+        Fut: std::future::Future<Output = ()> + Send + 'static,
+    {
+        let handles: Vec<_> = (0..count)
+            .map(|_| {
+                let acquired = acquire();
+                tokio::spawn(async move {
+                    acquired.await;
+                    Instant::now()
+                })
+            })
+            .collect();
         let mut times = Vec::new();
         for handle in handles {
             times.push(handle.await.unwrap());
         }
         times.sort();
+        times
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn never_more_than_rate_in_any_second() {
+        let limiter = std::sync::Arc::new(RateLimiter::per_second(20));
+        let start = Instant::now();
+        let times = acquisition_times(100, move || {
+            let limiter = limiter.clone();
+            async move { limiter.acquire().await }
+        })
+        .await;
         for (i, t) in times.iter().enumerate() {
             let in_window = times[i..]
                 .iter()
@@ -142,19 +157,11 @@ mod tests {
     async fn key_limiter_caps_each_second_and_each_minute() {
         let limiter = std::sync::Arc::new(KeyRateLimiter::service_account_key());
         let start = Instant::now();
-        let mut handles = Vec::new();
-        for _ in 0..500 {
+        let times = acquisition_times(500, move || {
             let limiter = limiter.clone();
-            handles.push(tokio::spawn(async move {
-                limiter.acquire().await;
-                Instant::now()
-            }));
-        }
-        let mut times = Vec::new();
-        for handle in handles {
-            times.push(handle.await.unwrap());
-        }
-        times.sort();
+            async move { limiter.acquire().await }
+        })
+        .await;
         let most_within = |window: Duration| {
             (0..times.len())
                 .map(|i| {

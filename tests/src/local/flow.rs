@@ -90,7 +90,7 @@ pub async fn run(
     let endpoint = moto::start(supervisor, progress)
         .await
         .map_err(at(Step::Emulator))?;
-    let sdk = resources::sdk_config(&endpoint);
+    let sdk = crate::emulator::sdk_config_for(&endpoint);
     progress.ok(&endpoint);
 
     let sandbox = match real {

@@ -1,8 +1,7 @@
 //! The AWS side of a deployment, in the emulator: the connections table (as the SAM template
 //! declares it) and the client secret (as an operator stores it after deploying).
 
-use aws_config::{BehaviorVersion, Region, SdkConfig};
-use aws_sdk_dynamodb::config::{Credentials, SharedCredentialsProvider};
+use aws_config::SdkConfig;
 use aws_sdk_dynamodb::error::DisplayErrorContext;
 use aws_sdk_dynamodb::types::{
     AttributeDefinition, BillingMode, KeySchemaElement, KeyType, ScalarAttributeType,
@@ -15,23 +14,6 @@ use crate::emulator::{ACCESS_KEY_ID, REGION, SECRET_ACCESS_KEY};
 
 pub const TABLE: &str = "keapalive-local-connections";
 pub const CLIENT_SECRET_ID: &str = "keapalive/local/keap-client";
-
-/// The SDK pointed at the emulator with dummy credentials: nothing read from the environment
-/// or profile files, so a developer's real AWS account is never touched.
-pub fn sdk_config(endpoint_url: &str) -> SdkConfig {
-    SdkConfig::builder()
-        .behavior_version(BehaviorVersion::latest())
-        .region(Region::new(REGION))
-        .credentials_provider(SharedCredentialsProvider::new(Credentials::new(
-            ACCESS_KEY_ID,
-            SECRET_ACCESS_KEY,
-            None,
-            None,
-            "keapalive-local",
-        )))
-        .endpoint_url(endpoint_url)
-        .build()
-}
 
 /// The environment a function or tool needs to reach the emulator.
 pub fn aws_env(endpoint_url: &str) -> Vec<(String, String)> {
