@@ -91,6 +91,9 @@ pub struct UpsertService<S> {
     pub(crate) metrics: MetricSink,
     models: TtlCache<(Instant, Arc<ContactModel>)>,
     tag_ids: TtlCache<i64>,
+    /// Held while a cache miss is resolved at Keap, so that a cold container's concurrent
+    /// upserts (an SQS batch) fetch the contact model or a tag id once, not once each.
+    resolving: tokio::sync::Mutex<()>,
 }
 
 impl UpsertService<DynamoDbTokenStore> {
@@ -116,6 +119,7 @@ impl<S: TokenStore> UpsertService<S> {
         Self {
             models: TtlCache::new(settings.model_cache_ttl),
             tag_ids: TtlCache::new(settings.model_cache_ttl),
+            resolving: tokio::sync::Mutex::new(()),
             rest,
             grants,
             secrets,
@@ -197,6 +201,10 @@ impl<S: TokenStore> UpsertService<S> {
         if !refetch && let Some(cached) = self.models.get(&key) {
             return Ok(cached);
         }
+        let _resolving = self.resolving.lock().await;
+        if !refetch && let Some(cached) = self.models.get(&key) {
+            return Ok(cached);
+        }
         let response = keap.send(&ContactModel::request()).await?;
         let model = Arc::new(ContactModel::from_response(&response).map_err(unexpected)?);
         let entry = (Instant::now(), model);
@@ -226,6 +234,10 @@ impl<S: TokenStore> UpsertService<S> {
     async fn tag_id(&self, keap: &mut KeapSession<'_, S>, name: &str) -> Result<i64, UpsertError> {
         // The unit separator cannot occur in a connection id.
         let key = format!("{}\u{1f}{name}", keap.connection());
+        if let Some(id) = self.tag_ids.get(&key) {
+            return Ok(id);
+        }
+        let _resolving = self.resolving.lock().await;
         if let Some(id) = self.tag_ids.get(&key) {
             return Ok(id);
         }

@@ -84,7 +84,9 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use state::Shared;
-pub use types::{AuthKind, Consent, Endpoint, Fault, FaultKind, IssuedPair, RecordedRequest};
+pub use types::{
+    AuthKind, Consent, Endpoint, Fault, FaultKind, IssuedPair, RecordedRequest, most_in_flight,
+};
 
 /// The app (tenant) the default consent approves.
 pub const DEFAULT_APP: &str = "sandbox01";

@@ -115,3 +115,24 @@ pub struct RecordedRequest {
     /// The Keap app (tenant) the request acted on, when the sandbox could tell.
     pub app: Option<String>,
 }
+
+/// The most requests the sandbox was handling at one moment: 1 means the client serialized
+/// them. A causal measure, unlike wall time, so it holds on a loaded machine.
+pub fn most_in_flight(requests: &[RecordedRequest]) -> usize {
+    let mut events: Vec<(Instant, bool)> = requests
+        .iter()
+        .flat_map(|r| [(r.at, true), (r.at + r.handling, false)])
+        .collect();
+    // At equal instants, ends first: back-to-back is not overlap.
+    events.sort_by_key(|&(at, starts)| (at, starts));
+    let (mut now, mut most) = (0usize, 0usize);
+    for (_, starts) in events {
+        if starts {
+            now += 1;
+            most = most.max(now);
+        } else {
+            now = now.saturating_sub(1);
+        }
+    }
+    most
+}

@@ -3,10 +3,10 @@
 mod common;
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::*;
-use keap_sandbox::{Endpoint, Fault, FaultKind};
+use keap_sandbox::{Endpoint, Fault, FaultKind, most_in_flight};
 
 fn fault(endpoint: Endpoint, kind: FaultKind, times: u32) -> Fault {
     Fault {
@@ -187,7 +187,7 @@ async fn delay_processes_first_so_a_timed_out_refresh_still_rotates() {
     assert!(log[0].handling >= Duration::from_millis(600));
 }
 
-async fn concurrent_refreshes_overlap(count: usize, latency: Duration, budget: Duration) {
+async fn concurrent_refreshes_overlap(count: usize, latency: Duration) {
     let (sandbox, client) = start().await;
     sandbox.set_latency(Endpoint::Token, latency);
     let tokens: Vec<String> = (0..count)
@@ -198,7 +198,6 @@ async fn concurrent_refreshes_overlap(count: usize, latency: Duration, budget: D
         })
         .collect();
     let token_url = Arc::new(sandbox.token_url());
-    let started = Instant::now();
     let mut tasks = tokio::task::JoinSet::new();
     for token in tokens {
         let (client, token_url) = (client.clone(), token_url.clone());
@@ -207,12 +206,12 @@ async fn concurrent_refreshes_overlap(count: usize, latency: Duration, budget: D
     while let Some(status) = tasks.join_next().await {
         assert_eq!(status.expect("task"), 200);
     }
-    let elapsed = started.elapsed();
-    assert!(
-        elapsed < budget,
-        "{count} requests at {latency:?} took {elapsed:?}: latency must not serialize requests"
-    );
     let log = sandbox.requests();
+    let overlap = most_in_flight(&log);
+    assert!(
+        overlap >= 5,
+        "at most {overlap} of {count} requests in flight at once: latency must not serialize them"
+    );
     assert_eq!(log.len(), count);
     assert!(log.iter().all(|r| r.handling >= latency));
     assert!(
@@ -223,14 +222,12 @@ async fn concurrent_refreshes_overlap(count: usize, latency: Duration, budget: D
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn latency_is_added_concurrently_for_100_requests() {
-    // Serialized, 100 × 50 ms would take 5 s.
-    concurrent_refreshes_overlap(100, Duration::from_millis(50), Duration::from_millis(2500)).await;
+    concurrent_refreshes_overlap(100, Duration::from_millis(50)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn latency_is_added_concurrently_for_1000_requests() {
-    // Serialized, 1,000 × 50 ms would take 50 s.
-    concurrent_refreshes_overlap(1000, Duration::from_millis(50), Duration::from_secs(15)).await;
+    concurrent_refreshes_overlap(1000, Duration::from_millis(50)).await;
 }
 
 #[tokio::test]
