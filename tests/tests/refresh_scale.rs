@@ -63,6 +63,9 @@ async fn thousand_due_connections_refresh_within_the_concurrency_bound() {
         "refreshed {CONNECTIONS} connections in {elapsed:?} (Keap-latency ideal {ideal:?}, ratio {:.1}; the serialized emulator adds ~3 writes per connection)",
         elapsed.as_secs_f64() / ideal.as_secs_f64()
     );
+    // Generous: the serialized emulator, not the protocol, dominates on this machine (the
+    // bench reports the real figure against the ideal).
+    assert!(elapsed < Duration::from_secs(240), "{elapsed:?}");
     // A cold container refreshing 32 connections at once reads the client secret once.
     let secret_reads = Emulator::shared()
         .request_counts_for(&fx.secret_id)
@@ -72,7 +75,9 @@ async fn thousand_due_connections_refresh_within_the_concurrency_bound() {
     assert_eq!(secret_reads, Some(1));
 }
 
-#[tokio::test]
+// Multi-threaded so that the sandbox records arrivals while the refresher's 32 workers run,
+// rather than when a single shared thread gets round to it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refreshes_never_exceed_the_rate_limit_in_any_second() {
     const CONNECTIONS: usize = 200;
     const RATE: usize = 20;
@@ -110,11 +115,8 @@ async fn refreshes_never_exceed_the_rate_limit_in_any_second() {
     println!(
         "busiest one-second window: {busiest} refreshes (limit {RATE}); {CONNECTIONS} in {span:?}"
     );
-    // The limiter spaces departures 1.02/RATE s apart; arrivals at the sandbox carry the
-    // scheduling jitter of a loaded 2-core machine, which can pull one extra request into a
-    // window. Unlimited, 32 workers put far more than RATE + 1 into the first second.
     assert!(
-        busiest <= RATE + 1,
+        busiest <= RATE,
         "{busiest} refreshes in one second, limit {RATE}"
     );
     let fastest_allowed = Duration::from_secs_f64((CONNECTIONS - 1) as f64 / RATE as f64);
