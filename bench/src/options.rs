@@ -6,12 +6,12 @@ use std::path::PathBuf;
 pub const USAGE: &str = "usage: keapalive-bench [--quick] [--rounds N] [--warm N] \
 [--connections N[,N...]] [--concurrency L] [--rate R] [--json PATH]
 
-  --quick          smoke run: 3 cold rounds, 100 warm invocations, 100 connections
+  --quick          smoke run: 3 cold rounds, 100 warm invocations, 50 connections
   --rounds N       measured cold-start rounds per function (default 15, at least 10 for the README)
   --warm N         warm upserts (and hello-world invocations) for the overhead (default 1000)
   --connections    refresher throughput runs (default 1000,10000)
-  --concurrency L  refresher concurrency (default 32)
-  --rate R         Keap requests per second (default 200)
+  --concurrency L  refresher concurrency (default 8, KEAPALIVE_REFRESH_CONCURRENCY's default)
+  --rate R         Keap requests per second (default 25: Keap's 1,500 a minute per client id)
   --json PATH      where the results go (default bench-results.json in the workspace root)";
 
 #[derive(Debug, Clone)]
@@ -37,13 +37,9 @@ impl Options {
             rounds: if quick { 3 } else { 15 },
             warmup_rounds: 1,
             warm_invocations: if quick { 100 } else { 1_000 },
-            connections: if quick {
-                vec![100]
-            } else {
-                vec![1_000, 10_000]
-            },
-            concurrency: 32,
-            rate_per_sec: 200,
+            connections: if quick { vec![50] } else { vec![1_000, 10_000] },
+            concurrency: 8,
+            rate_per_sec: 25,
             keap_latency_ms: 50,
             json: if quick {
                 root.join("target/bench-results-quick.json")
@@ -101,7 +97,7 @@ mod tests {
     fn quick_mode_is_small_and_flags_override() {
         let quick = parse(&["--quick"]).unwrap();
         assert_eq!((quick.rounds, quick.warm_invocations), (3, 100));
-        assert_eq!(quick.connections, vec![100]);
+        assert_eq!(quick.connections, vec![50]);
         let full = parse(&["--rounds", "12", "--connections", "500,2000"]).unwrap();
         assert_eq!((full.rounds, full.warm_invocations), (12, 1_000));
         assert_eq!(full.connections, vec![500, 2_000]);

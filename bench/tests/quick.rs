@@ -1,5 +1,6 @@
-//! `keapalive-bench --quick` (debug build): the table prints and no operation costs more
-//! requests than its floor. No timing is asserted: timings belong to `make bench`.
+//! `keapalive-bench --quick`, smaller still (debug build, a few seconds plus two moto starts):
+//! the table prints and no operation costs more requests than its floor. No timing is
+//! asserted: timings belong to `make bench`.
 
 use std::process::Command;
 
@@ -14,7 +15,16 @@ fn quick_bench_prints_the_table_and_keeps_every_request_floor() {
     let json =
         std::env::temp_dir().join(format!("keapalive-bench-quick-{}.json", std::process::id()));
     let output = Command::new(env!("CARGO_BIN_EXE_keapalive-bench"))
-        .args(["--quick", "--json"])
+        .args([
+            "--quick",
+            "--rounds",
+            "1",
+            "--warm",
+            "20",
+            "--connections",
+            "20",
+            "--json",
+        ])
         .arg(&json)
         .output()
         .expect("the bench runs");
@@ -61,7 +71,7 @@ fn quick_bench_prints_the_table_and_keeps_every_request_floor() {
         "one refresh, warm container",
         "callback, cold container",
         "callback, warm container",
-        "scheduled run, 100 due",
+        "scheduled run, 20 due",
     ] {
         let op = operations
             .iter()
