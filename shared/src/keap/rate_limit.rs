@@ -39,7 +39,7 @@ impl RateLimiter {
             *next = slot + self.interval;
             slot
         };
-        tokio::time::sleep_until(slot).await;
+        wait_until(slot).await;
     }
 }
 
@@ -103,6 +103,14 @@ impl KeyRateLimiter {
             state.next_slot = slot + self.interval;
             slot
         };
+        wait_until(slot).await;
+    }
+}
+
+/// Sleeps only for a slot in the future: tokio rounds every sleep up to its next 1 ms tick, which
+/// a due slot (the common case, well under the rate) must not pay on every Keap request.
+async fn wait_until(slot: Instant) {
+    if slot > Instant::now() {
         tokio::time::sleep_until(slot).await;
     }
 }
