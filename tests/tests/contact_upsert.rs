@@ -281,11 +281,7 @@ async fn malformed_requests_are_validation_errors_without_any_keap_call() {
         .filter(|(_, (_, body))| !body.is_empty())
         .map(|(i, (_, body))| (format!("m{i}"), body.clone()))
         .collect();
-    let borrowed: Vec<(&str, &str)> = records
-        .iter()
-        .map(|(id, body)| (id.as_str(), body.as_str()))
-        .collect();
-    let failed = run_batch(&container.service, &borrowed).await;
+    let failed = run_owned_batch(&container.service, &records).await;
     assert!(failed.is_empty(), "{failed:?}");
     let dead = drain_queue(&fx.sdk, &queue).await;
     assert_eq!(dead.len(), records.len());
@@ -614,11 +610,11 @@ async fn sqs_batch_processes_records_concurrently() {
             )
         })
         .collect();
-    let records: Vec<(&str, &str)> = bodies
-        .iter()
-        .map(|(a, b)| (a.as_str(), b.as_str()))
-        .collect();
-    assert!(run_batch(&container.service, &records).await.is_empty());
+    assert!(
+        run_owned_batch(&container.service, &bodies)
+            .await
+            .is_empty()
+    );
     assert_eq!(fx.sandbox.contacts(APP).len(), 8);
     // Sequentially, each upsert would wait out the previous one's 300 ms: 1 in flight.
     let in_flight = most_in_flight(&api_requests(&fx));
@@ -647,12 +643,12 @@ async fn a_cold_batch_resolves_the_model_and_each_tag_once() {
             (format!("m{i}"), contact.to_string())
         })
         .collect();
-    let records: Vec<(&str, &str)> = bodies
-        .iter()
-        .map(|(a, b)| (a.as_str(), b.as_str()))
-        .collect();
 
-    assert!(run_batch(&container.service, &records).await.is_empty());
+    assert!(
+        run_owned_batch(&container.service, &bodies)
+            .await
+            .is_empty()
+    );
 
     let requests = api_requests(&fx);
     let count = |method: &str, path: &str| {
@@ -800,11 +796,11 @@ async fn sqs_records_for_one_contact_run_in_order_one_at_a_time() {
             (format!("m{i}"), body.to_string())
         })
         .collect();
-    let records: Vec<(&str, &str)> = bodies
-        .iter()
-        .map(|(a, b)| (a.as_str(), b.as_str()))
-        .collect();
-    assert!(run_batch(&container.service, &records).await.is_empty());
+    assert!(
+        run_owned_batch(&container.service, &bodies)
+            .await
+            .is_empty()
+    );
 
     let contacts = fx.sandbox.contacts(APP);
     assert_eq!(contacts.len(), 1);

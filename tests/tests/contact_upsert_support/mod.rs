@@ -80,6 +80,15 @@ pub fn sqs_event(records: &[(&str, &str)]) -> Value {
 }
 
 /// Runs a batch through the real event type and returns the failed message ids, sorted.
+/// `run_batch` for records built at run time: `(message id, body)` pairs.
+pub async fn run_owned_batch(service: &Service, records: &[(String, String)]) -> Vec<String> {
+    let borrowed: Vec<(&str, &str)> = records
+        .iter()
+        .map(|(id, body)| (id.as_str(), body.as_str()))
+        .collect();
+    run_batch(service, &borrowed).await
+}
+
 pub async fn run_batch(service: &Service, records: &[(&str, &str)]) -> Vec<String> {
     let event: SqsEvent = serde_json::from_value(sqs_event(records)).expect("SqsEvent");
     let response = service
