@@ -39,10 +39,6 @@ pub struct SecretsSource {
     client: Client,
     credentials: TtlCache<Arc<ClientCredentials>>,
     strings: TtlCache<Arc<SecretString>>,
-    /// Held while a miss is fetched, so that a cold container refreshing many connections at
-    /// once reads the secret once, not once per concurrent refresh. Misses are rare (one per
-    /// secret per TTL), so one lock for all secrets costs nothing.
-    fetching: tokio::sync::Mutex<()>,
 }
 
 impl SecretsSource {
@@ -51,7 +47,6 @@ impl SecretsSource {
             client,
             credentials: TtlCache::new(ttl),
             strings: TtlCache::new(ttl),
-            fetching: tokio::sync::Mutex::new(()),
         }
     }
 
@@ -59,54 +54,45 @@ impl SecretsSource {
         &self,
         secret_id: &str,
     ) -> Result<Arc<ClientCredentials>, SecretsError> {
-        if let Some(cached) = self.credentials.get(secret_id) {
-            return Ok(cached);
-        }
-        let _fetching = self.fetching.lock().await;
-        if let Some(cached) = self.credentials.get(secret_id) {
-            return Ok(cached);
-        }
-        let raw = self.fetch(secret_id).await?;
-        let parsed: ClientCredentials =
-            serde_json::from_str(&raw).map_err(|e| SecretsError::Malformed {
-                id: secret_id.to_owned(),
-                // serde_json's message names the missing field or the position, never the value.
-                reason: format!("not the expected JSON object ({})", json_problem(&e)),
-            })?;
-        // The stack creates the secret with empty values; the operator fills them in once.
-        if parsed.client_id.trim().is_empty()
-            || parsed.client_secret.expose_secret().trim().is_empty()
-        {
-            return Err(SecretsError::Malformed {
-                id: secret_id.to_owned(),
-                reason: "client_id or client_secret is empty: put the Keap app's credentials into the secret (see the README's Deploy section)".to_owned(),
-            });
-        }
-        let parsed = Arc::new(parsed);
-        self.credentials.insert(secret_id, parsed.clone());
-        Ok(parsed)
+        self.credentials
+            .get_or_try_fill(secret_id, || async {
+                let raw = self.fetch(secret_id).await?;
+                let parsed: ClientCredentials =
+                    serde_json::from_str(&raw).map_err(|e| SecretsError::Malformed {
+                        id: secret_id.to_owned(),
+                        // serde_json's message names the missing field or the position, never
+                        // the value.
+                        reason: format!("not the expected JSON object ({})", json_problem(&e)),
+                    })?;
+                // The stack creates the secret with empty values; the operator fills them in once.
+                if parsed.client_id.trim().is_empty()
+                    || parsed.client_secret.expose_secret().trim().is_empty()
+                {
+                    return Err(SecretsError::Malformed {
+                        id: secret_id.to_owned(),
+                        reason: "client_id or client_secret is empty: put the Keap app's credentials into the secret (see the README's Deploy section)".to_owned(),
+                    });
+                }
+                Ok(Arc::new(parsed))
+            })
+            .await
     }
 
     /// A secret whose whole string is the value (a service-account key).
     pub async fn secret_string(&self, secret_id: &str) -> Result<Arc<SecretString>, SecretsError> {
-        if let Some(cached) = self.strings.get(secret_id) {
-            return Ok(cached);
-        }
-        let _fetching = self.fetching.lock().await;
-        if let Some(cached) = self.strings.get(secret_id) {
-            return Ok(cached);
-        }
-        let raw = self.fetch(secret_id).await?;
-        let trimmed = raw.trim();
-        if trimmed.is_empty() {
-            return Err(SecretsError::Malformed {
-                id: secret_id.to_owned(),
-                reason: "the secret string is empty".to_owned(),
-            });
-        }
-        let value = Arc::new(SecretString::from(trimmed.to_owned()));
-        self.strings.insert(secret_id, value.clone());
-        Ok(value)
+        self.strings
+            .get_or_try_fill(secret_id, || async {
+                let raw = self.fetch(secret_id).await?;
+                let trimmed = raw.trim();
+                if trimmed.is_empty() {
+                    return Err(SecretsError::Malformed {
+                        id: secret_id.to_owned(),
+                        reason: "the secret string is empty".to_owned(),
+                    });
+                }
+                Ok(Arc::new(SecretString::from(trimmed.to_owned())))
+            })
+            .await
     }
 
     pub fn invalidate(&self, secret_id: &str) {

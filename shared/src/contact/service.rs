@@ -91,9 +91,6 @@ pub struct UpsertService<S> {
     pub(crate) metrics: MetricSink,
     models: TtlCache<(Instant, Arc<ContactModel>)>,
     tag_ids: TtlCache<i64>,
-    /// Held while a cache miss is resolved at Keap, so that a cold container's concurrent
-    /// upserts (an SQS batch) fetch the contact model or a tag id once, not once each.
-    resolving: tokio::sync::Mutex<()>,
 }
 
 impl UpsertService<DynamoDbTokenStore> {
@@ -119,7 +116,6 @@ impl<S: TokenStore> UpsertService<S> {
         Self {
             models: TtlCache::new(settings.model_cache_ttl),
             tag_ids: TtlCache::new(settings.model_cache_ttl),
-            resolving: tokio::sync::Mutex::new(()),
             rest,
             grants,
             secrets,
@@ -198,18 +194,16 @@ impl<S: TokenStore> UpsertService<S> {
         refetch: bool,
     ) -> Result<(Instant, Arc<ContactModel>), UpsertError> {
         let key = keap.connection().as_str().to_owned();
-        if !refetch && let Some(cached) = self.models.get(&key) {
-            return Ok(cached);
+        if refetch {
+            self.models.invalidate(&key);
         }
-        let _resolving = self.resolving.lock().await;
-        if !refetch && let Some(cached) = self.models.get(&key) {
-            return Ok(cached);
-        }
-        let response = keap.send(&ContactModel::request()).await?;
-        let model = Arc::new(ContactModel::from_response(&response).map_err(unexpected)?);
-        let entry = (Instant::now(), model);
-        self.models.insert(&key, entry.clone());
-        Ok(entry)
+        self.models
+            .get_or_try_fill(&key, || async {
+                let response = keap.send(&ContactModel::request()).await?;
+                let model = ContactModel::from_response(&response).map_err(unexpected)?;
+                Ok((Instant::now(), Arc::new(model)))
+            })
+            .await
     }
 
     /// Tag ids in request order, without repeats; names resolved (and created if configured).
@@ -234,27 +228,26 @@ impl<S: TokenStore> UpsertService<S> {
     async fn tag_id(&self, keap: &mut KeapSession<'_, S>, name: &str) -> Result<i64, UpsertError> {
         // The unit separator cannot occur in a connection id.
         let key = format!("{}\u{1f}{name}", keap.connection());
-        if let Some(id) = self.tag_ids.get(&key) {
-            return Ok(id);
-        }
-        let _resolving = self.resolving.lock().await;
-        if let Some(id) = self.tag_ids.get(&key) {
-            return Ok(id);
-        }
+        self.tag_ids
+            .get_or_try_fill(&key, || self.find_or_create_tag(keap, name))
+            .await
+    }
+
+    async fn find_or_create_tag(
+        &self,
+        keap: &mut KeapSession<'_, S>,
+        name: &str,
+    ) -> Result<i64, UpsertError> {
         let found = keap.send(&tags::find_by_name(name)).await?;
-        let id = match tags::id_named(&found, name).map_err(unexpected)? {
-            Some(id) => id,
-            None if self.settings.create_missing_tags => self.create_tag(keap, name).await?,
-            None => {
-                return Err(UpsertError::Validation(format!(
-                    "contact.tags: no tag named `{}` exists in this Keap account; create it in \
-                     Keap, use its id, or set KEAPALIVE_CREATE_MISSING_TAGS=true",
-                    safe_message(name)
-                )));
-            }
-        };
-        self.tag_ids.insert(&key, id);
-        Ok(id)
+        match tags::id_named(&found, name).map_err(unexpected)? {
+            Some(id) => Ok(id),
+            None if self.settings.create_missing_tags => self.create_tag(keap, name).await,
+            None => Err(UpsertError::Validation(format!(
+                "contact.tags: no tag named `{}` exists in this Keap account; create it in \
+                 Keap, use its id, or set KEAPALIVE_CREATE_MISSING_TAGS=true",
+                safe_message(name)
+            ))),
+        }
     }
 
     async fn create_tag(
