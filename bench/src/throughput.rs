@@ -14,7 +14,7 @@ use futures_util::{StreamExt, TryStreamExt, stream};
 use keap_sandbox::{Endpoint, IssuedPair, Sandbox};
 use keapalive::clock::now_epoch_secs;
 use keapalive::keap::tokens::keap_app_from_scope;
-use keapalive::token_store::{CommitOutcome, LeaseOutcome, TokenStore};
+use keapalive::token_store::{CommitOutcome, LeaseOutcome, TokenStore, new_write_id};
 use keapalive_tests::aws::{create_client_secret, create_table, get_item};
 use keapalive_tests::emulator::Emulator;
 use keapalive_tests::fixture::{CLIENT_ID, CLIENT_SECRET, Fixture, connection_id, issued_tokens};
@@ -182,6 +182,7 @@ async fn seed_due(fixture: &Fixture, count: usize) -> Result<(), String> {
             &connection_id(template_id),
             &issued_tokens(&grant, Some(due)),
             true,
+            &new_write_id(),
             now_epoch_secs(),
         )
         .await
@@ -285,7 +286,7 @@ async fn replay_store_requests(
         .list_connections()
         .await
         .map_err(|e| format!("replay scan failed: {e}"))?;
-    stream::iter(listed.iter())
+    stream::iter(listed.connections.iter())
         .map(|connection| {
             let (store, issued) = (&store, &issued);
             async move {
@@ -293,7 +294,7 @@ async fn replay_store_requests(
                 let lease = store
                     .take_lease(
                         &connection.id,
-                        connection.generation,
+                        &connection.version(),
                         "replay",
                         now,
                         now + 300,
@@ -304,7 +305,13 @@ async fn replay_store_requests(
                     return Err(format!("replay lease not acquired: {lease:?}"));
                 }
                 let commit = store
-                    .commit_refresh(&connection.id, connection.generation, issued, now)
+                    .commit_refresh(
+                        &connection.id,
+                        &connection.version(),
+                        &new_write_id(),
+                        issued,
+                        now,
+                    )
                     .await
                     .map_err(|e| format!("replay commit failed: {e}"))?;
                 if !matches!(commit, CommitOutcome::Committed { .. }) {
@@ -317,10 +324,10 @@ async fn replay_store_requests(
         .try_collect::<Vec<()>>()
         .await?;
     let took = started.elapsed();
-    if listed.len() != connections {
+    if listed.connections.len() != connections {
         return Err(format!(
             "replay listed {} connections, seeded {connections}",
-            listed.len()
+            listed.connections.len()
         ));
     }
     Ok(took)

@@ -4,7 +4,10 @@
 
 use std::sync::Arc;
 
+use std::time::Duration;
+
 use aws_config::BehaviorVersion;
+use aws_config::timeout::TimeoutConfig;
 
 use crate::config::Config;
 use crate::keap::http::build_client;
@@ -23,9 +26,27 @@ pub enum InitError {
     Http(#[from] reqwest::Error),
 }
 
+/// One attempt of any AWS call (DynamoDB, Secrets Manager, SQS) is abandoned after this: a
+/// connection that hangs must not eat the invocation while Keap's new pair waits in memory.
+pub const AWS_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(3);
+/// One AWS call with all of the SDK's own retries; the commit retries past it, up to the
+/// invocation deadline minus a margin (docs/design.md, "The fault model").
+pub const AWS_OPERATION_TIMEOUT: Duration = Duration::from_secs(10);
+pub const AWS_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// The SDK configuration from the standard chain (env, `AWS_ENDPOINT_URL` for emulators).
+/// [`Clients::new`] bounds every call it makes with [`aws_timeouts`].
 pub async fn load_aws() -> aws_config::SdkConfig {
     aws_config::load_defaults(BehaviorVersion::latest()).await
+}
+
+/// Attempt, operation and connect timeouts for every AWS client keapalive builds.
+pub fn aws_timeouts() -> TimeoutConfig {
+    TimeoutConfig::builder()
+        .connect_timeout(AWS_CONNECT_TIMEOUT)
+        .operation_attempt_timeout(AWS_ATTEMPT_TIMEOUT)
+        .operation_timeout(AWS_OPERATION_TIMEOUT)
+        .build()
 }
 
 /// Everything a keapalive function talks to, built once.
@@ -50,14 +71,29 @@ impl Clients {
         let keap_limiter = Arc::new(RateLimiter::per_second(config.keap_rate_per_sec));
         let rest = RestClient::new(http.clone(), &config.keap, keap_limiter.clone());
         Ok(Self {
-            store: DynamoDbTokenStore::new(aws_sdk_dynamodb::Client::new(aws), &config.table),
+            store: DynamoDbTokenStore::new(
+                aws_sdk_dynamodb::Client::from_conf(
+                    aws_sdk_dynamodb::config::Builder::from(aws)
+                        .timeout_config(aws_timeouts())
+                        .build(),
+                ),
+                &config.table,
+            ),
             secrets: Arc::new(SecretsSource::new(
-                aws_sdk_secretsmanager::Client::new(aws),
+                aws_sdk_secretsmanager::Client::from_conf(
+                    aws_sdk_secretsmanager::config::Builder::from(aws)
+                        .timeout_config(aws_timeouts())
+                        .build(),
+                ),
                 config.secret_cache_ttl,
             )),
             keap_limiter,
             rest,
-            sqs: aws_sdk_sqs::Client::new(aws),
+            sqs: aws_sdk_sqs::Client::from_conf(
+                aws_sdk_sqs::config::Builder::from(aws)
+                    .timeout_config(aws_timeouts())
+                    .build(),
+            ),
             http,
             oauth,
             config: Arc::new(config),

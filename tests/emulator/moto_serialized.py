@@ -5,8 +5,18 @@ moto checks a ConditionExpression and writes without a lock, so two concurrent c
 writes can both succeed where DynamoDB lets exactly one through. Holding one lock around each
 request makes race tests fail only for the code under test, never for the emulator.
 
+Faults model what real networks do to real DynamoDB (docs/design.md, "The fault model"):
+  mode "error"            answer the error, apply nothing (the default)
+  mode "apply_then_error" let moto apply the request, then answer the error instead (a write that
+                          landed and lost its answer; the SDK retries it)
+  mode "apply_then_hang"  let moto apply the request, then hold the answer for hang_secs
+  mode "hang"             hold the request for hang_secs, then answer the error, apply nothing
+Hangs sleep outside the lock that serialises moto, so other requests go on meanwhile.
+"probability" < 1 picks each matching request at random (times counts only picked ones).
+
 Control endpoints on the same port (never forwarded to moto):
-  POST   /_keapalive/faults    {"target", "error_type", "status"=400, "times"=1, "body_contains"?: str | [str]}
+  POST   /_keapalive/faults    {"target", "error_type", "status"=400, "times"=1, "body_contains"?: str | [str],
+                                "mode"="error", "hang_secs"=0, "probability"=1}
   DELETE /_keapalive/faults
   GET    /_keapalive/requests[?resource=NAME]   {"<X-Amz-Target or Action>": count, ...}
   DELETE /_keapalive/requests
@@ -19,9 +29,11 @@ import io
 import json
 import logging
 import os
+import random
 import signal
 import sys
 import threading
+import time
 import urllib.parse
 
 from moto.moto_server.threaded_moto_server import (
@@ -44,8 +56,13 @@ class Fault:
         needles = spec.get("body_contains")
         # One substring or a list of them, all of which must occur.
         self.body_contains = [needles] if isinstance(needles, str) else needles
+        self.mode = spec.get("mode", "error")
+        self.hang_secs = float(spec.get("hang_secs", 0))
+        self.probability = float(spec.get("probability", 1))
         if self.times < 1:
             raise ValueError("times must be >= 1")
+        if self.mode not in ("error", "apply_then_error", "apply_then_hang", "hang"):
+            raise ValueError(f"unknown mode {self.mode!r}")
 
     def matches(self, target, body):
         if self.target != target:
@@ -144,14 +161,28 @@ class SerializedMoto:
                 self.counts_by_resource[resource][target] += 1
             fault = self.take_fault(environ.get("HTTP_X_AMZ_TARGET"), body)
 
-        if fault is not None:
-            return json_response(
-                start_response,
-                f"{fault.status} Injected",
-                {"__type": DYNAMODB_ERROR_NAMESPACE + fault.error_type, "message": "injected"},
-                content_type="application/x-amz-json-1.0",
-            )
+        if fault is None:
+            return self.forward(environ, start_response)
+        if fault.mode == "hang":
+            time.sleep(fault.hang_secs)
+            return self.injected_error(fault, start_response)
+        if fault.mode == "error":
+            return self.injected_error(fault, start_response)
+        # Applied by moto; its answer is then lost (replaced by an error) or held back.
+        captured = {}
 
+        def capture(status, headers, exc_info=None):
+            captured["status"], captured["headers"] = status, headers
+            return lambda _data: None
+
+        body = self.forward(environ, capture)
+        if fault.mode == "apply_then_error":
+            return self.injected_error(fault, start_response)
+        time.sleep(fault.hang_secs)
+        start_response(captured["status"], captured["headers"])
+        return body
+
+    def forward(self, environ, start_response):
         with self.moto_lock:
             result = self.app(environ, start_response)
             try:
@@ -162,9 +193,20 @@ class SerializedMoto:
                 if close is not None:
                     close()
 
+    @staticmethod
+    def injected_error(fault, start_response):
+        return json_response(
+            start_response,
+            f"{fault.status} Injected",
+            {"__type": DYNAMODB_ERROR_NAMESPACE + fault.error_type, "message": "injected"},
+            content_type="application/x-amz-json-1.0",
+        )
+
     def take_fault(self, target, body):
         for fault in self.faults:
             if fault.matches(target, body):
+                if fault.probability < 1 and random.random() >= fault.probability:
+                    continue
                 fault.times -= 1
                 if fault.times == 0:
                     self.faults.remove(fault)

@@ -49,6 +49,23 @@ pub struct DynamoDbFault {
     times: u32,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     body_contains: Vec<String>,
+    mode: FaultMode,
+    hang_secs: f64,
+    probability: f64,
+}
+
+/// What the emulator does to a matching request (docs/design.md, "The fault model").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FaultMode {
+    /// Answer the error; nothing applied.
+    Error,
+    /// Apply the request, then answer the error: a write that landed and lost its answer.
+    ApplyThenError,
+    /// Apply the request, then hold the answer for `hang_secs`.
+    ApplyThenHang,
+    /// Hold the request for `hang_secs`, then answer the error; nothing applied.
+    Hang,
 }
 
 impl DynamoDbFault {
@@ -61,7 +78,33 @@ impl DynamoDbFault {
             status: 400,
             times: 1,
             body_contains: Vec::new(),
+            mode: FaultMode::Error,
+            hang_secs: 0.0,
+            probability: 1.0,
         }
+    }
+
+    /// A write that DynamoDB applied and whose answer was lost: a 500, so the SDK retries it.
+    pub fn applied_then_lost(operation: &str) -> Self {
+        Self::new(operation, "InternalServerError")
+            .status(500)
+            .mode(FaultMode::ApplyThenError)
+    }
+
+    pub fn mode(mut self, mode: FaultMode) -> Self {
+        self.mode = mode;
+        self
+    }
+
+    pub fn hang(mut self, hang: Duration) -> Self {
+        self.hang_secs = hang.as_secs_f64();
+        self
+    }
+
+    /// Picks each matching request with this probability (`times` counts picked ones only).
+    pub fn probability(mut self, probability: f64) -> Self {
+        self.probability = probability;
+        self
     }
 
     pub fn status(mut self, status: u16) -> Self {

@@ -8,7 +8,7 @@ use keapalive::clock::now_epoch_secs;
 use keapalive::config::{Config, Requirements};
 use keapalive::keap::tokens::keap_app_from_scope;
 use keapalive::keap::{IssuedTokens, TokenPair};
-use keapalive::token_store::{AuthorizeOutcome, DynamoDbTokenStore, TokenStore};
+use keapalive::token_store::{AuthorizeOutcome, DynamoDbTokenStore, TokenStore, new_write_id};
 use keapalive::wiring::Clients;
 use secrecy::SecretString;
 
@@ -89,7 +89,13 @@ impl Fixture {
         let tokens = issued_tokens(&issued, access_expires_at);
         let outcome = self
             .store()
-            .authorize(&connection_id(id), &tokens, true, now_epoch_secs())
+            .authorize(
+                &connection_id(id),
+                &tokens,
+                true,
+                &new_write_id(),
+                now_epoch_secs(),
+            )
             .await
             .expect("authorize");
         assert!(matches!(outcome, AuthorizeOutcome::Authorized { .. }));

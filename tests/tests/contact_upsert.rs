@@ -668,11 +668,11 @@ async fn sqs_batch_for_a_connection_needing_reauthorization_fails_every_record()
     fx.seed_connection("default", APP, None).await;
     let id = connection_id("default");
     let store = fx.store();
-    let generation = store.get(&id).await.unwrap().unwrap().generation;
+    let version = store.get(&id).await.unwrap().unwrap().version();
     store
         .mark_needs_reauthorization(
             &id,
-            generation,
+            &version,
             MarkGuard::GenerationOnly,
             "refresh_token_rejected",
             now_epoch_secs(),

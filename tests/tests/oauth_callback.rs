@@ -396,7 +396,14 @@ async fn reauthorization_is_the_next_generation_and_revives_a_dead_connection() 
         .store
         .mark_needs_reauthorization(
             &connection_id("default"),
-            2,
+            &world
+                .clients
+                .store
+                .get(&connection_id("default"))
+                .await
+                .unwrap()
+                .unwrap()
+                .version(),
             MarkGuard::GenerationOnly,
             "refresh_token_rejected",
             now_epoch_secs(),

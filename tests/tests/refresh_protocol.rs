@@ -6,7 +6,7 @@ use std::time::Duration;
 use aws_sdk_dynamodb::types::AttributeValue;
 use keap_sandbox::{Endpoint, Fault, FaultKind};
 use keapalive::clock::now_epoch_secs;
-use keapalive::refresh::{Deadline, RefreshOutcome};
+use keapalive::refresh::{Deadline, RefreshOutcome, RunGuard};
 use keapalive::token_store::{Connection, ConnectionStatus, LeaseOutcome, TokenStore};
 use keapalive_tests::aws::create_client_secret;
 use keapalive_tests::emulator::{DynamoDbFault, Emulator};
@@ -100,7 +100,13 @@ async fn crashed_holder_blocks_only_until_lease_expiry() {
     let now = now_epoch_secs();
     let taken = fx
         .store()
-        .take_lease(&id, 1, "crashed-refresher", now, now + 2)
+        .take_lease(
+            &id,
+            &read(&fx, "default").await.version(),
+            "crashed-refresher",
+            now,
+            now + 2,
+        )
         .await
         .unwrap();
     assert!(matches!(taken, LeaseOutcome::Acquired { .. }));
@@ -366,7 +372,10 @@ async fn reauthorization_racing_a_mark_leaves_connection_active() {
     let refresher = fx.clients(&[]).refresher();
     let before = read(&fx, "default").await;
 
-    let outcome = refresher.refresh(&before, deadline(), false).await.unwrap();
+    let outcome = refresher
+        .refresh(&before, deadline(), false, &RunGuard::new())
+        .await
+        .unwrap();
     let RefreshOutcome::Rejected(pending) = outcome else {
         panic!("expected a rejection, got {outcome:?}");
     };

@@ -23,6 +23,7 @@ async fn seed_many(fx: &Fixture, count: usize) {
                     &connection_id(&format!("conn-{i:05}")),
                     &issued_tokens(&issued, soon),
                     true,
+                    &keapalive::token_store::new_write_id(),
                     now_epoch_secs(),
                 )
                 .await

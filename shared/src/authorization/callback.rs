@@ -18,7 +18,7 @@ use super::query::{self, QueryError};
 use crate::clock::now_epoch_secs;
 use crate::connection_id::ConnectionId;
 use crate::keap::{IssuedTokens, TokenError};
-use crate::token_store::{AuthorizeOutcome, StateOutcome, StoreError, TokenStore};
+use crate::token_store::{AuthorizeOutcome, StateOutcome, StoreError, TokenStore, new_write_id};
 use crate::wiring::Clients;
 
 /// The route the SAM template gives the callback.
@@ -324,11 +324,20 @@ async fn store_pair(
     issued: &IssuedTokens,
     replace_account: bool,
 ) -> Result<AuthorizeOutcome, StoreError> {
+    // One write id for every attempt: a retry of a write that landed is recognised, neither
+    // applied twice nor written over a pair the refresher committed since.
+    let write_id = new_write_id();
     let mut attempt = 1;
     loop {
         let result = clients
             .store
-            .authorize(connection_id, issued, replace_account, now_epoch_secs())
+            .authorize(
+                connection_id,
+                issued,
+                replace_account,
+                &write_id,
+                now_epoch_secs(),
+            )
             .await;
         match result {
             Err(e) if e.is_retryable() && attempt < STORE_ATTEMPTS => {

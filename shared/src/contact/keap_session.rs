@@ -200,7 +200,7 @@ impl<'a, S: TokenStore> KeapSession<'a, S> {
         let outcome = store
             .mark_needs_reauthorization(
                 self.id,
-                rejected.generation,
+                &rejected.version(),
                 MarkGuard::GenerationOnly,
                 REASON_KEY_REJECTED,
                 now_epoch_secs(),

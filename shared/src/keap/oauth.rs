@@ -209,10 +209,7 @@ fn classify(
 }
 
 fn classify_oauth_error(status: u16, error: OAuthErrorBody, grant: Grant) -> TokenError {
-    let names_refresh_token = error
-        .error_description
-        .to_ascii_lowercase()
-        .contains("refresh token");
+    let names_refresh_token = says_refresh_token_is_invalid(&error.error_description);
     // Keap's own error codes are a short fixed vocabulary; anything longer is not worth echoing.
     let code: String = error.error.chars().take(40).collect();
     match (error.error.as_str(), grant) {
@@ -229,6 +226,36 @@ fn classify_oauth_error(status: u16, error: OAuthErrorBody, grant: Grant) -> Tok
     }
 }
 
+/// `invalid_request` is also Keap's answer to a malformed request ("response_type or grant_type
+/// is required"), so it marks a grant dead only when its description says the refresh token is
+/// invalid (docs/design.md, "The fault model": odd answers). Compared lower-case, whole phrase.
+const DEAD_REFRESH_TOKEN_DESCRIPTIONS: &[&str] = &[
+    "invalid refresh token",
+    "refresh token is invalid",
+    "refresh token has expired",
+    "refresh token expired",
+    "refresh token is expired",
+    "refresh token has been revoked",
+    "refresh token was revoked",
+];
+
+fn says_refresh_token_is_invalid(description: &str) -> bool {
+    let description = description
+        .trim()
+        .trim_end_matches('.')
+        .to_ascii_lowercase();
+    DEAD_REFRESH_TOKEN_DESCRIPTIONS
+        .iter()
+        .any(|known| description == *known)
+}
+
+/// Keap documents 24 h access tokens; a 200 carrying both tokens but no usable `expires_in` is
+/// still a success (the refresh token is already spent), stored with this lifetime.
+const DEFAULT_EXPIRES_IN_SECS: i64 = 86_400;
+/// `expires_in` outside this range is clamped: a tiny one would make every run refresh, a huge
+/// one would stop refreshes until the refresh token ages out.
+const EXPIRES_IN_RANGE_SECS: (i64, i64) = (300, 7 * 86_400);
+
 fn parse_tokens(status: u16, body: &[u8], received_at: i64) -> Result<IssuedTokens, TokenError> {
     let malformed = |reason| TokenError::UnexpectedResponse { status, reason };
     let parsed: TokenResponse =
@@ -241,13 +268,24 @@ fn parse_tokens(status: u16, body: &[u8], received_at: i64) -> Result<IssuedToke
         .refresh_token
         .filter(|t| !t.is_empty())
         .ok_or_else(|| malformed("token response has no refresh_token"))?;
-    let expires_in = match parsed.expires_in {
-        Some(serde_json::Value::Number(n)) => n.as_i64(),
-        Some(serde_json::Value::String(s)) => s.trim().parse().ok(),
+    let stated = match &parsed.expires_in {
+        Some(serde_json::Value::Number(n)) => n.as_f64(),
+        Some(serde_json::Value::String(s)) => s.trim().parse::<f64>().ok(),
         _ => None,
     }
-    .filter(|secs| *secs > 0)
-    .ok_or_else(|| malformed("token response has no positive expires_in"))?;
+    .filter(|secs| secs.is_finite() && *secs >= 1.0);
+    let expires_in = match stated {
+        // Truncation is the point: fractional seconds round down, never past Keap's expiry.
+        Some(secs) => (secs as i64).clamp(EXPIRES_IN_RANGE_SECS.0, EXPIRES_IN_RANGE_SECS.1),
+        None => DEFAULT_EXPIRES_IN_SECS,
+    };
+    if stated.map(|s| s as i64) != Some(expires_in) {
+        tracing::warn!(
+            expires_in = ?parsed.expires_in.as_ref().map(|v| v.to_string()),
+            used_secs = expires_in,
+            "Keap's token response has a missing or out-of-range expires_in; the pair is stored with a default lifetime"
+        );
+    }
     let keap_app = parsed.scope.as_deref().and_then(keap_app_from_scope);
     Ok(IssuedTokens {
         pair: TokenPair {
@@ -338,6 +376,46 @@ mod tests {
             refresh(200, r#"{"access_token":"a","expires_in":5}"#),
             Err(TokenError::UnexpectedResponse { .. })
         ));
+    }
+
+    #[test]
+    fn a_200_with_both_tokens_succeeds_whatever_expires_in_says() {
+        for (expires_in, lifetime) in [
+            ("", DEFAULT_EXPIRES_IN_SECS),
+            (r#","expires_in":0"#, DEFAULT_EXPIRES_IN_SECS),
+            (r#","expires_in":null"#, DEFAULT_EXPIRES_IN_SECS),
+            (r#","expires_in":"soon""#, DEFAULT_EXPIRES_IN_SECS),
+            (r#","expires_in":86399.7"#, 86_399),
+            (r#","expires_in":"3600""#, 3_600),
+            (r#","expires_in":5"#, EXPIRES_IN_RANGE_SECS.0),
+            (r#","expires_in":99999999999"#, EXPIRES_IN_RANGE_SECS.1),
+        ] {
+            let body = format!(r#"{{"access_token":"a","refresh_token":"r"{expires_in}}}"#);
+            let issued = refresh(200, &body).unwrap_or_else(|e| panic!("{body}: {e}"));
+            assert_eq!(issued.pair.access_expires_at, 1_000 + lifetime, "{body}");
+        }
+    }
+
+    #[test]
+    fn invalid_request_marks_a_grant_dead_only_for_known_descriptions() {
+        let dead = |description: &str| {
+            matches!(
+                refresh(
+                    400,
+                    &format!(
+                        r#"{{"error":"invalid_request","error_description":"{description}"}}"#
+                    )
+                ),
+                Err(TokenError::RefreshTokenRejected { .. })
+            )
+        };
+        assert!(dead("Invalid refresh token"));
+        assert!(dead(
+            "The refresh token has expired.".trim_start_matches("The ")
+        ));
+        assert!(!dead("response_type or grant_type is required"));
+        assert!(!dead("refresh token parameter missing from request"));
+        assert!(!dead("could not validate refresh token: try again later"));
     }
 
     #[test]

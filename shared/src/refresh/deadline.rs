@@ -24,6 +24,14 @@ impl Deadline {
         self.0.saturating_duration_since(Instant::now())
     }
 
+    /// The deadline as epoch seconds, rounded up: what a lease must outlive.
+    pub fn epoch_secs(&self) -> i64 {
+        let remaining = self.remaining();
+        let remaining = i64::try_from(remaining.as_secs()).unwrap_or(i64::MAX / 2)
+            + i64::from(remaining.subsec_nanos() > 0);
+        crate::clock::now_epoch_secs().saturating_add(remaining)
+    }
+
     pub fn instant(&self) -> Instant {
         self.0
     }

@@ -30,7 +30,7 @@ pub use deadline::Deadline;
 pub use invocation::{RefresherError, RefresherEvent};
 pub use on_demand::{AccessCredential, Grant, OnDemandError, OnDemandRefresher};
 pub use protocol::{
-    PendingMark, REASON_LOST_RESPONSE, REASON_REFRESH_TOKEN_REJECTED, RefreshOutcome, Refresher,
-    RefresherSettings,
+    LEASE_CLOCK_SKEW_SECS, PendingMark, REASON_LOST_RESPONSE, REASON_REFRESH_TOKEN_REJECTED,
+    RefreshOutcome, Refresher, RefresherSettings, RunGuard,
 };
 pub use scheduled::{RefreshRun, RefreshSummary, RunError, ScheduledRequest};

@@ -13,11 +13,11 @@ use tokio::time::Instant;
 use tracing::info;
 
 use super::Deadline;
-use super::protocol::{RefreshOutcome, Refresher};
+use super::protocol::{RefreshOutcome, Refresher, RunGuard};
 use crate::clock::now_epoch_secs;
 use crate::connection_id::ConnectionId;
 use crate::secrets::SecretsSource;
-use crate::token_store::{ConnectionKind, ConnectionStatus, StoreError, TokenStore};
+use crate::token_store::{ConnectionKind, ConnectionStatus, StoreError, TokenStore, Version};
 
 /// An access token this close to expiry is refreshed before use rather than risk a 401.
 const MIN_VALIDITY_SECS: i64 = 120;
@@ -45,6 +45,16 @@ impl std::fmt::Debug for AccessCredential {
     }
 }
 
+impl Grant {
+    /// The connection version this credential was read from (conditions name it).
+    pub fn version(&self) -> Version {
+        Version {
+            generation: self.generation,
+            incarnation: self.incarnation.clone(),
+        }
+    }
+}
+
 impl AccessCredential {
     pub fn kind(&self) -> ConnectionKind {
         match self {
@@ -67,6 +77,7 @@ impl AccessCredential {
 pub struct Grant {
     pub credential: AccessCredential,
     pub generation: u64,
+    pub incarnation: Option<String>,
     /// Epoch seconds after which the credential must not be used without re-checking.
     valid_until: i64,
 }
@@ -148,6 +159,7 @@ impl<S: TokenStore> OnDemandRefresher<S> {
                 let grant = Grant {
                     credential: AccessCredential::Bearer(pair.access_token.clone()),
                     generation: connection.generation,
+                    incarnation: connection.incarnation.clone(),
                     valid_until: pair.access_expires_at - MIN_VALIDITY_SECS,
                 };
                 if grant.valid_until > now && !is_rejected(&grant) {
@@ -156,7 +168,10 @@ impl<S: TokenStore> OnDemandRefresher<S> {
             }
 
             info!(connection = %id, generation = connection.generation, "refreshing on demand");
-            let outcome = self.refresher.refresh(&connection, deadline, true).await?;
+            let outcome = self
+                .refresher
+                .refresh(&connection, deadline, true, &RunGuard::new())
+                .await?;
             let outcome = match outcome {
                 RefreshOutcome::Rejected(pending) => self.refresher.mark(&pending).await?,
                 other => other,
@@ -166,6 +181,7 @@ impl<S: TokenStore> OnDemandRefresher<S> {
                     let grant = Grant {
                         credential: AccessCredential::Bearer(pair.access_token),
                         generation,
+                        incarnation: connection.incarnation.clone(),
                         valid_until: pair.access_expires_at - MIN_VALIDITY_SECS,
                     };
                     return Ok(self.remember(id, grant));
@@ -181,7 +197,8 @@ impl<S: TokenStore> OnDemandRefresher<S> {
                 }
                 RefreshOutcome::FailedTransient { reason }
                 | RefreshOutcome::ConfigurationError { reason }
-                | RefreshOutcome::CommitFailed { reason } => {
+                | RefreshOutcome::CommitFailed { reason }
+                | RefreshOutcome::CommitUnknown { reason } => {
                     return Err(OnDemandError::Unavailable {
                         id: id.clone(),
                         reason,
@@ -193,7 +210,7 @@ impl<S: TokenStore> OnDemandRefresher<S> {
                         reason: "Keap rejected the client credentials".to_owned(),
                     });
                 }
-                RefreshOutcome::NotStartedDeadline => {
+                RefreshOutcome::NotStartedDeadline | RefreshOutcome::NotStartedBrownout => {
                     return Err(OnDemandError::Unavailable {
                         id: id.clone(),
                         reason: "too little invocation time left to refresh".to_owned(),
@@ -247,6 +264,7 @@ impl<S: TokenStore> OnDemandRefresher<S> {
         let grant = Grant {
             credential: AccessCredential::ApiKey(key),
             generation: connection.generation,
+            incarnation: connection.incarnation.clone(),
             valid_until: now_epoch_secs() + KEY_CACHE_TTL_SECS,
         };
         Ok(self.remember(id, grant))

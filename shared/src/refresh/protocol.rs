@@ -1,6 +1,7 @@
 //! One connection's refresh: lease → refresh → commit, with every failure classified.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use tracing::{error, info, warn};
@@ -14,13 +15,20 @@ use crate::keap::{IssuedTokens, OAuthClient, TokenError, TokenPair};
 use crate::secrets::SecretsSource;
 use crate::token_store::{
     CommitOutcome, Connection, ConnectionKind, ConnectionStatus, LeaseOutcome, MarkGuard,
-    MarkOutcome, StoreError, TokenStore,
+    MarkOutcome, StoreError, TokenStore, Version, new_write_id,
 };
 
-/// Time the commit may take after Keap answered (DESIGN.md step 1: 10 s).
+/// The commit budget (docs/design.md, "The fault model"): a refresh starts only when the
+/// invocation has room for one token request plus this much commit time; once Keap answered,
+/// the commit retries until the deadline minus [`DEADLINE_SAFETY`].
 const COMMIT_BUDGET: Duration = Duration::from_secs(10);
 /// The commit stops retrying this long before the deadline, to leave time to report.
 const DEADLINE_SAFETY: Duration = Duration::from_millis(500);
+/// A lease ends no earlier than its holder's invocation deadline plus this, so a holder whose
+/// clock runs behind DynamoDB's view of time still never loses a live lease.
+pub const LEASE_CLOCK_SKEW_SECS: i64 = 30;
+/// After this many lost answers for one generation the grant is given up (`lost_response`).
+const MAX_LOST_RESPONSES: usize = 2;
 const COMMIT_BACKOFF_START: Duration = Duration::from_millis(50);
 const COMMIT_BACKOFF_MAX: Duration = Duration::from_secs(2);
 
@@ -74,9 +82,17 @@ pub enum RefreshOutcome {
         generation: u64,
         pair: TokenPair,
     },
-    /// A re-authorization moved the generation between Keap's answer and the commit: the pair
-    /// was kept in `orphan_pair` for diagnosis and not promoted.
+    /// A re-authorization (or a removal) replaced the connection between Keap's answer and the
+    /// commit: the pair was kept in `orphan_pair` for diagnosis and not promoted.
     Orphaned,
+    /// The commit's condition failed and nothing tells whose write made it fail: the pair may
+    /// or may not be stored. Alarmed (`CommitOutcomeUnknown`), never reported as orphaned.
+    CommitUnknown {
+        reason: String,
+    },
+    /// Not started: a commit in this run failed or is still retrying (write brownout), so no
+    /// new token is presented whose pair could not be stored either.
+    NotStartedBrownout,
     /// Keap answered 429/5xx, or could not be reached: nothing consumed, lease released.
     FailedTransient {
         reason: String,
@@ -104,7 +120,7 @@ pub enum RefreshOutcome {
 #[derive(Debug, Clone)]
 pub struct PendingMark {
     pub id: ConnectionId,
-    pub generation: u64,
+    pub version: Version,
     pub owner: String,
     pub reason: &'static str,
 }
@@ -151,25 +167,27 @@ impl<S: TokenStore> Refresher<S> {
         }
     }
 
-    /// Runs the protocol for a connection read (consistently) by the caller.
+    /// Runs the protocol for a connection read by the caller (a scan's copy is fine: the
+    /// lease write returns the item, and its refresh token is the one presented).
     ///
-    /// `force` refreshes even when not due (operator tool, on-demand after a 401).
+    /// `force` refreshes even when not due (operator tool, on-demand after a 401). `run` is
+    /// shared by every refresh of one invocation (brownout).
     pub async fn refresh(
         &self,
         connection: &Connection,
         deadline: Deadline,
         force: bool,
+        run: &RunGuard,
     ) -> Result<RefreshOutcome, StoreError> {
         let id = &connection.id;
         if connection.kind == ConnectionKind::ServiceAccountKey {
             return Ok(RefreshOutcome::Static);
         }
-        if connection.status == ConnectionStatus::NeedsReauthorization {
+        if connection.status == ConnectionStatus::NeedsReauthorization
+            || connection.tokens.is_none()
+        {
             return Ok(RefreshOutcome::AlreadyNeedsReauthorization);
         }
-        let Some(pair) = &connection.tokens else {
-            return Ok(RefreshOutcome::AlreadyNeedsReauthorization);
-        };
         if !force && !self.is_due(connection, now_epoch_secs()) {
             return Ok(RefreshOutcome::NotDue);
         }
@@ -177,27 +195,39 @@ impl<S: TokenStore> Refresher<S> {
             info!(connection = %id, "not starting a refresh: too little invocation time left");
             return Ok(RefreshOutcome::NotStartedDeadline);
         }
+        if run.is_browned_out() {
+            warn!(connection = %id, "not starting a refresh: a commit in this run failed or is still retrying");
+            return Ok(RefreshOutcome::NotStartedBrownout);
+        }
 
-        let generation = connection.generation;
-        let owner = lease_owner();
+        let owner = new_write_id();
         let now = now_epoch_secs();
-        let lease_secs = i64::try_from(self.settings.lease.as_secs()).unwrap_or(300);
-        match self
+        let until = self.lease_until(now, deadline);
+        let leased = match self
             .store
-            .take_lease(id, generation, &owner, now, now + lease_secs)
+            .take_lease(id, &connection.version(), &owner, now, until)
             .await?
         {
-            LeaseOutcome::Acquired { .. } => {}
+            LeaseOutcome::Acquired { connection, .. } => connection,
             LeaseOutcome::Held => return Ok(RefreshOutcome::SkippedLocked),
             LeaseOutcome::GenerationMoved => return Ok(RefreshOutcome::AlreadyRefreshed),
             LeaseOutcome::NotActive => return Ok(RefreshOutcome::AlreadyNeedsReauthorization),
-        }
+        };
         let lease_taken = tokio::time::Instant::now();
         let held = Held {
             id,
-            generation,
+            version: leased.version(),
+            authorized_by: leased.authorized_by.clone(),
             owner: &owner,
         };
+        let Some(pair) = leased.tokens.as_ref() else {
+            self.release_held(&held, "no_token_pair").await?;
+            return Ok(RefreshOutcome::AlreadyNeedsReauthorization);
+        };
+        if leased.lost_responses >= MAX_LOST_RESPONSES {
+            // Its token may be spent twice over already: never presented again.
+            return Ok(self.pending_mark(&held, REASON_LOST_RESPONSE));
+        }
 
         let credentials = match self
             .secrets
@@ -216,23 +246,46 @@ impl<S: TokenStore> Refresher<S> {
 
         self.limiter.acquire().await;
         let mut answer = self.oauth.refresh(&credentials, &pair.refresh_token).await;
-        if is_lost_response(&answer) && self.may_retry_lost_response(lease_taken, deadline) {
+        let mut lost = leased.lost_responses;
+        while is_lost_response(&answer) {
+            // Counted on the item (conditional on our lease), so the bound holds across runs
+            // and containers: the same token is presented at most MAX_LOST_RESPONSES times.
+            lost = match self
+                .store
+                .record_lost_response(id, &held.version, &owner, &new_write_id(), now_epoch_secs())
+                .await?
+            {
+                Some(count) => count,
+                // Our lease is gone: someone else decides now.
+                None => return Ok(RefreshOutcome::AlreadyRefreshed),
+            };
+            if lost >= MAX_LOST_RESPONSES {
+                warn!(connection = %id, generation = held.version.generation, lost, "Keap's answer to this refresh token was lost again; giving the grant up rather than present it once more");
+                return Ok(self.pending_mark(&held, REASON_LOST_RESPONSE));
+            }
+            if !self.may_retry_lost_response(lease_taken, deadline) {
+                self.release_held(&held, REASON_LOST_RESPONSE).await?;
+                return Ok(RefreshOutcome::FailedTransient {
+                    reason: "no answer from Keap's token endpoint".to_owned(),
+                });
+            }
             // Keap may have spent the token without us seeing the new pair. Presenting the same
             // token once more is the only way to find out: either it was not spent (new pair) or
             // it was (rejected, and then no one can recover it).
-            warn!(connection = %id, generation, "no answer from Keap's token endpoint; retrying the same refresh token once");
+            warn!(connection = %id, generation = held.version.generation, "no answer from Keap's token endpoint; retrying the same refresh token once");
             self.limiter.acquire().await;
             answer = self.oauth.refresh(&credentials, &pair.refresh_token).await;
-            if let Err(TokenError::RefreshTokenRejected { .. }) = answer {
-                return self.rejected(connection, &held, REASON_LOST_RESPONSE).await;
-            }
         }
 
         match answer {
-            Ok(issued) => self.commit(&held, &issued, deadline).await,
+            Ok(issued) => self.commit(&held, &issued, deadline, run).await,
             Err(TokenError::RefreshTokenRejected { .. }) => {
-                self.rejected(connection, &held, REASON_REFRESH_TOKEN_REJECTED)
-                    .await
+                let reason = if lost > 0 {
+                    REASON_LOST_RESPONSE
+                } else {
+                    REASON_REFRESH_TOKEN_REJECTED
+                };
+                self.rejected(&held, reason).await
             }
             Err(TokenError::ClientRejected { status, .. }) => {
                 error!(connection = %id, status, "Keap rejected the client credentials: the client secret is wrong or was rotated; the grant is not marked");
@@ -250,13 +303,29 @@ impl<S: TokenStore> Refresher<S> {
         }
     }
 
+    /// The lease ends no earlier than this invocation's deadline plus a clock-skew margin, so
+    /// a live holder never loses it (docs/design.md, "The fault model").
+    fn lease_until(&self, now: i64, deadline: Deadline) -> i64 {
+        let lease_secs = i64::try_from(self.settings.lease.as_secs()).unwrap_or(300);
+        (now + lease_secs).max(deadline.epoch_secs() + LEASE_CLOCK_SKEW_SECS)
+    }
+
+    fn pending_mark(&self, held: &Held<'_>, reason: &'static str) -> RefreshOutcome {
+        RefreshOutcome::Rejected(PendingMark {
+            id: held.id.clone(),
+            version: held.version.clone(),
+            owner: held.owner.to_owned(),
+            reason,
+        })
+    }
+
     /// Marks the rejected grant dead, conditional on generation and lease (I5, I6).
     pub async fn mark(&self, pending: &PendingMark) -> Result<RefreshOutcome, StoreError> {
         let outcome = self
             .store
             .mark_needs_reauthorization(
                 &pending.id,
-                pending.generation,
+                &pending.version,
                 MarkGuard::LeaseOwner(&pending.owner),
                 pending.reason,
                 now_epoch_secs(),
@@ -264,7 +333,7 @@ impl<S: TokenStore> Refresher<S> {
             .await?;
         Ok(match outcome {
             MarkOutcome::Marked => {
-                error!(connection = %pending.id, generation = pending.generation, reason = pending.reason,
+                error!(connection = %pending.id, generation = pending.version.generation, reason = pending.reason,
                     "connection needs re-authorization: invoke oauth-callback with start_authorization");
                 RefreshOutcome::MarkedNeedsReauthorization {
                     reason: pending.reason,
@@ -279,7 +348,7 @@ impl<S: TokenStore> Refresher<S> {
         self.store
             .release_lease(
                 &pending.id,
-                pending.generation,
+                &pending.version,
                 &pending.owner,
                 Some(note),
                 now_epoch_secs(),
@@ -289,22 +358,16 @@ impl<S: TokenStore> Refresher<S> {
 
     async fn rejected(
         &self,
-        connection: &Connection,
         held: &Held<'_>,
         reason: &'static str,
     ) -> Result<RefreshOutcome, StoreError> {
         // A newer generation means someone else refreshed (or re-authorized): fine.
-        match self.store.get(&connection.id).await? {
-            Some(current) if current.generation != held.generation => {
+        match self.store.get(held.id).await? {
+            Some(current) if current.version() != held.version => {
                 Ok(RefreshOutcome::AlreadyRefreshed)
             }
             None => Ok(RefreshOutcome::Gone),
-            Some(_) => Ok(RefreshOutcome::Rejected(PendingMark {
-                id: held.id.clone(),
-                generation: held.generation,
-                owner: held.owner.to_owned(),
-                reason,
-            })),
+            Some(_) => Ok(self.pending_mark(held, reason)),
         }
     }
 
@@ -313,42 +376,53 @@ impl<S: TokenStore> Refresher<S> {
         held: &Held<'_>,
         issued: &IssuedTokens,
         deadline: Deadline,
+        run: &RunGuard,
     ) -> Result<RefreshOutcome, StoreError> {
+        // One write id for every attempt: a retry whose earlier attempt landed recognises it.
+        let write_id = new_write_id();
         let mut backoff = COMMIT_BACKOFF_START;
         let mut attempt = 1u32;
         loop {
-            match self
+            let outcome = self
                 .store
-                .commit_refresh(held.id, held.generation, issued, now_epoch_secs())
-                .await
-            {
-                Ok(CommitOutcome::Committed { generation }) => {
-                    info!(connection = %held.id, generation, attempts = attempt, "refreshed");
+                .commit_refresh(held.id, &held.version, &write_id, issued, now_epoch_secs())
+                .await;
+            match outcome {
+                Ok(CommitOutcome::Committed {
+                    generation,
+                    recognised,
+                }) => {
+                    info!(connection = %held.id, generation, attempts = attempt, recognised, "refreshed");
                     return Ok(RefreshOutcome::Refreshed {
                         generation,
                         pair: issued.pair.clone(),
                     });
                 }
-                Ok(CommitOutcome::GenerationMoved) => {
-                    error!(connection = %held.id, generation = held.generation + 1,
-                        "a re-authorization replaced this connection while it was being refreshed; the pair Keap just issued belongs to the old grant and is kept in orphan_pair, not promoted");
-                    self.store
-                        .store_orphan_pair(
-                            held.id,
-                            held.generation + 1,
-                            &issued.pair,
-                            now_epoch_secs(),
-                        )
-                        .await?;
+                Ok(CommitOutcome::Superseded { current }) if self.replaced(held, &current) => {
+                    return self.orphan(held, issued).await;
+                }
+                Ok(CommitOutcome::Removed) => {
+                    error!(connection = %held.id, "the connection was removed while it was being refreshed; the pair Keap just issued is dropped");
                     return Ok(RefreshOutcome::Orphaned);
                 }
+                Ok(CommitOutcome::Superseded { .. }) => {
+                    return Ok(self.commit_unknown(
+                        held,
+                        "the generation moved, but not by a re-authorization".to_owned(),
+                    ));
+                }
+                Ok(CommitOutcome::Unknown { reason }) => {
+                    return Ok(self.commit_unknown(held, reason));
+                }
                 Err(e) if e.is_retryable() && deadline.remaining() > backoff + DEADLINE_SAFETY => {
+                    run.brown_out();
                     warn!(connection = %held.id, attempt, error = %e, "commit of a refreshed pair failed; retrying");
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(COMMIT_BACKOFF_MAX);
                     attempt += 1;
                 }
                 Err(e) => {
+                    run.brown_out();
                     error!(connection = %held.id, attempts = attempt, error = %e,
                         "Keap issued a new pair but it could not be stored before the deadline; the connection will need re-authorization if it was lost");
                     return Ok(RefreshOutcome::CommitFailed {
@@ -359,11 +433,39 @@ impl<S: TokenStore> Refresher<S> {
         }
     }
 
+    /// Whether the connection the commit lost to is a new grant (re-authorized, re-registered
+    /// or re-created), rather than an unexplained move of the one we leased.
+    fn replaced(&self, held: &Held<'_>, current: &Connection) -> bool {
+        current.incarnation != held.version.incarnation
+            || current.authorized_by != held.authorized_by
+            || current.kind != ConnectionKind::OAuth
+    }
+
+    async fn orphan(
+        &self,
+        held: &Held<'_>,
+        issued: &IssuedTokens,
+    ) -> Result<RefreshOutcome, StoreError> {
+        let orphan_generation = held.version.generation + 1;
+        error!(connection = %held.id, generation = orphan_generation,
+            "a re-authorization replaced this connection while it was being refreshed; the pair Keap just issued belongs to the old grant and is kept in orphan_pair, not promoted");
+        self.store
+            .store_orphan_pair(held.id, orphan_generation, &issued.pair, now_epoch_secs())
+            .await?;
+        Ok(RefreshOutcome::Orphaned)
+    }
+
+    fn commit_unknown(&self, held: &Held<'_>, reason: String) -> RefreshOutcome {
+        error!(connection = %held.id, generation = held.version.generation, reason = %reason,
+            "the commit of a refreshed pair failed its condition and nothing tells whose write did it: check the connection with keapalive-admin status");
+        RefreshOutcome::CommitUnknown { reason }
+    }
+
     async fn release_held(&self, held: &Held<'_>, note: &str) -> Result<(), StoreError> {
         self.store
             .release_lease(
                 held.id,
-                held.generation,
+                &held.version,
                 held.owner,
                 Some(note),
                 now_epoch_secs(),
@@ -385,8 +487,32 @@ impl<S: TokenStore> Refresher<S> {
 
 struct Held<'a> {
     id: &'a ConnectionId,
-    generation: u64,
+    /// The version the lease write returned: every later write is conditional on it.
+    version: Version,
+    /// Which authorization the leased grant came from: tells a re-authorization apart.
+    authorized_by: Option<String>,
     owner: &'a str,
+}
+
+/// What the refreshes of one invocation share: once a commit has failed or is retrying, the
+/// run starts no new refresh (a write brownout would strand every pair it obtained).
+#[derive(Debug, Default)]
+pub struct RunGuard {
+    browned_out: AtomicBool,
+}
+
+impl RunGuard {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn brown_out(&self) {
+        self.browned_out.store(true, Ordering::Relaxed);
+    }
+
+    pub fn is_browned_out(&self) -> bool {
+        self.browned_out.load(Ordering::Relaxed)
+    }
 }
 
 /// No answer, or a success status whose body was not a token response: Keap may have spent the
@@ -397,22 +523,4 @@ fn is_lost_response(answer: &Result<IssuedTokens, TokenError>) -> bool {
         Err(TokenError::UnexpectedResponse { status, .. }) => (200..300).contains(status),
         _ => false,
     }
-}
-
-/// A lease owner id unique to this attempt.
-fn lease_owner() -> String {
-    let mut bytes = [0u8; 12];
-    // If the OS random source fails, fall back to the process id and time: uniqueness per
-    // attempt is what matters, not unpredictability.
-    if getrandom::fill(&mut bytes).is_err() {
-        return format!(
-            "{}-{}",
-            std::process::id(),
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_nanos())
-                .unwrap_or(0)
-        );
-    }
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }

@@ -5,7 +5,7 @@ use futures_util::stream;
 use tracing::{error, info, warn};
 
 use super::Deadline;
-use super::protocol::{RefreshOutcome, Refresher};
+use super::protocol::{RefreshOutcome, Refresher, RunGuard};
 use crate::clock::now_epoch_secs;
 use crate::connection_id::ConnectionId;
 use crate::telemetry::{Metrics, Unit};
@@ -44,6 +44,12 @@ pub struct RefreshSummary {
     pub circuit_breaker_open: bool,
     pub orphaned: usize,
     pub commit_failed: usize,
+    /// Commits whose outcome nobody can tell (alarmed): never counted as orphaned.
+    pub unknown: usize,
+    /// Not started because a commit in this run failed or was still retrying (brownout).
+    pub not_started_brownout: usize,
+    /// Connection items that could not be read: skipped, named in the log, alarmed.
+    pub malformed: usize,
 }
 
 #[derive(Debug)]
@@ -68,8 +74,14 @@ impl<S: TokenStore> Refresher<S> {
         deadline: Deadline,
         concurrency: usize,
     ) -> Result<RefreshRun, RunError> {
-        let connections = self.store().list_connections().await?;
+        let scan = self.store().list_connections().await?;
+        let connections = scan.connections;
+        for (pk, reason) in &scan.malformed {
+            error!(item = %pk, reason = %reason, "malformed connection item skipped: fix or remove it (keapalive-admin status lists it)");
+        }
         let now = now_epoch_secs();
+        let run = RunGuard::new();
+        let run = &run;
         let due: Vec<&Connection> = connections
             .iter()
             .filter(|c| {
@@ -80,7 +92,7 @@ impl<S: TokenStore> Refresher<S> {
             .collect();
         let outcomes: Vec<(ConnectionId, RefreshOutcome)> = stream::iter(due.iter().copied())
             .map(|connection| async move {
-                let outcome = match self.refresh(connection, deadline, false).await {
+                let outcome = match self.refresh(connection, deadline, false, run).await {
                     Ok(outcome) => outcome,
                     Err(e) => {
                         warn!(connection = %connection.id, error = %e, "refresh failed on the table");
@@ -94,7 +106,14 @@ impl<S: TokenStore> Refresher<S> {
             .buffer_unordered(concurrency.max(1))
             .collect()
             .await;
-        Ok(self.finish(&connections, due.len(), outcomes).await)
+        let mut finished = self.finish(&connections, due.len(), outcomes).await;
+        finished.summary.malformed = scan.malformed.len();
+        finished.metrics.put(
+            "MalformedConnections",
+            scan.malformed.len() as f64,
+            Unit::Count,
+        );
+        Ok(finished)
     }
 
     /// Refreshes one connection now (when due, or always with `force`).
@@ -109,7 +128,9 @@ impl<S: TokenStore> Refresher<S> {
             .get(id)
             .await?
             .ok_or_else(|| RunError::NotFound(id.clone()))?;
-        let outcome = self.refresh(&connection, deadline, force).await?;
+        let outcome = self
+            .refresh(&connection, deadline, force, &RunGuard::new())
+            .await?;
         let due = usize::from(!matches!(
             outcome,
             RefreshOutcome::NotDue
@@ -188,6 +209,8 @@ impl<S: TokenStore> Refresher<S> {
                 RefreshOutcome::NotStartedDeadline => summary.not_started_deadline += 1,
                 RefreshOutcome::Orphaned => summary.orphaned += 1,
                 RefreshOutcome::CommitFailed { .. } => summary.commit_failed += 1,
+                RefreshOutcome::CommitUnknown { .. } => summary.unknown += 1,
+                RefreshOutcome::NotStartedBrownout => summary.not_started_brownout += 1,
                 _ => {}
             }
         }
@@ -247,7 +270,9 @@ impl<S: TokenStore> Refresher<S> {
                 "CircuitBreakerOpen",
                 f64::from(u8::from(summary.circuit_breaker_open)),
                 Unit::Count,
-            );
+            )
+            .put("CommitOutcomeUnknown", summary.unknown as f64, Unit::Count)
+            .put("Orphaned", summary.orphaned as f64, Unit::Count);
         // With no live OAuth connection these gauges have nothing to measure; reporting
         // "far from expiry / just refreshed" keeps the absence alarms for a stopped refresher.
         metrics
@@ -286,5 +311,6 @@ fn reached_keap(outcome: &RefreshOutcome) -> bool {
             | RefreshOutcome::ClientRejected
             | RefreshOutcome::Orphaned
             | RefreshOutcome::CommitFailed { .. }
+            | RefreshOutcome::CommitUnknown { .. }
     )
 }

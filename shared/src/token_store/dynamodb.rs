@@ -1,21 +1,25 @@
 //! [`TokenStore`] on DynamoDB: one table, partition key `pk`, conditional writes as the only
-//! concurrency control.
+//! concurrency control, and own-write recognition on every decisive write.
 
 use std::collections::HashMap;
 
 use aws_sdk_dynamodb::Client;
 use aws_sdk_dynamodb::error::SdkError;
+use aws_sdk_dynamodb::operation::update_item::UpdateItemError;
 use aws_sdk_dynamodb::operation::update_item::builders::UpdateItemFluentBuilder;
-use aws_sdk_dynamodb::types::{AttributeValue, ReturnValue};
+use aws_sdk_dynamodb::types::{AttributeValue, ReturnValue, ReturnValuesOnConditionCheckFailure};
 use secrecy::ExposeSecret;
+use tracing::warn;
 
 use super::model::{
-    CONNECTION_PREFIX, Item, connection_key, number, parse_connection, parse_state, state_key,
-    string, unsigned,
+    CONNECTION_PREFIX, Item, connection_key, number, parse_connection, parse_state,
+    state_consumed_by, state_key, string, unsigned,
 };
+use super::write_id::new_write_id;
 use super::{
-    AuthorizeOutcome, CommitOutcome, Connection, LeaseOutcome, MarkGuard, MarkOutcome,
-    PendingAuthorization, StateOutcome, StoreError, TokenStore,
+    AuthorizeOutcome, CommitOutcome, Connection, ConnectionKind, ConnectionScan, ConnectionStatus,
+    LeaseOutcome, MarkGuard, MarkOutcome, PendingAuthorization, StateOutcome, StoreError,
+    TokenStore, Version,
 };
 use crate::connection_id::ConnectionId;
 use crate::keap::{IssuedTokens, TokenPair};
@@ -34,28 +38,35 @@ impl DynamoDbTokenStore {
         }
     }
 
+    /// An `UpdateItem` on `key` that, when its condition fails, returns the item that failed it.
     fn update(&self, key: AttributeValue) -> UpdateItemFluentBuilder {
         self.client
             .update_item()
             .table_name(&self.table)
             .key("pk", key)
+            .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
     }
 }
 
-/// Whether an SDK error is DynamoDB's "condition failed"; everything else is a [`StoreError`].
-fn conditional<E, R>(error: SdkError<E, R>, is_condition: impl Fn(&E) -> bool) -> Outcome
-where
-    E: aws_sdk_dynamodb::error::ProvideErrorMetadata,
-{
-    match error.as_service_error() {
-        Some(service) if is_condition(service) => Outcome::ConditionFailed,
-        _ => Outcome::Failed(StoreError::from_sdk(error)),
-    }
+/// How a conditional `UpdateItem` ended.
+enum Written {
+    /// Applied; the attributes asked for with `ReturnValues`.
+    Applied(Option<Item>),
+    /// The condition failed; the old item (`None`: there is none, or DynamoDB did not say).
+    ConditionFailed(Option<Item>),
 }
 
-enum Outcome {
-    ConditionFailed,
-    Failed(StoreError),
+async fn send_update(request: UpdateItemFluentBuilder) -> Result<Written, StoreError> {
+    match request.send().await {
+        Ok(output) => Ok(Written::Applied(output.attributes)),
+        Err(SdkError::ServiceError(service)) => match service.err() {
+            UpdateItemError::ConditionalCheckFailedException(failed) => Ok(
+                Written::ConditionFailed(failed.item.clone().filter(|item| !item.is_empty())),
+            ),
+            _ => Err(StoreError::from_sdk(SdkError::ServiceError(service))),
+        },
+        Err(other) => Err(StoreError::from_sdk(other)),
+    }
 }
 
 fn pair_values(pair: &TokenPair) -> [(&'static str, AttributeValue); 3] {
@@ -73,6 +84,37 @@ fn generation_of(attributes: Option<&Item>) -> Option<u64> {
     }
 }
 
+fn attribute_is(item: &Item, name: &str, expected: &str) -> bool {
+    matches!(item.get(name), Some(AttributeValue::S(s)) if s == expected)
+}
+
+/// Adds `generation = :g` and the incarnation (or its absence, for items older than
+/// incarnations) to a condition: every decision names both (no ABA).
+fn with_version(
+    request: UpdateItemFluentBuilder,
+    condition: &str,
+    version: &Version,
+) -> UpdateItemFluentBuilder {
+    let request = request.expression_attribute_values(":g", unsigned(version.generation));
+    match &version.incarnation {
+        Some(incarnation) => request
+            .condition_expression(format!(
+                "generation = :g AND incarnation = :inc AND ({condition})"
+            ))
+            .expression_attribute_values(":inc", string(incarnation)),
+        None => request.condition_expression(format!(
+            "generation = :g AND attribute_not_exists(incarnation) AND ({condition})"
+        )),
+    }
+}
+
+fn malformed_write(id: &ConnectionId, reason: &str) -> StoreError {
+    StoreError::Malformed {
+        pk: format!("{CONNECTION_PREFIX}{id}"),
+        reason: reason.to_owned(),
+    }
+}
+
 impl TokenStore for DynamoDbTokenStore {
     async fn get(&self, id: &ConnectionId) -> Result<Option<Connection>, StoreError> {
         let output = self
@@ -87,8 +129,8 @@ impl TokenStore for DynamoDbTokenStore {
         output.item.as_ref().map(parse_connection).transpose()
     }
 
-    async fn list_connections(&self) -> Result<Vec<Connection>, StoreError> {
-        let mut connections = Vec::new();
+    async fn list_connections(&self) -> Result<ConnectionScan, StoreError> {
+        let mut scan = ConnectionScan::default();
         let mut start: Option<HashMap<String, AttributeValue>> = None;
         loop {
             let page = self
@@ -103,14 +145,21 @@ impl TokenStore for DynamoDbTokenStore {
                 .await
                 .map_err(StoreError::from_sdk)?;
             for item in page.items() {
-                connections.push(parse_connection(item)?);
+                match parse_connection(item) {
+                    Ok(connection) => scan.connections.push(connection),
+                    Err(StoreError::Malformed { pk, reason }) => {
+                        warn!(item = %pk, reason = %reason, "skipping a malformed connection item");
+                        scan.malformed.push((pk, reason));
+                    }
+                    Err(other) => return Err(other),
+                }
             }
             match page.last_evaluated_key {
                 Some(key) if !key.is_empty() => start = Some(key),
                 _ => break,
             }
         }
-        Ok(connections)
+        Ok(scan)
     }
 
     async fn authorize(
@@ -118,6 +167,7 @@ impl TokenStore for DynamoDbTokenStore {
         id: &ConnectionId,
         issued: &IssuedTokens,
         replace_account: bool,
+        write_id: &str,
         now: i64,
     ) -> Result<AuthorizeOutcome, StoreError> {
         let mut set = vec![
@@ -127,8 +177,14 @@ impl TokenStore for DynamoDbTokenStore {
             "#status = :active",
             "#kind = :oauth",
             "authorized_at = :now",
+            "authorized_by = :wid",
+            "incarnation = if_not_exists(incarnation, :inc)",
             "updated_at = :now",
         ];
+        // A retry of this same authorization must not apply twice, nor overwrite a pair the
+        // refresher committed after it (which leaves `authorized_by` as it is).
+        let mut condition =
+            "(attribute_not_exists(authorized_by) OR authorized_by <> :wid)".to_owned();
         let mut request = self
             .update(connection_key(id))
             .expression_attribute_names("#status", "status")
@@ -137,6 +193,8 @@ impl TokenStore for DynamoDbTokenStore {
             .expression_attribute_values(":oauth", string("oauth"))
             .expression_attribute_values(":now", number(now))
             .expression_attribute_values(":one", unsigned(1))
+            .expression_attribute_values(":wid", string(write_id))
+            .expression_attribute_values(":inc", string(new_write_id()))
             .return_values(ReturnValue::UpdatedNew);
         for (name, value) in pair_values(&issued.pair) {
             request = request.expression_attribute_values(name, value);
@@ -149,87 +207,104 @@ impl TokenStore for DynamoDbTokenStore {
             set.push("keap_app = :app");
             request = request.expression_attribute_values(":app", string(app));
             if !replace_account {
-                request = request
-                    .condition_expression("attribute_not_exists(keap_app) OR keap_app = :app");
+                condition.push_str(" AND (attribute_not_exists(keap_app) OR keap_app = :app)");
             }
         }
         let expression = format!(
-            "SET {} ADD generation :one REMOVE lease_owner, lease_until, orphan_pair, last_error, key_secret_id",
+            "SET {} ADD generation :one REMOVE lease_owner, lease_until, orphan_pair, last_error, key_secret_id, lost_responses",
             set.join(", ")
         );
-        match request.update_expression(expression).send().await {
-            Ok(output) => {
-                let generation = generation_of(output.attributes.as_ref()).ok_or_else(|| {
-                    StoreError::Malformed {
-                        pk: format!("{CONNECTION_PREFIX}{id}"),
-                        reason: "update returned no generation".to_owned(),
-                    }
-                })?;
+        let request = request
+            .update_expression(expression)
+            .condition_expression(condition);
+        match send_update(request).await? {
+            Written::Applied(attributes) => {
+                let generation = generation_of(attributes.as_ref())
+                    .ok_or_else(|| malformed_write(id, "update returned no generation"))?;
                 Ok(AuthorizeOutcome::Authorized { generation })
             }
-            Err(error) => match conditional(error, |e| e.is_conditional_check_failed_exception()) {
-                Outcome::ConditionFailed => {
-                    let existing_app = self
-                        .get(id)
-                        .await?
-                        .and_then(|c| c.keap_app)
-                        .unwrap_or_else(|| "<unknown>".to_owned());
-                    Ok(AuthorizeOutcome::AccountMismatch { existing_app })
-                }
-                Outcome::Failed(e) => Err(e),
-            },
+            Written::ConditionFailed(Some(old))
+                if attribute_is(&old, "authorized_by", write_id) =>
+            {
+                let generation = generation_of(Some(&old))
+                    .ok_or_else(|| malformed_write(id, "stored item has no generation"))?;
+                Ok(AuthorizeOutcome::Authorized { generation })
+            }
+            Written::ConditionFailed(old) => {
+                let existing_app = old
+                    .as_ref()
+                    .and_then(|item| match item.get("keap_app") {
+                        Some(AttributeValue::S(app)) => Some(app.clone()),
+                        _ => None,
+                    })
+                    .unwrap_or_else(|| "<unknown>".to_owned());
+                Ok(AuthorizeOutcome::AccountMismatch { existing_app })
+            }
         }
     }
 
     async fn take_lease(
         &self,
         id: &ConnectionId,
-        generation: u64,
+        version: &Version,
         owner: &str,
         now: i64,
         until: i64,
     ) -> Result<LeaseOutcome, StoreError> {
-        let result = self
+        let request = self
             .update(connection_key(id))
             .update_expression("SET lease_owner = :owner, lease_until = :until")
-            .condition_expression(
-                "generation = :g AND #status = :active \
-                 AND (attribute_not_exists(#kind) OR #kind = :oauth) \
-                 AND (attribute_not_exists(lease_until) OR lease_until < :now)",
-            )
             .expression_attribute_names("#status", "status")
             .expression_attribute_names("#kind", "kind")
             .expression_attribute_values(":owner", string(owner))
             .expression_attribute_values(":until", number(until))
-            .expression_attribute_values(":g", unsigned(generation))
-            .expression_attribute_values(":active", string("active"))
-            .expression_attribute_values(":oauth", string("oauth"))
+            .expression_attribute_values(":active", string(ConnectionStatus::Active.as_str()))
+            .expression_attribute_values(":oauth", string(ConnectionKind::OAuth.as_str()))
             .expression_attribute_values(":now", number(now))
-            .send()
-            .await;
-        match result {
-            Ok(_) => Ok(LeaseOutcome::Acquired { until }),
-            Err(error) => match conditional(error, |e| e.is_conditional_check_failed_exception()) {
-                Outcome::Failed(e) => Err(e),
-                // Only losers pay for this read, to tell the caller why it lost.
-                Outcome::ConditionFailed => Ok(match self.get(id).await? {
-                    Some(c) if c.generation != generation => LeaseOutcome::GenerationMoved,
-                    Some(c)
-                        if c.status == super::ConnectionStatus::Active
-                            && c.kind == super::ConnectionKind::OAuth =>
-                    {
-                        LeaseOutcome::Held
-                    }
-                    _ => LeaseOutcome::NotActive,
-                }),
-            },
+            .return_values(ReturnValue::AllNew);
+        let request = with_version(
+            request,
+            "#status = :active AND (attribute_not_exists(#kind) OR #kind = :oauth) \
+             AND (attribute_not_exists(lease_until) OR lease_until < :now)",
+            version,
+        );
+        match send_update(request).await? {
+            Written::Applied(Some(item)) => Ok(LeaseOutcome::Acquired {
+                until,
+                connection: Box::new(parse_connection(&item)?),
+            }),
+            Written::Applied(None) => Err(malformed_write(id, "lease write returned no item")),
+            // A retried lease whose first attempt landed: the lease is ours.
+            Written::ConditionFailed(Some(old))
+                if attribute_is(&old, "lease_owner", owner)
+                    && generation_of(Some(&old)) == Some(version.generation) =>
+            {
+                Ok(LeaseOutcome::Acquired {
+                    until,
+                    connection: Box::new(parse_connection(&old)?),
+                })
+            }
+            Written::ConditionFailed(Some(old)) => {
+                let current = parse_connection(&old)?;
+                Ok(if current.version() != *version {
+                    LeaseOutcome::GenerationMoved
+                } else if current.status == ConnectionStatus::Active
+                    && current.kind == ConnectionKind::OAuth
+                {
+                    LeaseOutcome::Held
+                } else {
+                    LeaseOutcome::NotActive
+                })
+            }
+            Written::ConditionFailed(None) => Ok(LeaseOutcome::NotActive),
         }
     }
 
     async fn commit_refresh(
         &self,
         id: &ConnectionId,
-        generation: u64,
+        version: &Version,
+        write_id: &str,
         issued: &IssuedTokens,
         now: i64,
     ) -> Result<CommitOutcome, StoreError> {
@@ -240,16 +315,16 @@ impl TokenStore for DynamoDbTokenStore {
             "generation = :next",
             "#status = :active",
             "refreshed_at = :now",
+            "committed_by = :wid",
             "updated_at = :now",
         ];
-        let next = generation + 1;
+        let next = version.generation + 1;
         let mut request = self
             .update(connection_key(id))
-            .condition_expression("generation = :g")
             .expression_attribute_names("#status", "status")
-            .expression_attribute_values(":g", unsigned(generation))
             .expression_attribute_values(":next", unsigned(next))
-            .expression_attribute_values(":active", string("active"))
+            .expression_attribute_values(":active", string(ConnectionStatus::Active.as_str()))
+            .expression_attribute_values(":wid", string(write_id))
             .expression_attribute_values(":now", number(now));
         for (name, value) in pair_values(&issued.pair) {
             request = request.expression_attribute_values(name, value);
@@ -259,30 +334,62 @@ impl TokenStore for DynamoDbTokenStore {
             request = request.expression_attribute_values(":scope", string(scope));
         }
         let expression = format!(
-            "SET {} REMOVE lease_owner, lease_until, last_error",
+            "SET {} REMOVE lease_owner, lease_until, last_error, lost_responses",
             set.join(", ")
         );
-        match request.update_expression(expression).send().await {
-            Ok(_) => Ok(CommitOutcome::Committed { generation: next }),
-            Err(error) => match conditional(error, |e| e.is_conditional_check_failed_exception()) {
-                Outcome::ConditionFailed => Ok(CommitOutcome::GenerationMoved),
-                Outcome::Failed(e) => Err(e),
+        let request = with_version(
+            request.update_expression(expression),
+            "attribute_exists(pk)",
+            version,
+        );
+        Ok(match send_update(request).await? {
+            Written::Applied(_) => CommitOutcome::Committed {
+                generation: next,
+                recognised: false,
             },
-        }
+            Written::ConditionFailed(Some(old)) if attribute_is(&old, "committed_by", write_id) => {
+                CommitOutcome::Committed {
+                    generation: next,
+                    recognised: true,
+                }
+            }
+            Written::ConditionFailed(Some(old)) => match parse_connection(&old) {
+                Ok(current) => CommitOutcome::Superseded {
+                    current: Box::new(current),
+                },
+                Err(e) => CommitOutcome::Unknown {
+                    reason: e.to_string(),
+                },
+            },
+            // No old item: either there is none, or DynamoDB did not return it. A read tells.
+            Written::ConditionFailed(None) => match self.get(id).await {
+                Ok(None) => CommitOutcome::Removed,
+                Ok(Some(current)) if current.committed_by.as_deref() == Some(write_id) => {
+                    CommitOutcome::Committed {
+                        generation: next,
+                        recognised: true,
+                    }
+                }
+                Ok(Some(current)) => CommitOutcome::Superseded {
+                    current: Box::new(current),
+                },
+                Err(e) => CommitOutcome::Unknown {
+                    reason: e.to_string(),
+                },
+            },
+        })
     }
 
     async fn release_lease(
         &self,
         id: &ConnectionId,
-        generation: u64,
+        version: &Version,
         owner: &str,
         last_error: Option<&str>,
         now: i64,
     ) -> Result<(), StoreError> {
         let mut request = self
             .update(connection_key(id))
-            .condition_expression("generation = :g AND lease_owner = :owner")
-            .expression_attribute_values(":g", unsigned(generation))
             .expression_attribute_values(":owner", string(owner))
             .expression_attribute_values(":now", number(now));
         let expression = match last_error {
@@ -292,48 +399,82 @@ impl TokenStore for DynamoDbTokenStore {
             }
             None => "SET updated_at = :now REMOVE lease_owner, lease_until",
         };
-        match request.update_expression(expression).send().await {
-            Ok(_) => Ok(()),
-            Err(error) => match conditional(error, |e| e.is_conditional_check_failed_exception()) {
-                // Someone else's lease or generation now: nothing of ours to release.
-                Outcome::ConditionFailed => Ok(()),
-                Outcome::Failed(e) => Err(e),
-            },
-        }
+        let request = with_version(
+            request.update_expression(expression),
+            "lease_owner = :owner",
+            version,
+        );
+        // Condition failed: someone else's lease or version now, or this release already landed.
+        // Either way nothing of ours is left to release.
+        send_update(request).await.map(|_| ())
     }
 
     async fn mark_needs_reauthorization(
         &self,
         id: &ConnectionId,
-        generation: u64,
+        version: &Version,
         guard: MarkGuard<'_>,
         reason: &str,
         now: i64,
     ) -> Result<MarkOutcome, StoreError> {
-        let mut request = self
+        let write_id = new_write_id();
+        let request = self
             .update(connection_key(id))
             .expression_attribute_names("#status", "status")
-            .expression_attribute_values(":g", unsigned(generation))
-            .expression_attribute_values(":dead", string("needs_reauthorization"))
+            .expression_attribute_values(
+                ":dead",
+                string(ConnectionStatus::NeedsReauthorization.as_str()),
+            )
             .expression_attribute_values(":reason", string(reason))
             .expression_attribute_values(":now", number(now))
+            .expression_attribute_values(":wid", string(&write_id))
             .update_expression(
-                "SET #status = :dead, last_error = :reason, updated_at = :now \
+                "SET #status = :dead, last_error = :reason, updated_at = :now, marked_by = :wid \
                  REMOVE lease_owner, lease_until",
             );
-        request = match guard {
-            MarkGuard::LeaseOwner(owner) => request
-                .condition_expression("generation = :g AND lease_owner = :owner")
-                .expression_attribute_values(":owner", string(owner)),
-            MarkGuard::GenerationOnly => request.condition_expression("generation = :g"),
+        let request = match guard {
+            MarkGuard::LeaseOwner(owner) => with_version(
+                request.expression_attribute_values(":owner", string(owner)),
+                "lease_owner = :owner",
+                version,
+            ),
+            MarkGuard::GenerationOnly => with_version(request, "attribute_exists(pk)", version),
         };
-        match request.send().await {
-            Ok(_) => Ok(MarkOutcome::Marked),
-            Err(error) => match conditional(error, |e| e.is_conditional_check_failed_exception()) {
-                Outcome::ConditionFailed => Ok(MarkOutcome::NotMarked),
-                Outcome::Failed(e) => Err(e),
-            },
-        }
+        Ok(match send_update(request).await? {
+            Written::Applied(_) => MarkOutcome::Marked,
+            Written::ConditionFailed(Some(old)) if attribute_is(&old, "marked_by", &write_id) => {
+                MarkOutcome::Marked
+            }
+            Written::ConditionFailed(_) => MarkOutcome::NotMarked,
+        })
+    }
+
+    async fn record_lost_response(
+        &self,
+        id: &ConnectionId,
+        version: &Version,
+        owner: &str,
+        write_id: &str,
+        now: i64,
+    ) -> Result<Option<usize>, StoreError> {
+        // A string set: adding the same write id twice (an SDK retry) counts once.
+        let request = self
+            .update(connection_key(id))
+            .update_expression("ADD lost_responses :wid SET updated_at = :now")
+            .expression_attribute_values(":wid", AttributeValue::Ss(vec![write_id.to_owned()]))
+            .expression_attribute_values(":owner", string(owner))
+            .expression_attribute_values(":now", number(now))
+            .return_values(ReturnValue::UpdatedNew);
+        let request = with_version(request, "lease_owner = :owner", version);
+        Ok(match send_update(request).await? {
+            Written::Applied(attributes) => Some(
+                match attributes.as_ref().and_then(|a| a.get("lost_responses")) {
+                    Some(AttributeValue::Ss(set)) => set.len(),
+                    _ => 1,
+                },
+            ),
+            Written::ConditionFailed(_) => None,
+        })
     }
 
     async fn store_orphan_pair(
@@ -359,21 +500,14 @@ impl TokenStore for DynamoDbTokenStore {
             ),
             ("stored_at".to_owned(), number(now)),
         ]);
-        self.update(connection_key(id))
+        let request = self
+            .update(connection_key(id))
             .update_expression("SET orphan_pair = :orphan, updated_at = :now")
             .condition_expression("attribute_exists(pk)")
             .expression_attribute_values(":orphan", AttributeValue::M(orphan))
-            .expression_attribute_values(":now", number(now))
-            .send()
-            .await
-            .map(|_| ())
-            .or_else(|error| {
-                match conditional(error, |e| e.is_conditional_check_failed_exception()) {
-                    // The connection was removed meanwhile: nothing to attach the orphan to.
-                    Outcome::ConditionFailed => Ok(()),
-                    Outcome::Failed(e) => Err(e),
-                }
-            })
+            .expression_attribute_values(":now", number(now));
+        // Condition failed: the connection was removed meanwhile, nothing to attach the orphan to.
+        send_update(request).await.map(|_| ())
     }
 
     async fn put_state(
@@ -399,42 +533,28 @@ impl TokenStore for DynamoDbTokenStore {
     }
 
     async fn consume_state(&self, nonce: &str, now: i64) -> Result<StateOutcome, StoreError> {
-        let result = self
-            .client
-            .delete_item()
-            .table_name(&self.table)
-            .key("pk", state_key(nonce))
-            .condition_expression("attribute_exists(pk) AND expires_at > :now")
+        let write_id = new_write_id();
+        // An update, not a delete: the `consumed_by` it leaves is how a retry whose first
+        // attempt landed recognises its own consume. TTL removes the item later.
+        let request = self
+            .update(state_key(nonce))
+            .update_expression("SET consumed_by = :wid, consumed_at = :now")
+            .condition_expression(
+                "attribute_exists(pk) AND expires_at > :now AND attribute_not_exists(consumed_by)",
+            )
+            .expression_attribute_values(":wid", string(&write_id))
             .expression_attribute_values(":now", number(now))
-            .return_values(ReturnValue::AllOld)
-            .send()
-            .await;
-        match result {
-            Ok(output) => match output.attributes {
-                Some(item) => Ok(StateOutcome::Consumed(parse_state(&item)?)),
-                None => Ok(StateOutcome::Unknown),
-            },
-            Err(error) => match conditional(error, |e| e.is_conditional_check_failed_exception()) {
-                Outcome::Failed(e) => Err(e),
-                Outcome::ConditionFailed => {
-                    let still_there = self
-                        .client
-                        .get_item()
-                        .table_name(&self.table)
-                        .key("pk", state_key(nonce))
-                        .consistent_read(true)
-                        .send()
-                        .await
-                        .map_err(StoreError::from_sdk)?
-                        .item
-                        .is_some();
-                    Ok(if still_there {
-                        StateOutcome::Expired
-                    } else {
-                        StateOutcome::Unknown
-                    })
-                }
-            },
+            .return_values(ReturnValue::AllNew);
+        match send_update(request).await? {
+            Written::Applied(Some(item)) => Ok(StateOutcome::Consumed(parse_state(&item)?)),
+            Written::Applied(None) => Ok(StateOutcome::Unknown),
+            Written::ConditionFailed(Some(old)) => Ok(match state_consumed_by(&old) {
+                Some(by) if by == write_id => StateOutcome::Consumed(parse_state(&old)?),
+                // Consumed by another callback: a replay.
+                Some(_) => StateOutcome::Unknown,
+                None => StateOutcome::Expired,
+            }),
+            Written::ConditionFailed(None) => Ok(StateOutcome::Unknown),
         }
     }
 
@@ -445,21 +565,30 @@ impl TokenStore for DynamoDbTokenStore {
         keap_app: Option<&str>,
         now: i64,
     ) -> Result<u64, StoreError> {
+        let write_id = new_write_id();
         let mut request = self
             .update(connection_key(id))
             .expression_attribute_names("#status", "status")
             .expression_attribute_names("#kind", "kind")
-            .expression_attribute_values(":active", string("active"))
-            .expression_attribute_values(":key_kind", string("service_account_key"))
+            .expression_attribute_values(":active", string(ConnectionStatus::Active.as_str()))
+            .expression_attribute_values(
+                ":key_kind",
+                string(ConnectionKind::ServiceAccountKey.as_str()),
+            )
             .expression_attribute_values(":secret", string(key_secret_id))
             .expression_attribute_values(":now", number(now))
             .expression_attribute_values(":one", unsigned(1))
+            .expression_attribute_values(":wid", string(&write_id))
+            .expression_attribute_values(":inc", string(new_write_id()))
+            .condition_expression("attribute_not_exists(authorized_by) OR authorized_by <> :wid")
             .return_values(ReturnValue::UpdatedNew);
         let mut set = vec![
             "#status = :active",
             "#kind = :key_kind",
             "key_secret_id = :secret",
             "authorized_at = :now",
+            "authorized_by = :wid",
+            "incarnation = if_not_exists(incarnation, :inc)",
             "updated_at = :now",
         ];
         let mut remove = vec![
@@ -472,6 +601,7 @@ impl TokenStore for DynamoDbTokenStore {
             "last_error",
             "keap_scope",
             "refreshed_at",
+            "lost_responses",
         ];
         match keap_app {
             Some(app) => {
@@ -480,19 +610,18 @@ impl TokenStore for DynamoDbTokenStore {
             }
             None => remove.push("keap_app"),
         }
-        let output = request
-            .update_expression(format!(
-                "SET {} ADD generation :one REMOVE {}",
-                set.join(", "),
-                remove.join(", ")
-            ))
-            .send()
-            .await
-            .map_err(StoreError::from_sdk)?;
-        generation_of(output.attributes.as_ref()).ok_or_else(|| StoreError::Malformed {
-            pk: format!("{CONNECTION_PREFIX}{id}"),
-            reason: "update returned no generation".to_owned(),
-        })
+        let request = request.update_expression(format!(
+            "SET {} ADD generation :one REMOVE {}",
+            set.join(", "),
+            remove.join(", ")
+        ));
+        let attributes = match send_update(request).await? {
+            Written::Applied(attributes) => attributes,
+            // The only way this condition fails is our own landed attempt.
+            Written::ConditionFailed(old) => old,
+        };
+        generation_of(attributes.as_ref())
+            .ok_or_else(|| malformed_write(id, "update returned no generation"))
     }
 
     async fn delete_connection(&self, id: &ConnectionId) -> Result<bool, StoreError> {

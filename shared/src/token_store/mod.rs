@@ -1,15 +1,17 @@
-//! Connection records and authorization states in DynamoDB (DESIGN.md, "Data model").
+//! Connection records and authorization states in DynamoDB (docs/design.md, "Data model").
 //!
-//! Every write that decides something is conditional, and a failed condition comes back as a
-//! typed outcome ([`LeaseOutcome::Held`], [`CommitOutcome::GenerationMoved`], ...) so callers
-//! branch on what happened instead of matching strings.
-//!
-//! [`TokenStore`] is a trait because the refresh protocol is exercised against more than one
-//! store: DynamoDB in production, and wrappers in tests that inject crashes between steps.
+//! Every write that decides something is conditional, carries a per-attempt write id that stays
+//! in the item, and asks DynamoDB for the old item when its condition fails
+//! (`ReturnValuesOnConditionCheckFailure = ALL_OLD`). So a write whose answer was lost and whose
+//! SDK retry then failed its condition is recognised as "mine, already applied", and a failed
+//! condition comes back as a typed outcome ([`LeaseOutcome::Held`],
+//! [`CommitOutcome::Superseded`], ...) that callers branch on instead of matching strings
+//! (docs/design.md, "The fault model").
 
 mod dynamodb;
 mod error;
 mod model;
+mod write_id;
 
 use std::future::Future;
 
@@ -18,9 +20,36 @@ pub use error::StoreError;
 pub use model::{
     Connection, ConnectionKind, ConnectionStatus, Lease, PendingAuthorization, StateOutcome,
 };
+pub use write_id::new_write_id;
 
 use crate::connection_id::ConnectionId;
 use crate::keap::{IssuedTokens, TokenPair};
+
+/// What a decision about a connection was taken on: every condition names both, so a decision
+/// about a removed and re-created connection never applies to the new one (no ABA).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Version {
+    pub generation: u64,
+    /// `None` for items written before incarnations existed.
+    pub incarnation: Option<String>,
+}
+
+impl Connection {
+    pub fn version(&self) -> Version {
+        Version {
+            generation: self.generation,
+            incarnation: self.incarnation.clone(),
+        }
+    }
+}
+
+/// Every connection item of the table, and the keys of the items that could not be read.
+#[derive(Debug, Default)]
+pub struct ConnectionScan {
+    pub connections: Vec<Connection>,
+    /// `pk`s of malformed connection items, with why: skipped, counted and named, never fatal.
+    pub malformed: Vec<(String, String)>,
+}
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AuthorizeOutcome {
@@ -31,10 +60,13 @@ pub enum AuthorizeOutcome {
     AccountMismatch { existing_app: String },
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub enum LeaseOutcome {
+    /// The lease is ours; `connection` is the item as the lease write left it (`ALL_NEW`): its
+    /// refresh token is the one to present, not a scan's copy.
     Acquired {
         until: i64,
+        connection: Box<Connection>,
     },
     /// Another refresher holds a live lease (DESIGN.md I4: losers never call Keap).
     Held,
@@ -44,13 +76,18 @@ pub enum LeaseOutcome {
     NotActive,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub enum CommitOutcome {
-    Committed {
-        generation: u64,
-    },
-    /// A re-authorization moved the generation: the pair must not be promoted.
-    GenerationMoved,
+    /// Stored as `generation`; `recognised` when an earlier attempt of this commit had landed and
+    /// its answer was lost (the retry's condition failed on our own write).
+    Committed { generation: u64, recognised: bool },
+    /// Someone else's write moved the connection: `current` is the item as DynamoDB returned it.
+    Superseded { current: Box<Connection> },
+    /// The connection item no longer exists.
+    Removed,
+    /// The condition failed and the item that made it fail could not be read: nobody can say
+    /// whether the pair was stored. Alarmed, never reported as orphaned.
+    Unknown { reason: String },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -75,42 +112,50 @@ pub trait TokenStore: Send + Sync {
         id: &ConnectionId,
     ) -> impl Future<Output = Result<Option<Connection>, StoreError>> + Send;
 
-    /// Every connection item (consistent scan; a deployment has a handful to thousands).
-    fn list_connections(&self) -> impl Future<Output = Result<Vec<Connection>, StoreError>> + Send;
+    /// Every connection item (consistent scan; a deployment has a handful to thousands). A
+    /// malformed item is listed in [`ConnectionScan::malformed`], never an error of the scan.
+    fn list_connections(&self) -> impl Future<Output = Result<ConnectionScan, StoreError>> + Send;
 
     /// Stores a freshly authorized pair as a new generation, `active`, clearing lease, orphan
-    /// pair and last error, in one atomic update.
+    /// pair and last error, in one atomic update. `write_id` is the same for every retry of this
+    /// authorization: a retry neither applies twice nor overwrites a newer pair.
     fn authorize(
         &self,
         id: &ConnectionId,
         issued: &IssuedTokens,
         replace_account: bool,
+        write_id: &str,
         now: i64,
     ) -> impl Future<Output = Result<AuthorizeOutcome, StoreError>> + Send;
 
+    /// `owner` is this attempt's write id; `until` must outlive the holder's invocation.
     fn take_lease(
         &self,
         id: &ConnectionId,
-        generation: u64,
+        version: &Version,
         owner: &str,
         now: i64,
         until: i64,
     ) -> impl Future<Output = Result<LeaseOutcome, StoreError>> + Send;
 
-    /// Writes the refreshed pair as `generation + 1`, conditional on the generation only.
+    /// Writes the refreshed pair as `generation + 1`, conditional on generation and
+    /// incarnation only (a lapsed lease does not stop it). `write_id` is the same for every
+    /// retry of this commit.
     fn commit_refresh(
         &self,
         id: &ConnectionId,
-        generation: u64,
+        version: &Version,
+        write_id: &str,
         issued: &IssuedTokens,
         now: i64,
     ) -> impl Future<Output = Result<CommitOutcome, StoreError>> + Send;
 
-    /// Frees the lease if `owner` still holds it at `generation`; otherwise does nothing.
+    /// Frees the lease if `owner` still holds it at `version`; otherwise does nothing (a retry
+    /// of a release that landed finds nothing left to release).
     fn release_lease(
         &self,
         id: &ConnectionId,
-        generation: u64,
+        version: &Version,
         owner: &str,
         last_error: Option<&str>,
         now: i64,
@@ -119,11 +164,23 @@ pub trait TokenStore: Send + Sync {
     fn mark_needs_reauthorization(
         &self,
         id: &ConnectionId,
-        generation: u64,
+        version: &Version,
         guard: MarkGuard<'_>,
         reason: &str,
         now: i64,
     ) -> impl Future<Output = Result<MarkOutcome, StoreError>> + Send;
+
+    /// Counts a refresh whose answer was lost, while `owner` holds the lease at `version`.
+    /// Returns how many this generation has had (idempotent per `write_id`), or `None` when the
+    /// lease is no longer ours.
+    fn record_lost_response(
+        &self,
+        id: &ConnectionId,
+        version: &Version,
+        owner: &str,
+        write_id: &str,
+        now: i64,
+    ) -> impl Future<Output = Result<Option<usize>, StoreError>> + Send;
 
     /// Keeps a pair whose commit lost to a re-authorization, for diagnosis only.
     fn store_orphan_pair(
@@ -140,14 +197,16 @@ pub trait TokenStore: Send + Sync {
         pending: &PendingAuthorization,
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
 
-    /// Deletes the state if it exists and has not expired; works once.
+    /// Marks the state consumed (`consumed_by`) if it exists, has not expired and was not
+    /// consumed; works once, and a retry of a consume that landed is recognised.
     fn consume_state(
         &self,
         nonce: &str,
         now: i64,
     ) -> impl Future<Output = Result<StateOutcome, StoreError>> + Send;
 
-    /// Creates or replaces a service-account-key connection (a new generation, `active`).
+    /// Creates or replaces a service-account-key connection (a new generation, `active`); a
+    /// retry of a registration that landed is recognised, not applied twice.
     fn register_service_account_key(
         &self,
         id: &ConnectionId,

@@ -70,6 +70,17 @@ pub struct Connection {
     /// Generation of a pair whose commit lost to a re-authorization (the pair itself stays in
     /// the table for diagnosis and is never read back into memory).
     pub orphan_generation: Option<u64>,
+    /// Random id set when the connection item is created and never reused after a removal:
+    /// every condition names it beside the generation, so a decision taken on a removed and
+    /// re-created connection cannot apply to the new one (no ABA). `None` only for items
+    /// written before incarnations existed.
+    pub incarnation: Option<String>,
+    /// Write id of the authorization (OAuth pair or key registration) that created this grant.
+    pub authorized_by: Option<String>,
+    /// Write id of the last commit: how a retried commit recognises that it landed.
+    pub(crate) committed_by: Option<String>,
+    /// Refresh attempts of this generation whose answer was lost (nothing sent does not count).
+    pub lost_responses: usize,
 }
 
 impl Connection {
@@ -150,6 +161,14 @@ impl Reader<'_> {
         }
     }
 
+    fn string_set_len(&self, name: &str) -> Result<usize, StoreError> {
+        match self.item.get(name) {
+            None | Some(AttributeValue::Null(_)) => Ok(0),
+            Some(AttributeValue::Ss(set)) => Ok(set.len()),
+            Some(_) => Err(self.malformed(format!("{name} is not a string set"))),
+        }
+    }
+
     fn opt_bool(&self, name: &str) -> Result<Option<bool>, StoreError> {
         match self.item.get(name) {
             None | Some(AttributeValue::Null(_)) => Ok(None),
@@ -222,7 +241,19 @@ pub(crate) fn parse_connection(item: &Item) -> Result<Connection, StoreError> {
         last_error: r.opt_s("last_error")?,
         updated_at: r.opt_n("updated_at")?,
         orphan_generation,
+        incarnation: r.opt_s("incarnation")?,
+        authorized_by: r.opt_s("authorized_by")?,
+        committed_by: r.opt_s("committed_by")?,
+        lost_responses: r.string_set_len("lost_responses")?,
     })
+}
+
+/// Write id of the callback that consumed a state, if any.
+pub(crate) fn state_consumed_by(item: &Item) -> Option<&str> {
+    match item.get("consumed_by") {
+        Some(AttributeValue::S(id)) => Some(id),
+        _ => None,
+    }
 }
 
 pub(crate) fn parse_state(item: &Item) -> Result<PendingAuthorization, StoreError> {

@@ -297,7 +297,7 @@ pub async fn run(
         .list_connections()
         .await
         .map_err(|e| at(Step::Status)(e.to_string()))?;
-    let rows = keapalive_admin::status::rows(&connections);
+    let rows = keapalive_admin::status::rows(&connections.connections, &connections.malformed);
     println!();
     print!(
         "{}",

@@ -127,11 +127,11 @@ async fn show_status(
     out: &mut impl Write,
     err: &mut impl Write,
 ) -> ExitCode {
-    let connections = match store.list_connections().await {
-        Ok(connections) => connections,
+    let scan = match store.list_connections().await {
+        Ok(scan) => scan,
         Err(e) => return fail(err, &format!("cannot read table {table}: {e}")),
     };
-    let rows = rows(&connections);
+    let rows = rows(&scan.connections, &scan.malformed);
     let now = now_epoch_secs();
     let text = if json {
         format!("{}\n", format::json(&rows, now))

@@ -65,7 +65,7 @@ fn cells(row: &StatusRow, now: i64) -> [String; 8] {
         row.kind.to_owned(),
         row.status.to_owned(),
         row.keap_account.clone().unwrap_or_else(|| NONE.to_owned()),
-        row.generation.to_string(),
+        generation(row),
         expiry(row, now),
         last_refresh(row, now),
         row.last_error
@@ -73,6 +73,18 @@ fn cells(row: &StatusRow, now: i64) -> [String; 8] {
             .map(truncate_error)
             .unwrap_or_else(|| NONE.to_owned()),
     ]
+}
+
+/// The generation, and the incarnation's first characters: enough to see a re-created one.
+fn generation(row: &StatusRow) -> String {
+    match &row.incarnation {
+        Some(incarnation) => format!(
+            "{}@{}",
+            row.generation,
+            incarnation.chars().take(6).collect::<String>()
+        ),
+        None => row.generation.to_string(),
+    }
 }
 
 fn expiry(row: &StatusRow, now: i64) -> String {
@@ -173,6 +185,7 @@ mod tests {
             status: "active",
             keap_account: Some("ab123.infusionsoft.com".to_owned()),
             generation: 7,
+            incarnation: None,
             access_expires_at: Some(NOW + 23 * 3600 + 10 * 60 + 5),
             refreshed_at: Some(NOW - 50 * 60),
             authorized_at: Some(NOW - 3 * 86_400),

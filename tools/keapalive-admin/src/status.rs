@@ -14,6 +14,9 @@ pub struct StatusRow {
     /// The Keap app (tenant), e.g. `ab123.infusionsoft.com`, when known.
     pub keap_account: Option<String>,
     pub generation: u64,
+    /// Set when the connection item was created, never reused after a removal: a changed
+    /// incarnation means the connection was removed and authorized anew.
+    pub incarnation: Option<String>,
     /// Epoch seconds; `None` for key connections (nothing expires).
     pub access_expires_at: Option<i64>,
     /// Last successful refresh (epoch seconds); `None` when never refreshed since authorized.
@@ -32,6 +35,7 @@ impl StatusRow {
             status: connection.status.as_str(),
             keap_account: connection.keap_app.clone(),
             generation: connection.generation,
+            incarnation: connection.incarnation.clone(),
             access_expires_at: connection.tokens.as_ref().map(|t| t.access_expires_at),
             refreshed_at: connection.refreshed_at,
             authorized_at: connection.authorized_at,
@@ -40,14 +44,42 @@ impl StatusRow {
         }
     }
 
+    /// A connection item that could not be read: listed, never a reason to fail the command.
+    pub fn malformed(pk: &str, reason: &str) -> Self {
+        Self {
+            connection_id: pk.strip_prefix("conn#").unwrap_or(pk).to_owned(),
+            kind: "unknown",
+            status: MALFORMED,
+            keap_account: None,
+            generation: 0,
+            incarnation: None,
+            access_expires_at: None,
+            refreshed_at: None,
+            authorized_at: None,
+            last_error: Some(format!("malformed item: {reason}")),
+            lease_until: None,
+        }
+    }
+
     pub fn needs_reauthorization(&self) -> bool {
         self.status == ConnectionStatus::NeedsReauthorization.as_str()
     }
 }
 
+/// The status shown for an item the library could not read.
+pub const MALFORMED: &str = "malformed";
+
 /// Rows sorted by connection id, so the output is stable from run to run.
-pub fn rows(connections: &[Connection]) -> Vec<StatusRow> {
-    let mut rows: Vec<StatusRow> = connections.iter().map(StatusRow::from_connection).collect();
+pub fn rows(connections: &[Connection], malformed: &[(String, String)]) -> Vec<StatusRow> {
+    let mut rows: Vec<StatusRow> = connections
+        .iter()
+        .map(StatusRow::from_connection)
+        .chain(
+            malformed
+                .iter()
+                .map(|(pk, reason)| StatusRow::malformed(pk, reason)),
+        )
+        .collect();
     rows.sort_by(|a, b| a.connection_id.cmp(&b.connection_id));
     rows
 }

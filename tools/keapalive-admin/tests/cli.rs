@@ -5,7 +5,7 @@ use std::process::{Command, Output, Stdio};
 
 use keapalive::clock::now_epoch_secs;
 use keapalive::keap::{IssuedTokens, TokenPair};
-use keapalive::token_store::{DynamoDbTokenStore, MarkGuard, TokenStore};
+use keapalive::token_store::{DynamoDbTokenStore, MarkGuard, TokenStore, new_write_id};
 use keapalive_tests::aws::{create_table, get_item};
 use keapalive_tests::emulator::Emulator;
 use keapalive_tests::fixture::connection_id;
@@ -42,14 +42,19 @@ async fn world() -> World {
             keap_app: Some(app.to_owned()),
         };
         store
-            .authorize(&connection_id(id), &issued, true, now)
+            .authorize(&connection_id(id), &issued, true, &new_write_id(), now)
             .await
             .expect("authorize");
     }
+    let eu = store
+        .get(&connection_id("eu"))
+        .await
+        .expect("read")
+        .expect("eu exists");
     store
         .mark_needs_reauthorization(
             &connection_id("eu"),
-            1,
+            &eu.version(),
             MarkGuard::GenerationOnly,
             "refresh token rejected (invalid_grant)",
             now,
