@@ -65,7 +65,8 @@ EMF_NAMESPACE = "Keapalive"
 EMF_METRICS = {
     "Refreshed", "RefreshFailedTransient", "NeedsReauthorization", "ClientCredentialsRejected",
     "CircuitBreakerOpen", "SecondsUntilEarliestExpiry", "SecondsSinceOldestRefresh",
-    "ConnectionsNeedingReauthorization",
+    "ConnectionsNeedingReauthorization", "MalformedConnections", "CommitOutcomeUnknown",
+    "Orphaned",
 }
 # metric -> (comparison, threshold) the issue asks for
 REQUIRED_METRIC_ALARMS = {
@@ -75,7 +76,11 @@ REQUIRED_METRIC_ALARMS = {
     "RefreshFailedTransient": ("GreaterThanOrEqualToThreshold", 3),
     "SecondsUntilEarliestExpiry": ("LessThanThreshold", 7200),
     "SecondsSinceOldestRefresh": ("GreaterThanThreshold", 259200),
+    "MalformedConnections": ("GreaterThanOrEqualToThreshold", 1),
+    "CommitOutcomeUnknown": ("GreaterThanOrEqualToThreshold", 1),
 }
+# Functions that take refresh leases: the refresher, and contact-upsert (on-demand refresh).
+LEASE_TAKERS = (REFRESHER, UPSERT)
 
 REQUIRED_OUTPUTS = {
     "CallbackUrl", "ContactUpsertFunctionArn", "ContactUpsertFunctionName",
@@ -490,6 +495,21 @@ def alarms_watch_the_refresher(t: dict) -> None:
 
 
 @check
+def lease_outlives_every_holder(t: dict) -> None:
+    """A lease must outlive its holder: LeaseSecs may never go below the largest Timeout of a
+    function that takes leases (docs/design.md, "The fault model")."""
+    longest = max(props(t, fid)["Timeout"] for fid in LEASE_TAKERS)
+    lease = t["Parameters"]["LeaseSecs"]
+    assert lease.get("MinValue", 0) >= longest, (
+        f"LeaseSecs MinValue {lease.get('MinValue')} < the longest lease holder's Timeout {longest}"
+    )
+    assert lease["Default"] >= lease["MinValue"]
+    for fid in LEASE_TAKERS:
+        env = props(t, fid)["Environment"]["Variables"]
+        assert is_ref(env.get("KEAPALIVE_LEASE_SECS"), "LeaseSecs"), f"{fid}: lease from LeaseSecs"
+
+
+@check
 def alarms_watch_functions_and_dead_letters(t: dict) -> None:
     alarms = [a["Properties"] for a in resources(t, "AWS::CloudWatch::Alarm").values()]
     errors = {
@@ -632,6 +652,14 @@ def _mutate_concurrency(t: dict) -> None:
     t["Resources"][REFRESHER]["Properties"]["ReservedConcurrentExecutions"] = 2
 
 
+def _mutate_short_lease(t: dict) -> None:
+    t["Parameters"]["LeaseSecs"]["MinValue"] = 60
+
+
+def _mutate_longer_upsert(t: dict) -> None:
+    t["Resources"][UPSERT]["Properties"]["Timeout"] = 600
+
+
 def _mutate_missing_data(t: dict) -> None:
     t["Resources"]["EarliestExpiryAlarm"]["Properties"]["TreatMissingData"] = "notBreaching"
 
@@ -697,6 +725,8 @@ MUTANTS: dict[Callable[[dict], None], Callable[[dict], None]] = {
     _mutate_missing_global_env: environment_contract,
     _mutate_concurrency: refresher_runs_alone_on_a_schedule,
     _mutate_missing_data: alarms_watch_the_refresher,
+    _mutate_short_lease: lease_outlives_every_holder,
+    _mutate_longer_upsert: lease_outlives_every_holder,
     _mutate_metric_name: alarms_watch_the_refresher,
     _mutate_table_retain: table_is_safe,
     _mutate_table_ttl: table_is_safe,

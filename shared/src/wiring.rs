@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use aws_config::BehaviorVersion;
+use aws_config::retry::RetryConfig;
 use aws_config::timeout::TimeoutConfig;
 
 use crate::config::Config;
@@ -33,6 +34,8 @@ pub const AWS_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(3);
 /// invocation deadline minus a margin (docs/design.md, "The fault model").
 pub const AWS_OPERATION_TIMEOUT: Duration = Duration::from_secs(10);
 pub const AWS_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// Attempts of one DynamoDB call (the SDK's default is 3).
+const DYNAMODB_ATTEMPTS: u32 = 5;
 
 /// The SDK configuration from the standard chain (env, `AWS_ENDPOINT_URL` for emulators).
 /// [`Clients::new`] bounds every call it makes with [`aws_timeouts`].
@@ -75,6 +78,8 @@ impl Clients {
                 aws_sdk_dynamodb::Client::from_conf(
                     aws_sdk_dynamodb::config::Builder::from(aws)
                         .timeout_config(aws_timeouts())
+                        // Safe to retry more: every decisive write recognises its own landing.
+                        .retry_config(RetryConfig::standard().with_max_attempts(DYNAMODB_ATTEMPTS))
                         .build(),
                 ),
                 &config.table,

@@ -731,6 +731,8 @@ async fn a_throttled_table_is_retried_then_a_503_page() {
     let throttle = |times| {
         DynamoDbFault::new("UpdateItem", "ProvisionedThroughputExceededException")
             .body_contains(&world.fixture.table)
+            // The pair's write, not the state consume (also an UpdateItem).
+            .body_contains("authorized_by")
             .times(times)
     };
     emulator.inject_dynamodb_fault(throttle(4)).await;
@@ -878,4 +880,55 @@ async fn no_token_code_or_secret_reaches_the_logs() {
     assert_eq!(stored.len(), 2, "two connections: {stored:?}");
     let codes: Vec<&str> = codes.iter().map(String::as_str).collect();
     world.assert_no_secret_logged(&codes).await;
+}
+
+// ---------------------------------------------------------------- the fault model
+
+/// A state consume that DynamoDB applied and whose answer was lost: the SDK retries it, the
+/// retry's condition fails on our own `consumed_by`, and the callback goes on instead of
+/// refusing its own state (and stranding the code it was about to exchange).
+#[tokio::test]
+async fn landed_state_consume_whose_answer_is_lost_is_recognised() {
+    let world = World::new().await;
+    let started = world.start("default", false).await;
+    let query = world.consent(&started.authorize_url).await;
+    Emulator::shared()
+        .inject_dynamodb_fault(
+            DynamoDbFault::applied_then_lost("UpdateItem")
+                .body_contains(&world.fixture.table)
+                .body_contains("consumed_by"),
+        )
+        .await;
+
+    let response = world.callback(&query).await;
+
+    assert_page(&response, 200);
+    let item = world.connection("default").await.expect("pair stored");
+    assert_eq!(n(&item, "generation"), Some(1));
+    assert_eq!(world.state_count().await, 0, "the state is consumed");
+    assert_eq!(world.token_requests(), 1);
+}
+
+/// The first-pair write landed and its answer was lost: the retry neither applies twice
+/// (generation 2) nor fails as an account mismatch.
+#[tokio::test]
+async fn landed_first_pair_write_whose_answer_is_lost_is_recognised() {
+    let world = World::new().await;
+    let started = world.start("default", false).await;
+    let query = world.consent(&started.authorize_url).await;
+    Emulator::shared()
+        .inject_dynamodb_fault(
+            DynamoDbFault::applied_then_lost("UpdateItem")
+                .body_contains(&world.fixture.table)
+                .body_contains("authorized_by"),
+        )
+        .await;
+
+    let response = world.callback(&query).await;
+
+    assert_page(&response, 200);
+    let item = world.connection("default").await.expect("pair stored");
+    assert_eq!(n(&item, "generation"), Some(1), "applied exactly once");
+    assert_eq!(s(&item, "status"), Some("active"));
+    assert!(s(&item, "incarnation").is_some_and(|i| !i.is_empty()));
 }

@@ -336,10 +336,11 @@ async fn commit_after_lease_expiry_lands() {
 async fn mark_racing_a_commit_leaves_connection_active() {
     let fx = Fixture::new().await;
     fx.seed_connection("default", APP, due_soon()).await;
-    // A's request is processed at once but answered after 4.5 s. Its 1 s lease lapses, B takes
-    // the lease, presents the same (now spent) token, is rejected and marks the grant dead.
-    // A's commit then lands and must leave the connection active (I6): the pair is Keap's newest.
-    // Timestamps are whole seconds, so a 1 s lease is only certainly over after 2 s: B waits 2.3.
+    // A's request is processed at once but answered after 4.5 s. Its lease lapses (a lease
+    // outlives its holder's deadline, so only a clock far off can do that: the test sets
+    // lease_until in the past), B takes the lease, presents the same (now spent) token, is
+    // rejected and marks the grant dead. A's commit then lands and must leave the connection
+    // active (I6): the pair is Keap's newest.
     fx.sandbox.inject(Fault {
         endpoint: Endpoint::Token,
         kind: FaultKind::Delay(Duration::from_millis(4_500)),
@@ -351,7 +352,19 @@ async fn mark_racing_a_commit_leaves_connection_active() {
 
     let run_a = a.run_one(&id, deadline(), false);
     let run_b = async {
-        tokio::time::sleep(Duration::from_millis(2_300)).await;
+        tokio::time::sleep(Duration::from_millis(1_000)).await;
+        aws_sdk_dynamodb::Client::new(&fx.sdk)
+            .update_item()
+            .table_name(&fx.table)
+            .key("pk", AttributeValue::S("conn#default".to_owned()))
+            .update_expression("SET lease_until = :past")
+            .expression_attribute_values(
+                ":past",
+                AttributeValue::N((now_epoch_secs() - 1).to_string()),
+            )
+            .send()
+            .await
+            .unwrap();
         b.run_one(&id, deadline(), true).await
     };
     let (run_a, run_b) = tokio::join!(run_a, run_b);

@@ -8,7 +8,7 @@ use aws_sdk_dynamodb::types::AttributeValue;
 use keapalive::clock::now_epoch_secs;
 use keapalive::refresh::Deadline;
 use keapalive::token_store::TokenStore;
-use keapalive_tests::emulator::Emulator;
+use keapalive_tests::emulator::{DynamoDbFault, Emulator};
 use keapalive_tests::fixture::{Fixture, connection_id};
 use keapalive_tests::logs::{assert_logs_never_contain, capture_logs};
 use keapalive_tests::runtime_api::{RuntimeApi, binary_path, spawn_function};
@@ -60,11 +60,34 @@ async fn assert_final_state(fx: &Fixture, id: &str, generation: u64) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn refresh_race_never_presents_token_twice() {
+    race_in_process(None).await;
+}
+
+/// The same race while DynamoDB applies a random tenth of this table's conditional writes and
+/// loses their answer (a 500, so the SDK retries): each write recognises its own landing, so
+/// nothing is orphaned and no lease is left behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn refresh_race_holds_when_a_tenth_of_writes_land_and_lose_their_answer() {
+    race_in_process(Some(0.1)).await;
+}
+
+async fn race_in_process(lost_answer_probability: Option<f64>) {
     capture_logs();
     const REFRESHERS: usize = 32;
     const ROUNDS: u64 = 100;
     let fx = Fixture::new().await;
     let seeded = fx.seed_connection("default", APP, None).await;
+    if let Some(probability) = lost_answer_probability {
+        Emulator::shared()
+            .inject_dynamodb_fault(
+                DynamoDbFault::applied_then_lost("UpdateItem")
+                    .body_contains(&fx.table)
+                    .body_contains("ConditionExpression")
+                    .probability(probability)
+                    .times(1_000_000),
+            )
+            .await;
+    }
     // Separate clients per refresher: separate HTTP pools and SDK clients, like separate
     // Lambda containers.
     let refreshers: Vec<_> = (0..REFRESHERS)
@@ -94,6 +117,8 @@ async fn refresh_race_never_presents_token_twice() {
             let summary = task.await.unwrap();
             assert_eq!(summary.failed_transient, 0, "round {round}: {summary:?}");
             assert_eq!(summary.newly_needs_reauthorization, 0, "round {round}");
+            assert_eq!(summary.orphaned, 0, "round {round}: {summary:?}");
+            assert_eq!(summary.unknown, 0, "round {round}: {summary:?}");
             refreshed += summary.refreshed;
         }
         assert_eq!(
@@ -104,6 +129,15 @@ async fn refresh_race_never_presents_token_twice() {
             refresh_presentations(&fx),
             (round as usize, 0),
             "round {round}: one Keap refresh per round, no invalid_grant"
+        );
+        let connection = fx.store().get(&id).await.unwrap().unwrap();
+        assert!(
+            connection.lease.is_none(),
+            "round {round}: no lease left behind"
+        );
+        assert!(
+            connection.orphan_generation.is_none(),
+            "round {round}: no orphan_pair"
         );
     }
     assert_final_state(&fx, "default", ROUNDS + 1).await;

@@ -191,13 +191,13 @@ impl<S: TokenStore> Refresher<S> {
         if !force && !self.is_due(connection, now_epoch_secs()) {
             return Ok(RefreshOutcome::NotDue);
         }
-        if deadline.remaining() < self.settings.minimum_time_to_start() {
-            info!(connection = %id, "not starting a refresh: too little invocation time left");
-            return Ok(RefreshOutcome::NotStartedDeadline);
-        }
         if run.is_browned_out() {
             warn!(connection = %id, "not starting a refresh: a commit in this run failed or is still retrying");
             return Ok(RefreshOutcome::NotStartedBrownout);
+        }
+        if deadline.remaining() < self.settings.minimum_time_to_start() {
+            info!(connection = %id, "not starting a refresh: too little invocation time left");
+            return Ok(RefreshOutcome::NotStartedDeadline);
         }
 
         let owner = new_write_id();

@@ -115,6 +115,26 @@ fn malformed_write(id: &ConnectionId, reason: &str) -> StoreError {
     }
 }
 
+impl DynamoDbTokenStore {
+    /// Deletes a state this callback consumed. Housekeeping only: the decision was the
+    /// consume, and a state left behind (this delete failed) is unusable and expires by TTL.
+    async fn retire_state(&self, nonce: &str, write_id: &str) {
+        let result = self
+            .client
+            .delete_item()
+            .table_name(&self.table)
+            .key("pk", state_key(nonce))
+            .condition_expression("consumed_by = :wid")
+            .expression_attribute_values(":wid", string(write_id))
+            .send()
+            .await;
+        if let Err(e) = result {
+            let e = StoreError::from_sdk(e);
+            warn!(error = %e, "a consumed authorization state was left for TTL to remove");
+        }
+    }
+}
+
 impl TokenStore for DynamoDbTokenStore {
     async fn get(&self, id: &ConnectionId) -> Result<Option<Connection>, StoreError> {
         let output = self
@@ -545,17 +565,21 @@ impl TokenStore for DynamoDbTokenStore {
             .expression_attribute_values(":wid", string(&write_id))
             .expression_attribute_values(":now", number(now))
             .return_values(ReturnValue::AllNew);
-        match send_update(request).await? {
-            Written::Applied(Some(item)) => Ok(StateOutcome::Consumed(parse_state(&item)?)),
-            Written::Applied(None) => Ok(StateOutcome::Unknown),
-            Written::ConditionFailed(Some(old)) => Ok(match state_consumed_by(&old) {
+        let outcome = match send_update(request).await? {
+            Written::Applied(Some(item)) => StateOutcome::Consumed(parse_state(&item)?),
+            Written::Applied(None) => StateOutcome::Unknown,
+            Written::ConditionFailed(Some(old)) => match state_consumed_by(&old) {
                 Some(by) if by == write_id => StateOutcome::Consumed(parse_state(&old)?),
                 // Consumed by another callback: a replay.
                 Some(_) => StateOutcome::Unknown,
                 None => StateOutcome::Expired,
-            }),
-            Written::ConditionFailed(None) => Ok(StateOutcome::Unknown),
+            },
+            Written::ConditionFailed(None) => StateOutcome::Unknown,
+        };
+        if matches!(outcome, StateOutcome::Consumed(_)) {
+            self.retire_state(nonce, &write_id).await;
         }
+        Ok(outcome)
     }
 
     async fn register_service_account_key(
