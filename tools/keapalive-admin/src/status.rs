@@ -83,3 +83,28 @@ pub fn rows(connections: &[Connection], malformed: &[(String, String)]) -> Vec<S
     rows.sort_by(|a, b| a.connection_id.cmp(&b.connection_id));
     rows
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_malformed_item_is_a_row_not_a_failure() {
+        let rows = rows(
+            &[],
+            &[(
+                "conn#broken".to_owned(),
+                "generation is not a number".to_owned(),
+            )],
+        );
+        assert_eq!(rows.len(), 1);
+        assert_eq!(rows[0].connection_id, "broken");
+        assert_eq!(rows[0].status, MALFORMED);
+        assert!(
+            rows[0]
+                .last_error
+                .as_deref()
+                .is_some_and(|e| e.contains("generation"))
+        );
+    }
+}
