@@ -28,6 +28,7 @@ pub const KNOWN_VARIABLES: &[&str] = &[
     "KEAPALIVE_MODEL_CACHE_SECS",
     "KEAPALIVE_STAGE",
     "KEAPALIVE_KEY_SECRET_PREFIX",
+    "KEAPALIVE_CONNECTION_RECHECK_SECS",
 ];
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -70,6 +71,8 @@ pub struct Config {
     pub keap_timeout: Duration,
     pub secret_cache_ttl: Duration,
     pub model_cache_ttl: Duration,
+    /// A warm container re-checks a cached credential against the connection item this often.
+    pub connection_recheck: Duration,
     /// Metric dimension; the SAM stack sets it per stage.
     pub stage: String,
     /// Service-account-key secrets must live under this prefix (least privilege in IAM).
@@ -129,6 +132,7 @@ impl Config {
             keap_timeout: secs(get, "KEAPALIVE_KEAP_TIMEOUT_SECS", 10, 1)?,
             secret_cache_ttl: secs(get, "KEAPALIVE_SECRET_CACHE_SECS", 300, 0)?,
             model_cache_ttl: secs(get, "KEAPALIVE_MODEL_CACHE_SECS", 300, 0)?,
+            connection_recheck: secs(get, "KEAPALIVE_CONNECTION_RECHECK_SECS", 60, 0)?,
             stage: get("KEAPALIVE_STAGE").unwrap_or_else(|| "default".to_owned()),
             key_secret_prefix: get("KEAPALIVE_KEY_SECRET_PREFIX"),
             keap: KeapEndpoints {

@@ -116,6 +116,10 @@ impl Clients {
     }
 
     pub fn on_demand(&self) -> OnDemandRefresher<DynamoDbTokenStore> {
-        OnDemandRefresher::new(Arc::new(self.refresher()), self.secrets.clone())
+        OnDemandRefresher::new(
+            Arc::new(self.refresher()),
+            self.secrets.clone(),
+            self.config.connection_recheck,
+        )
     }
 }

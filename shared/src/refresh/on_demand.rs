@@ -80,6 +80,9 @@ pub struct Grant {
     pub incarnation: Option<String>,
     /// Epoch seconds after which the credential must not be used without re-checking.
     valid_until: i64,
+    /// When it was last checked against the connection item (generation, incarnation,
+    /// status, kind): a warm container trusts it for at most the recheck interval after that.
+    checked_at: Instant,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -102,14 +105,22 @@ pub struct OnDemandRefresher<S> {
     refresher: Arc<Refresher<S>>,
     secrets: Arc<SecretsSource>,
     cache: Mutex<HashMap<ConnectionId, Grant>>,
+    recheck: Duration,
 }
 
 impl<S: TokenStore> OnDemandRefresher<S> {
-    pub fn new(refresher: Arc<Refresher<S>>, secrets: Arc<SecretsSource>) -> Self {
+    /// `recheck`: how long a cached credential is used before it is checked against the
+    /// connection item again (`KEAPALIVE_CONNECTION_RECHECK_SECS`).
+    pub fn new(
+        refresher: Arc<Refresher<S>>,
+        secrets: Arc<SecretsSource>,
+        recheck: Duration,
+    ) -> Self {
         Self {
             refresher,
             secrets,
             cache: Mutex::new(HashMap::new()),
+            recheck,
         }
     }
 
@@ -127,12 +138,20 @@ impl<S: TokenStore> OnDemandRefresher<S> {
     ) -> Result<Grant, OnDemandError> {
         let is_rejected =
             |g: &Grant| rejected.is_some_and(|r| r.credential.same_secret(&g.credential));
-        if let Some(cached) = self.cached(id)
-            && !is_rejected(&cached)
-            && cached.valid_until > now_epoch_secs()
-        {
-            return Ok(cached);
-        }
+        // A cached credential that is still valid but due for its re-check is kept only if the
+        // item still shows the same grant: a removed, replaced or re-keyed connection stops
+        // being used within the recheck interval. If that read fails, the call fails
+        // (`Unavailable`): sending a credential nobody can vouch for could put contacts into an
+        // account the operator has just disconnected.
+        let recheck_candidate = match self.cached(id) {
+            Some(cached) if !is_rejected(&cached) && cached.valid_until > now_epoch_secs() => {
+                if cached.checked_at.elapsed() < self.recheck {
+                    return Ok(cached);
+                }
+                Some(cached)
+            }
+            _ => None,
+        };
         self.forget(id);
 
         let give_up_at = Instant::now() + MAX_WAIT_FOR_OTHER_REFRESH.min(deadline.remaining());
@@ -151,6 +170,14 @@ impl<S: TokenStore> OnDemandRefresher<S> {
                         .unwrap_or_else(|| "grant rejected".to_owned()),
                 });
             }
+            if let Some(cached) = &recheck_candidate
+                && cached.version() == connection.version()
+                && cached.credential.kind() == connection.kind
+            {
+                let mut confirmed = cached.clone();
+                confirmed.checked_at = Instant::now();
+                return Ok(self.remember(id, confirmed));
+            }
             if connection.kind == ConnectionKind::ServiceAccountKey {
                 return self.key_grant(id, &connection).await;
             }
@@ -161,6 +188,7 @@ impl<S: TokenStore> OnDemandRefresher<S> {
                     generation: connection.generation,
                     incarnation: connection.incarnation.clone(),
                     valid_until: pair.access_expires_at - MIN_VALIDITY_SECS,
+                    checked_at: Instant::now(),
                 };
                 if grant.valid_until > now && !is_rejected(&grant) {
                     return Ok(self.remember(id, grant));
@@ -183,6 +211,7 @@ impl<S: TokenStore> OnDemandRefresher<S> {
                         generation,
                         incarnation: connection.incarnation.clone(),
                         valid_until: pair.access_expires_at - MIN_VALIDITY_SECS,
+                        checked_at: Instant::now(),
                     };
                     return Ok(self.remember(id, grant));
                 }
@@ -266,6 +295,7 @@ impl<S: TokenStore> OnDemandRefresher<S> {
             generation: connection.generation,
             incarnation: connection.incarnation.clone(),
             valid_until: now_epoch_secs() + KEY_CACHE_TTL_SECS,
+            checked_at: Instant::now(),
         };
         Ok(self.remember(id, grant))
     }
