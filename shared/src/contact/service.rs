@@ -1,8 +1,10 @@
 //! The upsert itself: resolve custom fields and tags, `PUT /v1/contacts`, apply tags.
 //!
-//! Everything that can make the request invalid (an unknown custom field, an unknown tag when
-//! tags are not created) is checked before the `PUT`, so a `ValidationError` means Keap was not
-//! changed. Custom-field models and tag ids are cached per warm container for
+//! Everything that can make the request invalid (an unknown custom field, an unknown tag id, an
+//! unknown tag name when tags are not created) is checked before the `PUT`, so a
+//! `ValidationError` means Keap was not changed. After the `PUT`, the tag-apply answer is read:
+//! only `SUCCESS`/`DUPLICATE` count as applied, a cached name whose id is gone is resolved once
+//! more, and anything still not applied is an error carrying `contact_id=<id>`. Custom-field models and tag ids are cached per warm container for
 //! `KEAPALIVE_MODEL_CACHE_SECS`, so a warm upsert costs one Keap request, plus one to apply tags.
 
 use std::sync::Arc;
