@@ -67,6 +67,12 @@ local: venv
 	@$(CARGO) build --locked -p oauth-callback -p token-refresher -p contact-upsert -p keapalive-tests --bins
 	@$(CARGO) run --quiet --locked -p keapalive-tests --bin keapalive-local -- --no-build
 
+# Only moto and the Keap sandbox (connection `default` authorized), for `cargo lambda watch`
+# (README "Develop with `cargo lambda watch`"): writes .local/dev.env, runs until Ctrl-C.
+.PHONY: dev-services
+dev-services: venv
+	@$(CARGO) run --quiet --locked -p keapalive-tests --bin keapalive-dev-services
+
 # The same flow against the real Keap, never in CI (README "Run it against the real Keap"):
 #   make local-keap KEAP_CLIENT_ID=… KEAP_CLIENT_SECRET_FILE=keap-secret.txt \
 #     KEAP_REDIRECT_URI=https://<your-tunnel>/oauth/callback [CALLBACK_PORT=8787]

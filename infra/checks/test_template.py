@@ -34,17 +34,18 @@ CALLBACK, REFRESHER, UPSERT = FUNCTIONS
 REQUIRED_ENV = {
     CALLBACK: {
         "KEAPALIVE_TABLE", "KEAPALIVE_CLIENT_SECRET_ID", "KEAPALIVE_REDIRECT_URI",
-        "KEAPALIVE_STAGE", "KEAPALIVE_KEY_SECRET_PREFIX",
+        "KEAPALIVE_STAGE", "KEAPALIVE_KEY_SECRET_PREFIX", "KEAPALIVE_FUNCTION_TIMEOUT_SECS",
     },
     REFRESHER: {
         "KEAPALIVE_TABLE", "KEAPALIVE_CLIENT_SECRET_ID", "KEAPALIVE_REFRESH_WINDOW_SECS",
         "KEAPALIVE_LEASE_SECS", "KEAPALIVE_REFRESH_CONCURRENCY", "KEAPALIVE_KEAP_RATE_PER_SEC",
-        "KEAPALIVE_STAGE",
+        "KEAPALIVE_STAGE", "KEAPALIVE_FUNCTION_TIMEOUT_SECS",
     },
     UPSERT: {
         "KEAPALIVE_TABLE", "KEAPALIVE_CLIENT_SECRET_ID", "KEAPALIVE_REFRESH_WINDOW_SECS",
         "KEAPALIVE_LEASE_SECS", "KEAPALIVE_CREATE_MISSING_TAGS", "KEAPALIVE_DEAD_LETTER_QUEUE_URL",
         "KEAPALIVE_KEAP_RATE_PER_SEC", "KEAPALIVE_STAGE", "KEAPALIVE_KEY_SECRET_PREFIX",
+        "KEAPALIVE_FUNCTION_TIMEOUT_SECS", "KEAPALIVE_KEY_RATE_PER_SEC",
     },
 }
 KNOWN_ENV = set().union(*REQUIRED_ENV.values()) | {
@@ -381,8 +382,25 @@ def environment_contract(t: dict) -> None:
             assert sub_string(env["KEAPALIVE_KEY_SECRET_PREFIX"]) == "keapalive/${Stage}/keys/"
     upsert_env = merged_function_props(t, UPSERT)["Environment"]["Variables"]
     assert is_ref(upsert_env["KEAPALIVE_DEAD_LETTER_QUEUE_URL"], "UpsertDeadLetterQueue")
+    assert is_ref(upsert_env["KEAPALIVE_KEY_RATE_PER_SEC"], "KeyRatePerSec")
+    assert parameter_default(t, "KeyRatePerSec") == 5, "Keap's observed per-key spike limit"
     redirect = sub_string(merged_function_props(t, CALLBACK)["Environment"]["Variables"]["KEAPALIVE_REDIRECT_URI"])
     assert redirect == "${CallbackApi.ApiEndpoint}/oauth/callback", f"redirect URI {redirect}"
+
+
+@check
+def function_timeout_variable_equals_each_timeout(t: dict) -> None:
+    # A deadline already past on arrival (local emulators) is replaced by this variable: it must
+    # be the function's real Timeout, or a function would plan for time it does not have.
+    for fid, name in FUNCTIONS.items():
+        p = merged_function_props(t, fid)
+        value = p.get("Environment", {}).get("Variables", {}).get("KEAPALIVE_FUNCTION_TIMEOUT_SECS")
+        assert isinstance(value, (str, int)) and str(value).isdigit(), (
+            f"{name}: KEAPALIVE_FUNCTION_TIMEOUT_SECS must be a literal number of seconds, not {value!r}"
+        )
+        assert int(value) == p["Timeout"], (
+            f"{name}: KEAPALIVE_FUNCTION_TIMEOUT_SECS is {value}, its Timeout {p['Timeout']}"
+        )
 
 
 @check
@@ -711,6 +729,10 @@ def _mutate_binary(t: dict) -> None:
     t["Resources"][UPSERT]["Metadata"]["BuildProperties"]["Binary"] = "bootstrap"
 
 
+def _mutate_function_timeout(t: dict) -> None:
+    t["Resources"][UPSERT]["Properties"]["Timeout"] = 60
+
+
 # mutant -> the check that must fail on it (other checks may fail too)
 MUTANTS: dict[Callable[[dict], None], Callable[[dict], None]] = {
     _mutate_wildcard_action: no_wildcard_actions_or_resources,
@@ -737,6 +759,7 @@ MUTANTS: dict[Callable[[dict], None], Callable[[dict], None]] = {
     _mutate_generated_role: functions_use_explicit_lambda_only_roles,
     _mutate_log_retention: log_groups_have_retention,
     _mutate_binary: functions_build_and_run_as_designed,
+    _mutate_function_timeout: function_timeout_variable_equals_each_timeout,
 }
 
 

@@ -23,6 +23,8 @@ pub const KNOWN_VARIABLES: &[&str] = &[
     "KEAPALIVE_LEASE_SECS",
     "KEAPALIVE_REFRESH_CONCURRENCY",
     "KEAPALIVE_KEAP_RATE_PER_SEC",
+    "KEAPALIVE_KEY_RATE_PER_SEC",
+    "KEAPALIVE_FUNCTION_TIMEOUT_SECS",
     "KEAPALIVE_KEAP_TIMEOUT_SECS",
     "KEAPALIVE_SECRET_CACHE_SECS",
     "KEAPALIVE_MODEL_CACHE_SECS",
@@ -68,6 +70,13 @@ pub struct Config {
     pub lease: Duration,
     pub refresh_concurrency: usize,
     pub keap_rate_per_sec: u32,
+    /// Requests per second one service-account key (or PAT) may make from one container: Keap's
+    /// spike arrest for a key was observed at 5/s (docs/design.md, "Connection kinds").
+    pub key_rate_per_sec: u32,
+    /// The function's configured Lambda `Timeout` (the SAM template sets both from one value):
+    /// the budget of an invocation whose Runtime API deadline had already passed on arrival, as
+    /// local emulators send (cargo-lambda's relative `600000`, a zero, the invoke time).
+    pub function_timeout: Duration,
     pub keap_timeout: Duration,
     pub secret_cache_ttl: Duration,
     pub model_cache_ttl: Duration,
@@ -129,6 +138,9 @@ impl Config {
             lease: secs(get, "KEAPALIVE_LEASE_SECS", 300, 1)?,
             refresh_concurrency: number(get, "KEAPALIVE_REFRESH_CONCURRENCY", 8, 1, 256)? as usize,
             keap_rate_per_sec: number(get, "KEAPALIVE_KEAP_RATE_PER_SEC", 10, 1, 1_000)? as u32,
+            key_rate_per_sec: number(get, "KEAPALIVE_KEY_RATE_PER_SEC", 5, 1, 100)? as u32,
+            function_timeout: number(get, "KEAPALIVE_FUNCTION_TIMEOUT_SECS", 30, 1, 900)
+                .map(Duration::from_secs)?,
             keap_timeout: secs(get, "KEAPALIVE_KEAP_TIMEOUT_SECS", 10, 1)?,
             secret_cache_ttl: secs(get, "KEAPALIVE_SECRET_CACHE_SECS", 300, 0)?,
             model_cache_ttl: secs(get, "KEAPALIVE_MODEL_CACHE_SECS", 300, 0)?,
@@ -236,6 +248,8 @@ mod tests {
         assert_eq!(config.lease, Duration::from_secs(300));
         assert_eq!(config.refresh_concurrency, 8);
         assert_eq!(config.keap_rate_per_sec, 10);
+        assert_eq!(config.key_rate_per_sec, 5);
+        assert_eq!(config.function_timeout, Duration::from_secs(30));
         assert!(!config.create_missing_tags);
         assert_eq!(config.keap.token_url.as_str(), DEFAULT_TOKEN_URL);
         assert_eq!(config.keap.api_base_url.as_str(), DEFAULT_API_BASE_URL);

@@ -7,6 +7,7 @@
 //! - [`token_store`]: connection and state records in DynamoDB, every write conditional.
 //! - [`refresh`]: the refresh protocol (lease → refresh → commit) and its invariants.
 //! - [`contact`]: the contact-upsert request schema, validation, translation and service.
+//! - [`lambda_deadline`]: the invocation deadline, robust to local emulators' odd values.
 //! - [`telemetry`]: JSON logs and CloudWatch embedded-metric lines.
 //! - [`authorization`]: the oauth-callback function: start, callback pages, key registration.
 
@@ -16,6 +17,7 @@ pub mod config;
 pub mod connection_id;
 pub mod contact;
 pub mod keap;
+pub mod lambda_deadline;
 pub mod redact;
 pub mod refresh;
 pub mod secrets;

@@ -72,7 +72,8 @@ impl Clients {
         let http = build_client(config.keap_timeout)?;
         let oauth = OAuthClient::new(http.clone(), &config.keap);
         let keap_limiter = Arc::new(RateLimiter::per_second(config.keap_rate_per_sec));
-        let rest = RestClient::new(http.clone(), &config.keap, keap_limiter.clone());
+        let rest = RestClient::new(http.clone(), &config.keap, keap_limiter.clone())
+            .with_key_rate_per_sec(config.key_rate_per_sec);
         Ok(Self {
             store: DynamoDbTokenStore::new(
                 aws_sdk_dynamodb::Client::from_conf(

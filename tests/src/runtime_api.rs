@@ -51,7 +51,8 @@ impl InvokeError {
 struct Invocation {
     request_id: String,
     event: Value,
-    deadline: SystemTime,
+    /// The `Lambda-Runtime-Deadline-Ms` value sent.
+    deadline_ms: u128,
 }
 
 type Outcome = Result<Value, InvokeError>;
@@ -134,6 +135,24 @@ impl RuntimeApi {
     /// `Lambda-Runtime-Deadline-Ms` (what the function sees as its remaining time); if no answer
     /// comes by then plus a grace period, the result is a `Harness.Timeout` error.
     pub async fn invoke(&self, event: Value, deadline: Duration) -> Result<Value, InvokeError> {
+        let deadline_ms = (SystemTime::now() + deadline)
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_millis())
+            .unwrap_or(0);
+        self.invoke_with_deadline_header(event, deadline_ms, deadline)
+            .await
+    }
+
+    /// Like [`RuntimeApi::invoke`], sending `deadline_header_ms` verbatim as
+    /// `Lambda-Runtime-Deadline-Ms` (what local emulators send: cargo-lambda's relative
+    /// `600000`, a zero, the invoke time) and waiting up to `wait` plus the grace period.
+    pub async fn invoke_with_deadline_header(
+        &self,
+        event: Value,
+        deadline_header_ms: u128,
+        wait: Duration,
+    ) -> Result<Value, InvokeError> {
+        let deadline = wait;
         if let Some(error) = self.init_error() {
             return Err(error);
         }
@@ -143,7 +162,7 @@ impl RuntimeApi {
         let invocation = Invocation {
             request_id: request_id.clone(),
             event,
-            deadline: SystemTime::now() + deadline,
+            deadline_ms: deadline_header_ms,
         };
         if self.queue_tx.send(invocation).is_err() {
             return Err(InvokeError::harness(
@@ -226,11 +245,7 @@ async fn next_invocation(State(shared): State<Arc<Shared>>) -> Response {
     let Some(invocation) = invocation else {
         return StatusCode::GONE.into_response();
     };
-    let deadline_ms = invocation
-        .deadline
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis())
-        .unwrap_or(0);
+    let deadline_ms = invocation.deadline_ms;
     let arn = format!(
         "arn:aws:lambda:{}:{ACCOUNT_ID}:function:{}",
         crate::emulator::REGION,

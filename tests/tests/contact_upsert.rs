@@ -11,7 +11,7 @@ use aws_sdk_sqs::types::Message;
 use contact_upsert_support::*;
 use keap_sandbox::{Endpoint, Fault, FaultKind, most_in_flight};
 use keapalive::clock::now_epoch_secs;
-use keapalive::contact::{UpsertError, UpsertSettings};
+use keapalive::contact::{UpsertError, UpsertResponse, UpsertSettings};
 use keapalive::token_store::{MarkGuard, TokenStore};
 use keapalive_tests::aws::{create_queue, drain_queue};
 use keapalive_tests::emulator::Emulator;
@@ -244,6 +244,18 @@ fn malformed_requests() -> Vec<(&'static str, String)> {
         ("negative tag id", r#"{"contact": {"email": "ada@example.com", "tags": [-3]}}"#.into()),
         ("fractional tag id", r#"{"contact": {"email": "ada@example.com", "tags": [1.5]}}"#.into()),
         ("empty tag name", r#"{"contact": {"email": "ada@example.com", "tags": [""]}}"#.into()),
+        ("opt_in_reason empty", r#"{"contact": {"email": "ada@example.com", "opt_in_reason": " "}}"#.into()),
+        ("opt_in_reason oversized", format!(r#"{{"contact": {{"email": "ada@example.com", "opt_in_reason": "{long}"}}}}"#)),
+        ("lead_source_id zero", r#"{"contact": {"email": "ada@example.com", "lead_source_id": 0}}"#.into()),
+        ("lead_source_id as string", r#"{"contact": {"email": "ada@example.com", "lead_source_id": "4"}}"#.into()),
+        ("owner_id negative", r#"{"contact": {"email": "ada@example.com", "owner_id": -1}}"#.into()),
+        ("address as string", r#"{"contact": {"email": "ada@example.com", "address": "1 Main St"}}"#.into()),
+        ("address empty", r#"{"contact": {"email": "ada@example.com", "address": {}}}"#.into()),
+        ("address unknown part", r#"{"contact": {"email": "ada@example.com", "address": {"city": "Paris"}}}"#.into()),
+        ("address alpha-2 country", r#"{"contact": {"email": "ada@example.com", "address": {"country_code": "US"}}}"#.into()),
+        ("address region name", r#"{"contact": {"email": "ada@example.com", "address": {"region": "Illinois", "country_code": "USA"}}}"#.into()),
+        ("address region without country", r#"{"contact": {"email": "ada@example.com", "address": {"region": "US-IL"}}}"#.into()),
+        ("address bad US ZIP", r#"{"contact": {"email": "ada@example.com", "address": {"postal_code": "627", "country_code": "USA"}}}"#.into()),
         ("too many tags", json!({"contact": {"email": "ada@example.com", "tags": many_tags}}).to_string()),
         ("request too large", format!(r#"{{"contact": {{"email": "ada@example.com"}}, "pad": "{}"}}"#, "p".repeat(70_000))),
         ("SQS-looking event from another source", r#"{"Records": [{"eventSource": "aws:sns", "body": "{}"}]}"#.into()),
@@ -585,9 +597,12 @@ async fn sqs_batch_keeps_keap_rejections_out_of_retries() {
     fx.seed_connection("default", APP, None).await;
     let queue = create_queue(&fx.sdk).await;
     let container = container(&fx, &[("KEAPALIVE_DEAD_LETTER_QUEUE_URL", &queue)]);
-    // A numeric tag id Keap does not have: Keap refuses the tag request (400).
+    // A tag the connection's Keap user may not apply: Keap refuses it (NO_PERMISSION).
+    let locked = fx.sandbox.add_tag(APP, "locked");
+    fx.sandbox
+        .set_tag_apply_outcome(APP, locked, Some("NO_PERMISSION"));
     let refused =
-        json!({"contact": {"email": "r@buttonpush.example", "tags": [999999]}}).to_string();
+        json!({"contact": {"email": "r@buttonpush.example", "tags": [locked]}}).to_string();
     let failed = run_batch(&container.service, &[("refused", &refused)]).await;
     assert!(failed.is_empty());
     let dead = drain_queue(&fx.sdk, &queue).await;
@@ -816,4 +831,385 @@ async fn sqs_records_for_one_contact_run_in_order_one_at_a_time() {
             "upserts of one contact overlapped"
         );
     }
+}
+
+/// Every new field, bad, is a `ValidationError` that names it, before any Keap call.
+#[tokio::test]
+async fn bad_marketing_fields_and_addresses_name_the_field_before_any_keap_call() {
+    let fx = Fixture::new().await;
+    fx.seed_connection("default", APP, None).await;
+    let container = container(&fx, &[]);
+    for (contact_field, named) in [
+        (json!({"opt_in_reason": ""}), "contact.opt_in_reason"),
+        (json!({"lead_source_id": 0}), "contact.lead_source_id"),
+        (json!({"owner_id": -7}), "contact.owner_id"),
+        (json!({"owner_id": "7"}), "contact.owner_id"),
+        (
+            json!({"address": {"country_code": "FR"}}),
+            "contact.address.country_code",
+        ),
+        (
+            json!({"address": {"region": "Île-de-France", "country_code": "FRA"}}),
+            "contact.address.region",
+        ),
+        (
+            json!({"address": {"region": "FR-IDF"}}),
+            "contact.address.region",
+        ),
+        (
+            json!({"address": {"postal_code": "ABCDE", "country_code": "USA"}}),
+            "contact.address.postal_code",
+        ),
+        (
+            json!({"address": {"line1": "\u{7}"}}),
+            "contact.address.line1",
+        ),
+    ] {
+        let mut contact = json!({"email": "fields@buttonpush.example"});
+        for (key, value) in contact_field.as_object().unwrap() {
+            contact[key] = value.clone();
+        }
+        let error = upsert(&container.service, json!({"contact": contact}))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&error, UpsertError::Validation(m) if m.contains(named)),
+            "{contact_field}: {error:?}"
+        );
+    }
+    assert!(api_requests(&fx).is_empty(), "{:?}", api_requests(&fx));
+}
+
+#[tokio::test]
+async fn opt_in_lead_source_owner_and_billing_address_reach_keap_in_its_wire_shape() {
+    let fx = Fixture::new().await;
+    fx.seed_connection("default", APP, None).await;
+    let container = container(&fx, &[]);
+    upsert(
+        &container.service,
+        json!({"contact": {
+            "email": "marketable@buttonpush.example",
+            "opt_in_reason": "Signed up on buttonpush.example",
+            "lead_source_id": 12, "owner_id": 3,
+            "address": {"line1": "1 Main St", "line2": "Suite 2", "locality": "Springfield",
+                        "region": "us-il", "postal_code": "62701-1234", "country_code": "usa"}}}),
+    )
+    .await
+    .unwrap();
+    let contact = contact_with_email(&fx, APP, "marketable@buttonpush.example").unwrap();
+    assert_eq!(contact["opt_in_reason"], "Signed up on buttonpush.example");
+    assert_eq!(contact["lead_source_id"], 12);
+    assert_eq!(contact["owner_id"], 3);
+    assert_eq!(
+        contact["addresses"],
+        json!([{"field": "BILLING", "line1": "1 Main St", "line2": "Suite 2",
+                "locality": "Springfield", "region": "US-IL", "zip_code": "62701",
+                "zip_four": "1234", "country_code": "USA"}])
+    );
+
+    upsert(
+        &container.service,
+        json!({"contact": {"email": "uk@buttonpush.example",
+                           "address": {"locality": "London", "region": "GB-LND",
+                                       "postal_code": "SW1A 1AA", "country_code": "GBR"}}}),
+    )
+    .await
+    .unwrap();
+    let contact = contact_with_email(&fx, APP, "uk@buttonpush.example").unwrap();
+    assert_eq!(
+        contact["addresses"],
+        json!([{"field": "BILLING", "locality": "London", "region": "GB-LND",
+                "postal_code": "SW1A 1AA", "country_code": "GBR"}])
+    );
+}
+
+#[tokio::test]
+async fn an_unknown_numeric_tag_id_is_a_validation_error_with_no_keap_write() {
+    let fx = Fixture::new().await;
+    fx.seed_connection("default", APP, None).await;
+    let vip = fx.sandbox.add_tag(APP, "vip");
+    let container = container(&fx, &[]);
+
+    let error = upsert(
+        &container.service,
+        json!({"contact": {"email": "ids@buttonpush.example", "tags": [vip, 424_242]}}),
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        matches!(&error, UpsertError::Validation(m) if m.contains("424242")
+            && m.contains("contact.tags")),
+        "{error:?}"
+    );
+    assert!(fx.sandbox.contacts(APP).is_empty(), "nothing was written");
+    assert!(
+        api_requests(&fx).iter().all(|r| r.method == "GET"),
+        "only lookups: {:?}",
+        api_requests(&fx)
+    );
+
+    // A known id is checked once per container, then applied.
+    for round in 0..2 {
+        let applied = upsert(
+            &container.service,
+            json!({"contact": {"email": "ids@buttonpush.example", "tags": [vip]}}),
+        )
+        .await
+        .unwrap();
+        assert_eq!(applied.tags_applied, vec![vip], "round {round}");
+    }
+    let lookups = api_requests(&fx)
+        .iter()
+        .filter(|r| r.path == format!("/crm/rest/v1/tags/{vip}"))
+        .count();
+    assert_eq!(lookups, 1, "the id check is cached");
+}
+
+async fn tag_vip(container: &Container, email: &str) -> Result<UpsertResponse, UpsertError> {
+    upsert(
+        &container.service,
+        json!({"contact": {"email": email, "tags": ["vip"]}}),
+    )
+    .await
+}
+
+#[tokio::test]
+async fn a_tag_deleted_after_caching_is_resolved_again_or_reported_never_applied() {
+    let fx = Fixture::new().await;
+    fx.seed_connection("default", APP, None).await;
+    let first = fx.sandbox.add_tag(APP, "vip");
+    let strict = container(&fx, &[]);
+    let email = "stale@buttonpush.example";
+
+    assert_eq!(
+        tag_vip(&strict, email).await.unwrap().tags_applied,
+        vec![first]
+    );
+
+    // Deleted and re-created in Keap: the cached id is gone, the name has a new one.
+    fx.sandbox.delete_tag(APP, first);
+    let second = fx.sandbox.add_tag(APP, "vip");
+    assert_ne!(first, second);
+    let response = tag_vip(&strict, email).await.unwrap();
+    assert_eq!(response.tags_applied, vec![second]);
+    let contact = contact_with_email(&fx, APP, email).unwrap();
+    assert_eq!(tag_ids(&contact), vec![second]);
+
+    // Deleted for good: reported after the write, with the contact id, never as applied.
+    fx.sandbox.delete_tag(APP, second);
+    let error = tag_vip(&strict, email).await.unwrap_err();
+    let UpsertError::KeapRejected(message) = &error else {
+        panic!("expected KeapRejected, got {error:?}");
+    };
+    assert!(
+        message.contains("`vip`") && message.contains("TAG_ID_NOT_FOUND"),
+        "{message}"
+    );
+    assert!(
+        message.contains(&format!("contact_id={}", response.contact_id)),
+        "{message}"
+    );
+    assert!(tag_ids(&contact_with_email(&fx, APP, email).unwrap()).is_empty());
+
+    // The next request knows before writing.
+    let before = api_requests(&fx).len();
+    let error = tag_vip(&strict, email).await.unwrap_err();
+    assert!(
+        matches!(&error, UpsertError::Validation(m) if m.contains("vip")),
+        "{error:?}"
+    );
+    assert!(
+        api_requests(&fx)[before..]
+            .iter()
+            .all(|r| r.method == "GET")
+    );
+
+    // Configured to create missing tags: created again and applied.
+    let creating = container(&fx, &[("KEAPALIVE_CREATE_MISSING_TAGS", "true")]);
+    let third = fx.sandbox.add_tag(APP, "vip");
+    assert_eq!(
+        tag_vip(&creating, email).await.unwrap().tags_applied,
+        vec![third]
+    );
+    fx.sandbox.delete_tag(APP, third);
+    let recreated = tag_vip(&creating, email).await.unwrap();
+    let fourth = fx
+        .sandbox
+        .tags(APP)
+        .iter()
+        .find(|(_, n)| n == "vip")
+        .unwrap()
+        .0;
+    assert_eq!(recreated.tags_applied, vec![fourth]);
+    assert_eq!(
+        tag_ids(&contact_with_email(&fx, APP, email).unwrap()),
+        vec![fourth]
+    );
+}
+
+#[tokio::test]
+async fn tags_keap_does_not_apply_are_errors_naming_them_and_the_contact() {
+    let fx = Fixture::new().await;
+    fx.seed_connection("default", APP, None).await;
+    let vip = fx.sandbox.add_tag(APP, "vip");
+    let locked = fx.sandbox.add_tag(APP, "locked");
+    let flaky = fx.sandbox.add_tag(APP, "flaky");
+    fx.sandbox
+        .set_tag_apply_outcome(APP, locked, Some("NO_PERMISSION"));
+    fx.sandbox
+        .set_tag_apply_outcome(APP, flaky, Some("FAILURE"));
+    let container = container(&fx, &[]);
+    let email = "outcomes@buttonpush.example";
+
+    let error = upsert(
+        &container.service,
+        json!({"contact": {"email": email, "tags": ["vip", "locked"]}}),
+    )
+    .await
+    .unwrap_err();
+    let contact_id = contact_with_email(&fx, APP, email).unwrap()["id"]
+        .as_i64()
+        .unwrap();
+    let UpsertError::KeapRejected(message) = &error else {
+        panic!("expected KeapRejected, got {error:?}");
+    };
+    assert!(
+        message.contains(&format!("tag {locked} `locked`: NO_PERMISSION"))
+            && message.contains(&format!("contact_id={contact_id}"))
+            && message.contains(&format!("applied: [{vip}]")),
+        "{message}"
+    );
+
+    let error = upsert(
+        &container.service,
+        json!({"contact": {"email": email, "tags": [flaky, "vip"]}}),
+    )
+    .await
+    .unwrap_err();
+    let UpsertError::Unavailable(message) = &error else {
+        panic!("expected Unavailable, got {error:?}");
+    };
+    assert!(
+        message.contains(&format!("tag {flaky}: FAILURE"))
+            && message.contains(&format!("contact_id={contact_id}")),
+        "{message}"
+    );
+    // Once Keap applies it, the same request succeeds; an already-applied tag is DUPLICATE.
+    fx.sandbox.set_tag_apply_outcome(APP, flaky, None);
+    let response = upsert(
+        &container.service,
+        json!({"contact": {"email": email, "tags": [flaky, "vip"]}}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(response.tags_applied, vec![flaky, vip]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn key_rate_per_sec_is_honoured() {
+    let fx = Fixture::new().await;
+    seed_key_connection(&fx, "default", APP).await;
+    let container = container(
+        &fx,
+        &[
+            ("KEAPALIVE_KEY_RATE_PER_SEC", "2"),
+            ("KEAPALIVE_KEAP_RATE_PER_SEC", "100"),
+        ],
+    );
+    let service = Arc::new(container.service);
+    let started = Instant::now();
+    let upserts: Vec<_> = (0..7)
+        .map(|i| {
+            let service = service.clone();
+            tokio::spawn(async move {
+                upsert(
+                    &service,
+                    json!({"contact": {"email": format!("rate{i}@buttonpush.example")}}),
+                )
+                .await
+            })
+        })
+        .collect();
+    for handle in upserts {
+        handle.await.unwrap().unwrap();
+    }
+    let took = started.elapsed();
+    let arrivals: Vec<Instant> = api_requests(&fx).iter().map(|r| r.at).collect();
+    assert_eq!(arrivals.len(), 7);
+    for (i, at) in arrivals.iter().enumerate() {
+        let in_window = arrivals[i..]
+            .iter()
+            .take_while(|later| **later < *at + Duration::from_secs(1))
+            .count();
+        assert!(in_window <= 2, "{in_window} key requests within one second");
+    }
+    // 7 requests at 2/s: six gaps of 525 ms, not much more.
+    assert!(took >= Duration::from_millis(3_000), "{took:?}");
+    assert!(took < Duration::from_secs(8), "{took:?}");
+}
+
+/// Local emulators send a deadline already past on arrival (cargo-lambda's relative
+/// `600000`): the binaries use their configured timeout instead; a real deadline still holds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_binaries_work_under_an_emulators_relative_deadline_and_honour_a_real_one() {
+    let fx = Fixture::new().await;
+    // Due for refresh: the access token expires in a minute.
+    fx.seed_connection("default", APP, Some(now_epoch_secs() + 60))
+        .await;
+    let mut env = fx.env(&[("KEAPALIVE_FUNCTION_TIMEOUT_SECS", "60")]);
+    env.extend(Emulator::shared().process_env());
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let wait = Duration::from_secs(60);
+
+    let refresher_api = RuntimeApi::start_named("token-refresher").await;
+    let mut refresher = spawn_function(&binary_path("token-refresher"), &env, &refresher_api);
+    let summary = refresher_api
+        .invoke_with_deadline_header(json!({"connection_id": "default"}), 600_000, wait)
+        .await
+        .unwrap_or_else(|e| panic!("{e:?}\n{}", refresher.output()));
+    assert_eq!(summary["refreshed"], 1, "{summary}");
+    refresher.kill().await;
+
+    let upsert_api = RuntimeApi::start_named("contact-upsert").await;
+    let mut function = spawn_function(&binary_path("contact-upsert"), &env, &upsert_api);
+    for (n, sent) in [600_000u128, 0].into_iter().enumerate() {
+        let created = upsert_api
+            .invoke_with_deadline_header(
+                json!({"contact": {"email": format!("watch{n}@buttonpush.example")}}),
+                sent,
+                wait,
+            )
+            .await
+            .unwrap_or_else(|e| panic!("{sent}: {e:?}\n{}", function.output()));
+        assert_eq!(created["created"], true, "{sent}: {created}");
+    }
+    let warnings = function
+        .output()
+        .matches("deadline had already passed")
+        .count();
+    assert_eq!(
+        warnings,
+        1,
+        "one warning per container:\n{}",
+        function.output()
+    );
+
+    // A real 5 s deadline is honoured, not replaced by the 60 s timeout.
+    fx.sandbox
+        .set_latency(Endpoint::Api, Duration::from_secs(8));
+    let started = Instant::now();
+    let error = upsert_api
+        .invoke(
+            json!({"contact": {"email": "slow@buttonpush.example"}}),
+            Duration::from_secs(5),
+        )
+        .await
+        .unwrap_err();
+    let took = started.elapsed();
+    assert_eq!(error.error_type, "Unavailable", "{error:?}");
+    assert!(
+        took < Duration::from_secs(5),
+        "answered within the deadline: {took:?}"
+    );
+    function.kill().await;
 }

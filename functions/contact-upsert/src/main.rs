@@ -5,7 +5,7 @@
 
 use keapalive::config::Requirements;
 use keapalive::contact::{UpsertError, UpsertService};
-use keapalive::refresh::Deadline;
+use keapalive::lambda_deadline::DeadlinePolicy;
 use keapalive::wiring::{self, Clients};
 use keapalive::{Config, telemetry};
 use lambda_runtime::{Error, LambdaEvent, service_fn};
@@ -17,13 +17,14 @@ async fn main() -> Result<(), Error> {
     telemetry::init_logging();
     let config = Config::from_env(Requirements::default())?;
     let aws = wiring::load_aws().await;
+    let deadlines = DeadlinePolicy::from_config(&config);
     let clients = Clients::new(config, &aws)?;
     let service = UpsertService::from_clients(&clients);
-    let service = &service;
+    let (service, deadlines) = (&service, &deadlines);
 
     lambda_runtime::run(service_fn(
         move |event: LambdaEvent<Box<RawValue>>| async move {
-            let deadline = Deadline::from_epoch_millis(event.context.deadline);
+            let deadline = deadlines.deadline(event.context.deadline);
             let answer: Result<Value, UpsertError> = service
                 .handle(event.payload.get().as_bytes(), deadline)
                 .await;

@@ -2,7 +2,8 @@
 //! connection on an operator's request. The protocol lives in `keapalive::refresh`.
 
 use keapalive::config::{Config, Requirements};
-use keapalive::refresh::{Deadline, RefresherEvent};
+use keapalive::lambda_deadline::DeadlinePolicy;
+use keapalive::refresh::RefresherEvent;
 use keapalive::telemetry;
 use keapalive::wiring::{Clients, load_aws};
 use lambda_runtime::{Diagnostic, LambdaEvent, service_fn};
@@ -14,13 +15,14 @@ async fn main() -> Result<(), lambda_runtime::Error> {
     let config = Config::from_env(Requirements::default())?;
     let stage = config.stage.clone();
     let concurrency = config.refresh_concurrency;
+    let deadlines = DeadlinePolicy::from_config(&config);
     let clients = Clients::new(config, &load_aws().await)?;
     let refresher = clients.refresher();
 
     lambda_runtime::run(service_fn(|event: LambdaEvent<Value>| {
-        let (refresher, stage) = (&refresher, &stage);
+        let (refresher, stage, deadlines) = (&refresher, &stage, &deadlines);
         async move {
-            let deadline = Deadline::from_epoch_millis(event.context.deadline);
+            let deadline = deadlines.deadline(event.context.deadline);
             let request = RefresherEvent::parse(event.payload)?;
             let run = refresher.handle(request, deadline, concurrency).await?;
             run.metrics.emit(stage);

@@ -81,10 +81,28 @@ impl<'a, S: TokenStore> KeapSession<'a, S> {
         &mut self,
         request: &RestRequest,
     ) -> Result<RestResponse, UpsertError> {
+        self.send_expecting(request, false)
+            .await?
+            .ok_or_else(|| UpsertError::Unavailable("Keap answered 404 unexpectedly".to_owned()))
+    }
+
+    /// Like [`KeapSession::send`] for a lookup: a 404 (no such resource) is `None`.
+    pub(crate) async fn find(
+        &mut self,
+        request: &RestRequest,
+    ) -> Result<Option<RestResponse>, UpsertError> {
+        self.send_expecting(request, true).await
+    }
+
+    async fn send_expecting(
+        &mut self,
+        request: &RestRequest,
+        absent_is_an_answer: bool,
+    ) -> Result<Option<RestResponse>, UpsertError> {
         let mut transient_retried = false;
         loop {
             let error = match self.send_once(request).await {
-                Ok(response) => return Ok(response),
+                Ok(response) => return Ok(Some(response)),
                 Err(error) => error,
             };
             match error {
@@ -104,6 +122,9 @@ impl<'a, S: TokenStore> KeapSession<'a, S> {
                     info!(connection = %self.id, wait_ms = wait.as_millis() as u64, "Keap throttled; waiting");
                     self.throttled_for += wait;
                     tokio::time::sleep(wait).await;
+                }
+                KeapError::Rejected { status: 404, .. } if absent_is_an_answer => {
+                    return Ok(None);
                 }
                 KeapError::Rejected { status, message } => {
                     return Err(UpsertError::KeapRejected(format!(

@@ -28,6 +28,9 @@ pub const MAX_CUSTOM_FIELD_KEY_CHARS: usize = 255;
 pub const MAX_CUSTOM_FIELD_VALUE_CHARS: usize = 10_000;
 pub const MAX_TAGS: usize = 100;
 pub const MAX_TAG_NAME_CHARS: usize = 255;
+pub const MAX_OPT_IN_REASON_CHARS: usize = 255;
+pub const MAX_ADDRESS_LINE_CHARS: usize = 255;
+pub const MAX_POSTAL_CODE_CHARS: usize = 20;
 
 /// `{"connection_id": "default", "contact": {...}, "match_on": "email"}`.
 #[derive(Debug, Clone, Deserialize)]
@@ -59,6 +62,30 @@ pub struct ContactInput {
     /// Tag names (or numeric ids), applied after the upsert.
     #[serde(default)]
     pub tags: Vec<TagRef>,
+    /// Keap's `opt_in_reason`: makes the email marketable (from unengaged/non-marketable
+    /// states only; Keap cannot re-opt-in an address that unsubscribed).
+    pub opt_in_reason: Option<String>,
+    /// Keap's `lead_source_id` (a lead source's id in the account).
+    pub lead_source_id: Option<i64>,
+    /// Keap's `owner_id` (the id of the Keap user who owns the contact).
+    pub owner_id: Option<i64>,
+    /// Stored as Keap's `BILLING` address.
+    pub address: Option<AddressInput>,
+}
+
+/// A postal address. Country and region are ISO codes, normalized to upper case.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AddressInput {
+    pub line1: Option<String>,
+    pub line2: Option<String>,
+    /// City or town.
+    pub locality: Option<String>,
+    /// ISO 3166-2 subdivision code, e.g. `US-CA`, `GB-LND`; needs `country_code`.
+    pub region: Option<String>,
+    pub postal_code: Option<String>,
+    /// ISO 3166-1 alpha-3, e.g. `USA`, `GBR`.
+    pub country_code: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
@@ -155,6 +182,20 @@ impl UpsertRequest {
         if let Some(phone) = &contact.phone {
             check_phone(phone)?;
         }
+        if let Some(reason) = &contact.opt_in_reason {
+            check_text("contact.opt_in_reason", reason, MAX_OPT_IN_REASON_CHARS)?;
+        }
+        for (path, id) in [
+            ("contact.lead_source_id", contact.lead_source_id),
+            ("contact.owner_id", contact.owner_id),
+        ] {
+            if id.is_some_and(|id| id <= 0) {
+                return Err(invalid(format!("{path} must be a positive integer")));
+            }
+        }
+        if let Some(address) = &mut contact.address {
+            address.validate()?;
+        }
         self.validate_custom_fields()?;
         self.validate_tags()
     }
@@ -206,6 +247,109 @@ impl UpsertRequest {
         tags.retain(|tag| seen.insert(tag.clone()));
         Ok(())
     }
+}
+
+impl AddressInput {
+    /// Checks every part and normalizes the codes (trimmed, upper case).
+    fn validate(&mut self) -> Result<(), UpsertError> {
+        let parts = [
+            ("line1", &self.line1),
+            ("line2", &self.line2),
+            ("locality", &self.locality),
+            ("region", &self.region),
+            ("postal_code", &self.postal_code),
+            ("country_code", &self.country_code),
+        ];
+        if parts.iter().all(|(_, value)| value.is_none()) {
+            return Err(invalid(
+                "contact.address is empty; leave it out to keep Keap's address".to_owned(),
+            ));
+        }
+        for (name, value) in parts {
+            if let Some(text) = value {
+                check_text(
+                    &format!("contact.address.{name}"),
+                    text,
+                    MAX_ADDRESS_LINE_CHARS,
+                )?;
+            }
+        }
+        let normalize = |code: &mut Option<String>| {
+            if let Some(text) = code {
+                *text = text.trim().to_ascii_uppercase();
+            }
+        };
+        normalize(&mut self.country_code);
+        normalize(&mut self.region);
+        if let Some(country) = &self.country_code
+            && !(country.len() == 3 && country.chars().all(|c| c.is_ascii_uppercase()))
+        {
+            return Err(invalid(
+                "contact.address.country_code must be an ISO 3166-1 alpha-3 code such as \
+                 \"USA\", \"GBR\" or \"DEU\""
+                    .to_owned(),
+            ));
+        }
+        if let Some(region) = &self.region {
+            if !is_subdivision_code(region) {
+                return Err(invalid(
+                    "contact.address.region must be an ISO 3166-2 subdivision code such as \
+                     \"US-CA\" or \"GB-LND\""
+                        .to_owned(),
+                ));
+            }
+            // Keap: "country_code is required if region is specified".
+            if self.country_code.is_none() {
+                return Err(invalid(
+                    "contact.address.region needs contact.address.country_code (Keap requires \
+                     the country with a region)"
+                        .to_owned(),
+                ));
+            }
+        }
+        if let Some(postal) = &mut self.postal_code {
+            *postal = postal.trim().to_owned();
+            let allowed = |c: char| c.is_ascii_alphanumeric() || c == ' ' || c == '-';
+            if postal.chars().count() > MAX_POSTAL_CODE_CHARS || !postal.chars().all(allowed) {
+                return Err(invalid(format!(
+                    "contact.address.postal_code must be at most {MAX_POSTAL_CODE_CHARS} \
+                     letters, digits, spaces or hyphens"
+                )));
+            }
+            if self.country_code.as_deref() == Some("USA") && us_zip(postal).is_none() {
+                return Err(invalid(
+                    "contact.address.postal_code must be a US ZIP code (\"12345\" or \
+                     \"12345-6789\") when country_code is \"USA\""
+                        .to_owned(),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// `CC-X`, `CC-XX` or `CC-XXX`: an ISO 3166-1 alpha-2 prefix and a subdivision of 1-3 letters
+/// or digits.
+fn is_subdivision_code(code: &str) -> bool {
+    let Some((country, subdivision)) = code.split_once('-') else {
+        return false;
+    };
+    country.len() == 2
+        && country.chars().all(|c| c.is_ascii_uppercase())
+        && (1..=3).contains(&subdivision.len())
+        && subdivision
+            .chars()
+            .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit())
+}
+
+/// A US ZIP code as Keap stores it: (`zip_code`, `zip_four`).
+pub fn us_zip(postal: &str) -> Option<(&str, Option<&str>)> {
+    let (zip, four) = match postal.split_once('-') {
+        Some((zip, four)) => (zip, Some(four)),
+        None => (postal, None),
+    };
+    let digits = |text: &str, n: usize| text.len() == n && text.chars().all(|c| c.is_ascii_digit());
+    (digits(zip, 5) && four.is_none_or(|four| digits(four, 4))).then_some((zip, four))
 }
 
 fn invalid(message: String) -> UpsertError {
@@ -537,6 +681,61 @@ mod tests {
             error.contains("contact.tags[2]") && !error.contains("ada@"),
             "{error}"
         );
+    }
+
+    #[test]
+    fn marketing_fields_are_validated_naming_the_field() {
+        let request = parse(
+            r#"{"contact": {"email": "a@b.co", "opt_in_reason": "Signed up on the form",
+                "lead_source_id": 7, "owner_id": 3,
+                "address": {"line1": "1 Main St", "locality": "Springfield", "region": "us-il",
+                            "postal_code": "62701-1234", "country_code": "usa"}}}"#,
+        )
+        .unwrap();
+        let address = request.contact.address.unwrap();
+        assert_eq!(address.region.as_deref(), Some("US-IL"));
+        assert_eq!(address.country_code.as_deref(), Some("USA"));
+        for (body, field) in [
+            (r#""opt_in_reason": """#, "contact.opt_in_reason"),
+            (r#""opt_in_reason": 5"#, "contact.opt_in_reason"),
+            (r#""lead_source_id": 0"#, "contact.lead_source_id"),
+            (r#""lead_source_id": "7""#, "contact.lead_source_id"),
+            (r#""owner_id": -2"#, "contact.owner_id"),
+            (r#""owner_id": 1.5"#, "contact.owner_id"),
+            (r#""address": {}"#, "contact.address"),
+            (
+                r#""address": {"country_code": "US"}"#,
+                "contact.address.country_code",
+            ),
+            (
+                r#""address": {"region": "Illinois", "country_code": "USA"}"#,
+                "contact.address.region",
+            ),
+            (
+                r#""address": {"region": "US-IL"}"#,
+                "contact.address.region",
+            ),
+            (
+                r#""address": {"postal_code": "6270", "country_code": "USA"}"#,
+                "contact.address.postal_code",
+            ),
+            (
+                r#""address": {"postal_code": "<b>"}"#,
+                "contact.address.postal_code",
+            ),
+            (r#""address": {"city": "Springfield"}"#, "contact.address"),
+            (r#""address": "1 Main St""#, "contact.address"),
+        ] {
+            let error =
+                parse(&format!(r#"{{"contact": {{"email": "a@b.co", {body}}}}}"#)).unwrap_err();
+            assert!(error.contains(field), "{body}: {error}");
+        }
+        let opt_in = "x".repeat(256);
+        let error = parse(&format!(
+            r#"{{"contact": {{"email": "a@b.co", "opt_in_reason": "{opt_in}"}}}}"#
+        ))
+        .unwrap_err();
+        assert!(error.contains("contact.opt_in_reason"), "{error}");
     }
 
     #[test]

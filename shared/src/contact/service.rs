@@ -1,8 +1,10 @@
 //! The upsert itself: resolve custom fields and tags, `PUT /v1/contacts`, apply tags.
 //!
-//! Everything that can make the request invalid (an unknown custom field, an unknown tag when
-//! tags are not created) is checked before the `PUT`, so a `ValidationError` means Keap was not
-//! changed. Custom-field models and tag ids are cached per warm container for
+//! Everything that can make the request invalid (an unknown custom field, an unknown tag id, an
+//! unknown tag name when tags are not created) is checked before the `PUT`, so a
+//! `ValidationError` means Keap was not changed. After the `PUT`, the tag-apply answer is read:
+//! only `SUCCESS`/`DUPLICATE` count as applied, a cached name whose id is gone is resolved once
+//! more, and anything still not applied is an error carrying `contact_id=<id>`. Custom-field models and tag ids are cached per warm container for
 //! `KEAPALIVE_MODEL_CACHE_SECS`, so a warm upsert costs one Keap request, plus one to apply tags.
 
 use std::sync::Arc;
@@ -20,7 +22,7 @@ use crate::keap::RestClient;
 use crate::keap::contacts::{CustomFieldValue, UpsertedContact};
 use crate::keap::model::ContactModel;
 use crate::keap::rest::{KeapError, safe_message};
-use crate::keap::tags;
+use crate::keap::tags::{self, ApplyOutcome};
 use crate::redact;
 use crate::refresh::{Deadline, OnDemandRefresher};
 use crate::secrets::SecretsSource;
@@ -142,7 +144,7 @@ impl<S: TokenStore> UpsertService<S> {
     ) -> Result<UpsertResponse, UpsertError> {
         let mut keap = KeapSession::open(self, &request.connection_id, deadline).await?;
         let custom_fields = self.custom_fields(&mut keap, request).await?;
-        let tag_ids = self.tag_ids(&mut keap, &request.contact.tags).await?;
+        let tags = self.resolve_tags(&mut keap, &request.contact.tags).await?;
 
         let response = keap
             .send(&keap_body(request, custom_fields).request())
@@ -150,21 +152,19 @@ impl<S: TokenStore> UpsertService<S> {
         let contact = UpsertedContact::from_response(&response).map_err(unexpected)?;
         let created = was_created(&contact);
 
-        for apply in tags::apply(contact.id, &tag_ids) {
-            keap.send(&apply).await?;
-        }
+        let tags_applied = self.apply_tags(&mut keap, contact.id, &tags).await?;
         info!(
             connection = %request.connection_id,
             contact_id = contact.id,
             created,
             email = %redact::email(&request.contact.email),
-            tags = tag_ids.len(),
+            tags = tags_applied.len(),
             "contact upserted"
         );
         Ok(UpsertResponse {
             contact_id: contact.id,
             created,
-            tags_applied: tag_ids,
+            tags_applied,
         })
     }
 
@@ -206,31 +206,134 @@ impl<S: TokenStore> UpsertService<S> {
             .await
     }
 
-    /// Tag ids in request order, without repeats; names resolved (and created if configured).
-    async fn tag_ids(
+    /// Tags in request order, without repeats: names resolved (and created if configured), ids
+    /// checked to exist, so that an unknown tag is a `ValidationError` before anything is written.
+    async fn resolve_tags(
         &self,
         keap: &mut KeapSession<'_, S>,
         requested: &[TagRef],
-    ) -> Result<Vec<i64>, UpsertError> {
-        let mut ids: Vec<i64> = Vec::with_capacity(requested.len());
+    ) -> Result<Vec<TagToApply>, UpsertError> {
+        let mut tags: Vec<TagToApply> = Vec::with_capacity(requested.len());
         for tag in requested {
-            let id = match tag {
-                TagRef::Id(id) => *id,
-                TagRef::Name(name) => self.tag_id(keap, name).await?,
+            let resolved = match tag {
+                TagRef::Id(id) => TagToApply {
+                    id: self.existing_tag_id(keap, *id).await?,
+                    name: None,
+                },
+                TagRef::Name(name) => TagToApply {
+                    id: self.tag_id(keap, name).await?,
+                    name: Some(name.clone()),
+                },
             };
-            if !ids.contains(&id) {
-                ids.push(id);
+            if !tags.iter().any(|known| known.id == resolved.id) {
+                tags.push(resolved);
             }
         }
-        Ok(ids)
+        Ok(tags)
     }
 
     async fn tag_id(&self, keap: &mut KeapSession<'_, S>, name: &str) -> Result<i64, UpsertError> {
-        // The unit separator cannot occur in a connection id.
-        let key = format!("{}\u{1f}{name}", keap.connection());
+        let key = tag_name_key(keap.connection(), name);
         self.tag_ids
             .get_or_try_fill(&key, || self.find_or_create_tag(keap, name))
             .await
+    }
+
+    /// `id` once Keap has confirmed a tag with it exists (cached like names).
+    async fn existing_tag_id(
+        &self,
+        keap: &mut KeapSession<'_, S>,
+        id: i64,
+    ) -> Result<i64, UpsertError> {
+        let key = tag_id_key(keap.connection(), id);
+        self.tag_ids
+            .get_or_try_fill(&key, || async move {
+                match keap.find(&tags::find_by_id(id)).await? {
+                    Some(_) => Ok(id),
+                    None => Err(UpsertError::Validation(format!(
+                        "contact.tags: no tag has id {id} in this Keap account; use the id of \
+                         an existing tag, or its name"
+                    ))),
+                }
+            })
+            .await
+    }
+
+    /// Applies `tags` to the upserted contact and returns the ids Keap reports applied. A cached
+    /// name whose id Keap no longer knows (the tag was deleted, perhaps re-created) is resolved
+    /// again and applied once more; whatever is still not applied is an error that names the
+    /// tags and carries the contact id ([`not_applied`]).
+    async fn apply_tags(
+        &self,
+        keap: &mut KeapSession<'_, S>,
+        contact_id: i64,
+        tags: &[TagToApply],
+    ) -> Result<Vec<i64>, UpsertError> {
+        let ids: Vec<i64> = tags.iter().map(|tag| tag.id).collect();
+        let mut outcomes = self
+            .send_applies(keap, contact_id, &ids)
+            .await
+            .map_err(|e| after_write(contact_id, e))?;
+
+        let mut again: Vec<(usize, i64)> = Vec::new();
+        for (index, tag) in tags.iter().enumerate() {
+            if outcomes[index].1 != ApplyOutcome::TagIdNotFound {
+                continue;
+            }
+            let Some(name) = &tag.name else {
+                // Checked a moment ago, gone now: the next request checks again.
+                self.tag_ids
+                    .invalidate(&tag_id_key(keap.connection(), tag.id));
+                continue;
+            };
+            self.tag_ids
+                .invalidate(&tag_name_key(keap.connection(), name));
+            match self.tag_id(keap, name).await {
+                Ok(fresh) if fresh != tag.id && !ids.contains(&fresh) => {
+                    info!(connection = %keap.connection(), stale = tag.id, fresh, "cached tag id was gone; applying the tag's current id");
+                    again.push((index, fresh));
+                }
+                // Gone for good (or the same id again): reported below.
+                Ok(_) | Err(UpsertError::Validation(_)) => {}
+                Err(other) => return Err(after_write(contact_id, other)),
+            }
+        }
+        if !again.is_empty() {
+            let fresh: Vec<i64> = again.iter().map(|(_, id)| *id).collect();
+            let retried = self
+                .send_applies(keap, contact_id, &fresh)
+                .await
+                .map_err(|e| after_write(contact_id, e))?;
+            for ((index, _), outcome) in again.iter().zip(retried) {
+                outcomes[*index] = outcome;
+            }
+        }
+
+        let applied: Vec<i64> = outcomes
+            .iter()
+            .filter(|(_, outcome)| outcome.is_applied())
+            .map(|(id, _)| *id)
+            .collect();
+        if applied.len() == outcomes.len() {
+            return Ok(applied);
+        }
+        Err(not_applied(contact_id, tags, &outcomes, &applied))
+    }
+
+    async fn send_applies(
+        &self,
+        keap: &mut KeapSession<'_, S>,
+        contact_id: i64,
+        ids: &[i64],
+    ) -> Result<Vec<(i64, ApplyOutcome)>, UpsertError> {
+        let mut outcomes = Vec::with_capacity(ids.len());
+        for chunk in ids.chunks(tags::MAX_TAGS_PER_APPLY) {
+            for apply in tags::apply(contact_id, chunk) {
+                let response = keap.send(&apply).await?;
+                outcomes.extend(tags::apply_outcomes(&response, chunk).map_err(unexpected)?);
+            }
+        }
+        Ok(outcomes)
     }
 
     async fn find_or_create_tag(
@@ -288,6 +391,85 @@ fn was_created(contact: &UpsertedContact) -> bool {
         );
     }
     by_status
+}
+
+/// A tag to apply, and the name it was resolved from (so that a stale cached id can be resolved
+/// again).
+#[derive(Debug, Clone)]
+struct TagToApply {
+    id: i64,
+    name: Option<String>,
+}
+
+/// The unit separator cannot occur in a connection id, nor (validated) in a tag name; a
+/// doubled one keys ids apart from names.
+fn tag_name_key(connection: &crate::connection_id::ConnectionId, name: &str) -> String {
+    format!("{connection}\u{1f}{name}")
+}
+
+fn tag_id_key(connection: &crate::connection_id::ConnectionId, id: i64) -> String {
+    format!("{connection}\u{1f}\u{1f}{id}")
+}
+
+/// The documented marker of an error raised after the contact was written: callers find the
+/// contact by `contact_id=<digits>` (README, "Errors").
+pub const CONTACT_ID_MARKER: &str = "contact_id=";
+
+/// An error after the `PUT` succeeded: it says so, and which contact, so the caller knows the
+/// contact exists (and that retrying is still safe: the upsert matches it again).
+fn after_write(contact_id: i64, error: UpsertError) -> UpsertError {
+    let note = |message: String| {
+        format!("{message} (after the contact was upserted: {CONTACT_ID_MARKER}{contact_id})")
+    };
+    match error {
+        UpsertError::Validation(m) | UpsertError::KeapRejected(m) => {
+            UpsertError::KeapRejected(note(m))
+        }
+        UpsertError::NotAuthorized(m) => UpsertError::NotAuthorized(note(m)),
+        UpsertError::RateLimited(m) => UpsertError::RateLimited(note(m)),
+        UpsertError::Unavailable(m) => UpsertError::Unavailable(note(m)),
+    }
+}
+
+/// Tags Keap did not apply: `KeapRejected` when retrying cannot help (the tag does not exist,
+/// the connection's user may not apply it), `Unavailable` otherwise (`FAILURE`,
+/// `CONTACT_NOT_FOUND` right after the upsert, no outcome reported).
+fn not_applied(
+    contact_id: i64,
+    tags: &[TagToApply],
+    outcomes: &[(i64, ApplyOutcome)],
+    applied: &[i64],
+) -> UpsertError {
+    let failed: Vec<String> = tags
+        .iter()
+        .zip(outcomes)
+        .filter(|(_, (_, outcome))| !outcome.is_applied())
+        .map(|(tag, (id, outcome))| match &tag.name {
+            Some(name) => format!("tag {id} `{}`: {}", safe_message(name), outcome.as_str()),
+            None => format!("tag {id}: {}", outcome.as_str()),
+        })
+        .collect();
+    let permanent = outcomes.iter().any(|(_, outcome)| {
+        matches!(
+            outcome,
+            ApplyOutcome::TagIdNotFound | ApplyOutcome::NoPermission
+        )
+    });
+    let message = format!(
+        "Keap did not apply {} of {} tags to {CONTACT_ID_MARKER}{contact_id} (the contact itself \
+         was upserted): {}; applied: {applied:?}",
+        failed.len(),
+        outcomes.len(),
+        failed.join(", ")
+    );
+    if permanent {
+        UpsertError::KeapRejected(format!(
+            "{message}. TAG_ID_NOT_FOUND: the tag no longer exists in Keap; NO_PERMISSION: the \
+             connection's Keap user may not apply it"
+        ))
+    } else {
+        UpsertError::Unavailable(format!("{message}. Retrying the request is safe"))
+    }
 }
 
 fn unexpected(error: KeapError) -> UpsertError {

@@ -3,9 +3,10 @@
 use serde_json::Value;
 
 use super::error::UpsertError;
-use super::request::{FieldKey, MatchOn, UpsertRequest};
+use super::request::{AddressInput, FieldKey, MatchOn, UpsertRequest, us_zip};
 use crate::keap::contacts::{
-    CompanyReference, ContactUpsert, CustomFieldValue, DuplicateOption, EmailAddress, PhoneNumber,
+    CompanyReference, ContactAddress, ContactUpsert, CustomFieldValue, DuplicateOption,
+    EmailAddress, PhoneNumber,
 };
 use crate::keap::model::{ContactModel, FieldLookup};
 use crate::keap::rest::safe_message;
@@ -86,7 +87,37 @@ pub fn keap_body(request: &UpsertRequest, custom_fields: Vec<CustomFieldValue>) 
             company_name: name.clone(),
         }),
         custom_fields,
+        opt_in_reason: contact.opt_in_reason.clone(),
+        lead_source_id: contact.lead_source_id,
+        owner_id: contact.owner_id,
+        addresses: contact.address.iter().map(billing_address).collect(),
     }
+}
+
+/// The caller's address as Keap's `BILLING` entry; a US ZIP+4 is split as Keap stores it.
+fn billing_address(address: &AddressInput) -> ContactAddress {
+    let mut out = ContactAddress {
+        field: "BILLING",
+        line1: address.line1.clone(),
+        line2: address.line2.clone(),
+        locality: address.locality.clone(),
+        region: address.region.clone(),
+        country_code: address.country_code.clone(),
+        ..ContactAddress::default()
+    };
+    match (
+        address.country_code.as_deref(),
+        address.postal_code.as_deref(),
+    ) {
+        (Some("USA"), Some(postal)) => {
+            if let Some((zip, four)) = us_zip(postal) {
+                out.zip_code = Some(zip.to_owned());
+                out.zip_four = four.map(str::to_owned);
+            }
+        }
+        (_, postal) => out.postal_code = postal.map(str::to_owned),
+    }
+    out
 }
 
 #[cfg(test)]
@@ -136,6 +167,37 @@ mod tests {
         ];
         assert!(resolve_custom_fields(&twice, &model()).is_err());
         assert!(resolve_custom_fields(&[(FieldKey::Id(8), json!(1))], &model()).is_err());
+    }
+
+    #[test]
+    fn marketing_fields_and_the_address_take_keaps_names() {
+        let request = UpsertRequest::parse(
+            br#"{"contact": {"email": "ada@example.com", "opt_in_reason": "web form",
+                 "lead_source_id": 5, "owner_id": 9,
+                 "address": {"line1": "1 Main St", "locality": "Springfield", "region": "US-IL",
+                             "postal_code": "62701-1234", "country_code": "USA"}}}"#,
+        )
+        .unwrap();
+        let body = serde_json::to_value(keap_body(&request, Vec::new())).unwrap();
+        assert_eq!(body["opt_in_reason"], "web form");
+        assert_eq!(body["lead_source_id"], 5);
+        assert_eq!(body["owner_id"], 9);
+        assert_eq!(
+            body["addresses"],
+            json!([{"field": "BILLING", "line1": "1 Main St", "locality": "Springfield",
+                    "region": "US-IL", "zip_code": "62701", "zip_four": "1234",
+                    "country_code": "USA"}])
+        );
+        let uk = UpsertRequest::parse(
+            br#"{"contact": {"email": "ada@example.com",
+                 "address": {"postal_code": "SW1A 1AA", "country_code": "GBR"}}}"#,
+        )
+        .unwrap();
+        let body = serde_json::to_value(keap_body(&uk, Vec::new())).unwrap();
+        assert_eq!(
+            body["addresses"],
+            json!([{"field": "BILLING", "postal_code": "SW1A 1AA", "country_code": "GBR"}])
+        );
     }
 
     #[test]

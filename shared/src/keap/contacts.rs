@@ -4,6 +4,15 @@
 //! request": emails and phones are arrays of `{value, field slot}` objects, custom fields are
 //! `[{id, content}]` with a numeric id, `duplicate_option` is a body field, and the company is
 //! an object.
+//!
+//! Field names follow Keap's v1 OpenAPI schema `CreateOrPatchContact` / `RestContactBase` /
+//! `ContactAddress` (Keap-generated, as stored by api-evangelist/keap,
+//! `openapi/_original/keap-v1-openapi.json`): `opt_in_reason`, `lead_source_id`, `owner_id`
+//! (int64), `addresses[]` of `{field: BILLING|SHIPPING|OTHER, line1, line2, locality, region,
+//! postal_code, zip_code, zip_four, country_code}`. The v1 schema declares `country_code` and
+//! `region` as plain strings; the code formats (ISO 3166-1 alpha-3, ISO 3166-2) are those Keap's
+//! SDK documents for its v2 `Address` (infusionsoft/keap-sdk) — unverified for v1. "country_code
+//! is required if region is specified" is Keap's own v1 upsert description.
 
 use reqwest::Method;
 use serde::{Deserialize, Serialize};
@@ -36,6 +45,30 @@ pub struct CompanyReference {
     pub company_name: String,
 }
 
+/// One entry of v1 `addresses`. US ZIP codes go in `zip_code`/`zip_four`, every other postal
+/// code in `postal_code` ("to be used instead of 'postal_code', not in addition to").
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct ContactAddress {
+    /// `BILLING`, `SHIPPING` or `OTHER`.
+    pub field: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub line1: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub line2: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub locality: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub region: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub postal_code: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub zip_code: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub zip_four: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub country_code: Option<String>,
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct CustomFieldValue {
     pub id: i64,
@@ -57,6 +90,14 @@ pub struct ContactUpsert {
     pub company: Option<CompanyReference>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub custom_fields: Vec<CustomFieldValue>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub opt_in_reason: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lead_source_id: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub owner_id: Option<i64>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub addresses: Vec<ContactAddress>,
 }
 
 impl ContactUpsert {
@@ -135,6 +176,17 @@ mod tests {
                 id: 12,
                 content: json!("blue"),
             }],
+            opt_in_reason: Some("Signed up on the web form".into()),
+            lead_source_id: Some(4),
+            owner_id: Some(2),
+            addresses: vec![ContactAddress {
+                field: "BILLING",
+                line1: Some("1 Main St".into()),
+                region: Some("US-IL".into()),
+                zip_code: Some("62701".into()),
+                country_code: Some("USA".into()),
+                ..ContactAddress::default()
+            }],
         };
         let request = upsert.request();
         assert_eq!(request.method, Method::PUT);
@@ -148,6 +200,11 @@ mod tests {
                 "phone_numbers": [{"number": "+44 20 7946 0000", "field": "PHONE1"}],
                 "company": {"company_name": "Analytical Engines"},
                 "custom_fields": [{"id": 12, "content": "blue"}],
+                "opt_in_reason": "Signed up on the web form",
+                "lead_source_id": 4,
+                "owner_id": 2,
+                "addresses": [{"field": "BILLING", "line1": "1 Main St", "region": "US-IL",
+                               "zip_code": "62701", "country_code": "USA"}],
             })
         );
     }

@@ -3,8 +3,8 @@
 //! This layer sends exactly once and says what happened ([`KeapError`]); deciding whether to
 //! wait and retry (429, 5xx) or to get a fresh credential (401) is the caller's job, because
 //! only the caller knows its deadline and its connection. Every request waits for the
-//! container's limiter and, for a service-account key, for that key's own limiter (Keap allows
-//! a key 10 requests a second and 240 a minute).
+//! container's limiter and, for a service-account key, for that key's own limiter
+//! (`KEAPALIVE_KEY_RATE_PER_SEC`, default 5 a second, and 240 a minute).
 
 use std::collections::HashMap;
 use std::hash::{DefaultHasher, Hash, Hasher};
@@ -18,7 +18,7 @@ use serde::de::DeserializeOwned;
 use url::Url;
 
 use super::http::{never_sent, retry_after};
-use super::rate_limit::{KeyRateLimiter, RateLimiter};
+use super::rate_limit::{KEY_REQUESTS_PER_SECOND, KeyRateLimiter, RateLimiter};
 use crate::config::KeapEndpoints;
 use crate::redact;
 use crate::refresh::AccessCredential;
@@ -129,6 +129,7 @@ pub struct RestClient {
     v1: Url,
     limiter: Arc<RateLimiter>,
     key_limiters: Arc<Mutex<HashMap<u64, Arc<KeyRateLimiter>>>>,
+    key_rate_per_sec: u32,
 }
 
 impl RestClient {
@@ -145,7 +146,14 @@ impl RestClient {
             v1,
             limiter,
             key_limiters: Arc::new(Mutex::new(HashMap::new())),
+            key_rate_per_sec: KEY_REQUESTS_PER_SECOND,
         }
+    }
+
+    /// Each key's requests per second (`KEAPALIVE_KEY_RATE_PER_SEC`).
+    pub fn with_key_rate_per_sec(mut self, per_second: u32) -> Self {
+        self.key_rate_per_sec = per_second;
+        self
     }
 
     /// `GET /v1/account/profile`: the cheapest call that proves a credential works (and names
@@ -215,7 +223,7 @@ impl RestClient {
             .unwrap_or_else(|poisoned| poisoned.into_inner());
         limiters
             .entry(hasher.finish())
-            .or_insert_with(|| Arc::new(KeyRateLimiter::service_account_key()))
+            .or_insert_with(|| Arc::new(KeyRateLimiter::service_account_key(self.key_rate_per_sec)))
             .clone()
     }
 }

@@ -25,6 +25,7 @@ pub(crate) fn router() -> Router<Arc<Shared>> {
         .route("/contacts/{id}", get(get_contact))
         .route("/contacts/{id}/tags", post(tags::apply))
         .route("/tags", get(tags::list).post(tags::create))
+        .route("/tags/{id}", get(tags::get))
 }
 
 /// The Keap app (tenant) the request's credential belongs to. Extracting it is the gateway's

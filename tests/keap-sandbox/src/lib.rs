@@ -19,7 +19,8 @@
 //! - `/crm/rest/v1/...` with `Authorization: Bearer` or `X-Keap-API-Key` (a `?access_token=`
 //!   query parameter is not accepted): `GET account/profile`, `PUT contacts` (strict upsert),
 //!   `GET contacts?email=`, `GET contacts/{id}` (`optional_properties=custom_fields` to include
-//!   custom fields), `GET contacts/model`, `GET|POST tags`, `POST contacts/{id}/tags`.
+//!   custom fields), `GET contacts/model`, `GET|POST tags`, `GET tags/{id}`,
+//!   `POST contacts/{id}/tags` (200 with one outcome per id, as Keap answers; see `tags`).
 //!   Auth failures are `401` with Keap's gateway body
 //!   `{"fault":{"faultstring":"Invalid Access Token","detail":{"errorcode":"keymanagement.service.invalid_access_token"}}}`
 //!   (`"Access Token expired"` / `keymanagement.service.access_token_expired` when expired,
@@ -208,6 +209,17 @@ impl Sandbox {
     /// Returns the tag's id; an existing name returns the existing id.
     pub fn add_tag(&self, app: &str, name: &str) -> i64 {
         self.shared.lock().add_tag(app, name)
+    }
+
+    /// Deletes the tag (and takes it off every contact), as a Keap user may at any time.
+    pub fn delete_tag(&self, app: &str, id: i64) {
+        self.shared.lock().delete_tag(app, id);
+    }
+
+    /// Applies of tag `id` report `outcome` (`"NO_PERMISSION"`, `"FAILURE"`) instead of applying
+    /// it; `None` restores normal applies.
+    pub fn set_tag_apply_outcome(&self, app: &str, id: i64, outcome: Option<&str>) {
+        self.shared.lock().set_tag_apply_outcome(app, id, outcome);
     }
 
     /// Stored contacts, by id, as `PUT /contacts` returns them (custom fields included).

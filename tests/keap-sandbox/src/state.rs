@@ -139,6 +139,8 @@ pub(crate) struct AppData {
     pub next_custom_field_id: i64,
     pub tags: BTreeMap<i64, Tag>,
     pub next_tag_id: i64,
+    /// Outcomes a tag's applies report instead of being applied (`NO_PERMISSION`, `FAILURE`).
+    pub tag_apply_outcomes: BTreeMap<i64, String>,
 }
 
 impl Default for AppData {
@@ -150,6 +152,7 @@ impl Default for AppData {
             next_custom_field_id: 12,
             tags: BTreeMap::new(),
             next_tag_id: 90,
+            tag_apply_outcomes: BTreeMap::new(),
         }
     }
 }
@@ -454,6 +457,22 @@ impl State {
             },
         );
         id
+    }
+
+    pub(crate) fn delete_tag(&mut self, app: &str, id: i64) {
+        let data = self.app_mut(app);
+        data.tags.remove(&id);
+        for contact in data.contacts.values_mut() {
+            contact.tag_ids.remove(&id);
+        }
+    }
+
+    pub(crate) fn set_tag_apply_outcome(&mut self, app: &str, id: i64, outcome: Option<&str>) {
+        let data = self.app_mut(app);
+        match outcome {
+            Some(outcome) => data.tag_apply_outcomes.insert(id, outcome.to_owned()),
+            None => data.tag_apply_outcomes.remove(&id),
+        };
     }
 
     pub(crate) fn contacts_json(&self, app: &str) -> Vec<serde_json::Value> {

@@ -1,4 +1,10 @@
-//! Keap v1 tags: list/find, create, and apply to a contact.
+//! Keap v1 tags: list/find, get by id, create, and apply to a contact.
+//!
+//! Applying answers as Keap does: 200 whatever happened, a JSON object with one outcome per
+//! id — `SUCCESS`, `DUPLICATE` (already applied), `TAG_ID_NOT_FOUND`, `CONTACT_NOT_FOUND`, or
+//! what [`crate::Sandbox::set_tag_apply_outcome`] forces (`NO_PERMISSION`, `FAILURE`). Keap's v1
+//! OpenAPI names the outcomes; the object shape is the one a Keap integration quotes
+//! (`{"1831":"TAG_ID_NOT_FOUND"}`). Only a malformed request is a 400.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -9,7 +15,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use serde_json::{Value, json};
 
-use crate::api::{Tenant, contact_not_found, invalid_contact_id};
+use crate::api::{Tenant, invalid_contact_id};
 use crate::contacts::SHAPE_ERROR_MESSAGE;
 use crate::credentials;
 use crate::respond::{json_response, message};
@@ -168,35 +174,56 @@ pub(crate) async fn apply(
         );
     }
     let mut sandbox = shared.lock();
-    let exists = sandbox
-        .app(&tenant.app)
-        .is_some_and(|d| d.contacts.contains_key(&contact_id));
-    if !exists {
-        return contact_not_found(contact_id);
-    }
-    let unknown = tag_ids.iter().find(|id| {
-        !sandbox
-            .app(&tenant.app)
-            .is_some_and(|d| d.tags.contains_key(id))
-    });
-    if let Some(unknown) = unknown {
-        return message(
-            StatusCode::BAD_REQUEST,
-            &format!("Tag with id {unknown} does not exist"),
-        );
-    }
     let timestamp = sandbox.next_timestamp();
     let data = sandbox.app_mut(&tenant.app);
-    let Some(contact) = data.contacts.get_mut(&contact_id) else {
-        return contact_not_found(contact_id);
+    // Keap answers 200 whatever happened, with one outcome per id (module docs).
+    let mut outcomes = serde_json::Map::new();
+    let mut changed = false;
+    for id in &tag_ids {
+        let outcome = if !data.contacts.contains_key(&contact_id) {
+            "CONTACT_NOT_FOUND"
+        } else if !data.tags.contains_key(id) {
+            "TAG_ID_NOT_FOUND"
+        } else if let Some(forced) = data.tag_apply_outcomes.get(id) {
+            forced.as_str()
+        } else if data
+            .contacts
+            .get(&contact_id)
+            .is_some_and(|c| c.tag_ids.contains(id))
+        {
+            "DUPLICATE"
+        } else {
+            if let Some(contact) = data.contacts.get_mut(&contact_id) {
+                contact.tag_ids.insert(*id);
+                changed = true;
+            }
+            "SUCCESS"
+        };
+        outcomes.insert(id.to_string(), json!(outcome));
+    }
+    if changed && let Some(contact) = data.contacts.get_mut(&contact_id) {
+        contact.last_updated = timestamp;
+    }
+    json_response(StatusCode::OK, Value::Object(outcomes))
+}
+
+/// `GET /tags/{id}`: the tag, or 404 when no tag has that id (the 404 body is unverified).
+pub(crate) async fn get(
+    tenant: Tenant,
+    State(shared): State<Arc<Shared>>,
+    Path(raw_id): Path<String>,
+) -> Response {
+    let Ok(id) = raw_id.parse::<i64>() else {
+        return message(StatusCode::BAD_REQUEST, "Invalid tag id");
     };
-    contact.tag_ids.extend(tag_ids.iter().copied());
-    contact.last_updated = timestamp;
-    let entries: Vec<Value> = tag_ids
-        .iter()
-        .map(|id| json!({"key": id.to_string(), "value": "SUCCESS"}))
-        .collect();
-    json_response(StatusCode::OK, Value::Array(entries))
+    let sandbox = shared.lock();
+    match sandbox.app(&tenant.app).and_then(|d| d.tags.get(&id)) {
+        Some(tag) => json_response(StatusCode::OK, tag_json(tag)),
+        None => message(
+            StatusCode::NOT_FOUND,
+            &format!("Tag with id {id} does not exist"),
+        ),
+    }
 }
 
 fn parse_tag_ids(body: &[u8]) -> Option<Vec<i64>> {

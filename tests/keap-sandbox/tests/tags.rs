@@ -85,26 +85,46 @@ async fn list_find_create_and_apply_tags() {
     assert_eq!(applied.status(), 200);
     assert_eq!(
         json(applied).await,
-        json!([{"key": vip.to_string(), "value": "SUCCESS"},
-               {"key": pushed.to_string(), "value": "SUCCESS"}])
+        json!({vip.to_string(): "SUCCESS", pushed.to_string(): "SUCCESS"})
     );
     let stored = &sandbox.contacts(APP)[0];
     assert_eq!(stored["tag_ids"], json!([vip, pushed]));
     assert!(stored["last_updated"].as_str() > contact["last_updated"].as_str());
 
+    // Keap answers 200 whatever happened, one outcome per id.
+    let restricted = sandbox.add_tag(APP, "restricted");
+    sandbox.set_tag_apply_outcome(APP, restricted, Some("NO_PERMISSION"));
+    let mixed = apply(id, json!({"tagIds": [vip, 999_999, restricted]}))
+        .await
+        .unwrap();
+    assert_eq!(mixed.status(), 200);
     assert_eq!(
-        apply(id, json!({"tagIds": [999_999]}))
-            .await
-            .unwrap()
-            .status(),
-        400
+        json(mixed).await,
+        json!({vip.to_string(): "DUPLICATE", "999999": "TAG_ID_NOT_FOUND",
+               restricted.to_string(): "NO_PERMISSION"})
     );
+    assert_eq!(sandbox.contacts(APP)[0]["tag_ids"], json!([vip, pushed]));
+    let missing_contact = apply(id + 100, json!({"tagIds": [vip]})).await.unwrap();
+    assert_eq!(missing_contact.status(), 200);
     assert_eq!(
-        apply(id + 100, json!({"tagIds": [vip]}))
-            .await
-            .unwrap()
-            .status(),
-        404
+        json(missing_contact).await,
+        json!({vip.to_string(): "CONTACT_NOT_FOUND"})
+    );
+
+    // Found by id until deleted; deleting takes it off contacts.
+    let by_id = |tag: i64| {
+        client
+            .get(api(&sandbox, &format!("/tags/{tag}")))
+            .bearer_auth(&token)
+            .send()
+    };
+    assert_eq!(json(by_id(vip).await.unwrap()).await["name"], "vip");
+    sandbox.delete_tag(APP, vip);
+    assert_eq!(by_id(vip).await.unwrap().status(), 404);
+    assert_eq!(sandbox.contacts(APP)[0]["tag_ids"], json!([pushed]));
+    assert_eq!(
+        json(apply(id, json!({"tagIds": [vip]})).await.unwrap()).await,
+        json!({vip.to_string(): "TAG_ID_NOT_FOUND"})
     );
     assert_eq!(
         apply(id, json!({"tag_ids": [vip]})).await.unwrap().status(),

@@ -16,7 +16,7 @@ mod cargo_build;
 mod flow;
 pub mod functions;
 pub mod invoke_api;
-mod moto;
+pub mod moto;
 pub mod progress;
 pub mod resources;
 pub mod supervisor;
