@@ -1,4 +1,4 @@
-//! Helpers shared by `contact_upsert.rs` and `service_account_key.rs`.
+//! Helpers shared by the test areas (first written for `contact_upsert` and `service_account_key`).
 #![allow(dead_code)]
 
 use std::sync::{Arc, Mutex};
