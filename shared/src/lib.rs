@@ -8,6 +8,7 @@
 //! - [`refresh`]: the refresh protocol (lease → refresh → commit) and its invariants.
 //! - [`contact`]: the contact-upsert request schema, validation, translation and service.
 //! - [`telemetry`]: JSON logs and CloudWatch embedded-metric lines.
+//! - [`error_type`]: the `errorType` strings every function's Lambda errors carry.
 //! - [`authorization`]: the oauth-callback function: start, callback pages, key registration.
 
 pub mod authorization;
@@ -15,6 +16,7 @@ pub mod clock;
 pub mod config;
 pub mod connection_id;
 pub mod contact;
+pub mod error_type;
 pub mod keap;
 pub mod redact;
 pub mod refresh;
@@ -26,3 +28,4 @@ pub mod wiring;
 
 pub use config::Config;
 pub use connection_id::ConnectionId;
+pub use error_type::ErrorType;

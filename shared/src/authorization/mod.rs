@@ -36,6 +36,7 @@ pub use service_account_key::{
 };
 pub use start::{AuthorizationStarted, STATE_TTL_SECS, start_authorization};
 
+use crate::error_type::ErrorType;
 use crate::wiring::Clients;
 
 /// One invocation of oauth-callback, whatever its event.
@@ -83,8 +84,6 @@ fn is_http_event(event: &Value) -> bool {
 fn to_json(
     response: &aws_lambda_events::apigw::ApiGatewayV2httpResponse,
 ) -> Result<Value, Diagnostic> {
-    serde_json::to_value(response).map_err(|e| Diagnostic {
-        error_type: "InternalError".to_owned(),
-        error_message: format!("could not encode the page: {e}"),
-    })
+    serde_json::to_value(response)
+        .map_err(|e| ErrorType::Internal.diagnostic(format!("could not encode the page: {e}")))
 }
