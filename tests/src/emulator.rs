@@ -149,7 +149,7 @@ impl Emulator {
     }
 
     /// A new moto process of its own that handles requests concurrently: several times the
-    /// throughput of [`Emulator::shared`], and wrong under conditional-write races (DESIGN.md,
+    /// throughput of [`Emulator::shared`], and wrong under conditional-write races (docs/design.md,
     /// "Testing notes"). For benchmarks with no race to get wrong; the process exits when the
     /// returned value is dropped.
     pub fn start_unserialized() -> Self {

@@ -1,4 +1,4 @@
-//! The oauth-callback function's logic (DESIGN.md, "OAuth authorization").
+//! The oauth-callback function's logic (docs/design.md, "OAuth authorization").
 //!
 //! One function answers two kinds of event:
 //! - an API Gateway HTTP API (payload 2.0) request, `GET /oauth/callback`: Keap's redirect,

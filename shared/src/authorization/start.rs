@@ -12,7 +12,7 @@ use crate::connection_id::ConnectionId;
 use crate::token_store::{PendingAuthorization, TokenStore};
 use crate::wiring::Clients;
 
-/// How long an authorize link works (DESIGN.md: state items live 10 minutes).
+/// How long an authorize link works (docs/design.md, "Data model": state items live 10 minutes).
 pub const STATE_TTL_SECS: i64 = 600;
 
 /// The answer to `start_authorization`. `Debug` leaves out the URL: its state is a
