@@ -13,7 +13,7 @@ use crate::token_store::{PendingAuthorization, TokenStore};
 use crate::wiring::Clients;
 
 /// How long an authorize link works (docs/design.md, "Data model": state items live 10 minutes).
-pub const STATE_TTL_SECS: i64 = 600;
+pub(crate) const STATE_TTL_SECS: i64 = 600;
 
 /// The answer to `start_authorization`. `Debug` leaves out the URL: its state is a
 /// credential for the next ten minutes.

@@ -41,7 +41,7 @@ impl UpsertError {
     }
 
     /// Retrying the same request cannot succeed: it belongs in the dead-letter queue.
-    pub fn is_permanent(&self) -> bool {
+    pub(crate) fn is_permanent(&self) -> bool {
         matches!(self, Self::Validation(_) | Self::KeapRejected(_))
     }
 }
