@@ -60,6 +60,7 @@ async fn assert_final_state(fx: &Fixture, id: &str, generation: u64) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn refresh_race_never_presents_token_twice() {
+    let _heavy = crate::support::one_heavy_test_at_a_time().await;
     capture_logs();
     const REFRESHERS: usize = 32;
     const ROUNDS: u64 = 100;
@@ -112,6 +113,7 @@ async fn refresh_race_never_presents_token_twice() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refresh_race_across_processes() {
+    let _heavy = crate::support::one_heavy_test_at_a_time().await;
     capture_logs();
     const PROCESSES: usize = 6;
     const ROUNDS: u64 = 10;
