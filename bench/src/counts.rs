@@ -145,7 +145,7 @@ fn difference(before: &HashMap<String, u64>, after: &HashMap<String, u64>) -> Ha
         .collect()
 }
 
-/// The most an operation may cost (DESIGN.md and issue 9).
+/// The most an operation may cost (docs/design.md, "Contact upsert", and issue 9).
 #[derive(Debug, Clone, Copy, Serialize)]
 pub struct Floor {
     pub keap: u64,

@@ -23,14 +23,14 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_TEMPLATE = REPO_ROOT / "infra" / "template.yaml"
 
 FUNCTIONS = {
-    # logical id -> binary / package name (DESIGN.md: names are part of the contract)
+    # logical id -> binary / package name (docs/design.md, "Configuration": names are part of the contract)
     "OAuthCallbackFunction": "oauth-callback",
     "TokenRefresherFunction": "token-refresher",
     "ContactUpsertFunction": "contact-upsert",
 }
 CALLBACK, REFRESHER, UPSERT = FUNCTIONS
 
-# Which function needs which variable (issue 7 / DESIGN.md "Configuration").
+# Which function needs which variable (issue 7 / docs/design.md, "Configuration").
 REQUIRED_ENV = {
     CALLBACK: {
         "KEAPALIVE_TABLE", "KEAPALIVE_CLIENT_SECRET_ID", "KEAPALIVE_REDIRECT_URI",

@@ -9,6 +9,7 @@
 //! - [`contact`]: the contact-upsert request schema, validation, translation and service.
 //! - [`lambda_deadline`]: the invocation deadline, robust to local emulators' odd values.
 //! - [`telemetry`]: JSON logs and CloudWatch embedded-metric lines.
+//! - [`error_type`]: the `errorType` strings every function's Lambda errors carry.
 //! - [`authorization`]: the oauth-callback function: start, callback pages, key registration.
 
 pub mod authorization;
@@ -16,6 +17,7 @@ pub mod clock;
 pub mod config;
 pub mod connection_id;
 pub mod contact;
+pub mod error_type;
 pub mod keap;
 pub mod lambda_deadline;
 pub mod redact;
@@ -28,3 +30,4 @@ pub mod wiring;
 
 pub use config::Config;
 pub use connection_id::ConnectionId;
+pub use error_type::ErrorType;

@@ -17,7 +17,7 @@ Hangs sleep outside the lock that serialises moto, so other requests go on meanw
 Control endpoints on the same port (never forwarded to moto):
   POST   /_keapalive/faults    {"target", "error_type", "status"=400, "times"=1, "body_contains"?: str | [str],
                                 "mode"="error", "hang_secs"=0, "probability"=1}
-  DELETE /_keapalive/faults
+  DELETE /_keapalive/faults[?body_contains=NEEDLE]   all faults, or only those scoped by NEEDLE
   GET    /_keapalive/requests[?resource=NAME]   {"<X-Amz-Target or Action>": count, ...}
   DELETE /_keapalive/requests
 """
@@ -225,8 +225,14 @@ class SerializedMoto:
                 self.faults.append(fault)
             return json_response(start_response, "200 OK", {"ok": True})
         if path == "faults" and method == "DELETE":
+            query = urllib.parse.parse_qs(environ.get("QUERY_STRING", ""))
             with self.state_lock:
-                self.faults.clear()
+                if "body_contains" in query:
+                    # Tests share one emulator: clear only the faults of the caller's table.
+                    needle = query["body_contains"][0]
+                    self.faults = [f for f in self.faults if needle not in (f.body_contains or [])]
+                else:
+                    self.faults.clear()
             return json_response(start_response, "200 OK", {"ok": True})
         if path == "requests" and method == "GET":
             query = urllib.parse.parse_qs(environ.get("QUERY_STRING", ""))

@@ -29,8 +29,8 @@ pub fn unique_name(prefix: &str) -> String {
     )
 }
 
-/// The connections table as DESIGN.md's data model describes it: partition key `pk` (string),
-/// no sort key, on-demand, server-side encryption, TTL on `expires_at`.
+/// The connections table as docs/design.md ("Data model") describes it: partition key `pk`
+/// (string), no sort key, on-demand, server-side encryption, TTL on `expires_at`.
 pub async fn create_table(sdk: &SdkConfig) -> String {
     let client = aws_sdk_dynamodb::Client::new(sdk);
     let name = unique_name("keapalive-test");

@@ -149,7 +149,7 @@ impl Emulator {
     }
 
     /// A new moto process of its own that handles requests concurrently: several times the
-    /// throughput of [`Emulator::shared`], and wrong under conditional-write races (DESIGN.md,
+    /// throughput of [`Emulator::shared`], and wrong under conditional-write races (docs/design.md,
     /// "Testing notes"). For benchmarks with no race to get wrong; the process exits when the
     /// returned value is dropped.
     pub fn start_unserialized() -> Self {
@@ -254,9 +254,19 @@ impl Emulator {
             .await;
     }
 
+    /// Clears every fault, including those of tests running in parallel.
     pub async fn clear_faults(&self) {
         self.control(self.http.delete(self.control_url("faults")))
             .await;
+    }
+
+    /// Clears only the faults injected with [`DynamoDbFault::body_contains`]`(needle)` (a table
+    /// name): what one test may clear while others run against the same emulator.
+    pub async fn clear_faults_for(&self, needle: &str) {
+        let url =
+            url::Url::parse_with_params(&self.control_url("faults"), [("body_contains", needle)])
+                .expect("control URL");
+        self.control(self.http.delete(url)).await;
     }
 
     /// Requests per operation (`"DynamoDB_20120810.GetItem"`, `"secretsmanager.GetSecretValue"`)

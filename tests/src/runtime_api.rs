@@ -461,7 +461,7 @@ async fn copy_output(mut stream: impl AsyncRead + Unpin, output: Arc<Mutex<Vec<u
 /// Skips the on-demand `cargo build` in [`binary_path`] (when binaries were just built).
 pub const PREBUILT_ENV: &str = "KEAPALIVE_TEST_PREBUILT";
 
-/// Binaries of this package; every other binary is named like its package (DESIGN.md).
+/// Binaries of this package; every other binary is named like its package (docs/design.md, "Configuration").
 const OWN_BINARIES: &[&str] = &["echo-function"];
 
 /// Path of the workspace binary `name` (`oauth-callback`, `echo-function`, ...), in the profile

@@ -7,7 +7,7 @@ use serde_json::{Map, Value};
 use super::error::CommandError;
 use crate::connection_id::ConnectionId;
 
-pub const ACCEPTED_COMMANDS: &str = "accepted commands: \
+pub(crate) const ACCEPTED_COMMANDS: &str = "accepted commands: \
 {\"start_authorization\": {\"connection_id\": \"default\", \"replace_account\": false}}, \
 {\"register_service_account_key\": {\"connection_id\": \"default\", \"secret_id\": \"...\"}}, \
 {\"remove_connection\": {\"connection_id\": \"...\"}}";
@@ -30,14 +30,14 @@ pub struct StartAuthorization {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RegisterServiceAccountKey {
+pub(crate) struct RegisterServiceAccountKey {
     pub connection_id: ConnectionId,
     /// Secrets Manager id (name or ARN) whose secret string is the key.
     pub secret_id: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RemoveConnection {
+pub(crate) struct RemoveConnection {
     pub connection_id: ConnectionId,
 }
 

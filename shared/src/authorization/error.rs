@@ -5,6 +5,7 @@
 
 use lambda_runtime::Diagnostic;
 
+use crate::error_type::ErrorType;
 use crate::secrets::SecretsError;
 use crate::token_store::StoreError;
 
@@ -28,14 +29,18 @@ pub enum CommandError {
 }
 
 impl CommandError {
-    pub fn error_type(&self) -> &'static str {
+    pub fn kind(&self) -> ErrorType {
         match self {
-            Self::Validation(_) => "ValidationError",
-            Self::NotAuthorized(_) => "NotAuthorized",
-            Self::KeapRejected(_) => "KeapRejected",
-            Self::Unavailable(_) => "Unavailable",
-            Self::Configuration(_) => "ConfigurationError",
+            Self::Validation(_) => ErrorType::Validation,
+            Self::NotAuthorized(_) => ErrorType::NotAuthorized,
+            Self::KeapRejected(_) => ErrorType::KeapRejected,
+            Self::Unavailable(_) => ErrorType::Unavailable,
+            Self::Configuration(_) => ErrorType::Configuration,
         }
+    }
+
+    pub fn error_type(&self) -> &'static str {
+        self.kind().as_str()
     }
 
     /// The client-credentials secret: anything but an outage is the deployment's fault.
@@ -57,9 +62,6 @@ impl CommandError {
 
 impl From<CommandError> for Diagnostic {
     fn from(error: CommandError) -> Self {
-        Diagnostic {
-            error_type: error.error_type().to_owned(),
-            error_message: error.to_string(),
-        }
+        error.kind().diagnostic(error.to_string())
     }
 }

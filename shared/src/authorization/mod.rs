@@ -1,4 +1,4 @@
-//! The oauth-callback function's logic (DESIGN.md, "OAuth authorization").
+//! The oauth-callback function's logic (docs/design.md, "OAuth authorization").
 //!
 //! One function answers two kinds of event:
 //! - an API Gateway HTTP API (payload 2.0) request, `GET /oauth/callback`: Keap's redirect,
@@ -11,14 +11,14 @@
 //! Only an operator can start an authorization; the public route only finishes one, with a
 //! random single-use state that expires after ten minutes.
 
-pub mod callback;
-pub mod commands;
+mod callback;
+mod commands;
 mod error;
 mod nonce;
-pub mod pages;
+mod pages;
 mod query;
-pub mod service_account_key;
-pub mod start;
+mod service_account_key;
+mod start;
 
 use aws_lambda_events::apigw::ApiGatewayV2httpRequest;
 use lambda_runtime::Diagnostic;
@@ -26,16 +26,14 @@ use serde_json::Value;
 use tracing::warn;
 
 pub use callback::{CALLBACK_PATH, handle_callback};
-pub use commands::{
-    ACCEPTED_COMMANDS, Command, RegisterServiceAccountKey, RemoveConnection, StartAuthorization,
-};
+use commands::Command;
+pub use commands::StartAuthorization;
 pub use error::CommandError;
 pub use query::MAX_QUERY_BYTES;
-pub use service_account_key::{
-    ConnectionRemoved, KeyRegistered, register_service_account_key, remove_connection,
-};
-pub use start::{AuthorizationStarted, STATE_TTL_SECS, start_authorization};
+use service_account_key::{register_service_account_key, remove_connection};
+pub use start::{AuthorizationStarted, start_authorization};
 
+use crate::error_type::ErrorType;
 use crate::wiring::Clients;
 
 /// One invocation of oauth-callback, whatever its event.
@@ -60,7 +58,7 @@ pub async fn handle(clients: &Clients, event: Value) -> Result<Value, Diagnostic
     Ok(run(clients, command).await?)
 }
 
-pub async fn run(clients: &Clients, command: Command) -> Result<Value, CommandError> {
+async fn run(clients: &Clients, command: Command) -> Result<Value, CommandError> {
     let answer = match command {
         Command::StartAuthorization(request) => {
             serde_json::to_value(start_authorization(clients, &request).await?)
@@ -83,8 +81,6 @@ fn is_http_event(event: &Value) -> bool {
 fn to_json(
     response: &aws_lambda_events::apigw::ApiGatewayV2httpResponse,
 ) -> Result<Value, Diagnostic> {
-    serde_json::to_value(response).map_err(|e| Diagnostic {
-        error_type: "InternalError".to_owned(),
-        error_message: format!("could not encode the page: {e}"),
-    })
+    serde_json::to_value(response)
+        .map_err(|e| ErrorType::Internal.diagnostic(format!("could not encode the page: {e}")))
 }

@@ -11,7 +11,7 @@ use aws_lambda_events::http::header::{self, HeaderMap, HeaderValue};
 
 use crate::connection_id::ConnectionId;
 
-pub const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; style-src 'unsafe-inline'; \
+pub(crate) const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; style-src 'unsafe-inline'; \
 base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
 
 const STYLE: &str = "body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;\
@@ -21,7 +21,7 @@ h1{font-size:1.4rem}code{background:#f0f1f3;padding:0 .3rem;border-radius:4px}\
 
 /// A rendered page: its status and HTML.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Page {
+pub(crate) struct Page {
     pub status: u16,
     title: &'static str,
     /// Paragraph bodies, already escaped.
@@ -86,7 +86,7 @@ impl Page {
 }
 
 /// Escapes text for HTML element content and quoted attribute values.
-pub fn escape(text: &str) -> String {
+pub(crate) fn escape(text: &str) -> String {
     let mut escaped = String::with_capacity(text.len());
     for c in text.chars() {
         match c {
@@ -165,7 +165,7 @@ pub fn access_denied(connection_id: Option<&ConnectionId>) -> Page {
         ))
 }
 
-pub fn keap_error(connection_id: Option<&ConnectionId>) -> Page {
+pub(crate) fn keap_error(connection_id: Option<&ConnectionId>) -> Page {
     Page::new(400, "Keap reported an error")
         .paragraph(format!(
             "Keap sent the browser back with an error instead of an authorization. {NOTHING_STORED}"
@@ -176,7 +176,7 @@ pub fn keap_error(connection_id: Option<&ConnectionId>) -> Page {
         ))
 }
 
-pub fn bad_request() -> Page {
+pub(crate) fn bad_request() -> Page {
     Page::new(400, "Not an authorization callback").paragraph(format!(
         "This request is not a valid authorization callback. {NOTHING_STORED}"
     ))
@@ -207,7 +207,7 @@ pub fn expired_state() -> Page {
         .paragraph(start_again(None))
 }
 
-pub fn missing_code() -> Page {
+pub(crate) fn missing_code() -> Page {
     Page::new(400, "No authorization code")
         .paragraph(format!(
             "Keap did not send an authorization code. {NOTHING_STORED}"
@@ -215,7 +215,7 @@ pub fn missing_code() -> Page {
         .paragraph(start_again(None))
 }
 
-pub fn code_rejected(connection_id: Option<&ConnectionId>) -> Page {
+pub(crate) fn code_rejected(connection_id: Option<&ConnectionId>) -> Page {
     Page::new(400, "Keap refused the authorization")
         .paragraph(format!(
             "Keap refused to exchange the authorization code for {}: it was already used, it \
@@ -275,7 +275,7 @@ pub fn configuration(connection_id: Option<&ConnectionId>) -> Page {
         )
 }
 
-pub fn temporarily_unavailable(connection_id: Option<&ConnectionId>) -> Page {
+pub(crate) fn temporarily_unavailable(connection_id: Option<&ConnectionId>) -> Page {
     Page::new(503, "Temporarily unavailable")
         .paragraph(format!(
             "keapalive's storage did not answer, so {} could not be authorized.",
@@ -287,11 +287,11 @@ pub fn temporarily_unavailable(connection_id: Option<&ConnectionId>) -> Page {
         ))
 }
 
-pub fn not_found() -> Page {
+pub(crate) fn not_found() -> Page {
     Page::new(404, "Not found").paragraph("There is nothing here.".to_owned())
 }
 
-pub fn method_not_allowed() -> Page {
+pub(crate) fn method_not_allowed() -> Page {
     let mut page = Page::new(405, "Method not allowed")
         .paragraph("The authorization callback only answers GET.".to_owned());
     page.allow = Some("GET");

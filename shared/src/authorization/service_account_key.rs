@@ -14,14 +14,14 @@ use crate::token_store::TokenStore;
 use crate::wiring::Clients;
 
 #[derive(Debug, Clone, serde::Serialize)]
-pub struct KeyRegistered {
+pub(crate) struct KeyRegistered {
     pub connection_id: ConnectionId,
     pub kind: &'static str,
     pub generation: u64,
 }
 
 #[derive(Debug, Clone, serde::Serialize)]
-pub struct ConnectionRemoved {
+pub(crate) struct ConnectionRemoved {
     pub connection_id: ConnectionId,
     pub removed: bool,
 }

@@ -12,8 +12,8 @@ use crate::connection_id::ConnectionId;
 use crate::token_store::{PendingAuthorization, TokenStore};
 use crate::wiring::Clients;
 
-/// How long an authorize link works (DESIGN.md: state items live 10 minutes).
-pub const STATE_TTL_SECS: i64 = 600;
+/// How long an authorize link works (docs/design.md, "Data model": state items live 10 minutes).
+pub(crate) const STATE_TTL_SECS: i64 = 600;
 
 /// The answer to `start_authorization`. `Debug` leaves out the URL: its state is a
 /// credential for the next ten minutes.

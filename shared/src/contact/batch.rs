@@ -1,4 +1,4 @@
-//! SQS batches (DESIGN.md, "SQS batches"): what is acknowledged, retried or dead-lettered.
+//! SQS batches (docs/design.md, "SQS batches"): what is acknowledged, retried or dead-lettered.
 //!
 //! - upserted → acknowledged;
 //! - `ValidationError`, `KeapRejected` (retrying cannot help) → sent to

@@ -2,6 +2,8 @@
 
 use lambda_runtime::Diagnostic;
 
+use crate::error_type::ErrorType;
+
 /// Every message says what happened and what to do; none contains a token, key or full email.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum UpsertError {
@@ -23,29 +25,30 @@ pub enum UpsertError {
 }
 
 impl UpsertError {
-    /// The Lambda `errorType`.
-    pub fn error_type(&self) -> &'static str {
+    pub fn kind(&self) -> ErrorType {
         match self {
-            Self::Validation(_) => "ValidationError",
-            Self::NotAuthorized(_) => "NotAuthorized",
-            Self::KeapRejected(_) => "KeapRejected",
-            Self::RateLimited(_) => "RateLimited",
-            Self::Unavailable(_) => "Unavailable",
+            Self::Validation(_) => ErrorType::Validation,
+            Self::NotAuthorized(_) => ErrorType::NotAuthorized,
+            Self::KeapRejected(_) => ErrorType::KeapRejected,
+            Self::RateLimited(_) => ErrorType::RateLimited,
+            Self::Unavailable(_) => ErrorType::Unavailable,
         }
     }
 
+    /// The Lambda `errorType`.
+    pub fn error_type(&self) -> &'static str {
+        self.kind().as_str()
+    }
+
     /// Retrying the same request cannot succeed: it belongs in the dead-letter queue.
-    pub fn is_permanent(&self) -> bool {
+    pub(crate) fn is_permanent(&self) -> bool {
         matches!(self, Self::Validation(_) | Self::KeapRejected(_))
     }
 }
 
 impl From<UpsertError> for Diagnostic {
     fn from(error: UpsertError) -> Self {
-        Diagnostic {
-            error_type: error.error_type().to_owned(),
-            error_message: error.to_string(),
-        }
+        error.kind().diagnostic(error.to_string())
     }
 }
 

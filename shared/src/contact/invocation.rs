@@ -24,7 +24,7 @@ struct ProbeRecord {
 
 /// An SQS event is recognised by `Records[0].eventSource == "aws:sqs"`; anything else is a
 /// direct request (and validated as one).
-pub fn is_sqs_event(payload: &[u8]) -> bool {
+pub(crate) fn is_sqs_event(payload: &[u8]) -> bool {
     serde_json::from_slice::<Probe>(payload)
         .ok()
         .and_then(|probe| probe.records)

@@ -28,7 +28,7 @@ use crate::telemetry::{Metrics, Unit};
 use crate::token_store::{MarkGuard, MarkOutcome, TokenStore};
 
 /// Total time one invocation may spend waiting out Keap's throttling.
-pub const MAX_THROTTLE_WAIT: Duration = Duration::from_secs(5);
+pub(crate) const MAX_THROTTLE_WAIT: Duration = Duration::from_secs(5);
 /// Backoff when a 429 carries no `Retry-After`.
 const THROTTLE_BACKOFF: Duration = Duration::from_secs(1);
 /// Pause before the single retry of a 5xx or lost answer.

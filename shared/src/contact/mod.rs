@@ -10,17 +10,15 @@
 //! - [`error`]: the five `errorType`s a caller branches on.
 
 mod batch;
-pub mod error;
+mod error;
 mod invocation;
 mod keap_session;
-pub mod request;
-pub mod response;
-pub mod service;
-pub mod translate;
+mod request;
+mod response;
+mod service;
+mod translate;
 
 pub use error::UpsertError;
-pub use invocation::is_sqs_event;
-pub use keap_session::{MAX_THROTTLE_WAIT, METRIC_NEEDS_REAUTHORIZATION, REASON_KEY_REJECTED};
-pub use request::{ContactInput, CustomFields, FieldKey, MatchOn, TagRef, UpsertRequest};
+pub use keap_session::{METRIC_NEEDS_REAUTHORIZATION, REASON_KEY_REJECTED};
 pub use response::UpsertResponse;
 pub use service::{MetricSink, UpsertService, UpsertSettings};

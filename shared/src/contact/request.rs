@@ -17,25 +17,25 @@ use crate::keap::rest::safe_message;
 use crate::redact;
 
 /// SQS allows 256 KiB; a contact is a few hundred bytes. Anything near the limit is a mistake.
-pub const MAX_REQUEST_BYTES: usize = 64 * 1024;
-pub const MAX_EMAIL_CHARS: usize = 254;
-pub const MAX_EMAIL_LOCAL_CHARS: usize = 64;
+pub(crate) const MAX_REQUEST_BYTES: usize = 64 * 1024;
+pub(crate) const MAX_EMAIL_CHARS: usize = 254;
+pub(crate) const MAX_EMAIL_LOCAL_CHARS: usize = 64;
 pub const MAX_NAME_CHARS: usize = 255;
-pub const MAX_PHONE_CHARS: usize = 40;
-pub const MIN_PHONE_DIGITS: usize = 3;
-pub const MAX_CUSTOM_FIELDS: usize = 100;
-pub const MAX_CUSTOM_FIELD_KEY_CHARS: usize = 255;
-pub const MAX_CUSTOM_FIELD_VALUE_CHARS: usize = 10_000;
-pub const MAX_TAGS: usize = 100;
-pub const MAX_TAG_NAME_CHARS: usize = 255;
-pub const MAX_OPT_IN_REASON_CHARS: usize = 255;
-pub const MAX_ADDRESS_LINE_CHARS: usize = 255;
-pub const MAX_POSTAL_CODE_CHARS: usize = 20;
+pub(crate) const MAX_PHONE_CHARS: usize = 40;
+pub(crate) const MIN_PHONE_DIGITS: usize = 3;
+pub(crate) const MAX_CUSTOM_FIELDS: usize = 100;
+pub(crate) const MAX_CUSTOM_FIELD_KEY_CHARS: usize = 255;
+pub(crate) const MAX_CUSTOM_FIELD_VALUE_CHARS: usize = 10_000;
+pub(crate) const MAX_TAGS: usize = 100;
+pub(crate) const MAX_TAG_NAME_CHARS: usize = 255;
+pub(crate) const MAX_OPT_IN_REASON_CHARS: usize = 255;
+pub(crate) const MAX_ADDRESS_LINE_CHARS: usize = 255;
+pub(crate) const MAX_POSTAL_CODE_CHARS: usize = 20;
 
 /// `{"connection_id": "default", "contact": {...}, "match_on": "email"}`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct UpsertRequest {
+pub(crate) struct UpsertRequest {
     /// Which authorized Keap account; `"default"` when absent.
     #[serde(default)]
     pub connection_id: ConnectionId,
@@ -47,7 +47,7 @@ pub struct UpsertRequest {
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct ContactInput {
+pub(crate) struct ContactInput {
     /// Required: both match modes need it. Stored as Keap's `EMAIL1`.
     pub email: String,
     pub given_name: Option<String>,
@@ -90,7 +90,7 @@ pub struct AddressInput {
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
-pub enum MatchOn {
+pub(crate) enum MatchOn {
     /// Same email → same contact (Keap `duplicate_option: Email`).
     #[default]
     Email,
@@ -100,7 +100,7 @@ pub enum MatchOn {
 
 /// How the caller named a custom field: a key of only digits is an id, anything else a label.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub enum FieldKey {
+pub(crate) enum FieldKey {
     Id(i64),
     Label(String),
 }
@@ -116,10 +116,10 @@ impl fmt::Display for FieldKey {
 
 /// The `custom_fields` object in the caller's order; a key given twice is an error.
 #[derive(Debug, Clone, Default, PartialEq)]
-pub struct CustomFields(pub Vec<(FieldKey, Value)>);
+pub(crate) struct CustomFields(pub Vec<(FieldKey, Value)>);
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub enum TagRef {
+pub(crate) enum TagRef {
     Id(i64),
     Name(String),
 }
@@ -161,7 +161,7 @@ impl UpsertRequest {
     }
 
     /// Checks what types alone cannot (syntax, lengths, counts) and normalizes the email.
-    pub fn validate(&mut self) -> Result<(), UpsertError> {
+    pub(crate) fn validate(&mut self) -> Result<(), UpsertError> {
         let contact = &mut self.contact;
         contact.email = contact.email.trim().to_owned();
         if let Some(problem) = email_problem(&contact.email) {
@@ -387,7 +387,7 @@ fn check_phone(phone: &str) -> Result<(), UpsertError> {
 }
 
 /// Why `email` is not an address Keap would store, if it is not.
-pub fn email_problem(email: &str) -> Option<&'static str> {
+pub(crate) fn email_problem(email: &str) -> Option<&'static str> {
     if email.is_empty() {
         return Some("it is empty");
     }

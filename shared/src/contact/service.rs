@@ -36,7 +36,7 @@ use crate::wiring::Clients;
 /// requests.
 const MODEL_REFETCH_MIN_AGE: Duration = Duration::from_secs(30);
 /// Records of one SQS batch upserted at once (the container's Keap limiter still applies).
-pub const DEFAULT_BATCH_CONCURRENCY: usize = 4;
+pub(crate) const DEFAULT_BATCH_CONCURRENCY: usize = 4;
 
 #[derive(Debug, Clone)]
 pub struct UpsertSettings {
@@ -137,7 +137,7 @@ impl<S: TokenStore> UpsertService<S> {
     }
 
     /// Creates or updates one contact and applies its tags.
-    pub async fn upsert(
+    pub(crate) async fn upsert(
         &self,
         request: &UpsertRequest,
         deadline: Deadline,

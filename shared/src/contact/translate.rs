@@ -13,7 +13,7 @@ use crate::keap::rest::safe_message;
 
 /// The caller's custom fields as Keap's `[{id, content}]`; every key must name exactly one
 /// field of the tenant's model, and no field may be set twice.
-pub fn resolve_custom_fields(
+pub(crate) fn resolve_custom_fields(
     fields: &[(FieldKey, Value)],
     model: &ContactModel,
 ) -> Result<Vec<CustomFieldValue>, UpsertError> {
@@ -49,7 +49,7 @@ pub fn resolve_custom_fields(
     Ok(resolved)
 }
 
-pub fn unknown_field(key: &FieldKey) -> UpsertError {
+pub(crate) fn unknown_field(key: &FieldKey) -> UpsertError {
     let what = match key {
         FieldKey::Id(id) => format!("no custom field has id {id}"),
         FieldKey::Label(label) => {
@@ -62,7 +62,10 @@ pub fn unknown_field(key: &FieldKey) -> UpsertError {
     ))
 }
 
-pub fn keap_body(request: &UpsertRequest, custom_fields: Vec<CustomFieldValue>) -> ContactUpsert {
+pub(crate) fn keap_body(
+    request: &UpsertRequest,
+    custom_fields: Vec<CustomFieldValue>,
+) -> ContactUpsert {
     let contact = &request.contact;
     ContactUpsert {
         duplicate_option: match request.match_on {

@@ -2,7 +2,7 @@
 //!
 //! The code exchange sends the client credentials in the form body and the refresh sends them
 //! as HTTP Basic, as Keap's own SDK does. Every answer is classified into [`TokenError`] the way
-//! the refresh protocol needs it (DESIGN.md, refresh step 5).
+//! the refresh protocol needs it (docs/design.md, "Refresh protocol", step 5).
 
 use std::time::Duration;
 

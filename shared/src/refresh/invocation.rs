@@ -7,6 +7,7 @@ use serde_json::Value;
 
 use super::scheduled::{RefreshRun, RunError, ScheduledRequest};
 use super::{Deadline, Refresher};
+use crate::error_type::ErrorType;
 use crate::token_store::TokenStore;
 
 #[derive(Debug)]
@@ -29,15 +30,12 @@ pub enum RefresherError {
 
 impl From<RefresherError> for Diagnostic {
     fn from(error: RefresherError) -> Self {
-        let error_type = match &error {
-            RefresherError::InvalidEvent(_) => "ValidationError",
-            RefresherError::Run(RunError::NotFound(_)) => "NotAuthorized",
-            RefresherError::Run(RunError::Store(_)) => "Unavailable",
+        let kind = match &error {
+            RefresherError::InvalidEvent(_) => ErrorType::Validation,
+            RefresherError::Run(RunError::NotFound(_)) => ErrorType::NotAuthorized,
+            RefresherError::Run(RunError::Store(_)) => ErrorType::Unavailable,
         };
-        Diagnostic {
-            error_type: error_type.to_owned(),
-            error_message: error.to_string(),
-        }
+        kind.diagnostic(error.to_string())
     }
 }
 

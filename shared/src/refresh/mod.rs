@@ -1,9 +1,10 @@
-//! The refresh protocol: lease → refresh → commit (DESIGN.md, "Refresh protocol").
+//! The refresh protocol: lease → refresh → commit (docs/design.md, "Refresh protocol").
 //!
 //! Keap's refresh tokens are single-use: presenting one twice, or from two racing instances,
 //! kills the integration. This module is the only code that presents a refresh token.
 //!
-//! Invariants, and the tests in `tests/tests/refresh_*.rs` that try to break them:
+//! Invariants (docs/design.md, "Refresh protocol"), and the tests in
+//! `tests/tests/it/refresh_*.rs` that try to break them:
 //! - **I1** a refresh token is presented at most once, except one retry by the lease holder
 //!   when a request got no answer ([`protocol`], "lost response").
 //!   `refresh_race_never_presents_token_twice`, `refresh_race_across_processes`,

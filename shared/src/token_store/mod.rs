@@ -68,7 +68,7 @@ pub enum LeaseOutcome {
         until: i64,
         connection: Box<Connection>,
     },
-    /// Another refresher holds a live lease (DESIGN.md I4: losers never call Keap).
+    /// Another refresher holds a live lease (docs/design.md, "Refresh protocol", I4: losers never call Keap).
     Held,
     /// The generation moved since it was read: someone else refreshed or re-authorized.
     GenerationMoved,

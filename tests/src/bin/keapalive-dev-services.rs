@@ -68,6 +68,7 @@ async fn serve(supervisor: &Supervisor) -> Result<(), String> {
             &connection_id("default"),
             &issued_tokens(&issued, None),
             true,
+            &keapalive::token_store::new_write_id(),
             now_epoch_secs(),
         )
         .await

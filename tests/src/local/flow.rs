@@ -324,7 +324,7 @@ async fn start_sandbox() -> Result<Sandbox, String> {
     Ok(sandbox)
 }
 
-/// The functions' configuration contract (DESIGN.md, "Configuration") for this run.
+/// The functions' configuration contract (docs/design.md, "Configuration") for this run.
 fn function_env(
     endpoint: &str,
     redirect_uri: &str,

@@ -29,7 +29,7 @@ pub fn aws_env(endpoint_url: &str) -> Vec<(String, String)> {
     .collect()
 }
 
-/// Partition key `pk`, on-demand, encrypted, TTL on `expires_at` (DESIGN.md, "Data model").
+/// Partition key `pk`, on-demand, encrypted, TTL on `expires_at` (docs/design.md, "Data model").
 pub async fn create_table(sdk: &SdkConfig) -> Result<(), String> {
     let client = aws_sdk_dynamodb::Client::new(sdk);
     let built = |e: aws_sdk_dynamodb::error::BuildError| format!("table definition: {e}");

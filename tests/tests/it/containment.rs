@@ -1,10 +1,8 @@
 //! How far a warm contact-upsert container trusts its cache (docs/design.md, "Containment").
 
-mod contact_upsert_support;
-
 use std::time::{Duration, Instant};
 
-use contact_upsert_support::*;
+use crate::support::*;
 use keapalive::contact::UpsertError;
 use keapalive::token_store::TokenStore;
 use keapalive_tests::fixture::{Fixture, connection_id};

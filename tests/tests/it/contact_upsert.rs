@@ -2,13 +2,11 @@
 //! fields and tags by name, strict validation, token expiry under concurrency, request counts,
 //! SQS batches and the real binary.
 
-mod contact_upsert_support;
-
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::support::*;
 use aws_sdk_sqs::types::Message;
-use contact_upsert_support::*;
 use keap_sandbox::{Endpoint, Fault, FaultKind, most_in_flight};
 use keapalive::clock::now_epoch_secs;
 use keapalive::contact::{UpsertError, UpsertResponse, UpsertSettings};

@@ -72,6 +72,7 @@ async fn refresh_race_holds_when_a_tenth_of_writes_land_and_lose_their_answer() 
 }
 
 async fn race_in_process(lost_answer_probability: Option<f64>) {
+    let _heavy = crate::support::one_heavy_test_at_a_time().await;
     capture_logs();
     const REFRESHERS: usize = 32;
     const ROUNDS: u64 = 100;
@@ -146,6 +147,7 @@ async fn race_in_process(lost_answer_probability: Option<f64>) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refresh_race_across_processes() {
+    let _heavy = crate::support::one_heavy_test_at_a_time().await;
     capture_logs();
     const PROCESSES: usize = 6;
     const ROUNDS: u64 = 10;

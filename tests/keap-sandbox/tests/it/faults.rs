@@ -1,11 +1,9 @@
 //! Fault injection, latency and the request log.
 
-mod common;
-
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::*;
+use crate::support::*;
 use keap_sandbox::{Endpoint, Fault, FaultKind, most_in_flight};
 
 fn fault(endpoint: Endpoint, kind: FaultKind, times: u32) -> Fault {

@@ -2,13 +2,11 @@
 //! never a token request; a rejected key marks the connection and raises the metric; a rotated
 //! key is picked up; the key's own rate limits hold within a container.
 
-mod contact_upsert_support;
-
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::support::*;
 use aws_sdk_dynamodb::types::AttributeValue;
-use contact_upsert_support::*;
 use keapalive::contact::{METRIC_NEEDS_REAUTHORIZATION, REASON_KEY_REJECTED};
 use keapalive::token_store::{ConnectionStatus, TokenStore};
 use keapalive_tests::aws::get_item;

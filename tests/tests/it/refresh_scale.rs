@@ -37,6 +37,7 @@ async fn seed_many(fx: &Fixture, count: usize) {
 
 #[tokio::test]
 async fn thousand_due_connections_refresh_within_the_concurrency_bound() {
+    let _heavy = crate::support::one_heavy_test_at_a_time().await;
     const CONNECTIONS: usize = 1_000;
     const CONCURRENCY: usize = 32;
     let fx = Fixture::new().await;
@@ -80,6 +81,7 @@ async fn thousand_due_connections_refresh_within_the_concurrency_bound() {
 // rather than when a single shared thread gets round to it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refreshes_never_exceed_the_rate_limit_in_any_second() {
+    let _heavy = crate::support::one_heavy_test_at_a_time().await;
     const CONNECTIONS: usize = 200;
     const RATE: usize = 20;
     let fx = Fixture::new().await;

@@ -1,10 +1,8 @@
 //! OAuth behaviour: authorize redirects, code exchange, refresh-token rotation.
 
-mod common;
-
 use std::collections::HashMap;
 
-use common::*;
+use crate::support::*;
 use keap_sandbox::{AuthKind, Consent};
 use serde_json::json;
 

@@ -1,8 +1,6 @@
 //! REST v1 tags: list/find, create, apply.
 
-mod common;
-
-use common::*;
+use crate::support::*;
 use serde_json::json;
 
 #[tokio::test]

@@ -1,4 +1,4 @@
-//! Helpers shared by `contact_upsert.rs` and `service_account_key.rs`.
+//! Helpers shared by the test areas (first written for `contact_upsert` and `service_account_key`).
 #![allow(dead_code)]
 
 use std::sync::{Arc, Mutex};
@@ -159,4 +159,13 @@ pub fn tag_ids(contact: &Value) -> Vec<i64> {
         .as_array()
         .map(|ids| ids.iter().filter_map(Value::as_i64).collect())
         .unwrap_or_default()
+}
+
+/// Held by the tests that load the one shared emulator hardest (hundreds of conditional writes
+/// at once: `refresh_race`, `refresh_scale`), so no two of them run at the same time. On a
+/// loaded 2-core machine two of them together starve each other's SDK calls into the 3 s
+/// attempt timeout, a failure of the machine, not of the protocol.
+pub async fn one_heavy_test_at_a_time() -> tokio::sync::MutexGuard<'static, ()> {
+    static HEAVY: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    HEAVY.lock().await
 }

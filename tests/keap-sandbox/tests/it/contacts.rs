@@ -1,8 +1,6 @@
 //! REST v1: authentication, contact upsert, custom fields, tenants.
 
-mod common;
-
-use common::*;
+use crate::support::*;
 use serde_json::{Value, json};
 
 const SHAPE_ERROR: &str = r#"{"message":"Input could not be converted to a valid request"}"#;

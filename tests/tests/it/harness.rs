@@ -274,9 +274,9 @@ async fn server_errors_can_be_injected_and_cleared() {
         "unexpected error: {error:?}"
     );
 
-    // Clearing is global; faults of tests running in parallel are scoped to their own tables
-    // and are re-injected by nothing, so this test only clears what no one else relies on.
-    emulator.clear_faults().await;
+    // Every test of this binary shares the emulator: clear only this table's faults, never
+    // those a test running in parallel still relies on.
+    emulator.clear_faults_for(&table).await;
     get().await.expect("faults cleared");
 }
 

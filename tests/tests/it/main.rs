@@ -1,0 +1,22 @@
+//! keapalive's integration tests: one binary, one module per area, one emulator per process.
+//!
+//! Every test builds a world of its own (`Fixture::new()`: sandbox, table, client secret), so
+//! tests run in parallel against the shared emulator; anything global there (faults, request
+//! counts) is scoped by table or resource. Scheduled-run summaries count the whole table: a
+//! test that runs a scheduled refresh owns its table.
+
+mod support;
+
+mod contact_upsert;
+mod containment;
+mod docs_examples;
+mod fault_model;
+mod harness;
+mod local_flow;
+mod oauth_callback;
+mod oauth_callback_binary;
+mod oauth_callback_keys;
+mod refresh_protocol;
+mod refresh_race;
+mod refresh_scale;
+mod service_account_key;
