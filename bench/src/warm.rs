@@ -65,6 +65,9 @@ pub const UPSERT_COLD: Floor = Floor {
     dynamodb_writes: 0,
     secrets: 0,
 };
+/// The default `KEAPALIVE_CONNECTION_RECHECK_SECS`, which the bench's containers run with.
+const CONNECTION_RECHECK_SECS: u64 = 60;
+
 pub const UPSERT_WARM: Floor = Floor {
     keap: 1,
     dynamodb_reads: 0,
@@ -173,6 +176,7 @@ pub async fn upsert(world: &World, invocations: usize) -> Result<UpsertResults, 
     let mut hello_ms = Vec::with_capacity(invocations);
     let mut worst_keap = Measured::default();
     let before = world.snapshot(Subject::Upsert).await;
+    let loop_started = std::time::Instant::now();
     let mut last_upsert = Instant::now();
     for i in 0..invocations {
         // Alternate which goes first, so neither always follows the other's wake-up.
@@ -221,9 +225,14 @@ pub async fn upsert(world: &World, invocations: usize) -> Result<UpsertResults, 
                 secrets: loop_aws.secrets,
                 ..worst_keap
             },
-            floor: UPSERT_WARM,
+            // A warm container re-checks its credential once per recheck interval (60 s).
+            floor: Floor {
+                dynamodb_reads: loop_started.elapsed().as_secs() / CONNECTION_RECHECK_SECS,
+                ..UPSERT_WARM
+            },
             note: format!(
-                "Keap: most in any of {invocations} invocations; AWS: total over all of them"
+                "Keap: most in any of {invocations} invocations; AWS: total over all of them \
+                 (≤ 1 read per {CONNECTION_RECHECK_SECS} s)"
             ),
         },
     );

@@ -46,6 +46,7 @@ REQUIRED_ENV = {
         "KEAPALIVE_LEASE_SECS", "KEAPALIVE_CREATE_MISSING_TAGS", "KEAPALIVE_DEAD_LETTER_QUEUE_URL",
         "KEAPALIVE_KEAP_RATE_PER_SEC", "KEAPALIVE_STAGE", "KEAPALIVE_KEY_SECRET_PREFIX",
         "KEAPALIVE_FUNCTION_TIMEOUT_SECS", "KEAPALIVE_KEY_RATE_PER_SEC",
+        "KEAPALIVE_CONNECTION_RECHECK_SECS",
     },
 }
 KNOWN_ENV = set().union(*REQUIRED_ENV.values()) | {
@@ -384,6 +385,8 @@ def environment_contract(t: dict) -> None:
     assert is_ref(upsert_env["KEAPALIVE_DEAD_LETTER_QUEUE_URL"], "UpsertDeadLetterQueue")
     assert is_ref(upsert_env["KEAPALIVE_KEY_RATE_PER_SEC"], "KeyRatePerSec")
     assert parameter_default(t, "KeyRatePerSec") == 5, "Keap's observed per-key spike limit"
+    assert is_ref(upsert_env["KEAPALIVE_CONNECTION_RECHECK_SECS"], "ConnectionRecheckSecs")
+    assert parameter_default(t, "ConnectionRecheckSecs") == 60, "the documented recheck bound"
     redirect = sub_string(merged_function_props(t, CALLBACK)["Environment"]["Variables"]["KEAPALIVE_REDIRECT_URI"])
     assert redirect == "${CallbackApi.ApiEndpoint}/oauth/callback", f"redirect URI {redirect}"
 

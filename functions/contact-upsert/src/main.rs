@@ -1,7 +1,7 @@
 //! contact-upsert: creates or updates a Keap contact, from a direct invocation or an SQS batch.
 //!
 //! Clients, caches and the cached credential are built once per container, outside the
-//! handler; a warm upsert costs one Keap request and no AWS request.
+//! handler; a warm upsert costs one Keap request, plus one DynamoDB read per recheck interval.
 
 use keapalive::config::Requirements;
 use keapalive::contact::{UpsertError, UpsertService};
