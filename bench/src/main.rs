@@ -97,7 +97,7 @@ async fn run(options: &Options) -> Result<Report, String> {
             binaries::CALLBACK => (
                 "callback, cold container",
                 warm::CALLBACK_COLD,
-                "state delete + code exchange + pair write + secret read",
+                "state consume + code exchange + pair write + state retired + secret read",
             ),
             _ => continue,
         };

@@ -65,7 +65,7 @@ fn cells(row: &StatusRow, now: i64) -> [String; 8] {
         row.kind.to_owned(),
         row.status.to_owned(),
         row.keap_account.clone().unwrap_or_else(|| NONE.to_owned()),
-        generation(row),
+        row.generation.to_string(),
         expiry(row, now),
         last_refresh(row, now),
         row.last_error
@@ -73,18 +73,6 @@ fn cells(row: &StatusRow, now: i64) -> [String; 8] {
             .map(truncate_error)
             .unwrap_or_else(|| NONE.to_owned()),
     ]
-}
-
-/// The generation, and the incarnation's first characters: enough to see a re-created one.
-fn generation(row: &StatusRow) -> String {
-    match &row.incarnation {
-        Some(incarnation) => format!(
-            "{}@{}",
-            row.generation,
-            incarnation.chars().take(6).collect::<String>()
-        ),
-        None => row.generation.to_string(),
-    }
 }
 
 fn expiry(row: &StatusRow, now: i64) -> String {
@@ -265,6 +253,10 @@ mod tests {
         let connection = &value["connections"][0];
         assert_eq!(connection["connection_id"], "default");
         assert_eq!(connection["generation"], 7);
+        assert!(
+            connection.get("incarnation").is_some(),
+            "the incarnation is part of the JSON status"
+        );
         assert_eq!(connection["access_expires_in_secs"], 83_405);
         assert_eq!(connection["seconds_since_refresh"], 3_000);
         assert_eq!(connection["keap_account"], "ab123.infusionsoft.com");
