@@ -285,19 +285,9 @@ fn keap_message(body: &[u8]) -> Option<String> {
     Some(safe_message(text))
 }
 
-/// Redacts every email-looking word and bounds the length.
+/// Redacts every email address and bounds the length.
 pub(crate) fn safe_message(text: &str) -> String {
-    let redacted: Vec<String> = text
-        .split(' ')
-        .map(|word| {
-            if word.contains('@') {
-                redact::email(word.trim_matches(|c: char| !c.is_alphanumeric() && c != '@'))
-            } else {
-                word.to_owned()
-            }
-        })
-        .collect();
-    let joined = redacted.join(" ");
+    let joined = redact::emails_in(text);
     if joined.chars().count() > MAX_MESSAGE_CHARS {
         let cut: String = joined.chars().take(MAX_MESSAGE_CHARS).collect();
         format!("{cut}…")
@@ -321,6 +311,16 @@ mod tests {
         assert_eq!(keap_message(fault).as_deref(), Some("Invalid Access Token"));
         assert_eq!(keap_message(b"<html>"), None);
         assert!(safe_message(&"x".repeat(1000)).chars().count() <= MAX_MESSAGE_CHARS + 1);
+    }
+
+    #[test]
+    fn every_email_in_a_message_is_redacted() {
+        let message =
+            safe_message("Duplicate: ada@example.com,bob.smith@example.org (and ada@example.com).");
+        assert_eq!(
+            message,
+            "Duplicate: a***@example.com,b***@example.org (and a***@example.com)."
+        );
     }
 
     #[test]
