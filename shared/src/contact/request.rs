@@ -748,7 +748,7 @@ mod tests {
         );
         assert_eq!(
             sanitize("unknown field `ada@example.com`, expected `email`"),
-            "unknown field a***@example.com expected `email`"
+            "unknown field `a***@example.com`, expected `email`"
         );
     }
 
