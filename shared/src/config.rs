@@ -31,6 +31,7 @@ pub const KNOWN_VARIABLES: &[&str] = &[
     "KEAPALIVE_STAGE",
     "KEAPALIVE_KEY_SECRET_PREFIX",
     "KEAPALIVE_CONNECTION_RECHECK_SECS",
+    crate::telemetry::DEPENDENCY_LOG_LEVEL_VARIABLE,
 ];
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -127,6 +128,16 @@ impl Config {
             Some(raw) => parse_absolute_url(name, &raw),
             None => parse_absolute_url(name, default),
         };
+
+        // Read by telemetry before this runs; checked here so a typo fails the init like any other.
+        let dependency_level = get(crate::telemetry::DEPENDENCY_LOG_LEVEL_VARIABLE);
+        if crate::telemetry::dependency_log_level(dependency_level.as_deref()).is_none() {
+            return Err(ConfigError::Malformed {
+                name: crate::telemetry::DEPENDENCY_LOG_LEVEL_VARIABLE,
+                reason: "expected one of off, error, warn, info, debug (dependencies never log at trace)"
+                    .to_owned(),
+            });
+        }
 
         Ok(Self {
             table: required("KEAPALIVE_TABLE")?,

@@ -10,58 +10,84 @@ use serde_json::{Map, Value, json};
 
 pub const METRICS_NAMESPACE: &str = "Keapalive";
 
-/// Libraries that log whole events, request and response bodies at TRACE (an authorization
-/// code, a DynamoDB item with its tokens, a contact's email): never more verbose than DEBUG,
-/// whatever level the operator asks for. Our own crates still log at the level asked.
-const CAPPED_TARGETS: &[&str] = &[
-    "lambda_runtime",
-    "lambda_runtime_api_client",
-    "aws_config",
-    "aws_runtime",
-    "aws_sdk_dynamodb",
-    "aws_sdk_secretsmanager",
-    "aws_sdk_sqs",
-    "aws_smithy_runtime",
-    "aws_smithy_runtime_api",
-    "aws_smithy_http",
-    "aws_smithy_http_client",
-    "aws_smithy_json",
-    "hyper",
-    "hyper_util",
-    "h2",
-    "reqwest",
-    "rustls",
-    "tower",
+/// keapalive's own crates (library, function binaries, admin tool): they log at the level the
+/// operator asks for. Everything else is a dependency.
+const OWN_TARGETS: &[&str] = &[
+    "keapalive",
+    "oauth_callback",
+    "token_refresher",
+    "contact_upsert",
+    "keapalive_admin",
 ];
 
+/// Caps every dependency's logs: `KEAPALIVE_DEPENDENCY_LOG_LEVEL` (default `info`, at most
+/// `debug`). Dependencies log whole events, request bodies and signing steps at TRACE (an
+/// authorization code, a DynamoDB item with its tokens, `aws_sigv4`'s canonical request) and
+/// dozens of connection lines at DEBUG; an allowlist of ours, not a list of theirs, so a new
+/// dependency is capped the day it arrives.
+pub const DEPENDENCY_LOG_LEVEL_VARIABLE: &str = "KEAPALIVE_DEPENDENCY_LOG_LEVEL";
+
+/// The level dependencies are held to; `None` when the value is not one of
+/// `error`, `warn`, `info`, `debug` (TRACE is refused: it is where the secrets are).
+pub fn dependency_log_level(value: Option<&str>) -> Option<tracing::level_filters::LevelFilter> {
+    use tracing::level_filters::LevelFilter;
+    match value.map(str::trim).filter(|v| !v.is_empty()) {
+        None => Some(LevelFilter::INFO),
+        Some(v) => match v.to_ascii_lowercase().as_str() {
+            "off" => Some(LevelFilter::OFF),
+            "error" => Some(LevelFilter::ERROR),
+            "warn" => Some(LevelFilter::WARN),
+            "info" => Some(LevelFilter::INFO),
+            "debug" => Some(LevelFilter::DEBUG),
+            _ => None,
+        },
+    }
+}
+
+/// The filter layer that does the capping. Directives alone cannot: the more specific one
+/// wins, so `hyper=debug` added to "trace" raises hyper at INFO to DEBUG instead of capping.
+/// This layer is a second, independent gate: our crates pass at any level, the rest only at or
+/// below `dependencies`.
+pub fn dependency_cap(
+    dependencies: tracing::level_filters::LevelFilter,
+) -> tracing_subscriber::filter::Targets {
+    use tracing::level_filters::LevelFilter;
+    OWN_TARGETS.iter().fold(
+        tracing_subscriber::filter::Targets::new().with_default(dependencies),
+        |targets, own| targets.with_target(*own, LevelFilter::TRACE),
+    )
+}
+
 /// Installs a subscriber like `lambda_runtime`'s default one (honours `AWS_LAMBDA_LOG_LEVEL`,
-/// then `RUST_LOG`, and `AWS_LAMBDA_LOG_FORMAT=JSON`), with [`CAPPED_TARGETS`] capped at DEBUG.
+/// then `RUST_LOG`, and `AWS_LAMBDA_LOG_FORMAT=JSON`), with every dependency held by
+/// [`dependency_cap`]. A malformed `KEAPALIVE_DEPENDENCY_LOG_LEVEL` caps at INFO here and fails
+/// the init in [`crate::Config`], with one line naming it.
 pub fn init_logging() {
     use tracing_subscriber::EnvFilter;
-    use tracing_subscriber::filter::{Directive, LevelFilter};
+    use tracing_subscriber::filter::LevelFilter;
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
 
     let level = std::env::var("AWS_LAMBDA_LOG_LEVEL")
         .or_else(|_| std::env::var("RUST_LOG"))
         .unwrap_or_else(|_| "info".to_owned());
-    let mut filter = EnvFilter::builder()
+    let requested = EnvFilter::builder()
         .with_default_directive(LevelFilter::INFO.into())
         .parse_lossy(level);
-    for target in CAPPED_TARGETS {
-        if let Ok(directive) = format!("{target}=debug").parse::<Directive>() {
-            filter = filter.add_directive(directive);
-        }
-    }
-    let builder = tracing_subscriber::fmt()
-        .with_target(false)
-        .without_time()
-        .with_env_filter(filter);
+    let dependencies =
+        dependency_log_level(std::env::var(DEPENDENCY_LOG_LEVEL_VARIABLE).ok().as_deref())
+            .unwrap_or(LevelFilter::INFO);
     let json = std::env::var("AWS_LAMBDA_LOG_FORMAT").is_ok_and(|f| f.eq_ignore_ascii_case("json"));
+    // Lambda stamps every line itself; the target says whose line it is (ours or a dependency's).
+    let text = (!json).then(|| tracing_subscriber::fmt::layer().without_time());
+    let json = json.then(|| tracing_subscriber::fmt::layer().without_time().json());
     // A second initialisation (tests) keeps the first subscriber.
-    let _ = if json {
-        builder.json().try_init()
-    } else {
-        builder.try_init()
-    };
+    let _ = tracing_subscriber::registry()
+        .with(dependency_cap(dependencies))
+        .with(requested)
+        .with(text)
+        .with(json)
+        .try_init();
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -146,6 +172,39 @@ impl Metrics {
 
 #[cfg(test)]
 mod tests {
+    use tracing::level_filters::LevelFilter;
+
+    #[test]
+    fn dependencies_are_capped_and_ours_follow_the_requested_level() {
+        use tracing::Level;
+        let cap = super::dependency_cap(LevelFilter::INFO);
+        for own in [
+            "keapalive::refresh::protocol",
+            "contact_upsert",
+            "keapalive_admin",
+        ] {
+            assert!(cap.would_enable(own, &Level::TRACE), "{own}");
+        }
+        for dependency in ["hyper_util::client", "aws_sigv4::http_request", "h2"] {
+            assert!(cap.would_enable(dependency, &Level::INFO), "{dependency}");
+            assert!(!cap.would_enable(dependency, &Level::DEBUG), "{dependency}");
+        }
+        let raised = super::dependency_cap(LevelFilter::DEBUG);
+        assert!(raised.would_enable("aws_smithy_runtime", &Level::DEBUG));
+        assert!(!raised.would_enable("aws_smithy_runtime", &Level::TRACE));
+    }
+
+    #[test]
+    fn dependency_level_is_at_most_debug() {
+        assert_eq!(super::dependency_log_level(None), Some(LevelFilter::INFO));
+        assert_eq!(
+            super::dependency_log_level(Some("DEBUG")),
+            Some(LevelFilter::DEBUG)
+        );
+        assert_eq!(super::dependency_log_level(Some("trace")), None);
+        assert_eq!(super::dependency_log_level(Some("loud")), None);
+    }
+
     use super::*;
 
     #[test]

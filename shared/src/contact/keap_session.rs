@@ -123,6 +123,10 @@ impl<'a, S: TokenStore> KeapSession<'a, S> {
                     self.throttled_for += wait;
                     tokio::time::sleep(wait).await;
                 }
+                // Asking again gets the same redirect, which is never followed.
+                redirected @ KeapError::Redirected { .. } => {
+                    return Err(unavailable(self.id, &redirected));
+                }
                 KeapError::Rejected { status: 404, .. } if absent_is_an_answer => {
                     return Ok(None);
                 }

@@ -9,7 +9,7 @@ use std::time::Duration;
 use secrecy::{ExposeSecret, SecretString};
 use url::Url;
 
-use super::http::{never_sent, retry_after};
+use super::http::{never_sent, redirect_target, retry_after};
 use super::tokens::{IssuedTokens, TokenPair, keap_app_from_scope};
 use crate::clock::now_epoch_secs;
 use crate::config::KeapEndpoints;
@@ -41,6 +41,12 @@ pub enum TokenError {
     /// 5xx: Keap answered, so nothing was consumed.
     #[error("Keap's token endpoint is unavailable (HTTP {status})")]
     Unavailable { status: u16 },
+    /// 3xx: never followed (it would carry the token or secret to the host it names). The
+    /// endpoint did not issue a pair, so nothing was consumed; a code exchange is not retried.
+    #[error(
+        "Keap's token endpoint answered with a redirect (HTTP {status} to {target}), which keapalive never follows"
+    )]
+    Redirected { status: u16, target: String },
     /// The request could not have reached Keap (connect failed): nothing was consumed.
     #[error("could not reach Keap's token endpoint")]
     NotSent,
@@ -58,7 +64,10 @@ impl TokenError {
     pub fn is_transient(&self) -> bool {
         matches!(
             self,
-            Self::RateLimited { .. } | Self::Unavailable { .. } | Self::NotSent
+            Self::RateLimited { .. }
+                | Self::Unavailable { .. }
+                | Self::Redirected { .. }
+                | Self::NotSent
         )
     }
 }
@@ -157,6 +166,11 @@ impl OAuthClient {
     ) -> Result<IssuedTokens, TokenError> {
         let response = request.send().await.map_err(transport_error)?;
         let status = response.status().as_u16();
+        if response.status().is_redirection() {
+            let target = redirect_target(response.headers());
+            tracing::warn!(status, location_host = %target, "Keap's token endpoint answered with a redirect; not followed");
+            return Err(TokenError::Redirected { status, target });
+        }
         let retry = retry_after(response.headers());
         let body = response.bytes().await.map_err(transport_error)?;
         let received_at = now_epoch_secs();

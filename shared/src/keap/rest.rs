@@ -17,7 +17,7 @@ use secrecy::ExposeSecret;
 use serde::de::DeserializeOwned;
 use url::Url;
 
-use super::http::{never_sent, retry_after};
+use super::http::{never_sent, redirect_target, retry_after};
 use super::rate_limit::{KEY_REQUESTS_PER_SECOND, KeyRateLimiter, RateLimiter};
 use crate::config::KeapEndpoints;
 use crate::redact;
@@ -46,6 +46,11 @@ pub enum KeapError {
     /// 5xx.
     #[error("Keap is unavailable (HTTP {status})")]
     Unavailable { status: u16 },
+    /// 3xx: never followed (the credential would go along to the host it names).
+    #[error(
+        "Keap answered with a redirect (HTTP {status} to {target}), which keapalive never follows"
+    )]
+    Redirected { status: u16, target: String },
     /// The connection failed before the request was sent: nothing was done.
     #[error("could not reach Keap")]
     NotSent,
@@ -208,8 +213,15 @@ impl RestClient {
         self.limiter.acquire().await;
         let response = builder.send().await.map_err(transport_error)?;
         let status = response.status().as_u16();
+        if response.status().is_redirection() {
+            let target = redirect_target(response.headers());
+            tracing::warn!(status, location_host = %target, path = %request.path, "Keap answered with a redirect; not followed");
+            return Err(KeapError::Redirected { status, target });
+        }
         let retry = retry_after(response.headers());
         let body = response.bytes().await.map_err(transport_error)?;
+        // The path only: the query of a lookup holds the email.
+        tracing::debug!(method = %request.method, path = %request.path, status, bytes = body.len(), "Keap answered");
         classify(status, retry, body.to_vec())
     }
 

@@ -177,6 +177,10 @@ enum FaultKindBody {
         status: u16,
         retry_after_secs: Option<u64>,
     },
+    Redirect {
+        status: u16,
+        location: String,
+    },
     DelayMs(u64),
     DropAfterProcessing,
     DropBeforeProcessing,
@@ -207,6 +211,12 @@ async fn inject_fault(State(shared): Shd, Json(body): Json<FaultBody>) -> Respon
                 status,
                 retry_after_secs,
             }
+        }
+        FaultKindBody::Redirect { status, location } => {
+            if !(300..400).contains(&status) {
+                return (StatusCode::BAD_REQUEST, "a redirect status is 3xx").into_response();
+            }
+            FaultKind::Redirect { status, location }
         }
         FaultKindBody::DelayMs(millis) => FaultKind::Delay(Duration::from_millis(millis)),
         FaultKindBody::DropAfterProcessing => FaultKind::DropAfterProcessing,

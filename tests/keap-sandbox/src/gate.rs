@@ -8,7 +8,7 @@ use axum::body::{Body, to_bytes};
 use axum::extract::{Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::Next;
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 
 use crate::credentials::{self, Authorization};
 use crate::respond::{gateway_fault, message};
@@ -123,6 +123,15 @@ pub(crate) async fn gate(
         }) => {
             let response = injected_status(*status, *retry_after_secs);
             arrival.finish(&shared, response.status().as_u16());
+            return response;
+        }
+        Some(FaultKind::Redirect { status, location }) => {
+            let status = StatusCode::from_u16(*status).unwrap_or(StatusCode::TEMPORARY_REDIRECT);
+            let mut response = status.into_response();
+            if let Ok(location) = HeaderValue::from_str(location) {
+                response.headers_mut().insert(header::LOCATION, location);
+            }
+            arrival.finish(&shared, status.as_u16());
             return response;
         }
         Some(FaultKind::DropBeforeProcessing) => {

@@ -72,6 +72,9 @@ pub enum FaultKind {
         status: u16,
         retry_after_secs: Option<u64>,
     },
+    /// Answer this 3xx with `Location` set, without processing: a misrouted or hijacked
+    /// endpoint. A client that follows it delivers its request (and credential) to `location`.
+    Redirect { status: u16, location: String },
     /// Process normally, then wait this long before answering (client timeouts).
     Delay(Duration),
     /// Process fully (tokens rotate, contacts are written), then close the TCP connection

@@ -932,3 +932,39 @@ async fn landed_first_pair_write_whose_answer_is_lost_is_recognised() {
     assert_eq!(s(&item, "status"), Some("active"));
     assert!(s(&item, "incarnation").is_some_and(|i| !i.is_empty()));
 }
+
+#[tokio::test]
+async fn a_redirected_code_exchange_delivers_nothing_and_is_not_retried() {
+    let world = World::new().await;
+    let started = world.start("default", false).await;
+    let query = world.consent(&started.authorize_url).await;
+    let code = param(&query, "code");
+    let capture = crate::support::CaptureServer::start().await;
+    world.fixture.sandbox.inject(Fault {
+        endpoint: Endpoint::Token,
+        kind: FaultKind::Redirect {
+            status: 308,
+            location: format!("{}/token", capture.url),
+        },
+        times: 1,
+    });
+
+    let response = world.callback(&query).await;
+
+    assert!(
+        response.status_code >= 500,
+        "Keap unavailable: {}",
+        response.status_code
+    );
+    assert_eq!(capture.received(), "", "the redirect was followed");
+    let exchanges = world
+        .fixture
+        .sandbox
+        .requests()
+        .into_iter()
+        .filter(|r| r.path == "/token")
+        .count();
+    assert_eq!(exchanges, 1, "the single-use code is presented once");
+    assert_eq!(world.connection_count().await, 0);
+    world.assert_no_secret_logged(&[&code]).await;
+}

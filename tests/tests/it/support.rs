@@ -169,3 +169,45 @@ pub async fn one_heavy_test_at_a_time() -> tokio::sync::MutexGuard<'static, ()> 
     static HEAVY: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
     HEAVY.lock().await
 }
+
+/// A plain HTTP listener on 127.0.0.1 that records every byte any client sends it and answers
+/// each connection `200 {}`: the "other host" a redirect names. Whatever a client that follows
+/// the redirect would deliver (a refresh token in a form, an API key header) lands in
+/// [`CaptureServer::received`].
+pub struct CaptureServer {
+    pub url: String,
+    received: Arc<Mutex<Vec<u8>>>,
+}
+
+impl CaptureServer {
+    pub async fn start() -> Self {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let received = Arc::new(Mutex::new(Vec::new()));
+        let sink = received.clone();
+        tokio::spawn(async move {
+            while let Ok((mut socket, _)) = listener.accept().await {
+                let sink = sink.clone();
+                tokio::spawn(async move {
+                    let mut chunk = [0u8; 4096];
+                    while let Ok(Ok(read @ 1..)) =
+                        tokio::time::timeout(Duration::from_millis(300), socket.read(&mut chunk))
+                            .await
+                    {
+                        sink.lock().unwrap().extend_from_slice(&chunk[..read]);
+                    }
+                    let _ = socket
+                        .write_all(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 2\r\nconnection: close\r\n\r\n{}")
+                        .await;
+                });
+            }
+        });
+        Self { url, received }
+    }
+
+    /// Everything received so far, as text.
+    pub fn received(&self) -> String {
+        String::from_utf8_lossy(&self.received.lock().unwrap()).into_owned()
+    }
+}
