@@ -38,6 +38,14 @@ const TRANSIENT_RETRY_PAUSE: Duration = Duration::from_millis(250);
 const DEADLINE_MARGIN: Duration = Duration::from_millis(1_500);
 pub const REASON_KEY_REJECTED: &str = "key_rejected";
 pub const METRIC_NEEDS_REAUTHORIZATION: &str = "NeedsReauthorization";
+/// A 401 that did not mark anything: a current token rejected again within the rotation
+/// interval, a fresh token rejected, or a key whose profile probe then succeeded.
+pub const METRIC_SPURIOUS_UNAUTHORIZED: &str = "SpuriousUnauthorized";
+/// A rejection not marked because this container marked others within the breaker's window.
+pub const METRIC_UNAUTHORIZED_INCIDENT: &str = "UnauthorizedIncident";
+/// A key Keap rejected is probed after this pause before the connection is marked: a 401
+/// from a Keap blip is not a revocation.
+const KEY_CONFIRM_PAUSE: Duration = Duration::from_secs(1);
 
 pub(crate) struct KeapSession<'a, S> {
     service: &'a UpsertService<S>,
@@ -46,6 +54,8 @@ pub(crate) struct KeapSession<'a, S> {
     deadline: Deadline,
     /// The credential was replaced once after a 401; a second 401 is final.
     renewed: bool,
+    /// A key Keap had rejected answered the profile probe: a second 401 is not a revocation.
+    key_probe_passed: bool,
     throttled_for: Duration,
     throttles: u32,
 }
@@ -67,6 +77,7 @@ impl<'a, S: TokenStore> KeapSession<'a, S> {
             grant,
             deadline,
             renewed: false,
+            key_probe_passed: false,
             throttled_for: Duration::ZERO,
             throttles: 0,
         })
@@ -149,13 +160,21 @@ impl<'a, S: TokenStore> KeapSession<'a, S> {
     }
 
     async fn send_once(&self, request: &RestRequest) -> Result<RestResponse, KeapError> {
+        self.send_with(&self.grant.credential, request).await
+    }
+
+    async fn send_with(
+        &self,
+        credential: &AccessCredential,
+        request: &RestRequest,
+    ) -> Result<RestResponse, KeapError> {
         let Some(stop_at) = self.deadline.instant().checked_sub(DEADLINE_MARGIN) else {
             return Err(KeapError::NoAnswer { timed_out: true });
         };
         if Instant::now() >= stop_at {
             return Err(KeapError::NoAnswer { timed_out: true });
         }
-        let sending = self.service.rest.send(&self.grant.credential, request);
+        let sending = self.service.rest.send(credential, request);
         tokio::time::timeout_at(stop_at, sending)
             .await
             .unwrap_or(Err(KeapError::NoAnswer { timed_out: true }))
@@ -174,20 +193,75 @@ impl<'a, S: TokenStore> KeapSession<'a, S> {
         self.renewed = true;
         let fresh = match &rejected.credential {
             AccessCredential::Bearer(_) => {
-                info!(connection = %self.id, "Keap rejected the access token; getting a fresh one");
-                self.service
+                info!(connection = %self.id, "Keap rejected the access token; re-reading the connection");
+                match self
+                    .service
                     .grants
                     .grant(self.id, self.deadline, Some(&rejected))
                     .await
-                    .map_err(|e| grant_error(self.id, e))?
+                {
+                    Ok(fresh) => fresh,
+                    Err(e @ OnDemandError::RotationSuppressed { .. }) => {
+                        self.count(METRIC_SPURIOUS_UNAUTHORIZED);
+                        return Err(grant_error(self.id, e));
+                    }
+                    Err(e @ OnDemandError::Incident { .. }) => {
+                        self.count(METRIC_UNAUTHORIZED_INCIDENT);
+                        return Err(grant_error(self.id, e));
+                    }
+                    Err(e) => return Err(grant_error(self.id, e)),
+                }
             }
             AccessCredential::ApiKey(_) => self.reread_key().await?,
         };
         if same_credential(&fresh.credential, &rejected.credential) {
+            if let AccessCredential::ApiKey(_) = fresh.credential {
+                // The same key, rejected once: confirm before believing it.
+                self.confirm_key_rejection(&fresh, fault).await?;
+                self.key_probe_passed = true;
+                self.grant = fresh;
+                return Ok(());
+            }
             return Err(self.final_rejection(&rejected, fault).await);
         }
         self.grant = fresh;
         Ok(())
+    }
+
+    /// A key Keap answered 401 for is marked only if, after a pause, the cheapest call there is
+    /// (`GET /v1/account/profile`) is rejected too. `Ok` means the probe succeeded: the caller
+    /// retries its request once.
+    async fn confirm_key_rejection(&self, key: &Grant, fault: &str) -> Result<(), UpsertError> {
+        if !self.has_time_for(KEY_CONFIRM_PAUSE) {
+            return Err(UpsertError::Unavailable(format!(
+                "Keap rejected the service account key of connection {} ({fault}) and there is                  too little time left to confirm it; the connection stays active; retry later",
+                self.id
+            )));
+        }
+        tokio::time::sleep(KEY_CONFIRM_PAUSE).await;
+        match self
+            .send_with(&key.credential, &RestRequest::get("account/profile"))
+            .await
+        {
+            Ok(_) => {
+                warn!(connection = %self.id, "Keap rejected the service account key once, then accepted it; not marking");
+                self.count(METRIC_SPURIOUS_UNAUTHORIZED);
+                Ok(())
+            }
+            Err(KeapError::Unauthorized { .. }) => Err(self.key_confirmed_rejected(key).await),
+            Err(other) => Err(UpsertError::Unavailable(format!(
+                "Keap rejected the service account key of connection {} ({fault}) and the                  check that would confirm it failed ({other}); the connection stays active;                  retry later",
+                self.id
+            ))),
+        }
+    }
+
+    fn count(&self, metric: &'static str) {
+        let mut metrics = Metrics::new();
+        metrics.put(metric, 1.0, Unit::Count);
+        self.service
+            .metrics
+            .emit(&metrics, &self.service.settings.stage);
     }
 
     /// The key may have been rotated in Secrets Manager since this container cached it.
@@ -207,17 +281,50 @@ impl<'a, S: TokenStore> KeapSession<'a, S> {
             .map_err(|e| grant_error(self.id, e))
     }
 
+    /// A second 401 in one request, on a credential just replaced or confirmed.
     async fn final_rejection(&self, rejected: &Grant, fault: &str) -> UpsertError {
         self.service.grants.forget(self.id);
         match rejected.credential {
-            AccessCredential::ApiKey(_) => self.mark_key_rejected(rejected).await,
-            AccessCredential::Bearer(_) => UpsertError::NotAuthorized(format!(
-                "Keap rejected a freshly issued access token for connection {} ({fault}); if \
-                 this persists, re-authorize: invoke oauth-callback with \
-                 {{\"start_authorization\": {{\"connection_id\": \"{}\"}}}}",
-                self.id, self.id
-            )),
+            AccessCredential::ApiKey(_) if !self.key_probe_passed => {
+                match self.confirm_key_rejection(rejected, fault).await {
+                    Ok(()) => self.spurious_rejection(fault),
+                    Err(error) => error,
+                }
+            }
+            // The key answered the probe a moment ago; the token was just issued or re-read:
+            // Keap's 401 is not the grant's death, and rotating again would only spend quota.
+            AccessCredential::ApiKey(_) | AccessCredential::Bearer(_) => {
+                self.count(METRIC_SPURIOUS_UNAUTHORIZED);
+                self.spurious_rejection(fault)
+            }
         }
+    }
+
+    fn spurious_rejection(&self, fault: &str) -> UpsertError {
+        warn!(connection = %self.id, "Keap rejected a credential the connection item vouches for; the connection stays active");
+        UpsertError::Unavailable(format!(
+            "Keap rejected the current credential of connection {} ({fault}) although the \
+             connection is active and the credential current; nothing was marked or rotated \
+             again; retry later (if this persists for more than 10 minutes, re-authorize)",
+            self.id
+        ))
+    }
+
+    /// The key was rejected and the probe confirmed it: mark the connection, unless this
+    /// container has marked others within the breaker's window (a Keap incident).
+    async fn key_confirmed_rejected(&self, rejected: &Grant) -> UpsertError {
+        self.service.grants.forget(self.id);
+        if !self.service.grants.breaker().admit(self.id) {
+            tracing::error!(connection = %self.id, "Keap rejected the service account keys of several connections within 10 minutes; treating it as a Keap incident and not marking");
+            self.count(METRIC_UNAUTHORIZED_INCIDENT);
+            return grant_error(
+                self.id,
+                OnDemandError::Incident {
+                    id: self.id.clone(),
+                },
+            );
+        }
+        self.mark_key_rejected(rejected).await
     }
 
     async fn mark_key_rejected(&self, rejected: &Grant) -> UpsertError {
@@ -299,6 +406,9 @@ pub(crate) fn grant_error(id: &ConnectionId, error: OnDemandError) -> UpsertErro
         OnDemandError::Unavailable { reason, .. } => UpsertError::Unavailable(format!(
             "no usable credential for connection {id} right now ({reason}); retry later"
         )),
+        e @ (OnDemandError::RotationSuppressed { .. } | OnDemandError::Incident { .. }) => {
+            UpsertError::Unavailable(e.to_string())
+        }
         OnDemandError::Store(error) => UpsertError::Unavailable(format!(
             "the token store is unavailable ({error}); retry later"
         )),

@@ -19,6 +19,9 @@ mod service;
 mod translate;
 
 pub use error::UpsertError;
-pub use keap_session::{METRIC_NEEDS_REAUTHORIZATION, REASON_KEY_REJECTED};
+pub use keap_session::{
+    METRIC_NEEDS_REAUTHORIZATION, METRIC_SPURIOUS_UNAUTHORIZED, METRIC_UNAUTHORIZED_INCIDENT,
+    REASON_KEY_REJECTED,
+};
 pub use response::UpsertResponse;
 pub use service::{MetricSink, UpsertService, UpsertSettings};

@@ -25,13 +25,17 @@ mod deadline;
 mod invocation;
 mod on_demand;
 mod protocol;
+mod rejection_breaker;
 mod scheduled;
 
 pub use deadline::Deadline;
 pub use invocation::{RefresherError, RefresherEvent};
-pub use on_demand::{AccessCredential, Grant, OnDemandError, OnDemandRefresher};
+pub use on_demand::{
+    AccessCredential, Grant, OnDemandError, OnDemandRefresher, UNAUTHORIZED_ROTATION_INTERVAL_SECS,
+};
 pub use protocol::{
     LEASE_CLOCK_SKEW_SECS, PendingMark, REASON_LOST_RESPONSE, REASON_REFRESH_TOKEN_REJECTED,
     RefreshOutcome, Refresher, RefresherSettings, RunGuard,
 };
+pub use rejection_breaker::RejectionBreaker;
 pub use scheduled::{RefreshRun, RefreshSummary, RunError, ScheduledRequest};

@@ -10,14 +10,17 @@ use std::time::Duration;
 
 use secrecy::{ExposeSecret, SecretString};
 use tokio::time::Instant;
-use tracing::info;
+use tracing::{info, warn};
 
 use super::Deadline;
 use super::protocol::{RefreshOutcome, Refresher, RunGuard};
+use super::rejection_breaker::RejectionBreaker;
 use crate::clock::now_epoch_secs;
 use crate::connection_id::ConnectionId;
 use crate::secrets::SecretsSource;
-use crate::token_store::{ConnectionKind, ConnectionStatus, StoreError, TokenStore, Version};
+use crate::token_store::{
+    ConnectionKind, ConnectionStatus, RotationCause, StoreError, TokenStore, Version,
+};
 
 /// An access token this close to expiry is refreshed before use rather than risk a 401.
 const MIN_VALIDITY_SECS: i64 = 120;
@@ -25,6 +28,9 @@ const MIN_VALIDITY_SECS: i64 = 120;
 const LOSER_POLL: Duration = Duration::from_millis(100);
 /// How long a caller waits for another instance's refresh before giving up as `Unavailable`.
 const MAX_WAIT_FOR_OTHER_REFRESH: Duration = Duration::from_secs(15);
+/// At most one rotation per connection in this window is caused by Keap rejecting a token the
+/// item still holds (recorded in the item, so the bound holds across containers).
+pub const UNAUTHORIZED_ROTATION_INTERVAL_SECS: i64 = 600;
 /// Service-account keys are re-read from Secrets Manager this often (rotation).
 const KEY_CACHE_TTL_SECS: i64 = 300;
 
@@ -97,6 +103,21 @@ pub enum OnDemandError {
     NeedsReauthorization { id: ConnectionId, reason: String },
     #[error("connection {id} could not be refreshed now ({reason}); retry later")]
     Unavailable { id: ConnectionId, reason: String },
+    /// Keap rejected the current access token, and a 401 already rotated this grant within
+    /// [`UNAUTHORIZED_ROTATION_INTERVAL_SECS`]: the connection stays active, nothing rotates.
+    #[error(
+        "Keap rejected the current access token of connection {id}, which was already rotated for a 401 {rotated_secs_ago} s ago; not rotating again within 10 minutes; retry later"
+    )]
+    RotationSuppressed {
+        id: ConnectionId,
+        rotated_secs_ago: i64,
+    },
+    /// Keap rejected this connection's grant while this container has already marked others
+    /// within the breaker's window: treated as a Keap incident, the connection stays active.
+    #[error(
+        "Keap rejected the credentials of several connections within 10 minutes; treating it as a Keap incident: connection {id} stays active and is not marked; retry later"
+    )]
+    Incident { id: ConnectionId },
     #[error("the token store is unavailable: {0}")]
     Store(#[from] StoreError),
 }
@@ -106,6 +127,7 @@ pub struct OnDemandRefresher<S> {
     secrets: Arc<SecretsSource>,
     cache: Mutex<HashMap<ConnectionId, Grant>>,
     recheck: Duration,
+    breaker: RejectionBreaker,
 }
 
 impl<S: TokenStore> OnDemandRefresher<S> {
@@ -121,11 +143,17 @@ impl<S: TokenStore> OnDemandRefresher<S> {
             secrets,
             cache: Mutex::new(HashMap::new()),
             recheck,
+            breaker: RejectionBreaker::default(),
         }
     }
 
     pub fn refresher(&self) -> &Refresher<S> {
         &self.refresher
+    }
+
+    /// Shared by every mark this container's upserts make (OAuth grants and keys).
+    pub fn breaker(&self) -> &RejectionBreaker {
+        &self.breaker
     }
 
     /// A credential usable now. `rejected` is one Keap just answered 401 for: it is never
@@ -182,6 +210,7 @@ impl<S: TokenStore> OnDemandRefresher<S> {
                 return self.key_grant(id, &connection).await;
             }
             let now = now_epoch_secs();
+            let mut cause = RotationCause::Expiry;
             if let Some(pair) = &connection.tokens {
                 let grant = Grant {
                     credential: AccessCredential::Bearer(pair.access_token.clone()),
@@ -190,17 +219,39 @@ impl<S: TokenStore> OnDemandRefresher<S> {
                     valid_until: pair.access_expires_at - MIN_VALIDITY_SECS,
                     checked_at: Instant::now(),
                 };
-                if grant.valid_until > now && !is_rejected(&grant) {
-                    return Ok(self.remember(id, grant));
+                if grant.valid_until > now {
+                    if !is_rejected(&grant) {
+                        return Ok(self.remember(id, grant));
+                    }
+                    // Keap refused the token the item still holds, before its expiry. One
+                    // rotation may cure it (Keap lost track of the token); a second within the
+                    // interval would only spend the client id's quota, so the caller is told to
+                    // come back instead.
+                    cause = RotationCause::Unauthorized;
+                    if let Some(at) = connection.unauthorized_rotation_at
+                        && now - at < UNAUTHORIZED_ROTATION_INTERVAL_SECS
+                    {
+                        warn!(connection = %id, generation = connection.generation, rotated_secs_ago = now - at, "Keap rejected a current access token again; not rotating twice within the interval");
+                        return Err(OnDemandError::RotationSuppressed {
+                            id: id.clone(),
+                            rotated_secs_ago: (now - at).max(0),
+                        });
+                    }
                 }
             }
 
-            info!(connection = %id, generation = connection.generation, "refreshing on demand");
+            info!(connection = %id, generation = connection.generation, cause = ?cause, "refreshing on demand");
             let outcome = self
                 .refresher
-                .refresh(&connection, deadline, true, &RunGuard::new())
+                .refresh_for(&connection, deadline, true, &RunGuard::new(), cause)
                 .await?;
             let outcome = match outcome {
+                RefreshOutcome::Rejected(pending) if !self.breaker.admit(id) => {
+                    self.refresher
+                        .release(&pending, "unauthorized_incident")
+                        .await?;
+                    return Err(OnDemandError::Incident { id: id.clone() });
+                }
                 RefreshOutcome::Rejected(pending) => self.refresher.mark(&pending).await?,
                 other => other,
             };

@@ -15,7 +15,7 @@ use crate::keap::{IssuedTokens, OAuthClient, TokenError, TokenPair};
 use crate::secrets::SecretsSource;
 use crate::token_store::{
     CommitOutcome, Connection, ConnectionKind, ConnectionStatus, LeaseOutcome, MarkGuard,
-    MarkOutcome, StoreError, TokenStore, Version, new_write_id,
+    MarkOutcome, RotationCause, StoreError, TokenStore, Version, new_write_id,
 };
 
 /// The commit budget (docs/design.md, "The fault model"): a refresh starts only when the
@@ -179,6 +179,21 @@ impl<S: TokenStore> Refresher<S> {
         force: bool,
         run: &RunGuard,
     ) -> Result<RefreshOutcome, StoreError> {
+        self.refresh_for(connection, deadline, force, run, RotationCause::Expiry)
+            .await
+    }
+
+    /// [`Refresher::refresh`], saying why: a rotation because Keap answered 401 to the current
+    /// access token is recorded by its commit (`unauthorized_rotation_at`), which bounds how
+    /// often 401s can rotate a grant across every container (docs/design.md, "Containment").
+    pub async fn refresh_for(
+        &self,
+        connection: &Connection,
+        deadline: Deadline,
+        force: bool,
+        run: &RunGuard,
+        cause: RotationCause,
+    ) -> Result<RefreshOutcome, StoreError> {
         let id = &connection.id;
         if connection.kind == ConnectionKind::ServiceAccountKey {
             return Ok(RefreshOutcome::Static);
@@ -219,6 +234,7 @@ impl<S: TokenStore> Refresher<S> {
             version: leased.version(),
             authorized_by: leased.authorized_by.clone(),
             owner: &owner,
+            cause,
         };
         let Some(pair) = leased.tokens.as_ref() else {
             self.release_held(&held, "no_token_pair").await?;
@@ -385,7 +401,14 @@ impl<S: TokenStore> Refresher<S> {
         loop {
             let outcome = self
                 .store
-                .commit_refresh(held.id, &held.version, &write_id, issued, now_epoch_secs())
+                .commit_refresh(
+                    held.id,
+                    &held.version,
+                    &write_id,
+                    issued,
+                    held.cause,
+                    now_epoch_secs(),
+                )
                 .await;
             match outcome {
                 Ok(CommitOutcome::Committed {
@@ -492,6 +515,7 @@ struct Held<'a> {
     /// Which authorization the leased grant came from: tells a re-authorization apart.
     authorized_by: Option<String>,
     owner: &'a str,
+    cause: RotationCause,
 }
 
 /// What the refreshes of one invocation share: once a commit has failed or is retrying, the

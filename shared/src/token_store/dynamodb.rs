@@ -18,8 +18,8 @@ use super::model::{
 use super::write_id::new_write_id;
 use super::{
     AuthorizeOutcome, CommitOutcome, Connection, ConnectionKind, ConnectionScan, ConnectionStatus,
-    LeaseOutcome, MarkGuard, MarkOutcome, PendingAuthorization, StateOutcome, StoreError,
-    TokenStore, Version,
+    LeaseOutcome, MarkGuard, MarkOutcome, PendingAuthorization, RotationCause, StateOutcome,
+    StoreError, TokenStore, Version,
 };
 use crate::connection_id::ConnectionId;
 use crate::keap::{IssuedTokens, TokenPair};
@@ -231,7 +231,7 @@ impl TokenStore for DynamoDbTokenStore {
             }
         }
         let expression = format!(
-            "SET {} ADD generation :one REMOVE lease_owner, lease_until, orphan_pair, last_error, key_secret_id, lost_responses",
+            "SET {} ADD generation :one REMOVE lease_owner, lease_until, orphan_pair, last_error, key_secret_id, lost_responses, unauthorized_rotation_at",
             set.join(", ")
         );
         let request = request
@@ -326,6 +326,7 @@ impl TokenStore for DynamoDbTokenStore {
         version: &Version,
         write_id: &str,
         issued: &IssuedTokens,
+        cause: RotationCause,
         now: i64,
     ) -> Result<CommitOutcome, StoreError> {
         let mut set = vec![
@@ -352,6 +353,9 @@ impl TokenStore for DynamoDbTokenStore {
         if let Some(scope) = &issued.scope {
             set.push("keap_scope = :scope");
             request = request.expression_attribute_values(":scope", string(scope));
+        }
+        if cause == RotationCause::Unauthorized {
+            set.push("unauthorized_rotation_at = :now");
         }
         let expression = format!(
             "SET {} REMOVE lease_owner, lease_until, last_error, lost_responses",
@@ -626,6 +630,7 @@ impl TokenStore for DynamoDbTokenStore {
             "keap_scope",
             "refreshed_at",
             "lost_responses",
+            "unauthorized_rotation_at",
         ];
         match keap_app {
             Some(app) => {

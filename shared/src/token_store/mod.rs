@@ -18,7 +18,8 @@ use std::future::Future;
 pub use dynamodb::DynamoDbTokenStore;
 pub use error::StoreError;
 pub use model::{
-    Connection, ConnectionKind, ConnectionStatus, Lease, PendingAuthorization, StateOutcome,
+    Connection, ConnectionKind, ConnectionStatus, Lease, PendingAuthorization, RotationCause,
+    StateOutcome,
 };
 pub use write_id::new_write_id;
 
@@ -140,13 +141,14 @@ pub trait TokenStore: Send + Sync {
 
     /// Writes the refreshed pair as `generation + 1`, conditional on generation and
     /// incarnation only (a lapsed lease does not stop it). `write_id` is the same for every
-    /// retry of this commit.
+    /// retry of this commit. A rotation for a 401 records `unauthorized_rotation_at`.
     fn commit_refresh(
         &self,
         id: &ConnectionId,
         version: &Version,
         write_id: &str,
         issued: &IssuedTokens,
+        cause: RotationCause,
         now: i64,
     ) -> impl Future<Output = Result<CommitOutcome, StoreError>> + Send;
 

@@ -81,6 +81,19 @@ pub struct Connection {
     pub(crate) committed_by: Option<String>,
     /// Refresh attempts of this generation whose answer was lost (nothing sent does not count).
     pub lost_responses: usize,
+    /// When a refresh caused by Keap answering 401 to the current access token last committed
+    /// (epoch seconds): the bound on 401-driven rotations holds across containers because it
+    /// lives in the item. Cleared by a new authorization.
+    pub unauthorized_rotation_at: Option<i64>,
+}
+
+/// Why a pair is being rotated; a rotation for a 401 is remembered in the item.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RotationCause {
+    /// The access token is expiring (scheduled run, or on demand before use).
+    Expiry,
+    /// Keap answered 401 to the access token the item still holds.
+    Unauthorized,
 }
 
 impl Connection {
@@ -245,6 +258,7 @@ pub(crate) fn parse_connection(item: &Item) -> Result<Connection, StoreError> {
         authorized_by: r.opt_s("authorized_by")?,
         committed_by: r.opt_s("committed_by")?,
         lost_responses: r.string_set_len("lost_responses")?,
+        unauthorized_rotation_at: r.opt_n("unauthorized_rotation_at")?,
     })
 }
 

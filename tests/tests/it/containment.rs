@@ -3,9 +3,15 @@
 use std::time::{Duration, Instant};
 
 use crate::support::*;
-use keapalive::contact::UpsertError;
-use keapalive::token_store::TokenStore;
+use keap_sandbox::{Endpoint, Fault, FaultKind};
+use keapalive::contact::{
+    METRIC_NEEDS_REAUTHORIZATION, METRIC_SPURIOUS_UNAUTHORIZED, METRIC_UNAUTHORIZED_INCIDENT,
+    UpsertError,
+};
+use keapalive::token_store::{ConnectionStatus, TokenStore};
+use keapalive_tests::emulator::Emulator;
 use keapalive_tests::fixture::{Fixture, connection_id};
+use keapalive_tests::runtime_api::{FunctionProcess, RuntimeApi, binary_path, spawn_function};
 use serde_json::json;
 
 const APP: &str = "contain01";
@@ -78,4 +84,147 @@ async fn warm_upsert_rechecks_the_item_at_most_once_per_interval() {
         before, after,
         "no DynamoDB request within the recheck interval"
     );
+}
+
+/// Ten upserts, one after another, through one binary; their `errorType`s.
+async fn ten_upserts(runtime: &RuntimeApi, who: &str) -> Vec<Result<(), String>> {
+    let mut answers = Vec::new();
+    for i in 0..10 {
+        let answer = runtime
+            .invoke(
+                json!({"contact": {"email": format!("{who}{i}@buttonpush.example")}}),
+                Duration::from_secs(60),
+            )
+            .await;
+        answers.push(answer.map(|_| ()).map_err(|e| e.error_type));
+    }
+    answers
+}
+
+/// A contact-upsert binary, warm, against this fixture.
+async fn upsert_binary(fx: &Fixture) -> (RuntimeApi, FunctionProcess) {
+    let runtime = RuntimeApi::start_named("contact-upsert").await;
+    let mut env = fx.env(&[]);
+    env.retain(|(k, _)| k != "KEAPALIVE_REDIRECT_URI");
+    env.extend(Emulator::shared().process_env());
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let function = spawn_function(&binary_path("contact-upsert"), &env, &runtime);
+    assert!(
+        runtime
+            .wait_until_ready(Duration::from_secs(60))
+            .await
+            .is_some(),
+        "init failed: {:?}\n{}",
+        runtime.init_error(),
+        function.output()
+    );
+    (runtime, function)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keap_answering_401_to_everything_rotates_at_most_once_across_two_processes() {
+    let fx = Fixture::new().await;
+    fx.seed_connection("default", APP, None).await;
+    let (first, _first_process) = upsert_binary(&fx).await;
+    let (second, _second_process) = upsert_binary(&fx).await;
+    fx.sandbox.inject(Fault {
+        endpoint: Endpoint::Api,
+        kind: FaultKind::Status {
+            status: 401,
+            retry_after_secs: None,
+        },
+        times: 1_000,
+    });
+
+    let (a, b) = tokio::join!(ten_upserts(&first, "a"), ten_upserts(&second, "b"));
+
+    for answer in a.iter().chain(b.iter()) {
+        assert_eq!(answer, &Err("Unavailable".to_owned()));
+    }
+    assert!(
+        refresh_requests(&fx) <= 1,
+        "{} rotations for 20 upserts",
+        refresh_requests(&fx)
+    );
+    let connection = fx
+        .store()
+        .get(&connection_id("default"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(connection.status, ConnectionStatus::Active);
+    assert!(connection.generation <= 2);
+}
+
+#[tokio::test]
+async fn one_spurious_401_on_a_key_leaves_the_connection_active() {
+    let fx = Fixture::new().await;
+    seed_key_connection(&fx, "default", APP).await;
+    let warm = container(&fx, &[]);
+    fx.sandbox.inject(Fault {
+        endpoint: Endpoint::Api,
+        kind: FaultKind::Status {
+            status: 401,
+            retry_after_secs: None,
+        },
+        times: 1,
+    });
+
+    let created = upsert(&warm.service, request("ada@buttonpush.example"))
+        .await
+        .expect("the probe succeeds, so the request is retried");
+
+    assert!(created.created);
+    let connection = fx
+        .store()
+        .get(&connection_id("default"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(connection.status, ConnectionStatus::Active);
+    let statuses: Vec<u16> = api_requests(&fx).iter().map(|r| r.status).collect();
+    assert_eq!(
+        statuses,
+        vec![401, 200, 201],
+        "401, profile probe, retried upsert"
+    );
+    assert_eq!(warm.metric_total(METRIC_SPURIOUS_UNAUTHORIZED), 1.0);
+    assert_eq!(warm.metric_total(METRIC_NEEDS_REAUTHORIZATION), 0.0);
+}
+
+#[tokio::test]
+async fn many_keys_rejected_at_once_is_an_incident_not_many_revocations() {
+    let fx = Fixture::new().await;
+    let mut keys = Vec::new();
+    for id in ["k1", "k2", "k3"] {
+        keys.push(seed_key_connection(&fx, id, APP).await.0);
+    }
+    let warm = container(&fx, &[]);
+    for key in &keys {
+        fx.sandbox.revoke_service_account_key(key);
+    }
+
+    let mut answers = Vec::new();
+    for id in ["k1", "k2", "k3"] {
+        let answer = upsert(
+            &warm.service,
+            json!({"connection_id": id, "contact": {"email": "ada@buttonpush.example"}}),
+        )
+        .await
+        .unwrap_err();
+        answers.push(answer.error_type().to_owned());
+    }
+
+    assert_eq!(
+        answers,
+        vec!["NotAuthorized", "NotAuthorized", "Unavailable"]
+    );
+    let k3 = fx.store().get(&connection_id("k3")).await.unwrap().unwrap();
+    assert_eq!(
+        k3.status,
+        ConnectionStatus::Active,
+        "the third is not marked"
+    );
+    assert_eq!(warm.metric_total(METRIC_UNAUTHORIZED_INCIDENT), 1.0);
+    assert_eq!(warm.metric_total(METRIC_NEEDS_REAUTHORIZATION), 2.0);
 }
