@@ -294,7 +294,7 @@ pub async fn run(
     run.begin(Step::Status, "Connections (keapalive-admin status)")
         .await;
     let connections = store
-        .list_connections()
+        .scan_connections()
         .await
         .map_err(|e| at(Step::Status)(e.to_string()))?;
     let rows = keapalive_admin::status::rows(&connections.connections, &connections.malformed);
