@@ -817,7 +817,7 @@ def _sid(t: dict, role: str, sid: str) -> dict:
 
 
 def _mutate_wildcard_action(t: dict) -> None:
-    _sid(t, "OAuthCallbackRole", "StateAndConnectionItems")["Action"] = "dynamodb:*"
+    _sid(t, "OAuthCallbackRole", "ConsumeStateItems")["Action"] = "dynamodb:*"
 
 
 def _mutate_star_resource(t: dict) -> None:
