@@ -75,7 +75,9 @@ pub async fn handle_operator(clients: &Clients, event: Value) -> Result<Value, D
     }
     // lambda_runtime logs the returned error (errorType and message) itself.
     let command = Command::parse(&event)?;
-    Ok(run(clients, command).await?)
+    // Boxed: the commands' futures nest deeply enough to overflow the compiler's layout depth
+    // in the binary's `main`; an operator command is rare, the allocation does not matter.
+    Ok(Box::pin(run(clients, command)).await?)
 }
 
 async fn run(clients: &Clients, command: Command) -> Result<Value, CommandError> {
