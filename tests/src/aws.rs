@@ -7,8 +7,9 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use aws_config::SdkConfig;
 use aws_sdk_dynamodb::types::{
-    AttributeDefinition, GlobalSecondaryIndex, Projection, ProjectionType, AttributeValue, BillingMode, KeySchemaElement, KeyType,
-    ScalarAttributeType, SseSpecification, TimeToLiveSpecification,
+    AttributeDefinition, AttributeValue, BillingMode, GlobalSecondaryIndex, KeySchemaElement,
+    KeyType, Projection, ProjectionType, ScalarAttributeType, SseSpecification,
+    TimeToLiveSpecification,
 };
 use aws_sdk_sqs::types::{Message, MessageSystemAttributeName};
 use keapalive::token_store::{PENDING_INDEX, STATUS_INDEX};

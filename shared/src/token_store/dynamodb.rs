@@ -133,7 +133,8 @@ fn collect_connections(scan: &mut ConnectionScan, items: &[Item]) -> Result<(), 
 
 /// What the callback may read back of a connection item it wrote: no token, no key reference
 /// (the template's `dynamodb:Attributes` condition on its GetItem lists exactly these).
-pub const CALLBACK_READABLE_ATTRIBUTES: [&str; 4] = ["pk", "generation", "authorized_by", "keap_app"];
+pub const CALLBACK_READABLE_ATTRIBUTES: [&str; 4] =
+    ["pk", "generation", "authorized_by", "keap_app"];
 
 /// The non-secret view of a connection item the callback reads after its write.
 struct AuthorizationView {

@@ -4,8 +4,8 @@
 use aws_config::SdkConfig;
 use aws_sdk_dynamodb::error::DisplayErrorContext;
 use aws_sdk_dynamodb::types::{
-    AttributeDefinition, GlobalSecondaryIndex, Projection, ProjectionType, BillingMode, KeySchemaElement, KeyType, ScalarAttributeType,
-    SseSpecification, TimeToLiveSpecification,
+    AttributeDefinition, BillingMode, GlobalSecondaryIndex, KeySchemaElement, KeyType, Projection,
+    ProjectionType, ScalarAttributeType, SseSpecification, TimeToLiveSpecification,
 };
 use secrecy::{ExposeSecret, SecretString};
 

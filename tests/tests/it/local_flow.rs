@@ -26,7 +26,12 @@ struct Driver {
 
 fn function_binaries_built() {
     // Builds them once per test process (cargo test does not rebuild other packages' bins).
-    for name in ["oauth-callback", "token-refresher", "contact-upsert", "operator"] {
+    for name in [
+        "oauth-callback",
+        "token-refresher",
+        "contact-upsert",
+        "operator",
+    ] {
         binary_path(name);
     }
 }

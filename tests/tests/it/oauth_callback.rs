@@ -393,7 +393,11 @@ async fn the_public_function_refuses_operator_commands_and_the_operator_refuses_
             refused.error_message
         );
     }
-    assert_eq!(world.state_count().await, 0, "a refused command stores nothing");
+    assert_eq!(
+        world.state_count().await,
+        0,
+        "a refused command stores nothing"
+    );
 
     let started = world.start("sales", false).await;
     let query = world.consent(&started.authorize_url).await;
@@ -428,7 +432,11 @@ async fn remove_retires_the_connections_pending_authorization_links() {
     assert_eq!(removed["removed"], true);
     assert_eq!(removed["pending_authorizations_retired"], 2);
     assert!(world.connection("sales").await.is_none());
-    assert_eq!(world.state_count().await, 1, "only the other connection's link is left");
+    assert_eq!(
+        world.state_count().await,
+        1,
+        "only the other connection's link is left"
+    );
 
     for link in [&open_one, &open_two] {
         let query = world.consent(&link.authorize_url).await;

@@ -76,7 +76,11 @@ async fn the_binary_authorizes_through_the_runtime_api() {
         .await
         .unwrap_err();
     assert_eq!(refused.error_type, "ValidationError");
-    assert!(refused.error_message.contains("operator"), "{}", refused.error_message);
+    assert!(
+        refused.error_message.contains("operator"),
+        "{}",
+        refused.error_message
+    );
 
     let started = operator
         .invoke(

@@ -232,7 +232,9 @@ async fn remove_connection_deletes_the_item_once() {
         .unwrap();
     assert_eq!(first["removed"], true);
     assert!(world.connection("old").await.is_none());
-    let second = authorization::handle_operator(&world.clients, remove).await.unwrap();
+    let second = authorization::handle_operator(&world.clients, remove)
+        .await
+        .unwrap();
     assert_eq!(second["removed"], false);
 
     let unnamed = authorization::handle_operator(&world.clients, json!({"remove_connection": {}}))

@@ -186,9 +186,17 @@ async fn remove(
     match store.retire_pending_authorizations(id).await {
         Ok(0) => {}
         Ok(retired) => {
-            let _ = writeln!(err, "retired {retired} pending authorization link(s) of `{id}`");
+            let _ = writeln!(
+                err,
+                "retired {retired} pending authorization link(s) of `{id}`"
+            );
         }
-        Err(e) => return fail(err, &format!("cannot retire the authorize links of `{id}`: {e}")),
+        Err(e) => {
+            return fail(
+                err,
+                &format!("cannot retire the authorize links of `{id}`: {e}"),
+            );
+        }
     }
     match store.delete_connection(id).await {
         Ok(true) => {
