@@ -92,12 +92,12 @@ async fn run(options: &Options) -> Result<Report, String> {
             binaries::REFRESHER => (
                 "one refresh, cold container",
                 warm::REFRESH_COLD,
-                "scheduled run, 1 due: scan + lease + commit, secret read",
+                "scheduled run, 1 due: status-index query + lease + commit, secret read",
             ),
             binaries::CALLBACK => (
                 "callback, cold container",
                 warm::CALLBACK_COLD,
-                "state consume + code exchange + pair write + state retired + secret read",
+                "state consume + code exchange + pair write + state retired + projected read-back + secret read",
             ),
             _ => continue,
         };

@@ -34,7 +34,7 @@ const RUN_DEADLINE: Duration = Duration::from_secs(900);
 const BATCH_WRITE_ITEMS: usize = 25;
 /// How long a container keeps the client secret (`KEAPALIVE_SECRET_CACHE_SECS`'s default).
 const SECRET_CACHE: Duration = Duration::from_secs(300);
-/// A scan page is 1 MB and a connection item well under 1 KB.
+/// A query page is 1 MB and a connection item well under 1 KB.
 const ITEMS_PER_SCAN_PAGE_AT_LEAST: usize = 1_000;
 
 #[derive(Debug, Clone, Copy, Serialize)]
@@ -125,13 +125,15 @@ pub async fn measure(
         measured: requests.clone(),
         floor: Floor {
             keap: connections as u64,
-            dynamodb_reads: connections.div_ceil(ITEMS_PER_SCAN_PAGE_AT_LEAST) as u64 + 1,
+            // The `active` query's pages (and a last empty one), plus the
+            // `needs_reauthorization` query's one.
+            dynamodb_reads: connections.div_ceil(ITEMS_PER_SCAN_PAGE_AT_LEAST) as u64 + 2,
             dynamodb_writes: 2 * connections as u64,
             // One read per container per secret cache lifetime: a run longer than that may
             // read it again when the cache expires.
             secrets: 1 + (wall_s / SECRET_CACHE.as_secs_f64()) as u64,
         },
-        note: "per connection: 2 conditional writes + 1 Keap; the read is one scan (paged); \
+        note: "per connection: 2 conditional writes + 1 Keap; the read is one status-index query per status (paged); \
                1 secret read per 5 min of run"
             .to_owned(),
     };

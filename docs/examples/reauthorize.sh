@@ -2,11 +2,12 @@
 # The "connections-need-reauthorization" alarm fired: get a fresh authorize link and open it in a
 # browser signed in to the Keap account (it works for 10 minutes, once).
 #
-# Run: OAUTH_CALLBACK_FUNCTION=keapalive-prod-oauth-callback ./reauthorize.sh [connection_id]
-# The function name is the stack output `OAuthCallbackFunctionName`.
+# Run: OPERATOR_FUNCTION=keapalive-prod-operator ./reauthorize.sh [connection_id]
+# The function name is the stack output `OperatorFunctionName` (the operator commands live there,
+# never in the public oauth-callback function).
 set -euo pipefail
 
-function_name="${OAUTH_CALLBACK_FUNCTION:-keapalive-prod-oauth-callback}"
+function_name="${OPERATOR_FUNCTION:-keapalive-prod-operator}"
 connection_id="${1:-default}"
 request="$(mktemp)"
 response="$(mktemp)"

@@ -27,12 +27,17 @@ FUNCTIONS = {
     "OAuthCallbackFunction": "oauth-callback",
     "TokenRefresherFunction": "token-refresher",
     "ContactUpsertFunction": "contact-upsert",
+    "OperatorFunction": "operator",
 }
-CALLBACK, REFRESHER, UPSERT = FUNCTIONS
+CALLBACK, REFRESHER, UPSERT, OPERATOR = FUNCTIONS
 
 # Which function needs which variable (issue 7 / docs/design.md, "Configuration").
 REQUIRED_ENV = {
     CALLBACK: {
+        "KEAPALIVE_TABLE", "KEAPALIVE_CLIENT_SECRET_ID", "KEAPALIVE_REDIRECT_URI",
+        "KEAPALIVE_STAGE", "KEAPALIVE_FUNCTION_TIMEOUT_SECS",
+    },
+    OPERATOR: {
         "KEAPALIVE_TABLE", "KEAPALIVE_CLIENT_SECRET_ID", "KEAPALIVE_REDIRECT_URI",
         "KEAPALIVE_STAGE", "KEAPALIVE_KEY_SECRET_PREFIX", "KEAPALIVE_FUNCTION_TIMEOUT_SECS",
     },
@@ -57,6 +62,7 @@ EXPECTED_SIZING = {  # memory MB, timeout s
     CALLBACK: (128, 15),
     REFRESHER: (256, 300),
     UPSERT: (128, 30),
+    OPERATOR: (128, 15),
 }
 
 # Resource "*" is allowed only where AWS offers no narrower resource. None is needed today;
@@ -86,7 +92,8 @@ LEASE_TAKERS = (REFRESHER, UPSERT)
 
 REQUIRED_OUTPUTS = {
     "CallbackUrl", "ContactUpsertFunctionArn", "ContactUpsertFunctionName",
-    "OAuthCallbackFunctionName", "UpsertQueueUrl", "TableName", "ClientSecretId",
+    "OAuthCallbackFunctionName", "OperatorFunctionName", "UpsertQueueUrl", "TableName",
+    "ClientSecretId",
 }
 
 KEY_PREFIX_ARN = (
@@ -94,6 +101,18 @@ KEY_PREFIX_ARN = (
     ":secret:keapalive/${Stage}/keys/*"
 )
 CONN_CONDITION = {"ForAllValues:StringLike": {"dynamodb:LeadingKeys": ["conn#*"]}}
+STATE_KEYS = {"ForAllValues:StringLike": {"dynamodb:LeadingKeys": ["state#*"]}}
+# The sparse indexes (docs/design.md, "Data model"): name -> (hash key, projection).
+INDEXES = {
+    "connections-by-status": ("status", "ALL"),
+    "pending-by-connection": ("connection_id", "KEYS_ONLY"),
+}
+STATUS_INDEX_ARN = "${ConnectionsTable.Arn}/index/connections-by-status"
+PENDING_INDEX_ARN = "${ConnectionsTable.Arn}/index/pending-by-connection"
+# Attributes holding a credential: the public function may never read one.
+TOKEN_ATTRIBUTES = {"access_token", "refresh_token", "orphan_pair"}
+# Keap's per-client-id limits (README "Rate limits", /docs: 1,500 a minute; spikes of 25 a second).
+KEAP_CLIENT_REQUESTS_PER_SEC = 25
 
 
 # --------------------------------------------------------------------------- template helpers
@@ -287,31 +306,117 @@ def policies_name_only_this_stacks_resources(t: dict) -> None:
                 continue
             text = sub_string(resource)
             if text is not None:
-                assert text == KEY_PREFIX_ARN, f"{holder}: unexpected ARN pattern {text}"
+                assert text in (KEY_PREFIX_ARN, STATUS_INDEX_ARN, PENDING_INDEX_ARN), (
+                    f"{holder}: unexpected ARN pattern {text}"
+                )
                 continue
             ids = referenced_ids(resource)
             assert ids and ids <= set(t["Resources"]), f"{holder}: {resource} is not in this stack"
 
 
+def callback_readable_attributes() -> list[str]:
+    """CALLBACK_READABLE_ATTRIBUTES as the Rust code declares it: the template must grant
+    exactly what the callback's read-back projects, or the read fails in AWS (not in moto)."""
+    source = (REPO_ROOT / "shared" / "src" / "token_store" / "dynamodb.rs").read_text()
+    block = re.search(r"CALLBACK_READABLE_ATTRIBUTES: \[&str; \d+\] =\s*\[([^\]]*)\]", source)
+    assert block, "CALLBACK_READABLE_ATTRIBUTES not found in shared/src/token_store/dynamodb.rs"
+    return re.findall(r'"([^"]+)"', block.group(1))
+
+
+def leading_keys(st: dict) -> list[str] | None:
+    return st.get("Condition", {}).get("ForAllValues:StringLike", {}).get("dynamodb:LeadingKeys")
+
+
 @check
 def callback_permissions(t: dict) -> None:
+    """The public function (docs/design.md, "Containment"): it consumes state items, writes a
+    pair it cannot read back, reads back only non-secret attributes, and reads only the client
+    secret. No key secret, no Scan/Query, no PutItem (starting authorizations is the operator's)."""
     role = role_of(t, CALLBACK)
     acts = allowed_actions(t, role)
     assert not any(a.startswith("sqs:") for a in acts), "oauth-callback must not touch SQS"
     assert {a for a in acts if a.startswith("dynamodb:")} == {
-        "dynamodb:getitem", "dynamodb:putitem", "dynamodb:updateitem", "dynamodb:deleteitem",
+        "dynamodb:getitem", "dynamodb:updateitem", "dynamodb:deleteitem",
     }, f"oauth-callback dynamodb actions: {sorted(acts)}"
     allowed_services = {"dynamodb", "secretsmanager", "logs"}
     assert {a.split(":")[0] for a in acts} <= allowed_services, sorted(acts)
+    readable = callback_readable_attributes()
+    assert not set(readable) & TOKEN_ATTRIBUTES, f"the code reads back {readable}"
+    for st in dynamodb_statements(t, role):
+        keys = leading_keys(st)
+        assert keys in (["state#*"], ["conn#*"]), f"oauth-callback {sorted(actions(st))}: LeadingKeys {keys}"
+        condition = st.get("Condition", {})
+        if keys == ["state#*"]:
+            assert actions(st) <= {"dynamodb:updateitem", "dynamodb:deleteitem"}, sorted(actions(st))
+            continue
+        # Connection items: no delete, no put; a write returns nothing, a read names its attributes.
+        assert actions(st) in ({"dynamodb:updateitem"}, {"dynamodb:getitem"}), (
+            f"oauth-callback on conn# items: {sorted(actions(st))} (one statement per action)"
+        )
+        if actions(st) == {"dynamodb:updateitem"}:
+            returns = condition.get("StringEqualsIfExists", {}).get("dynamodb:ReturnValues")
+            assert as_list(returns) == ["NONE"], (
+                f"oauth-callback's connection writes may return something: ReturnValues {returns}"
+            )
+        else:
+            attributes = condition.get("ForAllValues:StringEquals", {}).get("dynamodb:Attributes")
+            assert attributes is not None, "oauth-callback's GetItem names no attributes"
+            assert not set(attributes) & TOKEN_ATTRIBUTES, f"oauth-callback may read {sorted(attributes)}"
+            assert sorted(attributes) == sorted(readable), (
+                f"GetItem attributes {sorted(attributes)} != CALLBACK_READABLE_ATTRIBUTES {sorted(readable)}"
+            )
+            select = condition.get("StringEqualsIfExists", {}).get("dynamodb:Select")
+            # Without it a GetItem with no projection returns every attribute.
+            assert select == "SPECIFIC_ATTRIBUTES", f"oauth-callback's GetItem Select {select}"
     for st in statements(t, role):
+        if "secretsmanager:getsecretvalue" in actions(st):
+            assert as_list(st["Resource"]) == [{"Ref": "OAuthClientSecret"}], (
+                "oauth-callback reads the client secret only, never a key secret"
+            )
         for resource in as_list(st["Resource"]):
             ok = (
                 is_getatt(resource, "ConnectionsTable", "Arn")
                 or is_ref(resource, "OAuthClientSecret")
-                or sub_string(resource) == KEY_PREFIX_ARN
                 or is_getatt(resource, "OAuthCallbackLogGroup", "Arn")
             )
-            assert ok, f"oauth-callback reaches beyond its table, secrets and log: {resource}"
+            assert ok, f"oauth-callback reaches beyond its table, client secret and log: {resource}"
+    env = merged_function_props(t, CALLBACK).get("Environment", {}).get("Variables", {})
+    assert "KEAPALIVE_KEY_SECRET_PREFIX" not in env, "oauth-callback handles no key"
+
+
+@check
+def operator_is_not_public(t: dict) -> None:
+    """The operator commands' function: no event source, no resource policy, no function URL;
+    only an IAM principal with lambda:InvokeFunction reaches it."""
+    assert not props(t, OPERATOR).get("Events"), "the operator function has no event source"
+    assert not props(t, OPERATOR).get("FunctionUrlConfig"), "no function URL"
+    for rid, res in resources(t).items():
+        p = res.get("Properties", {})
+        if res["Type"] in ("AWS::Lambda::Permission", "AWS::Lambda::Url", "AWS::Lambda::EventSourceMapping"):
+            target = p.get("FunctionName", p.get("TargetFunctionArn"))
+            assert OPERATOR not in referenced_ids(target), f"{rid} exposes the operator function"
+        if res["Type"] == "AWS::ApiGatewayV2::Integration":
+            assert OPERATOR not in referenced_ids(p.get("IntegrationUri")), f"{rid} routes to it"
+
+
+@check
+def operator_permissions(t: dict) -> None:
+    role = role_of(t, OPERATOR)
+    acts = allowed_actions(t, role)
+    assert {a for a in acts if a.startswith("dynamodb:")} == {
+        "dynamodb:putitem", "dynamodb:updateitem", "dynamodb:deleteitem", "dynamodb:query",
+    }, f"operator dynamodb actions: {sorted(acts)}"
+    assert {a.split(":")[0] for a in acts} <= {"dynamodb", "secretsmanager", "logs"}, sorted(acts)
+    for st in dynamodb_statements(t, role):
+        if actions(st) == {"dynamodb:query"}:
+            assert as_list(st["Resource"]) == [{"Fn::Sub": PENDING_INDEX_ARN}], (
+                "the operator queries only the keys-only pending-links index"
+            )
+            continue
+        keys = leading_keys(st)
+        assert keys in (["state#*"], ["conn#*"]), f"operator {sorted(actions(st))}: LeadingKeys {keys}"
+        if keys == ["state#*"]:
+            assert actions(st) <= {"dynamodb:putitem", "dynamodb:deleteitem"}, sorted(actions(st))
 
 
 def dynamodb_statements(t: dict, role: str) -> list[dict]:
@@ -322,16 +427,19 @@ def dynamodb_statements(t: dict, role: str) -> list[dict]:
 def refresher_permissions(t: dict) -> None:
     role = role_of(t, REFRESHER)
     acts = allowed_actions(t, role)
+    # No Scan: it names no partition key, so no LeadingKeys condition can keep it off state
+    # items. The refresher lists connections by querying the sparse status index instead.
     assert {a for a in acts if a.startswith("dynamodb:")} == {
-        "dynamodb:getitem", "dynamodb:updateitem", "dynamodb:scan",
+        "dynamodb:getitem", "dynamodb:updateitem", "dynamodb:query",
     }, f"token-refresher dynamodb actions: {sorted(acts)}"
     assert {a.split(":")[0] for a in acts} <= {"dynamodb", "secretsmanager", "logs"}, sorted(acts)
     for st in dynamodb_statements(t, role):
-        # Scan carries no partition key, so LeadingKeys cannot restrict it: it must stand alone
-        # (read-only) so the keyed actions keep their condition.
-        if actions(st) == {"dynamodb:scan"}:
+        if "dynamodb:query" in actions(st):
+            assert actions(st) == {"dynamodb:query"}, "Query shares a statement with keyed actions"
+            assert as_list(st["Resource"]) == [{"Fn::Sub": STATUS_INDEX_ARN}], (
+                f"token-refresher may query only the status index (connection items): {st['Resource']}"
+            )
             continue
-        assert "dynamodb:scan" not in actions(st), "Scan shares a statement with keyed actions"
         assert st.get("Condition") == CONN_CONDITION, f"token-refresher {sorted(actions(st))} lacks conn#*"
     for st in statements(t, role):
         if "secretsmanager:getsecretvalue" in actions(st):
@@ -461,7 +569,29 @@ def table_is_safe(t: dict) -> None:
     assert p.get("SSESpecification", {}).get("SSEEnabled") is True, "SSE"
     assert p.get("TimeToLiveSpecification") == {"AttributeName": "expires_at", "Enabled": True}, "TTL"
     assert p["KeySchema"] == [{"AttributeName": "pk", "KeyType": "HASH"}]
-    assert p["AttributeDefinitions"] == [{"AttributeName": "pk", "AttributeType": "S"}]
+    assert {"AttributeName": "pk", "AttributeType": "S"} in p["AttributeDefinitions"]
+
+
+@check
+def indexes_are_sparse_as_designed(t: dict) -> None:
+    """The refresher reads connections through `connections-by-status` (keyed on `status`, which
+    only connection items carry); remove finds links through `pending-by-connection` (keyed on
+    `connection_id`, which only state items carry). Another key would put the other kind of
+    item into the index, and the IAM separation above would be gone."""
+    p = props(t, "ConnectionsTable")
+    found = {
+        gsi["IndexName"]: (
+            gsi["KeySchema"], gsi["Projection"]["ProjectionType"],
+        )
+        for gsi in p.get("GlobalSecondaryIndexes", [])
+    }
+    assert set(found) == set(INDEXES), f"indexes {sorted(found)}"
+    for name, (key, projection) in INDEXES.items():
+        schema, kind = found[name]
+        assert schema == [{"AttributeName": key, "KeyType": "HASH"}], f"{name}: key {schema}"
+        assert kind == projection, f"{name}: projection {kind}"
+    defined = {d["AttributeName"]: d["AttributeType"] for d in p["AttributeDefinitions"]}
+    assert defined == {"pk": "S", "status": "S", "connection_id": "S"}, defined
 
 
 @check
@@ -610,6 +740,70 @@ def no_circular_dependencies(t: dict) -> None:
         visit(rid, [])
 
 
+def stage_parameters(t: dict) -> dict[str, dict[str, Any]]:
+    """Parameter values of the defaults and of every samconfig stage (its overrides applied)."""
+    defaults = {name: spec.get("Default") for name, spec in t["Parameters"].items()}
+    config = tomllib.loads((REPO_ROOT / "infra" / "samconfig.toml").read_text())
+    out = {"defaults": defaults}
+    for stage in ("dev", "stage", "prod"):
+        values = dict(defaults)
+        for override in as_list(config[stage]["deploy"]["parameters"]["parameter_overrides"]):
+            name, value = override.split("=", 1)
+            values[name] = value
+        out[stage] = values
+    return out
+
+
+def number_of(value: Any) -> float:
+    return float(value)
+
+
+@check
+def keap_quota_is_budgeted(t: dict) -> None:
+    """Keap's quota is per client id and shared: the refresher (one instance), contact-upsert
+    (KeapRatePerSec per container x its reserved concurrency) and the callback route (one code
+    exchange per request, the API's burst) together stay within 25 requests/s (1,500 a minute)."""
+    refresher = props(t, REFRESHER)
+    upsert = props(t, UPSERT)
+    assert refresher.get("ReservedConcurrentExecutions") == 1, "the refresher's share assumes one instance"
+    assert is_ref(refresher["Environment"]["Variables"].get("KEAPALIVE_KEAP_RATE_PER_SEC"), "RefresherKeapRatePerSec")
+    assert is_ref(upsert["Environment"]["Variables"].get("KEAPALIVE_KEAP_RATE_PER_SEC"), "KeapRatePerSec")
+    assert is_ref(upsert.get("ReservedConcurrentExecutions"), "UpsertReservedConcurrency"), (
+        "contact-upsert's concurrency must be bounded (UpsertReservedConcurrency)"
+    )
+    callback_burst = props(t, "CallbackStage")["DefaultRouteSettings"]["ThrottlingBurstLimit"]
+    assert isinstance(callback_burst, int), "the callback route's burst must be a literal"
+    for where, values in stage_parameters(t).items():
+        total = (
+            number_of(values["RefresherKeapRatePerSec"]) * 1
+            + number_of(values["KeapRatePerSec"]) * number_of(values["UpsertReservedConcurrency"])
+            + callback_burst
+        )
+        assert total <= KEAP_CLIENT_REQUESTS_PER_SEC, (
+            f"{where}: {values['RefresherKeapRatePerSec']} + {values['KeapRatePerSec']} x "
+            f"{values['UpsertReservedConcurrency']} + {callback_burst} = {total:g} Keap requests/s "
+            f"> {KEAP_CLIENT_REQUESTS_PER_SEC} (1,500 a minute per client id)"
+        )
+
+
+@check
+def upsert_reserved_concurrency_above_queue_maximum(t: dict) -> None:
+    """SQS polls beyond contact-upsert's reserved concurrency are throttled and, after
+    maxReceiveCount receives, dead-lettered: the queue's MaximumConcurrency must stay below it
+    (direct callers keep the difference; beyond it they get TooManyRequestsException)."""
+    events = sam_events(t, UPSERT, "SQS")
+    assert len(events) == 1
+    assert is_ref(events[0].get("ScalingConfig", {}).get("MaximumConcurrency"), "UpsertMaxConcurrency")
+    assert is_ref(props(t, UPSERT).get("ReservedConcurrentExecutions"), "UpsertReservedConcurrency")
+    reserved, maximum = t["Parameters"]["UpsertReservedConcurrency"], t["Parameters"]["UpsertMaxConcurrency"]
+    assert reserved["MinValue"] > maximum["MinValue"], "UpsertReservedConcurrency's floor must exceed the queue's"
+    for where, values in stage_parameters(t).items():
+        assert number_of(values["UpsertReservedConcurrency"]) > number_of(values["UpsertMaxConcurrency"]), (
+            f"{where}: UpsertReservedConcurrency {values['UpsertReservedConcurrency']} must be above "
+            f"UpsertMaxConcurrency {values['UpsertMaxConcurrency']}"
+        )
+
+
 # --------------------------------------------------------------------------- mutants
 # Each mutant breaks one rule; the checks above must catch every one of them.
 
@@ -623,7 +817,7 @@ def _sid(t: dict, role: str, sid: str) -> dict:
 
 
 def _mutate_wildcard_action(t: dict) -> None:
-    _sid(t, "OAuthCallbackRole", "StateAndConnectionItems")["Action"] = "dynamodb:*"
+    _sid(t, "OAuthCallbackRole", "ConsumeStateItems")["Action"] = "dynamodb:*"
 
 
 def _mutate_star_resource(t: dict) -> None:
@@ -653,6 +847,92 @@ def _mutate_upsert_writes_items(t: dict) -> None:
 
 def _mutate_refresher_scan_under_condition(t: dict) -> None:
     _sid(t, "TokenRefresherRole", "ConnectionItemsOnly")["Action"].append("dynamodb:Scan")
+
+
+def _mutate_refresher_scans_again(t: dict) -> None:
+    finder = _sid(t, "TokenRefresherRole", "FindConnections")
+    finder["Action"] = "dynamodb:Scan"
+    finder["Resource"] = {"Fn::GetAtt": ["ConnectionsTable", "Arn"]}
+
+
+def _mutate_refresher_queries_the_table(t: dict) -> None:
+    _sid(t, "TokenRefresherRole", "FindConnections")["Resource"] = {"Fn::GetAtt": ["ConnectionsTable", "Arn"]}
+
+
+def _mutate_refresher_queries_pending_links(t: dict) -> None:
+    _sid(t, "TokenRefresherRole", "FindConnections")["Resource"] = {"Fn::Sub": PENDING_INDEX_ARN}
+
+
+def _mutate_status_index_on_pk(t: dict) -> None:
+    index = props(t, "ConnectionsTable")["GlobalSecondaryIndexes"][0]
+    index["KeySchema"][0]["AttributeName"] = "pk"
+
+
+def _mutate_callback_reads_tokens(t: dict) -> None:
+    read = _sid(t, "OAuthCallbackRole", "ReadBackNoToken")
+    read["Condition"]["ForAllValues:StringEquals"]["dynamodb:Attributes"].append("refresh_token")
+
+
+def _mutate_callback_reads_whole_items(t: dict) -> None:
+    del _sid(t, "OAuthCallbackRole", "ReadBackNoToken")["Condition"]["StringEqualsIfExists"]
+
+
+def _mutate_callback_write_returns_values(t: dict) -> None:
+    _sid(t, "OAuthCallbackRole", "WritePairReturningNothing")["Condition"]["StringEqualsIfExists"][
+        "dynamodb:ReturnValues"] = ["NONE", "ALL_OLD"]
+
+
+def _mutate_callback_reads_key_secrets(t: dict) -> None:
+    _sid(t, "OAuthCallbackRole", "ClientSecret")["Resource"] = [
+        {"Ref": "OAuthClientSecret"}, {"Fn::Sub": KEY_PREFIX_ARN},
+    ]
+
+
+def _mutate_callback_starts_authorizations(t: dict) -> None:
+    _sid(t, "OAuthCallbackRole", "ConsumeStateItems")["Action"].append("dynamodb:PutItem")
+
+
+def _mutate_callback_deletes_connections(t: dict) -> None:
+    _sid(t, "OAuthCallbackRole", "ConsumeStateItems")["Condition"]["ForAllValues:StringLike"][
+        "dynamodb:LeadingKeys"] = ["conn#*", "state#*"]
+
+
+def _mutate_callback_unkeyed_read(t: dict) -> None:
+    del _sid(t, "OAuthCallbackRole", "ReadBackNoToken")["Condition"]["ForAllValues:StringLike"]
+
+
+def _mutate_operator_behind_the_route(t: dict) -> None:
+    t["Resources"]["OperatorInvokePermission"] = {
+        "Type": "AWS::Lambda::Permission",
+        "Properties": {
+            "Action": "lambda:InvokeFunction",
+            "FunctionName": {"Ref": OPERATOR},
+            "Principal": "apigateway.amazonaws.com",
+        },
+    }
+
+
+def _mutate_operator_scans(t: dict) -> None:
+    _sid(t, "OperatorRole", "FindPendingLinks")["Resource"] = {"Fn::GetAtt": ["ConnectionsTable", "Arn"]}
+
+
+def _mutate_quota_overspent(t: dict) -> None:
+    t["Parameters"]["UpsertReservedConcurrency"]["Default"] = 10
+
+
+def _mutate_refresher_rate_from_upsert_parameter(t: dict) -> None:
+    t["Resources"][REFRESHER]["Properties"]["Environment"]["Variables"]["KEAPALIVE_KEAP_RATE_PER_SEC"] = {
+        "Ref": "KeapRatePerSec"}
+    t["Parameters"]["KeapRatePerSec"]["Default"] = 10
+
+
+def _mutate_upsert_unbounded(t: dict) -> None:
+    del t["Resources"][UPSERT]["Properties"]["ReservedConcurrentExecutions"]
+
+
+def _mutate_reserved_at_queue_maximum(t: dict) -> None:
+    t["Parameters"]["UpsertReservedConcurrency"]["Default"] = 2
+    t["Parameters"]["UpsertReservedConcurrency"]["MinValue"] = 2
 
 
 def _mutate_other_stage_secret(t: dict) -> None:
@@ -745,6 +1025,23 @@ MUTANTS: dict[Callable[[dict], None], Callable[[dict], None]] = {
     _mutate_upsert_loses_leading_keys: upsert_permissions,
     _mutate_upsert_writes_items: upsert_permissions,
     _mutate_refresher_scan_under_condition: refresher_permissions,
+    _mutate_refresher_scans_again: refresher_permissions,
+    _mutate_refresher_queries_the_table: refresher_permissions,
+    _mutate_refresher_queries_pending_links: refresher_permissions,
+    _mutate_status_index_on_pk: indexes_are_sparse_as_designed,
+    _mutate_callback_reads_tokens: callback_permissions,
+    _mutate_callback_reads_whole_items: callback_permissions,
+    _mutate_callback_write_returns_values: callback_permissions,
+    _mutate_callback_reads_key_secrets: callback_permissions,
+    _mutate_callback_starts_authorizations: callback_permissions,
+    _mutate_callback_deletes_connections: callback_permissions,
+    _mutate_callback_unkeyed_read: callback_permissions,
+    _mutate_operator_behind_the_route: operator_is_not_public,
+    _mutate_operator_scans: operator_permissions,
+    _mutate_quota_overspent: keap_quota_is_budgeted,
+    _mutate_refresher_rate_from_upsert_parameter: keap_quota_is_budgeted,
+    _mutate_upsert_unbounded: keap_quota_is_budgeted,
+    _mutate_reserved_at_queue_maximum: upsert_reserved_concurrency_above_queue_maximum,
     _mutate_other_stage_secret: policies_name_only_this_stacks_resources,
     _mutate_missing_env: environment_contract,
     _mutate_missing_global_env: environment_contract,

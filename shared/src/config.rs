@@ -47,7 +47,7 @@ pub enum ConfigError {
 /// What a function needs beyond the variables every function needs.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Requirements {
-    /// oauth-callback builds authorize URLs and exchanges codes.
+    /// oauth-callback exchanges codes; operator builds authorize URLs.
     pub redirect_uri: bool,
 }
 

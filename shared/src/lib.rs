@@ -10,7 +10,7 @@
 //! - [`lambda_deadline`]: the invocation deadline, robust to local emulators' odd values.
 //! - [`telemetry`]: JSON logs and CloudWatch embedded-metric lines.
 //! - [`error_type`]: the `errorType` strings every function's Lambda errors carry.
-//! - [`authorization`]: the oauth-callback function: start, callback pages, key registration.
+//! - [`authorization`]: oauth-callback (callback pages) and operator (start, key registration, remove).
 
 pub mod authorization;
 pub mod clock;

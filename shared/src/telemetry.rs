@@ -17,6 +17,7 @@ const OWN_TARGETS: &[&str] = &[
     "oauth_callback",
     "token_refresher",
     "contact_upsert",
+    "operator",
     "keapalive_admin",
 ];
 

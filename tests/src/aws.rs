@@ -7,10 +7,12 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use aws_config::SdkConfig;
 use aws_sdk_dynamodb::types::{
-    AttributeDefinition, AttributeValue, BillingMode, KeySchemaElement, KeyType,
-    ScalarAttributeType, SseSpecification, TimeToLiveSpecification,
+    AttributeDefinition, AttributeValue, BillingMode, GlobalSecondaryIndex, KeySchemaElement,
+    KeyType, Projection, ProjectionType, ScalarAttributeType, SseSpecification,
+    TimeToLiveSpecification,
 };
 use aws_sdk_sqs::types::{Message, MessageSystemAttributeName};
+use keapalive::token_store::{PENDING_INDEX, STATUS_INDEX};
 
 pub const PARTITION_KEY: &str = "pk";
 pub const TTL_ATTRIBUTE: &str = "expires_at";
@@ -44,12 +46,62 @@ pub async fn create_table(sdk: &SdkConfig) -> String {
                 .build()
                 .expect("attribute definition"),
         )
+        .attribute_definitions(
+            AttributeDefinition::builder()
+                .attribute_name("status")
+                .attribute_type(ScalarAttributeType::S)
+                .build()
+                .expect("attribute definition"),
+        )
+        .attribute_definitions(
+            AttributeDefinition::builder()
+                .attribute_name("connection_id")
+                .attribute_type(ScalarAttributeType::S)
+                .build()
+                .expect("attribute definition"),
+        )
         .key_schema(
             KeySchemaElement::builder()
                 .attribute_name(PARTITION_KEY)
                 .key_type(KeyType::Hash)
                 .build()
                 .expect("key schema"),
+        )
+        .global_secondary_indexes(
+            GlobalSecondaryIndex::builder()
+                .index_name(STATUS_INDEX)
+                .key_schema(
+                    KeySchemaElement::builder()
+                        .attribute_name("status")
+                        .key_type(KeyType::Hash)
+                        .build()
+                        .expect("index key schema"),
+                )
+                .projection(
+                    Projection::builder()
+                        .projection_type(ProjectionType::All)
+                        .build(),
+                )
+                .build()
+                .expect("index"),
+        )
+        .global_secondary_indexes(
+            GlobalSecondaryIndex::builder()
+                .index_name(PENDING_INDEX)
+                .key_schema(
+                    KeySchemaElement::builder()
+                        .attribute_name("connection_id")
+                        .key_type(KeyType::Hash)
+                        .build()
+                        .expect("index key schema"),
+                )
+                .projection(
+                    Projection::builder()
+                        .projection_type(ProjectionType::KeysOnly)
+                        .build(),
+                )
+                .build()
+                .expect("index"),
         )
         .billing_mode(BillingMode::PayPerRequest)
         .sse_specification(SseSpecification::builder().enabled(true).build())

@@ -1,6 +1,7 @@
 //! oauth-callback: finishes Keap authorizations at `GET /oauth/callback` (API Gateway HTTP
-//! API) and takes the operator's commands by direct invocation. The logic lives in
-//! `keapalive::authorization`.
+//! API), the stack's only public route. It takes no operator command (those go to the
+//! `operator` function), and its role can read no token attribute and no key secret. The logic
+//! lives in `keapalive::authorization`.
 
 use keapalive::authorization;
 use keapalive::config::{Config, Requirements};
@@ -17,7 +18,7 @@ async fn main() -> Result<(), lambda_runtime::Error> {
     let clients = Clients::new(config, &load_aws().await).unwrap_or_else(|e| exit_at_init(&e));
 
     lambda_runtime::run(service_fn(|event: LambdaEvent<Value>| {
-        authorization::handle(&clients, event.payload)
+        authorization::handle_public(&clients, event.payload)
     }))
     .await
 }

@@ -129,7 +129,7 @@ fn start_command(connection_id: Option<&ConnectionId>, replace_account: bool) ->
 /// How an operator starts over: the same command that printed the first link.
 fn start_again(connection_id: Option<&ConnectionId>) -> String {
     format!(
-        "To start again, the operator invokes the oauth-callback function with {} and opens the \
+        "To start again, the operator invokes the operator function with {} and opens the \
          new link it prints (each link works once, for 10 minutes).",
         start_command(connection_id, false)
     )

@@ -24,6 +24,8 @@ pub(crate) struct KeyRegistered {
 pub(crate) struct ConnectionRemoved {
     pub connection_id: ConnectionId,
     pub removed: bool,
+    /// Authorize links started for the connection and not yet finished, now dead.
+    pub pending_authorizations_retired: usize,
 }
 
 pub async fn register_service_account_key(
@@ -76,15 +78,28 @@ pub async fn remove_connection(
     clients: &Clients,
     request: &RemoveConnection,
 ) -> Result<ConnectionRemoved, CommandError> {
+    // Links first: an authorize link still open after the removal would bring the connection
+    // back as soon as someone follows it.
+    let pending_authorizations_retired = clients
+        .store
+        .retire_pending_authorizations(&request.connection_id)
+        .await
+        .map_err(CommandError::from_store)?;
     let removed = clients
         .store
         .delete_connection(&request.connection_id)
         .await
         .map_err(CommandError::from_store)?;
-    info!(connection_id = %request.connection_id, removed, "connection removed");
+    info!(
+        connection_id = %request.connection_id,
+        removed,
+        pending_authorizations_retired,
+        "connection removed"
+    );
     Ok(ConnectionRemoved {
         connection_id: request.connection_id.clone(),
         removed,
+        pending_authorizations_retired,
     })
 }
 

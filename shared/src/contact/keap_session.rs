@@ -366,7 +366,7 @@ fn key_rejected_message(id: &ConnectionId) -> String {
     format!(
         "Keap rejected the service account key of connection {id} (key_rejected): create a new \
          key in Keap (Settings → API Settings → Service Account Keys), store it in its secret \
-         and invoke oauth-callback with {{\"register_service_account_key\": \
+         and invoke the operator function with {{\"register_service_account_key\": \
          {{\"connection_id\": \"{id}\", \"secret_id\": \"...\"}}}}"
     )
 }
@@ -392,7 +392,7 @@ fn unavailable(id: &ConnectionId, error: &KeapError) -> UpsertError {
 pub(crate) fn grant_error(id: &ConnectionId, error: OnDemandError) -> UpsertError {
     match error {
         OnDemandError::NotFound { .. } => UpsertError::NotAuthorized(format!(
-            "connection {id} does not exist: authorize it (invoke oauth-callback with \
+            "connection {id} does not exist: authorize it (invoke the operator function with \
              {{\"start_authorization\": {{\"connection_id\": \"{id}\"}}}}) or register a \
              service account key for it"
         )),
@@ -400,7 +400,7 @@ pub(crate) fn grant_error(id: &ConnectionId, error: OnDemandError) -> UpsertErro
             UpsertError::NotAuthorized(key_rejected_message(id))
         }
         OnDemandError::NeedsReauthorization { reason, .. } => UpsertError::NotAuthorized(format!(
-            "connection {id} needs re-authorization ({reason}): invoke oauth-callback with \
+            "connection {id} needs re-authorization ({reason}): invoke the operator function with \
                  {{\"start_authorization\": {{\"connection_id\": \"{id}\"}}}} and open the link"
         )),
         OnDemandError::Unavailable { reason, .. } => UpsertError::Unavailable(format!(

@@ -94,11 +94,11 @@ pub struct Grant {
 #[derive(Debug, thiserror::Error)]
 pub enum OnDemandError {
     #[error(
-        "connection {id} does not exist: authorize it (invoke oauth-callback with start_authorization)"
+        "connection {id} does not exist: authorize it (invoke the operator function with start_authorization)"
     )]
     NotFound { id: ConnectionId },
     #[error(
-        "connection {id} needs re-authorization ({reason}): invoke oauth-callback with start_authorization"
+        "connection {id} needs re-authorization ({reason}): invoke the operator function with start_authorization"
     )]
     NeedsReauthorization { id: ConnectionId, reason: String },
     #[error("connection {id} could not be refreshed now ({reason}); retry later")]

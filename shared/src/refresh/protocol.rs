@@ -350,7 +350,7 @@ impl<S: TokenStore> Refresher<S> {
         Ok(match outcome {
             MarkOutcome::Marked => {
                 error!(connection = %pending.id, generation = pending.version.generation, reason = pending.reason,
-                    "connection needs re-authorization: invoke oauth-callback with start_authorization");
+                    "connection needs re-authorization: invoke the operator function with start_authorization");
                 RefreshOutcome::MarkedNeedsReauthorization {
                     reason: pending.reason,
                 }

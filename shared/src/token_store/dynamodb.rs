@@ -5,6 +5,7 @@ use std::collections::HashMap;
 
 use aws_sdk_dynamodb::Client;
 use aws_sdk_dynamodb::error::SdkError;
+use aws_sdk_dynamodb::operation::delete_item::DeleteItemError;
 use aws_sdk_dynamodb::operation::update_item::UpdateItemError;
 use aws_sdk_dynamodb::operation::update_item::builders::UpdateItemFluentBuilder;
 use aws_sdk_dynamodb::types::{AttributeValue, ReturnValue, ReturnValuesOnConditionCheckFailure};
@@ -12,8 +13,8 @@ use secrecy::ExposeSecret;
 use tracing::warn;
 
 use super::model::{
-    CONNECTION_PREFIX, Item, connection_key, number, parse_connection, parse_state,
-    state_consumed_by, state_key, string, unsigned,
+    CONNECTION_PREFIX, Item, PENDING_INDEX, STATE_PREFIX, STATUS_INDEX, connection_key, number,
+    parse_connection, parse_state, state_consumed_by, state_key, string, unsigned,
 };
 use super::write_id::new_write_id;
 use super::{
@@ -115,7 +116,92 @@ fn malformed_write(id: &ConnectionId, reason: &str) -> StoreError {
     }
 }
 
+/// Parses a page of connection items into `scan`; a malformed one is named and skipped.
+fn collect_connections(scan: &mut ConnectionScan, items: &[Item]) -> Result<(), StoreError> {
+    for item in items {
+        match parse_connection(item) {
+            Ok(connection) => scan.connections.push(connection),
+            Err(StoreError::Malformed { pk, reason }) => {
+                warn!(item = %pk, reason = %reason, "skipping a malformed connection item");
+                scan.malformed.push((pk, reason));
+            }
+            Err(other) => return Err(other),
+        }
+    }
+    Ok(())
+}
+
+/// What the callback may read back of a connection item it wrote: no token, no key reference
+/// (the template's `dynamodb:Attributes` condition on its GetItem lists exactly these).
+pub const CALLBACK_READABLE_ATTRIBUTES: [&str; 4] =
+    ["pk", "generation", "authorized_by", "keap_app"];
+
+/// The non-secret view of a connection item the callback reads after its write.
+struct AuthorizationView {
+    generation: Option<u64>,
+    authorized_by: Option<String>,
+    keap_app: Option<String>,
+}
+
 impl DynamoDbTokenStore {
+    /// Every item whose key is a connection key, malformed ones (whatever their `status`)
+    /// included: for operators (`keapalive-admin status`), whose credentials may scan. The
+    /// functions never scan.
+    pub async fn scan_connections(&self) -> Result<ConnectionScan, StoreError> {
+        let mut scan = ConnectionScan::default();
+        let mut start: Option<HashMap<String, AttributeValue>> = None;
+        loop {
+            let page = self
+                .client
+                .scan()
+                .table_name(&self.table)
+                .consistent_read(true)
+                .filter_expression("begins_with(pk, :prefix)")
+                .expression_attribute_values(":prefix", string(CONNECTION_PREFIX))
+                .set_exclusive_start_key(start.take())
+                .send()
+                .await
+                .map_err(StoreError::from_sdk)?;
+            collect_connections(&mut scan, page.items())?;
+            match page.last_evaluated_key {
+                Some(key) if !key.is_empty() => start = Some(key),
+                _ => break,
+            }
+        }
+        Ok(scan)
+    }
+
+    /// A consistent read of only [`CALLBACK_READABLE_ATTRIBUTES`]: how the callback learns
+    /// the generation it stored, or recognises its own landed write, without ever reading a
+    /// token. `None`: no such item.
+    async fn authorization_view(
+        &self,
+        id: &ConnectionId,
+    ) -> Result<Option<AuthorizationView>, StoreError> {
+        let output = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .key("pk", connection_key(id))
+            .consistent_read(true)
+            .projection_expression("pk, #generation, authorized_by, keap_app")
+            .expression_attribute_names("#generation", "generation")
+            .send()
+            .await
+            .map_err(StoreError::from_sdk)?;
+        Ok(output.item.filter(|item| !item.is_empty()).map(|item| {
+            let text = |name: &str| match item.get(name) {
+                Some(AttributeValue::S(value)) => Some(value.clone()),
+                _ => None,
+            };
+            AuthorizationView {
+                generation: generation_of(Some(&item)),
+                authorized_by: text("authorized_by"),
+                keap_app: text("keap_app"),
+            }
+        }))
+    }
+
     /// Deletes a state this callback consumed. Housekeeping only: the decision was the
     /// consume, and a state left behind (this delete failed) is unusable and expires by TTL.
     async fn retire_state(&self, nonce: &str, write_id: &str) {
@@ -150,33 +236,32 @@ impl TokenStore for DynamoDbTokenStore {
     }
 
     async fn list_connections(&self) -> Result<ConnectionScan, StoreError> {
+        // The sparse status index holds connection items only (state items have no `status`),
+        // so the refresher, which may read nothing else, finds every connection without a scan.
         let mut scan = ConnectionScan::default();
-        let mut start: Option<HashMap<String, AttributeValue>> = None;
-        loop {
-            let page = self
-                .client
-                .scan()
-                .table_name(&self.table)
-                .consistent_read(true)
-                .filter_expression("begins_with(pk, :prefix)")
-                .expression_attribute_values(":prefix", string(CONNECTION_PREFIX))
-                .set_exclusive_start_key(start.take())
-                .send()
-                .await
-                .map_err(StoreError::from_sdk)?;
-            for item in page.items() {
-                match parse_connection(item) {
-                    Ok(connection) => scan.connections.push(connection),
-                    Err(StoreError::Malformed { pk, reason }) => {
-                        warn!(item = %pk, reason = %reason, "skipping a malformed connection item");
-                        scan.malformed.push((pk, reason));
-                    }
-                    Err(other) => return Err(other),
+        for status in [
+            ConnectionStatus::Active,
+            ConnectionStatus::NeedsReauthorization,
+        ] {
+            let mut start: Option<HashMap<String, AttributeValue>> = None;
+            loop {
+                let page = self
+                    .client
+                    .query()
+                    .table_name(&self.table)
+                    .index_name(STATUS_INDEX)
+                    .key_condition_expression("#status = :status")
+                    .expression_attribute_names("#status", "status")
+                    .expression_attribute_values(":status", string(status.as_str()))
+                    .set_exclusive_start_key(start.take())
+                    .send()
+                    .await
+                    .map_err(StoreError::from_sdk)?;
+                collect_connections(&mut scan, page.items())?;
+                match page.last_evaluated_key {
+                    Some(key) if !key.is_empty() => start = Some(key),
+                    _ => break,
                 }
-            }
-            match page.last_evaluated_key {
-                Some(key) if !key.is_empty() => start = Some(key),
-                _ => break,
             }
         }
         Ok(scan)
@@ -205,8 +290,14 @@ impl TokenStore for DynamoDbTokenStore {
         // refresher committed after it (which leaves `authorized_by` as it is).
         let mut condition =
             "(attribute_not_exists(authorized_by) OR authorized_by <> :wid)".to_owned();
+        // The public callback's write returns nothing (ReturnValues NONE, and NONE on a failed
+        // condition): its role may not read tokens, so it learns what it needs (the generation,
+        // whether the write is its own, the stored account) from a projected read instead.
         let mut request = self
-            .update(connection_key(id))
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .key("pk", connection_key(id))
             .expression_attribute_names("#status", "status")
             .expression_attribute_names("#kind", "kind")
             .expression_attribute_values(":active", string("active"))
@@ -214,8 +305,7 @@ impl TokenStore for DynamoDbTokenStore {
             .expression_attribute_values(":now", number(now))
             .expression_attribute_values(":one", unsigned(1))
             .expression_attribute_values(":wid", string(write_id))
-            .expression_attribute_values(":inc", string(new_write_id()))
-            .return_values(ReturnValue::UpdatedNew);
+            .expression_attribute_values(":inc", string(new_write_id()));
         for (name, value) in pair_values(&issued.pair) {
             request = request.expression_attribute_values(name, value);
         }
@@ -237,30 +327,28 @@ impl TokenStore for DynamoDbTokenStore {
         let request = request
             .update_expression(expression)
             .condition_expression(condition);
-        match send_update(request).await? {
-            Written::Applied(attributes) => {
-                let generation = generation_of(attributes.as_ref())
-                    .ok_or_else(|| malformed_write(id, "update returned no generation"))?;
-                Ok(AuthorizeOutcome::Authorized { generation })
-            }
-            Written::ConditionFailed(Some(old))
-                if attribute_is(&old, "authorized_by", write_id) =>
-            {
-                let generation = generation_of(Some(&old))
-                    .ok_or_else(|| malformed_write(id, "stored item has no generation"))?;
-                Ok(AuthorizeOutcome::Authorized { generation })
-            }
-            Written::ConditionFailed(old) => {
-                let existing_app = old
-                    .as_ref()
-                    .and_then(|item| match item.get("keap_app") {
-                        Some(AttributeValue::S(app)) => Some(app.clone()),
-                        _ => None,
-                    })
-                    .unwrap_or_else(|| "<unknown>".to_owned());
-                Ok(AuthorizeOutcome::AccountMismatch { existing_app })
-            }
+        let applied = matches!(send_update(request).await?, Written::Applied(_));
+        let view = self.authorization_view(id).await?;
+        let Some(view) = view else {
+            // Removed between the write and the read (or the condition failed on an item that
+            // is gone now): nothing is stored under this connection.
+            return Err(malformed_write(
+                id,
+                "the connection was removed while it was being authorized",
+            ));
+        };
+        let ours = view.authorized_by.as_deref() == Some(write_id);
+        if applied || ours {
+            // A refresh may already have committed on top of our pair (the generation is then
+            // one higher); another authorization after ours still reports its generation.
+            let generation = view
+                .generation
+                .ok_or_else(|| malformed_write(id, "stored item has no generation"))?;
+            return Ok(AuthorizeOutcome::Authorized { generation });
         }
+        Ok(AuthorizeOutcome::AccountMismatch {
+            existing_app: view.keap_app.unwrap_or_else(|| "<unknown>".to_owned()),
+        })
     }
 
     async fn take_lease(
@@ -654,15 +742,68 @@ impl TokenStore for DynamoDbTokenStore {
     }
 
     async fn delete_connection(&self, id: &ConnectionId) -> Result<bool, StoreError> {
-        let output = self
+        // A condition, not ReturnValues ALL_OLD: whether an item existed, without reading its
+        // tokens back.
+        let result = self
             .client
             .delete_item()
             .table_name(&self.table)
             .key("pk", connection_key(id))
-            .return_values(ReturnValue::AllOld)
+            .condition_expression("attribute_exists(pk)")
             .send()
-            .await
-            .map_err(StoreError::from_sdk)?;
-        Ok(output.attributes.is_some_and(|a| !a.is_empty()))
+            .await;
+        match result {
+            Ok(_) => Ok(true),
+            Err(SdkError::ServiceError(service))
+                if matches!(
+                    service.err(),
+                    DeleteItemError::ConditionalCheckFailedException(_)
+                ) =>
+            {
+                Ok(false)
+            }
+            Err(other) => Err(StoreError::from_sdk(other)),
+        }
+    }
+
+    async fn retire_pending_authorizations(&self, id: &ConnectionId) -> Result<usize, StoreError> {
+        // The sparse index holds state items only (connection items carry no `connection_id`
+        // attribute), keys only.
+        let mut retired = 0;
+        let mut start: Option<HashMap<String, AttributeValue>> = None;
+        loop {
+            let page = self
+                .client
+                .query()
+                .table_name(&self.table)
+                .index_name(PENDING_INDEX)
+                .key_condition_expression("connection_id = :id")
+                .expression_attribute_values(":id", string(id.as_str()))
+                .set_exclusive_start_key(start.take())
+                .send()
+                .await
+                .map_err(StoreError::from_sdk)?;
+            for item in page.items() {
+                let Some(AttributeValue::S(pk)) = item.get("pk") else {
+                    continue;
+                };
+                if !pk.starts_with(STATE_PREFIX) {
+                    continue;
+                }
+                self.client
+                    .delete_item()
+                    .table_name(&self.table)
+                    .key("pk", string(pk.as_str()))
+                    .send()
+                    .await
+                    .map_err(StoreError::from_sdk)?;
+                retired += 1;
+            }
+            match page.last_evaluated_key {
+                Some(key) if !key.is_empty() => start = Some(key),
+                _ => break,
+            }
+        }
+        Ok(retired)
     }
 }

@@ -15,11 +15,11 @@ mod write_id;
 
 use std::future::Future;
 
-pub use dynamodb::DynamoDbTokenStore;
+pub use dynamodb::{CALLBACK_READABLE_ATTRIBUTES, DynamoDbTokenStore};
 pub use error::StoreError;
 pub use model::{
-    Connection, ConnectionKind, ConnectionStatus, Lease, PendingAuthorization, RotationCause,
-    StateOutcome,
+    Connection, ConnectionKind, ConnectionStatus, Lease, PENDING_INDEX, PendingAuthorization,
+    RotationCause, STATUS_INDEX, StateOutcome,
 };
 pub use write_id::new_write_id;
 
@@ -113,8 +113,10 @@ pub trait TokenStore: Send + Sync {
         id: &ConnectionId,
     ) -> impl Future<Output = Result<Option<Connection>, StoreError>> + Send;
 
-    /// Every connection item (consistent scan; a deployment has a handful to thousands). A
-    /// malformed item is listed in [`ConnectionScan::malformed`], never an error of the scan.
+    /// Every connection item whose status is `active` or `needs_reauthorization`, from the
+    /// sparse status index ([`STATUS_INDEX`]; eventually consistent: the list is only
+    /// candidates, every decision re-reads or conditions on the item). A malformed item is
+    /// listed in [`ConnectionScan::malformed`], never an error of the listing.
     fn list_connections(&self) -> impl Future<Output = Result<ConnectionScan, StoreError>> + Send;
 
     /// Stores a freshly authorized pair as a new generation, `active`, clearing lease, orphan
@@ -222,4 +224,11 @@ pub trait TokenStore: Send + Sync {
         &self,
         id: &ConnectionId,
     ) -> impl Future<Output = Result<bool, StoreError>> + Send;
+
+    /// Deletes every pending authorization (state item) that points at `id`, consumed or not;
+    /// returns how many. After it, no authorize link started for `id` can finish.
+    fn retire_pending_authorizations(
+        &self,
+        id: &ConnectionId,
+    ) -> impl Future<Output = Result<usize, StoreError>> + Send;
 }

@@ -9,6 +9,12 @@ use crate::keap::TokenPair;
 
 pub(crate) const CONNECTION_PREFIX: &str = "conn#";
 pub(crate) const STATE_PREFIX: &str = "state#";
+/// Sparse global secondary index on `status` (hash key): connection items only, all
+/// attributes. The refresher queries it instead of scanning, so it never reads a state item.
+pub const STATUS_INDEX: &str = "connections-by-status";
+/// Sparse global secondary index on `connection_id` (hash key): state items only (a connection
+/// item has no such attribute), keys only. `remove` finds a connection's pending links here.
+pub const PENDING_INDEX: &str = "pending-by-connection";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "snake_case")]

@@ -224,7 +224,8 @@ async fn main() -> ExitCode {
 /// that died on its own.
 fn report_function_logs(supervisor: &Supervisor, step: Step) {
     let function = match step {
-        Step::StartAuthorization | Step::Consent | Step::Callback => functions::OAUTH_CALLBACK,
+        Step::StartAuthorization => functions::OPERATOR,
+        Step::Consent | Step::Callback => functions::OAUTH_CALLBACK,
         Step::Refresh => functions::TOKEN_REFRESHER,
         Step::Upsert => functions::CONTACT_UPSERT,
         _ => "",

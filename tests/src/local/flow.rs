@@ -133,7 +133,7 @@ pub async fn run(
 
     run.begin(
         Step::Functions,
-        "Starting oauth-callback, token-refresher and contact-upsert (the real binaries, each behind a local Lambda Runtime API)",
+        "Starting oauth-callback, token-refresher, contact-upsert and operator (the real binaries, each behind a local Lambda Runtime API)",
     )
     .await;
     let listener = CallbackListener::bind(real.map(|r| r.callback_port).unwrap_or(0))
@@ -152,7 +152,7 @@ pub async fn run(
                 .map_err(at(Step::Functions))?,
         );
     }
-    let [oauth_callback, token_refresher, contact_upsert]: [LocalFunction; 3] = started
+    let [oauth_callback, token_refresher, contact_upsert, operator]: [LocalFunction; 4] = started
         .try_into()
         .map_err(|_| at(Step::Functions)("not every function started".to_owned()))?;
     let callback_port = listener.port();
@@ -166,11 +166,11 @@ pub async fn run(
 
     run.begin(
         Step::StartAuthorization,
-        "Starting an authorization: invoke oauth-callback {\"start_authorization\": {\"connection_id\": \"default\"}}",
+        "Starting an authorization: invoke operator {\"start_authorization\": {\"connection_id\": \"default\"}}",
     )
     .await;
     let started = invoke(
-        &oauth_callback,
+        &operator,
         json!({"start_authorization": {"connection_id": CONNECTION}}),
     )
     .await
@@ -294,7 +294,7 @@ pub async fn run(
     run.begin(Step::Status, "Connections (keapalive-admin status)")
         .await;
     let connections = store
-        .list_connections()
+        .scan_connections()
         .await
         .map_err(|e| at(Step::Status)(e.to_string()))?;
     let rows = keapalive_admin::status::rows(&connections.connections, &connections.malformed);

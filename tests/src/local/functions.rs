@@ -14,7 +14,9 @@ use crate::workspace;
 pub const OAUTH_CALLBACK: &str = "oauth-callback";
 pub const TOKEN_REFRESHER: &str = "token-refresher";
 pub const CONTACT_UPSERT: &str = "contact-upsert";
-pub const ALL: [&str; 3] = [OAUTH_CALLBACK, TOKEN_REFRESHER, CONTACT_UPSERT];
+/// The non-public function that takes the operator commands (start, register, remove).
+pub const OPERATOR: &str = "operator";
+pub const ALL: [&str; 4] = [OAUTH_CALLBACK, TOKEN_REFRESHER, CONTACT_UPSERT, OPERATOR];
 
 /// The template's timeouts are 30 s or less; an invocation gets this much time.
 pub const INVOKE_DEADLINE: Duration = Duration::from_secs(30);

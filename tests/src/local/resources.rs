@@ -4,10 +4,12 @@
 use aws_config::SdkConfig;
 use aws_sdk_dynamodb::error::DisplayErrorContext;
 use aws_sdk_dynamodb::types::{
-    AttributeDefinition, BillingMode, KeySchemaElement, KeyType, ScalarAttributeType,
-    SseSpecification, TimeToLiveSpecification,
+    AttributeDefinition, BillingMode, GlobalSecondaryIndex, KeySchemaElement, KeyType, Projection,
+    ProjectionType, ScalarAttributeType, SseSpecification, TimeToLiveSpecification,
 };
 use secrecy::{ExposeSecret, SecretString};
+
+use keapalive::token_store::{PENDING_INDEX, STATUS_INDEX};
 
 use crate::aws::{PARTITION_KEY, TTL_ATTRIBUTE};
 use crate::emulator::{ACCESS_KEY_ID, REGION, SECRET_ACCESS_KEY};
@@ -43,10 +45,60 @@ pub async fn create_table(sdk: &SdkConfig) -> Result<(), String> {
                 .build()
                 .map_err(built)?,
         )
+        .attribute_definitions(
+            AttributeDefinition::builder()
+                .attribute_name("status")
+                .attribute_type(ScalarAttributeType::S)
+                .build()
+                .map_err(built)?,
+        )
+        .attribute_definitions(
+            AttributeDefinition::builder()
+                .attribute_name("connection_id")
+                .attribute_type(ScalarAttributeType::S)
+                .build()
+                .map_err(built)?,
+        )
         .key_schema(
             KeySchemaElement::builder()
                 .attribute_name(PARTITION_KEY)
                 .key_type(KeyType::Hash)
+                .build()
+                .map_err(built)?,
+        )
+        .global_secondary_indexes(
+            GlobalSecondaryIndex::builder()
+                .index_name(STATUS_INDEX)
+                .key_schema(
+                    KeySchemaElement::builder()
+                        .attribute_name("status")
+                        .key_type(KeyType::Hash)
+                        .build()
+                        .map_err(built)?,
+                )
+                .projection(
+                    Projection::builder()
+                        .projection_type(ProjectionType::All)
+                        .build(),
+                )
+                .build()
+                .map_err(built)?,
+        )
+        .global_secondary_indexes(
+            GlobalSecondaryIndex::builder()
+                .index_name(PENDING_INDEX)
+                .key_schema(
+                    KeySchemaElement::builder()
+                        .attribute_name("connection_id")
+                        .key_type(KeyType::Hash)
+                        .build()
+                        .map_err(built)?,
+                )
+                .projection(
+                    Projection::builder()
+                        .projection_type(ProjectionType::KeysOnly)
+                        .build(),
+                )
                 .build()
                 .map_err(built)?,
         )

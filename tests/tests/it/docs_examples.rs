@@ -17,7 +17,7 @@ use keap_sandbox::DEFAULT_APP;
 use keapalive_tests::aws::{create_queue, drain_queue};
 use keapalive_tests::emulator::{Emulator, REGION};
 use keapalive_tests::fixture::Fixture;
-use keapalive_tests::local::functions::{self, CONTACT_UPSERT, LocalFunction, OAUTH_CALLBACK};
+use keapalive_tests::local::functions::{self, CONTACT_UPSERT, LocalFunction, OPERATOR};
 use keapalive_tests::local::invoke_api::InvokeApi;
 use keapalive_tests::local::supervisor::Supervisor;
 use keapalive_tests::runtime_api::{ACCOUNT_ID, binary_path};
@@ -26,7 +26,7 @@ use serde_json::{Value, json};
 use tokio::process::Command;
 
 const UPSERT_FUNCTION: &str = "keapalive-local-contact-upsert";
-const CALLBACK_FUNCTION: &str = "keapalive-local-oauth-callback";
+const OPERATOR_FUNCTION: &str = "keapalive-local-operator";
 const EXAMPLE_TIMEOUT: Duration = Duration::from_secs(120);
 
 // ------------------------------------------------------------------ the world
@@ -39,10 +39,10 @@ struct World {
 }
 
 /// A sandbox with the ButtonPush account's field and tag, the connection `default` authorized
-/// (unless `authorized` is false), contact-upsert and oauth-callback running behind a local
+/// (unless `authorized` is false), contact-upsert and operator running behind a local
 /// Invoke API.
 async fn world(authorized: bool, extra_env: &[(&str, &str)]) -> World {
-    for name in [CONTACT_UPSERT, OAUTH_CALLBACK] {
+    for name in [CONTACT_UPSERT, OPERATOR] {
         binary_path(name);
     }
     let fixture = Fixture::new().await;
@@ -59,12 +59,12 @@ async fn world(authorized: bool, extra_env: &[(&str, &str)]) -> World {
     let upsert = functions::start(CONTACT_UPSERT, &env, &supervisor)
         .await
         .expect("contact-upsert starts");
-    let callback = functions::start(OAUTH_CALLBACK, &env, &supervisor)
+    let operator = functions::start(OPERATOR, &env, &supervisor)
         .await
-        .expect("oauth-callback starts");
+        .expect("operator starts");
     let invoke_api = InvokeApi::start(vec![
         (UPSERT_FUNCTION.to_owned(), upsert.clone()),
-        (CALLBACK_FUNCTION.to_owned(), callback),
+        (OPERATOR_FUNCTION.to_owned(), operator),
     ])
     .await
     .expect("invoke API starts");
@@ -91,7 +91,7 @@ impl World {
             ("AWS_EC2_METADATA_DISABLED", "true"),
             ("AWS_PAGER", ""),
             ("CONTACT_UPSERT_FUNCTION", UPSERT_FUNCTION),
-            ("OAUTH_CALLBACK_FUNCTION", CALLBACK_FUNCTION),
+            ("OPERATOR_FUNCTION", OPERATOR_FUNCTION),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_owned(), v.to_owned()))

@@ -26,7 +26,12 @@ struct Driver {
 
 fn function_binaries_built() {
     // Builds them once per test process (cargo test does not rebuild other packages' bins).
-    for name in ["oauth-callback", "token-refresher", "contact-upsert"] {
+    for name in [
+        "oauth-callback",
+        "token-refresher",
+        "contact-upsert",
+        "operator",
+    ] {
         binary_path(name);
     }
 }
@@ -176,6 +181,7 @@ fn assert_every_process_announced(children: &[(i32, String)]) {
         "oauth-callback",
         "token-refresher",
         "contact-upsert",
+        "operator",
     ] {
         assert!(
             names.contains(&expected),

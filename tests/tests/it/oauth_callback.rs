@@ -325,7 +325,7 @@ async fn authorization_stores_generation_one_active_with_both_tokens() {
 #[tokio::test]
 async fn the_dispatcher_routes_http_events_and_commands() {
     let world = World::new().await;
-    let started = authorization::handle(
+    let started = authorization::handle_operator(
         &world.clients,
         json!({"start_authorization": {"connection_id": "sales"}}),
     )
@@ -337,7 +337,9 @@ async fn the_dispatcher_routes_http_events_and_commands() {
 
     let query = world.consent(authorize_url).await;
     let wire = serde_json::to_value(event(Method::GET, CALLBACK_PATH, &query)).unwrap();
-    let answer = authorization::handle(&world.clients, wire).await.unwrap();
+    let answer = authorization::handle_public(&world.clients, wire.clone())
+        .await
+        .unwrap();
     assert_eq!(answer["statusCode"], 200);
     assert_eq!(
         answer["headers"]["content-type"],
@@ -351,14 +353,14 @@ async fn the_dispatcher_routes_http_events_and_commands() {
     );
     assert!(world.connection("sales").await.is_some());
 
-    let unknown = authorization::handle(&world.clients, json!({"start": {}}))
+    let unknown = authorization::handle_operator(&world.clients, json!({"start": {}}))
         .await
         .unwrap_err();
     assert_eq!(unknown.error_type, "ValidationError");
     assert!(unknown.error_message.contains("start_authorization"));
     assert!(unknown.error_message.contains("remove_connection"));
 
-    let bad_id = authorization::handle(
+    let bad_id = authorization::handle_operator(
         &world.clients,
         json!({"start_authorization": {"connection_id": "no spaces"}}),
     )
@@ -371,6 +373,83 @@ async fn the_dispatcher_routes_http_events_and_commands() {
         0,
         "a refused start stores no state"
     );
+}
+
+#[tokio::test]
+async fn the_public_function_refuses_operator_commands_and_the_operator_refuses_http() {
+    let world = World::new().await;
+    for command in [
+        json!({"start_authorization": {"connection_id": "sales"}}),
+        json!({"register_service_account_key": {"connection_id": "k", "secret_id": "s"}}),
+        json!({"remove_connection": {"connection_id": "sales"}}),
+    ] {
+        let refused = authorization::handle_public(&world.clients, command)
+            .await
+            .unwrap_err();
+        assert_eq!(refused.error_type, "ValidationError");
+        assert!(
+            refused.error_message.contains("operator function"),
+            "{}",
+            refused.error_message
+        );
+    }
+    assert_eq!(
+        world.state_count().await,
+        0,
+        "a refused command stores nothing"
+    );
+
+    let started = world.start("sales", false).await;
+    let query = world.consent(&started.authorize_url).await;
+    let wire = serde_json::to_value(event(Method::GET, CALLBACK_PATH, &query)).unwrap();
+    let refused = authorization::handle_operator(&world.clients, wire)
+        .await
+        .unwrap_err();
+    assert_eq!(refused.error_type, "ValidationError");
+    assert_eq!(world.state_count().await, 1, "the link is still usable");
+    assert!(world.connection("sales").await.is_none());
+}
+
+/// `remove_connection` retires the connection's authorize links (its state items), consumed
+/// or not, and leaves other connections' links alone: a link followed after the removal
+/// authorizes nothing.
+#[tokio::test]
+async fn remove_retires_the_connections_pending_authorization_links() {
+    let world = World::new().await;
+    let (page, _) = world.authorize("sales", false).await;
+    assert_eq!(page.status_code, 200);
+    let open_one = world.start("sales", false).await;
+    let open_two = world.start("sales", false).await;
+    let other = world.start("support", false).await;
+    assert_eq!(world.state_count().await, 3);
+
+    let removed = authorization::handle_operator(
+        &world.clients,
+        json!({"remove_connection": {"connection_id": "sales"}}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(removed["removed"], true);
+    assert_eq!(removed["pending_authorizations_retired"], 2);
+    assert!(world.connection("sales").await.is_none());
+    assert_eq!(
+        world.state_count().await,
+        1,
+        "only the other connection's link is left"
+    );
+
+    for link in [&open_one, &open_two] {
+        let query = world.consent(&link.authorize_url).await;
+        let page = world.callback(&query).await;
+        assert_eq!(page.status_code, 400, "a retired link authorizes nothing");
+    }
+    assert!(
+        world.connection("sales").await.is_none(),
+        "the removed connection does not come back"
+    );
+    let query = world.consent(&other.authorize_url).await;
+    assert_eq!(world.callback(&query).await.status_code, 200);
+    assert!(world.connection("support").await.is_some());
 }
 
 // ---------------------------------------------------------------- re-authorization

@@ -1,6 +1,7 @@
-//! The real `oauth-callback` binary, driven through the harness's Lambda Runtime API exactly as
-//! Lambda drives it: an operator's start command, Keap's redirect as an API Gateway payload 2.0
-//! event, a replay, an unknown command, and a configuration error at init.
+//! The real `oauth-callback` and `operator` binaries, driven through the harness's Lambda Runtime
+//! API exactly as Lambda drives them: an operator's start command (to `operator`), Keap's
+//! redirect as an API Gateway payload 2.0 event (to `oauth-callback`), a replay, an unknown
+//! command, a command sent to the public function (refused), and a configuration error at init.
 
 use std::time::Duration;
 
@@ -52,15 +53,36 @@ async fn the_binary_authorizes_through_the_runtime_api() {
     logs::capture_logs();
     let fixture = Fixture::new().await;
     let runtime = RuntimeApi::start_named("oauth-callback").await;
+    let operator = RuntimeApi::start_named("operator").await;
     let env = function_env(&fixture, None);
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
     let mut function = spawn_function(&binary_path("oauth-callback"), &env, &runtime);
+    let mut operator_function = spawn_function(&binary_path("operator"), &env, &operator);
     runtime
         .wait_until_ready(INIT_TIMEOUT)
         .await
         .unwrap_or_else(|| panic!("init failed: {}", function.output()));
+    operator
+        .wait_until_ready(INIT_TIMEOUT)
+        .await
+        .unwrap_or_else(|| panic!("operator init failed: {}", operator_function.output()));
 
-    let started = runtime
+    // The public function takes no operator command.
+    let refused = runtime
+        .invoke(
+            json!({"start_authorization": {"connection_id": "default"}}),
+            DEADLINE,
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(refused.error_type, "ValidationError");
+    assert!(
+        refused.error_message.contains("operator"),
+        "{}",
+        refused.error_message
+    );
+
+    let started = operator
         .invoke(
             json!({"start_authorization": {"connection_id": "default"}}),
             DEADLINE,
@@ -119,7 +141,7 @@ async fn the_binary_authorizes_through_the_runtime_api() {
         .unwrap();
     assert_eq!(replay["statusCode"], 400);
 
-    let unknown = runtime
+    let unknown = operator
         .invoke(json!({"authorize": true}), DEADLINE)
         .await
         .unwrap_err();
@@ -127,7 +149,13 @@ async fn the_binary_authorizes_through_the_runtime_api() {
     assert!(unknown.error_message.contains("start_authorization"));
 
     function.kill().await;
+    operator_function.kill().await;
     let output = function.output();
+    assert!(
+        operator_function.output().contains("authorization started"),
+        "{}",
+        operator_function.output()
+    );
     assert!(output.contains("\"reason\":\"authorized\""), "{output}");
     assert!(output.contains("\"reason\":\"unknown_state\""), "{output}");
     // The function's output is part of the capture, with every other test's logs.

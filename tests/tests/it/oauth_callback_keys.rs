@@ -50,7 +50,7 @@ impl World {
     }
 
     async fn register(&self, connection_id: &str, secret_id: &str) -> Result<Value, Diagnostic> {
-        authorization::handle(
+        authorization::handle_operator(
             &self.clients,
             json!({"register_service_account_key": {
                 "connection_id": connection_id,
@@ -227,15 +227,17 @@ async fn remove_connection_deletes_the_item_once() {
         .await;
     let remove = json!({"remove_connection": {"connection_id": "old"}});
 
-    let first = authorization::handle(&world.clients, remove.clone())
+    let first = authorization::handle_operator(&world.clients, remove.clone())
         .await
         .unwrap();
     assert_eq!(first["removed"], true);
     assert!(world.connection("old").await.is_none());
-    let second = authorization::handle(&world.clients, remove).await.unwrap();
+    let second = authorization::handle_operator(&world.clients, remove)
+        .await
+        .unwrap();
     assert_eq!(second["removed"], false);
 
-    let unnamed = authorization::handle(&world.clients, json!({"remove_connection": {}}))
+    let unnamed = authorization::handle_operator(&world.clients, json!({"remove_connection": {}}))
         .await
         .unwrap_err();
     assert_eq!(unnamed.error_type, "ValidationError");

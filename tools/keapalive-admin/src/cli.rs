@@ -105,7 +105,7 @@ pub fn table_name(args: &Args, env_value: Option<String>) -> Result<String, Stri
 /// confirmation from `stdin` when `interactive`.
 pub async fn run(
     command: &Command,
-    store: &impl TokenStore,
+    store: &DynamoDbTokenStore,
     table: &str,
     stdin: &mut impl BufRead,
     interactive: bool,
@@ -121,13 +121,15 @@ pub async fn run(
 }
 
 async fn show_status(
-    store: &impl TokenStore,
+    store: &DynamoDbTokenStore,
     table: &str,
     json: bool,
     out: &mut impl Write,
     err: &mut impl Write,
 ) -> ExitCode {
-    let scan = match store.list_connections().await {
+    // A scan, not the status index the refresher reads: an item with no readable status is
+    // listed too (as malformed). Operators' credentials may scan; the functions' may not.
+    let scan = match store.scan_connections().await {
         Ok(scan) => scan,
         Err(e) => return fail(err, &format!("cannot read table {table}: {e}")),
     };
@@ -177,6 +179,23 @@ async fn remove(
                  pass --yes to delete anyway"
             );
             return ExitCode::from(USAGE_OR_REFUSED);
+        }
+    }
+    // Its open authorize links first (as the operator function's remove_connection does): one
+    // followed after the removal would bring the connection back.
+    match store.retire_pending_authorizations(id).await {
+        Ok(0) => {}
+        Ok(retired) => {
+            let _ = writeln!(
+                err,
+                "retired {retired} pending authorization link(s) of `{id}`"
+            );
+        }
+        Err(e) => {
+            return fail(
+                err,
+                &format!("cannot retire the authorize links of `{id}`: {e}"),
+            );
         }
     }
     match store.delete_connection(id).await {

@@ -24,7 +24,7 @@ const NONE: &str = "-";
 /// connections, a line that says so and what to do.
 pub fn table(rows: &[StatusRow], now: i64) -> String {
     if rows.is_empty() {
-        return "no connections yet: start an authorization (invoke oauth-callback with \
+        return "no connections yet: start an authorization (invoke the operator function with \
                 {\"start_authorization\":{\"connection_id\":\"default\"}}) and open the link\n"
             .to_owned();
     }
@@ -52,7 +52,7 @@ pub fn table(rows: &[StatusRow], now: i64) -> String {
     let attention = rows.iter().filter(|r| r.needs_reauthorization()).count();
     if attention > 0 {
         out.push_str(&format!(
-            "\n{attention} connection(s) need re-authorization: invoke oauth-callback with \
+            "\n{attention} connection(s) need re-authorization: invoke the operator function with \
              {{\"start_authorization\":{{\"connection_id\":\"<id>\"}}}} and open the link\n"
         ));
     }
