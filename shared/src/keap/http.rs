@@ -7,8 +7,14 @@ use std::time::Duration;
 /// fails well inside the request timeout.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 
-pub fn build_client(request_timeout: Duration) -> Result<reqwest::Client, reqwest::Error> {
+/// `tls`: the container's shared roots ([`crate::tls::TlsRoots::reqwest_tls`]), so building this
+/// client reads and parses no certificate.
+pub fn build_client(
+    request_timeout: Duration,
+    tls: rustls::ClientConfig,
+) -> Result<reqwest::Client, reqwest::Error> {
     reqwest::Client::builder()
+        .tls_backend_preconfigured(tls)
         .connect_timeout(CONNECT_TIMEOUT.min(request_timeout))
         .timeout(request_timeout)
         .pool_idle_timeout(Duration::from_secs(50))
