@@ -3,6 +3,7 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use keapalive::wiring::InitTimings;
 use keapalive_tests::runtime_api::{FunctionProcess, RuntimeApi, spawn_function};
 use serde_json::Value;
 
@@ -75,6 +76,14 @@ impl Container {
             .find_map(|line| line.strip_prefix("VmHWM:"))
             .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
             .ok_or_else(|| format!("no VmHWM in /proc/{pid}/status"))
+    }
+
+    /// The init phases the function reported (`KEAPALIVE_INIT_TIMINGS`), if it did.
+    pub fn init_timings(&self) -> Option<InitTimings> {
+        self.process
+            .output()
+            .lines()
+            .find_map(InitTimings::from_line)
     }
 
     pub fn output_tail(&self) -> String {

@@ -38,6 +38,8 @@ fn quick_bench_prints_the_table_and_keeps_every_request_floor() {
 
     for heading in [
         "Cold start and memory",
+        "init + first invocation",
+        "Init phases",
         "Requests per operation",
         "Warm upsert overhead",
         "Refresher throughput",
@@ -62,6 +64,21 @@ fn quick_bench_prints_the_table_and_keeps_every_request_floor() {
             .expect("the results are JSON");
     let _ = std::fs::remove_file(&json);
     assert_eq!(results["floor_violations"], serde_json::json!([]));
+    // Every function reported its init phases (KEAPALIVE_INIT_TIMINGS) on every measured run.
+    for cold in results["cold"].as_array().expect("cold runs") {
+        let phases = cold["init_phases"].as_array().expect("init_phases");
+        if cold["function"] == "hello-lambda" {
+            assert!(phases.is_empty());
+        } else {
+            assert_eq!(
+                phases.len(),
+                cold["init_ms"].as_array().map_or(0, Vec::len),
+                "{}",
+                cold["function"]
+            );
+            assert!(phases.iter().all(|p| p["tls_roots_us"].as_u64() > Some(0)));
+        }
+    }
     let operations = results["operations"].as_array().expect("operations");
     for expected in [
         "cold upsert, no tags",

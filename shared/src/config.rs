@@ -5,8 +5,11 @@
 //! unknown `KEAPALIVE_*` name (usually a typo that would otherwise be silently ignored) fails
 //! at init with one line naming the variable.
 
+use std::path::PathBuf;
 use std::time::Duration;
 use url::Url;
+
+use crate::tls::{RootSource, TlsSettings};
 
 pub const DEFAULT_AUTHORIZE_URL: &str = "https://accounts.infusionsoft.com/app/oauth/authorize";
 pub const DEFAULT_TOKEN_URL: &str = "https://api.infusionsoft.com/token";
@@ -32,6 +35,9 @@ pub const KNOWN_VARIABLES: &[&str] = &[
     "KEAPALIVE_KEY_SECRET_PREFIX",
     "KEAPALIVE_CONNECTION_RECHECK_SECS",
     crate::telemetry::DEPENDENCY_LOG_LEVEL_VARIABLE,
+    "KEAPALIVE_TLS_ROOTS",
+    "KEAPALIVE_EXTRA_CA_CERTS",
+    "KEAPALIVE_INIT_TIMINGS",
 ];
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -88,6 +94,11 @@ pub struct Config {
     /// Service-account-key secrets must live under this prefix (least privilege in IAM).
     pub key_secret_prefix: Option<String>,
     pub keap: KeapEndpoints,
+    /// Which roots Keap's and the AWS clients trust (`KEAPALIVE_TLS_ROOTS`,
+    /// `KEAPALIVE_EXTRA_CA_CERTS`).
+    pub tls: TlsSettings,
+    /// Write the init phases' timings to stderr (`KEAPALIVE_INIT_TIMINGS`, for the bench).
+    pub init_timings: bool,
 }
 
 impl Config {
@@ -163,6 +174,17 @@ impl Config {
                 token_url: url_or("KEAP_TOKEN_URL", DEFAULT_TOKEN_URL)?,
                 api_base_url: url_or("KEAP_API_BASE_URL", DEFAULT_API_BASE_URL)?,
             },
+            tls: TlsSettings {
+                roots: match get("KEAPALIVE_TLS_ROOTS") {
+                    None => RootSource::default(),
+                    Some(raw) => RootSource::parse(&raw).ok_or_else(|| ConfigError::Malformed {
+                        name: "KEAPALIVE_TLS_ROOTS",
+                        reason: "expected webpki or system".to_owned(),
+                    })?,
+                },
+                extra_ca_certs: get("KEAPALIVE_EXTRA_CA_CERTS").map(PathBuf::from),
+            },
+            init_timings: boolean(get, "KEAPALIVE_INIT_TIMINGS", false)?,
         })
     }
 
@@ -264,6 +286,32 @@ mod tests {
         assert!(!config.create_missing_tags);
         assert_eq!(config.keap.token_url.as_str(), DEFAULT_TOKEN_URL);
         assert_eq!(config.keap.api_base_url.as_str(), DEFAULT_API_BASE_URL);
+        assert_eq!(config.tls, TlsSettings::default());
+        assert_eq!(config.tls.roots, RootSource::Webpki);
+        assert!(!config.init_timings);
+    }
+
+    #[test]
+    fn reads_the_tls_variables() {
+        let mut v = vars(MINIMAL);
+        v.push(("KEAPALIVE_TLS_ROOTS".into(), "system".into()));
+        v.push((
+            "KEAPALIVE_EXTRA_CA_CERTS".into(),
+            "/var/task/proxy-ca.pem".into(),
+        ));
+        v.push(("KEAPALIVE_INIT_TIMINGS".into(), "true".into()));
+        let config = Config::from_vars(&v, Requirements::default()).unwrap();
+        assert_eq!(config.tls.roots, RootSource::System);
+        assert_eq!(
+            config.tls.extra_ca_certs.as_deref(),
+            Some(std::path::Path::new("/var/task/proxy-ca.pem"))
+        );
+        assert!(config.init_timings);
+
+        let mut v = vars(MINIMAL);
+        v.push(("KEAPALIVE_TLS_ROOTS".into(), "native".into()));
+        let err = Config::from_vars(&v, Requirements::default()).unwrap_err();
+        assert!(err.to_string().contains("KEAPALIVE_TLS_ROOTS"), "{err}");
     }
 
     #[test]

@@ -9,6 +9,7 @@
 //! - [`contact`]: the contact-upsert request schema, validation, translation and service.
 //! - [`lambda_deadline`]: the invocation deadline, robust to local emulators' odd values.
 //! - [`telemetry`]: JSON logs and CloudWatch embedded-metric lines.
+//! - [`tls`]: the trust roots, built once per container for Keap's and the AWS clients.
 //! - [`error_type`]: the `errorType` strings every function's Lambda errors carry.
 //! - [`authorization`]: oauth-callback (callback pages) and operator (start, key registration, remove).
 
@@ -24,6 +25,7 @@ pub mod redact;
 pub mod refresh;
 pub mod secrets;
 pub mod telemetry;
+pub mod tls;
 pub mod token_store;
 mod ttl_cache;
 pub mod wiring;

@@ -1,8 +1,10 @@
 //! Building the long-lived clients a function needs, once per container, from [`Config`].
 //!
-//! Every function's `main` calls these at init; nothing here runs per invocation.
+//! Every function's `main` calls [`init`]; nothing here runs per invocation.
 
-use std::sync::Arc;
+mod timings;
+
+use std::sync::{Arc, OnceLock};
 
 use std::time::Duration;
 
@@ -16,7 +18,10 @@ use crate::keap::rate_limit::RateLimiter;
 use crate::keap::{OAuthClient, RestClient};
 use crate::refresh::{OnDemandRefresher, Refresher, RefresherSettings};
 use crate::secrets::SecretsSource;
+use crate::tls::{TlsError, TlsRoots};
 use crate::token_store::DynamoDbTokenStore;
+
+pub use timings::{InitTimings, LINE_PREFIX as INIT_TIMINGS_LINE_PREFIX};
 
 /// Failure to build clients at init. One line, naming what is wrong.
 #[derive(Debug, thiserror::Error)]
@@ -25,6 +30,8 @@ pub enum InitError {
     Config(#[from] crate::config::ConfigError),
     #[error("could not build the HTTP client: {0}")]
     Http(#[from] reqwest::Error),
+    #[error(transparent)]
+    Tls(#[from] TlsError),
 }
 
 /// One attempt of any AWS call (DynamoDB, Secrets Manager, SQS) is abandoned after this: a
@@ -37,10 +44,46 @@ pub const AWS_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// Attempts of one DynamoDB call (the SDK's default is 3).
 const DYNAMODB_ATTEMPTS: u32 = 5;
 
-/// The SDK configuration from the standard chain (env, `AWS_ENDPOINT_URL` for emulators).
-/// [`Clients::new`] bounds every call it makes with [`aws_timeouts`].
+/// A function's init: the trust roots, the SDK configuration and every client, each phase
+/// timed ([`InitTimings`]: DEBUG log, and a stderr line with `KEAPALIVE_INIT_TIMINGS=true`).
+///
+/// Everything a commit needs (the DynamoDB client and its connector, roots parsed) is ready
+/// when this returns; only what no commit needs is built on first use (the SQS client).
+pub async fn init(config: Config) -> Result<Clients, InitError> {
+    let mut phases = timings::Phases::start();
+    let roots = TlsRoots::load(&config.tls)?;
+    let aws_http = roots.aws_http_client(AWS_CONNECT_TIMEOUT)?;
+    let tls_roots_us = phases.lap();
+    let aws = load_aws_with(aws_http).await;
+    let aws_config_us = phases.lap();
+    let report = config.init_timings;
+    let clients = Clients::with_roots(config, &aws, &roots)?;
+    let timings = InitTimings {
+        tls_roots_us,
+        aws_config_us,
+        clients_us: phases.lap(),
+    };
+    timings.report(report);
+    Ok(clients)
+}
+
+/// The SDK configuration from the standard chain (env, `AWS_ENDPOINT_URL` for emulators),
+/// with the SDK's own HTTPS client (the system's roots). The functions use [`init`]; this is
+/// for tools. [`Clients::new`] bounds every call it makes with [`aws_timeouts`].
 pub async fn load_aws() -> aws_config::SdkConfig {
     aws_config::load_defaults(BehaviorVersion::latest()).await
+}
+
+/// The standard chain, every AWS client (and aws-config's own providers) sharing `http`:
+/// one connector over the container's roots ([`TlsRoots::aws_http_client`]).
+pub async fn load_aws_with(
+    http: aws_smithy_runtime_api::client::http::SharedHttpClient,
+) -> aws_config::SdkConfig {
+    aws_config::defaults(BehaviorVersion::latest())
+        .http_client(http)
+        .timeout_config(aws_timeouts())
+        .load()
+        .await
 }
 
 /// Attempt, operation and connect timeouts for every AWS client keapalive builds.
@@ -64,12 +107,50 @@ pub struct Clients {
     pub keap_limiter: Arc<RateLimiter>,
     /// Keap REST v1, sharing `http` and `keap_limiter` (and its per-key limiters).
     pub rest: RestClient,
-    pub sqs: aws_sdk_sqs::Client,
+    /// Only contact-upsert's dead letters use it, and no commit does: built on first use.
+    pub sqs: LazySqs,
+}
+
+/// The SQS client, built the first time it is needed (a dead letter), then kept.
+#[derive(Clone, Debug)]
+pub struct LazySqs {
+    aws: Arc<aws_config::SdkConfig>,
+    client: Arc<OnceLock<aws_sdk_sqs::Client>>,
+}
+
+impl LazySqs {
+    pub fn new(aws: &aws_config::SdkConfig) -> Self {
+        Self {
+            aws: Arc::new(aws.clone()),
+            client: Arc::new(OnceLock::new()),
+        }
+    }
+
+    pub fn get(&self) -> &aws_sdk_sqs::Client {
+        self.client.get_or_init(|| {
+            aws_sdk_sqs::Client::from_conf(
+                aws_sdk_sqs::config::Builder::from(self.aws.as_ref())
+                    .timeout_config(aws_timeouts())
+                    .build(),
+            )
+        })
+    }
 }
 
 impl Clients {
+    /// Clients over `aws` and the roots `config` names (tests, tools: a function uses [`init`]).
     pub fn new(config: Config, aws: &aws_config::SdkConfig) -> Result<Self, InitError> {
-        let http = build_client(config.keap_timeout)?;
+        let roots = TlsRoots::load(&config.tls)?;
+        Self::with_roots(config, aws, &roots)
+    }
+
+    /// Clients over `aws`, Keap's HTTP client trusting `roots`.
+    pub fn with_roots(
+        config: Config,
+        aws: &aws_config::SdkConfig,
+        roots: &TlsRoots,
+    ) -> Result<Self, InitError> {
+        let http = build_client(config.keap_timeout, roots.reqwest_tls()?)?;
         let oauth = OAuthClient::new(http.clone(), &config.keap);
         let keap_limiter = Arc::new(RateLimiter::per_second(config.keap_rate_per_sec));
         let rest = RestClient::new(http.clone(), &config.keap, keap_limiter.clone())
@@ -95,11 +176,7 @@ impl Clients {
             )),
             keap_limiter,
             rest,
-            sqs: aws_sdk_sqs::Client::from_conf(
-                aws_sdk_sqs::config::Builder::from(aws)
-                    .timeout_config(aws_timeouts())
-                    .build(),
-            ),
+            sqs: LazySqs::new(aws),
             http,
             oauth,
             config: Arc::new(config),

@@ -6,7 +6,7 @@
 use keapalive::config::Requirements;
 use keapalive::contact::{UpsertError, UpsertService};
 use keapalive::lambda_deadline::DeadlinePolicy;
-use keapalive::wiring::{self, Clients};
+use keapalive::wiring;
 use keapalive::{Config, telemetry};
 use lambda_runtime::{Error, LambdaEvent, service_fn};
 use serde_json::Value;
@@ -16,9 +16,8 @@ use serde_json::value::RawValue;
 async fn main() -> Result<(), Error> {
     telemetry::init_logging();
     let config = Config::from_env(Requirements::default())?;
-    let aws = wiring::load_aws().await;
     let deadlines = DeadlinePolicy::from_config(&config);
-    let clients = Clients::new(config, &aws)?;
+    let clients = wiring::init(config).await?;
     let service = UpsertService::from_clients(&clients);
     let (service, deadlines) = (&service, &deadlines);
 

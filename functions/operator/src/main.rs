@@ -6,7 +6,7 @@
 use keapalive::authorization;
 use keapalive::config::{Config, Requirements};
 use keapalive::telemetry;
-use keapalive::wiring::{Clients, load_aws};
+use keapalive::wiring;
 use lambda_runtime::{LambdaEvent, service_fn};
 use serde_json::Value;
 
@@ -16,7 +16,9 @@ async fn main() -> Result<(), lambda_runtime::Error> {
     // start_authorization builds the authorize link, which names the callback's redirect URI.
     let config =
         Config::from_env(Requirements { redirect_uri: true }).unwrap_or_else(|e| exit_at_init(&e));
-    let clients = Clients::new(config, &load_aws().await).unwrap_or_else(|e| exit_at_init(&e));
+    let clients = wiring::init(config)
+        .await
+        .unwrap_or_else(|e| exit_at_init(&e));
 
     lambda_runtime::run(service_fn(|event: LambdaEvent<Value>| {
         authorization::handle_operator(&clients, event.payload)

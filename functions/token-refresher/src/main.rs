@@ -5,7 +5,7 @@ use keapalive::config::{Config, Requirements};
 use keapalive::lambda_deadline::DeadlinePolicy;
 use keapalive::refresh::RefresherEvent;
 use keapalive::telemetry;
-use keapalive::wiring::{Clients, load_aws};
+use keapalive::wiring;
 use lambda_runtime::{Diagnostic, LambdaEvent, service_fn};
 use serde_json::Value;
 
@@ -16,7 +16,7 @@ async fn main() -> Result<(), lambda_runtime::Error> {
     let stage = config.stage.clone();
     let concurrency = config.refresh_concurrency;
     let deadlines = DeadlinePolicy::from_config(&config);
-    let clients = Clients::new(config, &load_aws().await)?;
+    let clients = wiring::init(config).await?;
     let refresher = clients.refresher();
 
     lambda_runtime::run(service_fn(|event: LambdaEvent<Value>| {

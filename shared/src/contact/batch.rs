@@ -168,6 +168,7 @@ impl<S: TokenStore> UpsertService<S> {
             .collect();
         let mut send = self
             .sqs
+            .get()
             .send_message()
             .queue_url(queue_url)
             .message_body(body)

@@ -29,7 +29,7 @@ use crate::secrets::SecretsSource;
 use crate::telemetry::Metrics;
 use crate::token_store::{DynamoDbTokenStore, TokenStore};
 use crate::ttl_cache::TtlCache;
-use crate::wiring::Clients;
+use crate::wiring::{Clients, LazySqs};
 
 /// A cached model that misses a field is fetched again only if it is at least this old, so a
 /// stream of requests naming a field that does not exist cannot turn into a stream of model
@@ -88,7 +88,7 @@ pub struct UpsertService<S> {
     pub(crate) rest: RestClient,
     pub(crate) grants: Arc<OnDemandRefresher<S>>,
     pub(crate) secrets: Arc<SecretsSource>,
-    pub(crate) sqs: aws_sdk_sqs::Client,
+    pub(crate) sqs: LazySqs,
     pub(crate) settings: UpsertSettings,
     pub(crate) metrics: MetricSink,
     models: TtlCache<(Instant, Arc<ContactModel>)>,
@@ -112,7 +112,7 @@ impl<S: TokenStore> UpsertService<S> {
         rest: RestClient,
         grants: Arc<OnDemandRefresher<S>>,
         secrets: Arc<SecretsSource>,
-        sqs: aws_sdk_sqs::Client,
+        sqs: LazySqs,
         settings: UpsertSettings,
     ) -> Self {
         Self {

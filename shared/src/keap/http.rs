@@ -7,12 +7,19 @@ use std::time::Duration;
 /// fails well inside the request timeout.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 
+/// `tls`: the container's shared roots ([`crate::tls::TlsRoots::reqwest_tls`]), so building this
+/// client reads and parses no certificate.
+///
 /// Follows no redirect: a 307 from the token endpoint would re-post the refresh token (on the
 /// code exchange, the client secret) to whatever host it names, and a redirected REST call would
 /// carry `X-Keap-API-Key` along. A 3xx comes back as an answer; see [`redirect_target`].
-pub fn build_client(request_timeout: Duration) -> Result<reqwest::Client, reqwest::Error> {
+pub fn build_client(
+    request_timeout: Duration,
+    tls: rustls::ClientConfig,
+) -> Result<reqwest::Client, reqwest::Error> {
     reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
+        .tls_backend_preconfigured(tls)
         .connect_timeout(CONNECT_TIMEOUT.min(request_timeout))
         .timeout(request_timeout)
         .pool_idle_timeout(Duration::from_secs(50))
