@@ -9,9 +9,8 @@ use keapalive::contact::{
     UpsertError,
 };
 use keapalive::token_store::{ConnectionStatus, TokenStore};
-use keapalive_tests::emulator::Emulator;
 use keapalive_tests::fixture::{Fixture, connection_id};
-use keapalive_tests::runtime_api::{FunctionProcess, RuntimeApi, binary_path, spawn_function};
+use keapalive_tests::runtime_api::RuntimeApi;
 use serde_json::json;
 
 const APP: &str = "contain01";
@@ -101,32 +100,12 @@ async fn ten_upserts(runtime: &RuntimeApi, who: &str) -> Vec<Result<(), String>>
     answers
 }
 
-/// A contact-upsert binary, warm, against this fixture.
-async fn upsert_binary(fx: &Fixture) -> (RuntimeApi, FunctionProcess) {
-    let runtime = RuntimeApi::start_named("contact-upsert").await;
-    let mut env = fx.env(&[]);
-    env.retain(|(k, _)| k != "KEAPALIVE_REDIRECT_URI");
-    env.extend(Emulator::shared().process_env());
-    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-    let function = spawn_function(&binary_path("contact-upsert"), &env, &runtime);
-    assert!(
-        runtime
-            .wait_until_ready(Duration::from_secs(60))
-            .await
-            .is_some(),
-        "init failed: {:?}\n{}",
-        runtime.init_error(),
-        function.output()
-    );
-    (runtime, function)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keap_answering_401_to_everything_rotates_at_most_once_across_two_processes() {
     let fx = Fixture::new().await;
     fx.seed_connection("default", APP, None).await;
-    let (first, _first_process) = upsert_binary(&fx).await;
-    let (second, _second_process) = upsert_binary(&fx).await;
+    let (first, _first_process) = upsert_binary(&fx, &[]).await;
+    let (second, _second_process) = upsert_binary(&fx, &[]).await;
     fx.sandbox.inject(Fault {
         endpoint: Endpoint::Api,
         kind: FaultKind::Status {

@@ -4,12 +4,11 @@
 
 use std::time::Duration;
 
+use crate::support::upsert_binary;
 use aws_sdk_dynamodb::types::AttributeValue;
 use keapalive::clock::now_epoch_secs;
 use keapalive_tests::aws::get_item;
-use keapalive_tests::emulator::Emulator;
 use keapalive_tests::fixture::{CLIENT_SECRET, Fixture};
-use keapalive_tests::runtime_api::{FunctionProcess, RuntimeApi, binary_path, spawn_function};
 use serde_json::{Value, json};
 
 const APP: &str = "logcap01";
@@ -24,26 +23,9 @@ async fn upsert_through_the_binary(level: Option<(&str, &str)>) -> (String, Vec<
     let issued = fx
         .seed_connection("default", APP, Some(now_epoch_secs() + 60))
         .await;
-    let runtime = RuntimeApi::start_named("contact-upsert").await;
-    let mut env = fx.env(&[]);
-    env.retain(|(k, _)| k != "KEAPALIVE_REDIRECT_URI");
-    env.extend(Emulator::shared().process_env());
-    env.push(("AWS_SESSION_TOKEN".to_owned(), SESSION_TOKEN.to_owned()));
-    if let Some((name, value)) = level {
-        env.push((name.to_owned(), value.to_owned()));
-    }
-    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-    let mut function: FunctionProcess =
-        spawn_function(&binary_path("contact-upsert"), &env, &runtime);
-    assert!(
-        runtime
-            .wait_until_ready(Duration::from_secs(60))
-            .await
-            .is_some(),
-        "init failed: {:?}\n{}",
-        runtime.init_error(),
-        function.output()
-    );
+    let mut extra = vec![("AWS_SESSION_TOKEN", SESSION_TOKEN)];
+    extra.extend(level);
+    let (runtime, mut function) = upsert_binary(&fx, &extra).await;
     let created = runtime
         .invoke(
             json!({"contact": {"email": EMAIL}}),

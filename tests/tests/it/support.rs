@@ -211,3 +211,36 @@ impl CaptureServer {
         String::from_utf8_lossy(&self.received.lock().unwrap()).into_owned()
     }
 }
+
+/// A warm contact-upsert binary against `fx` (its environment contract, the emulator, and
+/// `extra` on top), started as Lambda starts it; panics with its output if init fails.
+pub async fn upsert_binary(
+    fx: &Fixture,
+    extra: &[(&str, &str)],
+) -> (
+    keapalive_tests::runtime_api::RuntimeApi,
+    keapalive_tests::runtime_api::FunctionProcess,
+) {
+    use keapalive_tests::runtime_api::{RuntimeApi, binary_path, spawn_function};
+    let runtime = RuntimeApi::start_named("contact-upsert").await;
+    let mut env = fx.env(&[]);
+    env.retain(|(k, _)| k != "KEAPALIVE_REDIRECT_URI");
+    env.extend(keapalive_tests::emulator::Emulator::shared().process_env());
+    env.extend(
+        extra
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned())),
+    );
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let function = spawn_function(&binary_path("contact-upsert"), &env, &runtime);
+    assert!(
+        runtime
+            .wait_until_ready(Duration::from_secs(60))
+            .await
+            .is_some(),
+        "init failed: {:?}\n{}",
+        runtime.init_error(),
+        function.output()
+    );
+    (runtime, function)
+}
