@@ -87,6 +87,12 @@ impl<'a, S: TokenStore> KeapSession<'a, S> {
         self.id
     }
 
+    /// The cache scope of ids learned through this session's credential
+    /// ([`Grant::account_scope`]).
+    pub(crate) fn account_scope(&self) -> String {
+        self.grant.account_scope(self.id)
+    }
+
     /// Sends `request` until it succeeds or the policy above gives up.
     pub(crate) async fn send(
         &mut self,

@@ -193,7 +193,7 @@ impl<S: TokenStore> UpsertService<S> {
         keap: &mut KeapSession<'_, S>,
         refetch: bool,
     ) -> Result<(Instant, Arc<ContactModel>), UpsertError> {
-        let key = keap.connection().as_str().to_owned();
+        let key = keap.account_scope();
         if refetch {
             self.models.invalidate(&key);
         }
@@ -233,7 +233,7 @@ impl<S: TokenStore> UpsertService<S> {
     }
 
     async fn tag_id(&self, keap: &mut KeapSession<'_, S>, name: &str) -> Result<i64, UpsertError> {
-        let key = tag_name_key(keap.connection(), name);
+        let key = tag_name_key(&keap.account_scope(), name);
         self.tag_ids
             .get_or_try_fill(&key, || self.find_or_create_tag(keap, name))
             .await
@@ -245,7 +245,7 @@ impl<S: TokenStore> UpsertService<S> {
         keap: &mut KeapSession<'_, S>,
         id: i64,
     ) -> Result<i64, UpsertError> {
-        let key = tag_id_key(keap.connection(), id);
+        let key = tag_id_key(&keap.account_scope(), id);
         self.tag_ids
             .get_or_try_fill(&key, || async move {
                 match keap.find(&tags::find_by_id(id)).await? {
@@ -283,11 +283,11 @@ impl<S: TokenStore> UpsertService<S> {
             let Some(name) = &tag.name else {
                 // Checked a moment ago, gone now: the next request checks again.
                 self.tag_ids
-                    .invalidate(&tag_id_key(keap.connection(), tag.id));
+                    .invalidate(&tag_id_key(&keap.account_scope(), tag.id));
                 continue;
             };
             self.tag_ids
-                .invalidate(&tag_name_key(keap.connection(), name));
+                .invalidate(&tag_name_key(&keap.account_scope(), name));
             match self.tag_id(keap, name).await {
                 Ok(fresh) if fresh != tag.id && !ids.contains(&fresh) => {
                     info!(connection = %keap.connection(), stale = tag.id, fresh, "cached tag id was gone; applying the tag's current id");
@@ -401,14 +401,14 @@ struct TagToApply {
     name: Option<String>,
 }
 
-/// The unit separator cannot occur in a connection id, nor (validated) in a tag name; a
+/// The unit separator cannot occur in a scope's parts, nor (validated) in a tag name; a
 /// doubled one keys ids apart from names.
-fn tag_name_key(connection: &crate::connection_id::ConnectionId, name: &str) -> String {
-    format!("{connection}\u{1f}{name}")
+fn tag_name_key(scope: &str, name: &str) -> String {
+    format!("{scope}\u{1f}{name}")
 }
 
-fn tag_id_key(connection: &crate::connection_id::ConnectionId, id: i64) -> String {
-    format!("{connection}\u{1f}\u{1f}{id}")
+fn tag_id_key(scope: &str, id: i64) -> String {
+    format!("{scope}\u{1f}\u{1f}{id}")
 }
 
 /// The documented marker of an error raised after the contact was written: callers find the

@@ -52,6 +52,17 @@ impl std::fmt::Debug for AccessCredential {
 }
 
 impl Grant {
+    /// What ids derived through this credential (custom fields, tags) are cached under: the
+    /// connection, its incarnation and its authorization. A removed and re-created connection,
+    /// or one re-authorized for another account, never reuses the old account's ids.
+    pub fn account_scope(&self, id: &ConnectionId) -> String {
+        format!(
+            "{id}\u{1f}{}\u{1f}{}",
+            self.incarnation.as_deref().unwrap_or_default(),
+            self.authorized_by.as_deref().unwrap_or_default()
+        )
+    }
+
     /// The connection version this credential was read from (conditions name it).
     pub fn version(&self) -> Version {
         Version {
@@ -84,6 +95,9 @@ pub struct Grant {
     pub credential: AccessCredential,
     pub generation: u64,
     pub incarnation: Option<String>,
+    /// Write id of the authorization the credential descends from: a re-authorization (perhaps
+    /// of another Keap account, `replace_account`) changes it, a refresh does not.
+    pub authorized_by: Option<String>,
     /// Epoch seconds after which the credential must not be used without re-checking.
     valid_until: i64,
     /// When it was last checked against the connection item (generation, incarnation,
@@ -216,6 +230,7 @@ impl<S: TokenStore> OnDemandRefresher<S> {
                     credential: AccessCredential::Bearer(pair.access_token.clone()),
                     generation: connection.generation,
                     incarnation: connection.incarnation.clone(),
+                    authorized_by: connection.authorized_by.clone(),
                     valid_until: pair.access_expires_at - MIN_VALIDITY_SECS,
                     checked_at: Instant::now(),
                 };
@@ -261,6 +276,7 @@ impl<S: TokenStore> OnDemandRefresher<S> {
                         credential: AccessCredential::Bearer(pair.access_token),
                         generation,
                         incarnation: connection.incarnation.clone(),
+                        authorized_by: connection.authorized_by.clone(),
                         valid_until: pair.access_expires_at - MIN_VALIDITY_SECS,
                         checked_at: Instant::now(),
                     };
@@ -345,6 +361,7 @@ impl<S: TokenStore> OnDemandRefresher<S> {
             credential: AccessCredential::ApiKey(key),
             generation: connection.generation,
             incarnation: connection.incarnation.clone(),
+            authorized_by: connection.authorized_by.clone(),
             valid_until: now_epoch_secs() + KEY_CACHE_TTL_SECS,
             checked_at: Instant::now(),
         };

@@ -207,3 +207,43 @@ async fn many_keys_rejected_at_once_is_an_incident_not_many_revocations() {
     assert_eq!(warm.metric_total(METRIC_UNAUTHORIZED_INCIDENT), 1.0);
     assert_eq!(warm.metric_total(METRIC_NEEDS_REAUTHORIZATION), 2.0);
 }
+
+#[tokio::test]
+async fn a_connection_recreated_for_another_account_never_reuses_the_old_accounts_field_ids() {
+    let fx = Fixture::new().await;
+    fx.seed_connection("default", "fieldsone1", None).await;
+    let old_field = fx.sandbox.add_custom_field("fieldsone1", "Plan", "Text");
+    let warm = container(&fx, &[("KEAPALIVE_CONNECTION_RECHECK_SECS", "1")]);
+    let with_plan = |email: &str| {
+        json!({"connection_id": "default",
+               "contact": {"email": email, "custom_fields": {"Plan": "pro"}}})
+    };
+    upsert(&warm.service, with_plan("ada@buttonpush.example"))
+        .await
+        .expect("the first account's model is fetched and cached");
+
+    assert!(
+        fx.store()
+            .delete_connection(&connection_id("default"))
+            .await
+            .unwrap()
+    );
+    fx.seed_connection("default", "fieldstwo2", None).await;
+    // The sandbox numbers each account's fields from the same start: one more makes them differ.
+    fx.sandbox
+        .add_custom_field("fieldstwo2", "Shoe Size", "Text");
+    let new_field = fx.sandbox.add_custom_field("fieldstwo2", "Plan", "Text");
+    assert_ne!(old_field, new_field, "the two accounts' ids differ");
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+
+    upsert(&warm.service, with_plan("grace@buttonpush.example"))
+        .await
+        .expect("the new account's model is fetched");
+
+    let contact = contact_with_email(&fx, "fieldstwo2", "grace@buttonpush.example")
+        .expect("the contact went to the new account");
+    assert_eq!(
+        contact["custom_fields"],
+        json!([{"id": new_field, "content": "pro"}])
+    );
+}
