@@ -149,24 +149,17 @@ impl DynamoDbTokenStore {
     /// functions never scan.
     pub async fn scan_connections(&self) -> Result<ConnectionScan, StoreError> {
         let mut scan = ConnectionScan::default();
-        let mut start: Option<HashMap<String, AttributeValue>> = None;
-        loop {
-            let page = self
-                .client
-                .scan()
-                .table_name(&self.table)
-                .consistent_read(true)
-                .filter_expression("begins_with(pk, :prefix)")
-                .expression_attribute_values(":prefix", string(CONNECTION_PREFIX))
-                .set_exclusive_start_key(start.take())
-                .send()
-                .await
-                .map_err(StoreError::from_sdk)?;
-            collect_connections(&mut scan, page.items())?;
-            match page.last_evaluated_key {
-                Some(key) if !key.is_empty() => start = Some(key),
-                _ => break,
-            }
+        let mut pages = self
+            .client
+            .scan()
+            .table_name(&self.table)
+            .consistent_read(true)
+            .filter_expression("begins_with(pk, :prefix)")
+            .expression_attribute_values(":prefix", string(CONNECTION_PREFIX))
+            .into_paginator()
+            .send();
+        while let Some(page) = pages.next().await {
+            collect_connections(&mut scan, page.map_err(StoreError::from_sdk)?.items())?;
         }
         Ok(scan)
     }
@@ -243,25 +236,18 @@ impl TokenStore for DynamoDbTokenStore {
             ConnectionStatus::Active,
             ConnectionStatus::NeedsReauthorization,
         ] {
-            let mut start: Option<HashMap<String, AttributeValue>> = None;
-            loop {
-                let page = self
-                    .client
-                    .query()
-                    .table_name(&self.table)
-                    .index_name(STATUS_INDEX)
-                    .key_condition_expression("#status = :status")
-                    .expression_attribute_names("#status", "status")
-                    .expression_attribute_values(":status", string(status.as_str()))
-                    .set_exclusive_start_key(start.take())
-                    .send()
-                    .await
-                    .map_err(StoreError::from_sdk)?;
-                collect_connections(&mut scan, page.items())?;
-                match page.last_evaluated_key {
-                    Some(key) if !key.is_empty() => start = Some(key),
-                    _ => break,
-                }
+            let mut pages = self
+                .client
+                .query()
+                .table_name(&self.table)
+                .index_name(STATUS_INDEX)
+                .key_condition_expression("#status = :status")
+                .expression_attribute_names("#status", "status")
+                .expression_attribute_values(":status", string(status.as_str()))
+                .into_paginator()
+                .send();
+            while let Some(page) = pages.next().await {
+                collect_connections(&mut scan, page.map_err(StoreError::from_sdk)?.items())?;
             }
         }
         Ok(scan)
