@@ -67,13 +67,18 @@ impl<S: TokenStore> Refresher<S> {
         deadline: Deadline,
         concurrency: usize,
     ) -> Result<RefreshRun, RefresherError> {
+        // Boxed: the run's future nests the SDK's paginator and retry futures deep enough that
+        // rustc's layout query overflows its depth limit when it is inlined into `main`'s
+        // future. One allocation per invocation.
         Ok(match event {
-            RefresherEvent::Scheduled => self.run_scheduled(deadline, concurrency).await?,
+            RefresherEvent::Scheduled => {
+                Box::pin(self.run_scheduled(deadline, concurrency)).await?
+            }
             RefresherEvent::One(ScheduledRequest {
                 connection_id: Some(id),
                 force,
-            }) => self.run_one(&id, deadline, force).await?,
-            RefresherEvent::One(_) => self.run_scheduled(deadline, concurrency).await?,
+            }) => Box::pin(self.run_one(&id, deadline, force)).await?,
+            RefresherEvent::One(_) => Box::pin(self.run_scheduled(deadline, concurrency)).await?,
         })
     }
 }
