@@ -14,9 +14,7 @@ use futures_util::{StreamExt, TryStreamExt, stream};
 use keap_sandbox::{Endpoint, IssuedPair, Sandbox};
 use keapalive::clock::now_epoch_secs;
 use keapalive::keap::tokens::keap_app_from_scope;
-use keapalive::token_store::{
-    CommitOutcome, LeaseOutcome, RotationCause, TokenStore, new_write_id,
-};
+use keapalive::token_store::{CommitOutcome, LeaseOutcome, RotationCause, new_write_id};
 use keapalive_tests::aws::{create_client_secret, create_table, get_item};
 use keapalive_tests::emulator::Emulator;
 use keapalive_tests::fixture::{CLIENT_ID, CLIENT_SECRET, Fixture, connection_id, issued_tokens};

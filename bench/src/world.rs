@@ -145,7 +145,7 @@ impl World {
     /// redirects the browser to (`code=..&state=..`).
     async fn authorization_redirect(&self) -> Result<String, String> {
         let started = start_authorization(
-            &self.operator,
+            &self.operator.authorization(),
             &StartAuthorization {
                 connection_id: connection_id("default"),
                 replace_account: false,

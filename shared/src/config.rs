@@ -46,7 +46,7 @@ pub enum ConfigError {
     Missing(&'static str),
     #[error("configuration: {name} is malformed: {reason}")]
     Malformed { name: &'static str, reason: String },
-    #[error("configuration: unknown variable {0} (known: see the README's configuration table)")]
+    #[error("configuration: unknown variable {0} (known: see docs/configuration.md)")]
     Unknown(String),
 }
 

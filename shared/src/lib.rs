@@ -7,7 +7,7 @@
 //! - [`token_store`]: connection and state records in DynamoDB, every write conditional.
 //! - [`refresh`]: the refresh protocol (lease → refresh → commit) and its invariants.
 //! - [`contact`]: the contact-upsert request schema, validation, translation and service.
-//! - [`lambda_deadline`]: the invocation deadline, robust to local emulators' odd values.
+//! - [`deadline`]: the invocation deadline, robust to local emulators' odd values.
 //! - [`telemetry`]: JSON logs and CloudWatch embedded-metric lines.
 //! - [`tls`]: the trust roots, built once per container for Keap's and the AWS clients.
 //! - [`error_type`]: the `errorType` strings every function's Lambda errors carry.
@@ -18,9 +18,9 @@ pub mod clock;
 pub mod config;
 pub mod connection_id;
 pub mod contact;
+pub mod deadline;
 pub mod error_type;
 pub mod keap;
-pub mod lambda_deadline;
 pub mod redact;
 pub mod refresh;
 pub mod secrets;

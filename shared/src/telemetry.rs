@@ -4,6 +4,7 @@
 //! template) makes them JSON objects. Metrics are CloudWatch embedded-metric-format (EMF)
 //! lines on stdout: CloudWatch turns them into metrics with no API call and no extra latency.
 
+use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde_json::{Map, Value, json};
@@ -223,5 +224,28 @@ mod tests {
         assert_eq!(declared["Namespace"], "Keapalive");
         assert_eq!(declared["Metrics"].as_array().unwrap().len(), 2);
         assert_eq!(declared["Dimensions"][0][0], "Stage");
+    }
+}
+
+/// Where EMF metric lines go: stdout in Lambda (CloudWatch reads them), a closure in tests.
+#[derive(Clone)]
+pub struct MetricSink(Arc<EmitMetrics>);
+
+/// Receives the metrics and the stage (their dimension).
+type EmitMetrics = dyn Fn(&Metrics, &str) + Send + Sync;
+
+impl MetricSink {
+    pub fn stdout() -> Self {
+        Self(Arc::new(|metrics: &Metrics, stage: &str| {
+            metrics.emit(stage)
+        }))
+    }
+
+    pub fn new(sink: impl Fn(&Metrics, &str) + Send + Sync + 'static) -> Self {
+        Self(Arc::new(sink))
+    }
+
+    pub fn emit(&self, metrics: &Metrics, stage: &str) {
+        (self.0)(metrics, stage);
     }
 }

@@ -1,23 +1,31 @@
-//! Building the long-lived clients a function needs, once per container, from [`Config`].
+//! The composition root: everything a function builds once per container — logging, the
+//! configuration, the AWS configuration and every client — and the domain service each
+//! function hands its events to.
 //!
-//! Every function's `main` calls [`init`]; nothing here runs per invocation.
+//! Each `functions/*/src/main.rs` calls one of [`oauth_callback`], [`operator`],
+//! [`token_refresher`], [`contact_upsert`], then runs the returned service's `handle`. Any init
+//! failure prints one line naming the problem (the variable, usually) to stderr and exits
+//! non-zero, the same way for every function: Lambda reports the failed init and the line is in
+//! the function's log. Nothing here runs per invocation. Domain modules never import this one.
 
 mod timings;
 
-use std::sync::{Arc, OnceLock};
-
+use std::sync::Arc;
 use std::time::Duration;
 
 use aws_config::BehaviorVersion;
 use aws_config::retry::RetryConfig;
 use aws_config::timeout::TimeoutConfig;
 
-use crate::config::Config;
+use crate::authorization::AuthorizationService;
+use crate::config::{Config, Requirements};
+use crate::contact::{LazySqs, UpsertService, UpsertSettings};
 use crate::keap::http::build_client;
 use crate::keap::rate_limit::RateLimiter;
 use crate::keap::{OAuthClient, RestClient};
-use crate::refresh::{OnDemandRefresher, Refresher, RefresherSettings};
+use crate::refresh::{OnDemandRefresher, Refresher, RefresherFunction, RefresherSettings};
 use crate::secrets::SecretsSource;
+use crate::telemetry;
 use crate::tls::{TlsError, TlsRoots};
 use crate::token_store::DynamoDbTokenStore;
 
@@ -43,6 +51,45 @@ pub const AWS_OPERATION_TIMEOUT: Duration = Duration::from_secs(10);
 pub const AWS_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// Attempts of one DynamoDB call (the SDK's default is 3).
 const DYNAMODB_ATTEMPTS: u32 = 5;
+
+/// oauth-callback's init. Its callback route finishes authorizations, so it needs the redirect URI.
+pub async fn oauth_callback() -> AuthorizationService {
+    init_or_exit(Requirements { redirect_uri: true })
+        .await
+        .authorization()
+}
+
+/// operator's init. start_authorization builds the authorize link, which names the callback's
+/// redirect URI.
+pub async fn operator() -> AuthorizationService {
+    init_or_exit(Requirements { redirect_uri: true })
+        .await
+        .authorization()
+}
+
+/// token-refresher's init.
+pub async fn token_refresher() -> RefresherFunction {
+    let clients = init_or_exit(Requirements::default()).await;
+    RefresherFunction::new(clients.refresher(), &clients.config)
+}
+
+/// contact-upsert's init.
+pub async fn contact_upsert() -> UpsertService {
+    init_or_exit(Requirements::default()).await.upsert_service()
+}
+
+/// Logging, then the configuration, then [`init`]; on any failure, one line and exit 1.
+async fn init_or_exit(requirements: Requirements) -> Clients {
+    telemetry::init_logging();
+    let config = Config::from_env(requirements).unwrap_or_else(|e| exit_at_init(&e));
+    init(config).await.unwrap_or_else(|e| exit_at_init(&e))
+}
+
+/// One line naming the problem (its `Display`, never a `Debug` dump), then exit.
+fn exit_at_init(error: &dyn std::fmt::Display) -> ! {
+    eprintln!("{error}");
+    std::process::exit(1)
+}
 
 /// A function's init: the trust roots, the SDK configuration and every client, each phase
 /// timed ([`InitTimings`]: DEBUG log, and a stderr line with `KEAPALIVE_INIT_TIMINGS=true`).
@@ -101,40 +148,14 @@ pub struct Clients {
     pub config: Arc<Config>,
     pub store: DynamoDbTokenStore,
     pub secrets: Arc<SecretsSource>,
-    pub http: reqwest::Client,
     pub oauth: OAuthClient,
     /// Shared by every Keap request this container makes.
     pub keap_limiter: Arc<RateLimiter>,
-    /// Keap REST v1, sharing `http` and `keap_limiter` (and its per-key limiters).
+    /// Keap REST v1, sharing the OAuth client's connection pool and `keap_limiter` (and its
+    /// per-key limiters).
     pub rest: RestClient,
     /// Only contact-upsert's dead letters use it, and no commit does: built on first use.
     pub sqs: LazySqs,
-}
-
-/// The SQS client, built the first time it is needed (a dead letter), then kept.
-#[derive(Clone, Debug)]
-pub struct LazySqs {
-    aws: Arc<aws_config::SdkConfig>,
-    client: Arc<OnceLock<aws_sdk_sqs::Client>>,
-}
-
-impl LazySqs {
-    pub fn new(aws: &aws_config::SdkConfig) -> Self {
-        Self {
-            aws: Arc::new(aws.clone()),
-            client: Arc::new(OnceLock::new()),
-        }
-    }
-
-    pub fn get(&self) -> &aws_sdk_sqs::Client {
-        self.client.get_or_init(|| {
-            aws_sdk_sqs::Client::from_conf(
-                aws_sdk_sqs::config::Builder::from(self.aws.as_ref())
-                    .timeout_config(aws_timeouts())
-                    .build(),
-            )
-        })
-    }
 }
 
 impl Clients {
@@ -176,14 +197,17 @@ impl Clients {
             )),
             keap_limiter,
             rest,
-            sqs: LazySqs::new(aws),
-            http,
+            sqs: LazySqs::new(
+                aws_sdk_sqs::config::Builder::from(aws)
+                    .timeout_config(aws_timeouts())
+                    .build(),
+            ),
             oauth,
             config: Arc::new(config),
         })
     }
 
-    pub fn refresher(&self) -> Refresher<DynamoDbTokenStore> {
+    pub fn refresher(&self) -> Refresher {
         Refresher::new(
             self.store.clone(),
             self.oauth.clone(),
@@ -193,7 +217,28 @@ impl Clients {
         )
     }
 
-    pub fn on_demand(&self) -> OnDemandRefresher<DynamoDbTokenStore> {
+    pub fn authorization(&self) -> AuthorizationService {
+        AuthorizationService::new(
+            self.config.clone(),
+            self.store.clone(),
+            self.secrets.clone(),
+            self.oauth.clone(),
+            self.rest.clone(),
+            self.keap_limiter.clone(),
+        )
+    }
+
+    pub fn upsert_service(&self) -> UpsertService {
+        UpsertService::new(
+            self.rest.clone(),
+            Arc::new(self.on_demand()),
+            self.secrets.clone(),
+            self.sqs.clone(),
+            UpsertSettings::from_config(&self.config),
+        )
+    }
+
+    pub fn on_demand(&self) -> OnDemandRefresher {
         OnDemandRefresher::new(
             Arc::new(self.refresher()),
             self.secrets.clone(),

@@ -8,7 +8,7 @@ use keapalive::clock::now_epoch_secs;
 use keapalive::config::{Config, Requirements};
 use keapalive::keap::tokens::keap_app_from_scope;
 use keapalive::keap::{IssuedTokens, TokenPair};
-use keapalive::token_store::{AuthorizeOutcome, DynamoDbTokenStore, TokenStore, new_write_id};
+use keapalive::token_store::{AuthorizeOutcome, DynamoDbTokenStore, new_write_id};
 use keapalive::wiring::Clients;
 use secrecy::SecretString;
 

@@ -3,32 +3,10 @@
 //! `lambda:InvokeFunction` on it is what makes someone an operator. The logic lives in
 //! `keapalive::authorization`, shared with oauth-callback, which finishes what this starts.
 
-use keapalive::authorization;
-use keapalive::config::{Config, Requirements};
-use keapalive::telemetry;
-use keapalive::wiring;
-use lambda_runtime::{LambdaEvent, service_fn};
-use serde_json::Value;
+use lambda_runtime::service_fn;
 
 #[tokio::main]
 async fn main() -> Result<(), lambda_runtime::Error> {
-    telemetry::init_logging();
-    // start_authorization builds the authorize link, which names the callback's redirect URI.
-    let config =
-        Config::from_env(Requirements { redirect_uri: true }).unwrap_or_else(|e| exit_at_init(&e));
-    let clients = wiring::init(config)
-        .await
-        .unwrap_or_else(|e| exit_at_init(&e));
-
-    lambda_runtime::run(service_fn(|event: LambdaEvent<Value>| {
-        authorization::handle_operator(&clients, event.payload)
-    }))
-    .await
-}
-
-/// One line naming the problem (the variable, usually), then exit: Lambda reports the failed
-/// init and the line is in the function's log.
-fn exit_at_init(error: &dyn std::fmt::Display) -> ! {
-    eprintln!("{error}");
-    std::process::exit(1)
+    let authorization = keapalive::wiring::operator().await;
+    lambda_runtime::run(service_fn(|event| authorization.handle_operator(event))).await
 }

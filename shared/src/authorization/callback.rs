@@ -12,14 +12,14 @@ use aws_lambda_events::apigw::{ApiGatewayV2httpRequest, ApiGatewayV2httpResponse
 use aws_lambda_events::http::Method;
 use tracing::{error, info, warn};
 
+use super::AuthorizationService;
 use super::nonce;
 use super::pages::{self, Page};
 use super::query::{self, QueryError};
 use crate::clock::now_epoch_secs;
 use crate::connection_id::ConnectionId;
 use crate::keap::{IssuedTokens, TokenError};
-use crate::token_store::{AuthorizeOutcome, StateOutcome, StoreError, TokenStore, new_write_id};
-use crate::wiring::Clients;
+use crate::token_store::{AuthorizeOutcome, StateOutcome, StoreError, new_write_id};
 
 /// The route the SAM template gives the callback.
 pub const CALLBACK_PATH: &str = "/oauth/callback";
@@ -30,10 +30,10 @@ const STORE_ATTEMPTS: u32 = 3;
 const STORE_BACKOFF: Duration = Duration::from_millis(200);
 
 pub async fn handle_callback(
-    clients: &Clients,
+    service: &AuthorizationService,
     request: &ApiGatewayV2httpRequest,
 ) -> ApiGatewayV2httpResponse {
-    let outcome = finish(clients, request).await;
+    let outcome = finish(service, request).await;
     let page = outcome.page();
     outcome.log(page.status);
     page.into_response()
@@ -216,14 +216,14 @@ fn refused(failure: Failure) -> Outcome {
     }
 }
 
-async fn finish(clients: &Clients, request: &ApiGatewayV2httpRequest) -> Outcome {
+async fn finish(service: &AuthorizationService, request: &ApiGatewayV2httpRequest) -> Outcome {
     let http = &request.request_context.http;
     let path = request
         .raw_path
         .as_deref()
         .or(http.path.as_deref())
         .unwrap_or_default();
-    let configured_path = clients.config.redirect_uri.as_ref().map(|uri| uri.path());
+    let configured_path = service.config.redirect_uri.as_ref().map(|uri| uri.path());
     if path != CALLBACK_PATH && Some(path) != configured_path {
         return refused(Failure::NotFound);
     }
@@ -239,7 +239,7 @@ async fn finish(clients: &Clients, request: &ApiGatewayV2httpRequest) -> Outcome
     if let Some(keap_error) = query.error {
         // The flow is over either way: the state is spent so its link cannot be replayed.
         let connection_id = match query.state.as_deref() {
-            Some(state) => consume_quietly(clients, state).await,
+            Some(state) => consume_quietly(service, state).await,
             None => None,
         };
         let failure = if keap_error == "access_denied" {
@@ -263,7 +263,7 @@ async fn finish(clients: &Clients, request: &ApiGatewayV2httpRequest) -> Outcome
     if !nonce::is_well_formed(&state) {
         return refused(Failure::UnknownState);
     }
-    let pending = match clients.store.consume_state(&state, now_epoch_secs()).await {
+    let pending = match service.store.consume_state(&state, now_epoch_secs()).await {
         Ok(StateOutcome::Consumed(pending)) => pending,
         Ok(StateOutcome::Expired) => return refused(Failure::ExpiredState),
         Ok(StateOutcome::Unknown) => return refused(Failure::UnknownState),
@@ -275,17 +275,17 @@ async fn finish(clients: &Clients, request: &ApiGatewayV2httpRequest) -> Outcome
         failure,
         connection_id: Some(connection_id.clone()),
     };
-    let redirect_uri = match clients.config.redirect_uri() {
+    let redirect_uri = match service.config.redirect_uri() {
         Ok(uri) => uri,
         Err(e) => return failed(Failure::Configuration(e.to_string())),
     };
-    let secret_id = clients.config.client_secret_id.as_str();
-    let credentials = match clients.secrets.client_credentials(secret_id).await {
+    let secret_id = service.config.client_secret_id.as_str();
+    let credentials = match service.secrets.client_credentials(secret_id).await {
         Ok(credentials) => credentials,
         Err(e) => return failed(Failure::Configuration(e.to_string())),
     };
-    clients.keap_limiter.acquire().await;
-    let issued = match clients
+    service.keap_limiter.acquire().await;
+    let issued = match service
         .oauth
         .exchange_code(&credentials, &code, redirect_uri)
         .await
@@ -296,13 +296,13 @@ async fn finish(clients: &Clients, request: &ApiGatewayV2httpRequest) -> Outcome
         }
         Err(e @ TokenError::ClientRejected { .. }) => {
             // The secret may have been rotated since it was cached: read it afresh next time.
-            clients.secrets.invalidate(secret_id);
+            service.secrets.invalidate(secret_id);
             return failed(Failure::ClientRejected(e));
         }
         Err(e) => return failed(Failure::KeapUnavailable(e)),
     };
 
-    match store_pair(clients, &connection_id, &issued, pending.replace_account).await {
+    match store_pair(service, &connection_id, &issued, pending.replace_account).await {
         Ok(AuthorizeOutcome::Authorized { generation }) => Outcome::Authorized {
             keap_app: issued.keap_app,
             connection_id,
@@ -319,7 +319,7 @@ async fn finish(clients: &Clients, request: &ApiGatewayV2httpRequest) -> Outcome
 }
 
 async fn store_pair(
-    clients: &Clients,
+    service: &AuthorizationService,
     connection_id: &ConnectionId,
     issued: &IssuedTokens,
     replace_account: bool,
@@ -329,7 +329,7 @@ async fn store_pair(
     let write_id = new_write_id();
     let mut attempt = 1;
     loop {
-        let result = clients
+        let result = service
             .store
             .authorize(
                 connection_id,
@@ -351,11 +351,11 @@ async fn store_pair(
 }
 
 /// Consumes a state on an error redirect, only to retire it; its outcome changes no page.
-async fn consume_quietly(clients: &Clients, state: &str) -> Option<ConnectionId> {
+async fn consume_quietly(service: &AuthorizationService, state: &str) -> Option<ConnectionId> {
     if !nonce::is_well_formed(state) {
         return None;
     }
-    match clients.store.consume_state(state, now_epoch_secs()).await {
+    match service.store.consume_state(state, now_epoch_secs()).await {
         Ok(StateOutcome::Consumed(pending)) => Some(pending.connection_id),
         Ok(_) => None,
         Err(e) => {

@@ -2,12 +2,12 @@
 //!
 //! - oauth-callback, behind the public route, answers only an API Gateway HTTP API (payload
 //!   2.0) request, `GET /oauth/callback`: Keap's redirect, answered with an HTML page
-//!   ([`callback`], [`pages`]) — [`handle_public`]. It refuses every operator command: its role
+//!   ([`callback`], [`pages`]) — [`answer_public`]. It refuses every operator command: its role
 //!   can read no token attribute and no key secret, and its code has no path to one.
 //! - operator, never public (only `lambda:InvokeFunction` reaches it), answers the operator
 //!   commands: `start_authorization` ([`start`]), `register_service_account_key` and
 //!   `remove_connection` ([`service_account_key`]), with JSON or a Lambda error whose
-//!   `errorType` is one of [`CommandError`]'s kinds — [`handle_operator`].
+//!   `errorType` is one of [`CommandError`]'s kinds — [`answer_operator`].
 //!
 //! Only an operator can start an authorization; the public route only finishes one, with a
 //! random single-use state that expires after ten minutes.
@@ -21,8 +21,10 @@ mod query;
 mod service_account_key;
 mod start;
 
+use std::sync::Arc;
+
 use aws_lambda_events::apigw::ApiGatewayV2httpRequest;
-use lambda_runtime::Diagnostic;
+use lambda_runtime::{Diagnostic, LambdaEvent};
 use serde_json::Value;
 use tracing::warn;
 
@@ -34,12 +36,63 @@ pub use query::MAX_QUERY_BYTES;
 use service_account_key::{register_service_account_key, remove_connection};
 pub use start::{AuthorizationStarted, start_authorization};
 
+use crate::config::Config;
 use crate::error_type::ErrorType;
-use crate::wiring::Clients;
+use crate::keap::rate_limit::RateLimiter;
+use crate::keap::{OAuthClient, RestClient};
+use crate::secrets::SecretsSource;
+use crate::token_store::DynamoDbTokenStore;
+
+/// What oauth-callback and operator use, built once per container.
+pub struct AuthorizationService {
+    pub(crate) config: Arc<Config>,
+    pub(crate) store: DynamoDbTokenStore,
+    pub(crate) secrets: Arc<SecretsSource>,
+    pub(crate) oauth: OAuthClient,
+    pub(crate) rest: RestClient,
+    /// Shared with every other Keap request of the container.
+    pub(crate) keap_limiter: Arc<RateLimiter>,
+}
+
+impl AuthorizationService {
+    pub fn new(
+        config: Arc<Config>,
+        store: DynamoDbTokenStore,
+        secrets: Arc<SecretsSource>,
+        oauth: OAuthClient,
+        rest: RestClient,
+        keap_limiter: Arc<RateLimiter>,
+    ) -> Self {
+        Self {
+            config,
+            store,
+            secrets,
+            oauth,
+            rest,
+            keap_limiter,
+        }
+    }
+
+    // Both boxed: the callback's and the commands' futures nest deeply enough to overflow
+    // rustc's layout depth limit in the binary's `main`; one allocation per invocation.
+
+    /// One invocation of oauth-callback: see [`answer_public`].
+    pub async fn handle_public(&self, event: LambdaEvent<Value>) -> Result<Value, Diagnostic> {
+        Box::pin(answer_public(self, event.payload)).await
+    }
+
+    /// One invocation of operator: see [`answer_operator`].
+    pub async fn handle_operator(&self, event: LambdaEvent<Value>) -> Result<Value, Diagnostic> {
+        Box::pin(answer_operator(self, event.payload)).await
+    }
+}
 
 /// One invocation of oauth-callback (the public function): only the callback route's events.
 /// Anything else — an operator command included — is refused without touching AWS or Keap.
-pub async fn handle_public(clients: &Clients, event: Value) -> Result<Value, Diagnostic> {
+pub async fn answer_public(
+    service: &AuthorizationService,
+    event: Value,
+) -> Result<Value, Diagnostic> {
     if !is_http_event(&event) {
         return Err(CommandError::Validation(format!(
             "oauth-callback answers only GET {CALLBACK_PATH}; operator commands go to the \
@@ -48,7 +101,7 @@ pub async fn handle_public(clients: &Clients, event: Value) -> Result<Value, Dia
         .into());
     }
     let response = match serde_json::from_value::<ApiGatewayV2httpRequest>(event) {
-        Ok(request) => handle_callback(clients, &request).await,
+        Ok(request) => handle_callback(service, &request).await,
         Err(_) => {
             // serde's message may quote the event (and its query): not logged.
             warn!(
@@ -64,7 +117,10 @@ pub async fn handle_public(clients: &Clients, event: Value) -> Result<Value, Dia
 
 /// One invocation of the operator function: only operator commands. An API Gateway event is
 /// refused (the operator function has no public route; one that arrives is a wiring mistake).
-pub async fn handle_operator(clients: &Clients, event: Value) -> Result<Value, Diagnostic> {
+pub async fn answer_operator(
+    service: &AuthorizationService,
+    event: Value,
+) -> Result<Value, Diagnostic> {
     if is_http_event(&event) {
         return Err(CommandError::Validation(
             "the operator function takes operator commands only; GET /oauth/callback goes to \
@@ -75,21 +131,19 @@ pub async fn handle_operator(clients: &Clients, event: Value) -> Result<Value, D
     }
     // lambda_runtime logs the returned error (errorType and message) itself.
     let command = Command::parse(&event)?;
-    // Boxed: the commands' futures nest deeply enough to overflow the compiler's layout depth
-    // in the binary's `main`; an operator command is rare, the allocation does not matter.
-    Ok(Box::pin(run(clients, command)).await?)
+    Ok(run(service, command).await?)
 }
 
-async fn run(clients: &Clients, command: Command) -> Result<Value, CommandError> {
+async fn run(service: &AuthorizationService, command: Command) -> Result<Value, CommandError> {
     let answer = match command {
         Command::StartAuthorization(request) => {
-            serde_json::to_value(start_authorization(clients, &request).await?)
+            serde_json::to_value(start_authorization(service, &request).await?)
         }
         Command::RegisterServiceAccountKey(request) => {
-            serde_json::to_value(register_service_account_key(clients, &request).await?)
+            serde_json::to_value(register_service_account_key(service, &request).await?)
         }
         Command::RemoveConnection(request) => {
-            serde_json::to_value(remove_connection(clients, &request).await?)
+            serde_json::to_value(remove_connection(service, &request).await?)
         }
     };
     answer.map_err(|e| CommandError::Configuration(format!("could not encode the answer: {e}")))

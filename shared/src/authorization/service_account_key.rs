@@ -3,15 +3,13 @@
 
 use tracing::info;
 
+use super::AuthorizationService;
 use super::commands::{RegisterServiceAccountKey, RemoveConnection};
 use super::error::CommandError;
 use crate::clock::now_epoch_secs;
 use crate::connection_id::ConnectionId;
-use crate::keap::KeapError;
-use crate::refresh::AccessCredential;
+use crate::keap::{AccessCredential, KeapError};
 use crate::secrets::SecretsError;
-use crate::token_store::TokenStore;
-use crate::wiring::Clients;
 
 #[derive(Debug, Clone, serde::Serialize)]
 pub(crate) struct KeyRegistered {
@@ -29,11 +27,11 @@ pub(crate) struct ConnectionRemoved {
 }
 
 pub async fn register_service_account_key(
-    clients: &Clients,
+    service: &AuthorizationService,
     request: &RegisterServiceAccountKey,
 ) -> Result<KeyRegistered, CommandError> {
     let secret_id = request.secret_id.as_str();
-    if let Some(prefix) = clients.config.key_secret_prefix.as_deref()
+    if let Some(prefix) = service.config.key_secret_prefix.as_deref()
         && !secret_name(secret_id).starts_with(prefix)
     {
         // The IAM policy only lets the functions read secrets under the prefix; a key elsewhere
@@ -44,20 +42,20 @@ pub async fn register_service_account_key(
         )));
     }
     // A re-registration usually follows a rotation: never validate a cached old value.
-    clients.secrets.invalidate(secret_id);
-    let key = clients
+    service.secrets.invalidate(secret_id);
+    let key = service
         .secrets
         .secret_string(secret_id)
         .await
         .map_err(key_secret_error)?;
-    clients
+    service
         .rest
         .account_profile(&AccessCredential::ApiKey(key))
         .await
         .map_err(profile_error)?;
     // Keap's account profile does not name the app (tenant), so a key connection starts
     // without `keap_app`.
-    let generation = clients
+    let generation = service
         .store
         .register_service_account_key(&request.connection_id, secret_id, None, now_epoch_secs())
         .await
@@ -75,17 +73,17 @@ pub async fn register_service_account_key(
 }
 
 pub async fn remove_connection(
-    clients: &Clients,
+    service: &AuthorizationService,
     request: &RemoveConnection,
 ) -> Result<ConnectionRemoved, CommandError> {
     // Links first: an authorize link still open after the removal would bring the connection
     // back as soon as someone follows it.
-    let pending_authorizations_retired = clients
+    let pending_authorizations_retired = service
         .store
         .retire_pending_authorizations(&request.connection_id)
         .await
         .map_err(CommandError::from_store)?;
-    let removed = clients
+    let removed = service
         .store
         .delete_connection(&request.connection_id)
         .await

@@ -4,13 +4,13 @@
 
 use tracing::info;
 
+use super::AuthorizationService;
 use super::commands::StartAuthorization;
 use super::error::CommandError;
 use super::nonce;
 use crate::clock::now_epoch_secs;
 use crate::connection_id::ConnectionId;
-use crate::token_store::{PendingAuthorization, TokenStore};
-use crate::wiring::Clients;
+use crate::token_store::PendingAuthorization;
 
 /// How long an authorize link works (docs/design.md, "Data model": state items live 10 minutes).
 pub(crate) const STATE_TTL_SECS: i64 = 600;
@@ -35,24 +35,24 @@ impl std::fmt::Debug for AuthorizationStarted {
 }
 
 pub async fn start_authorization(
-    clients: &Clients,
+    service: &AuthorizationService,
     request: &StartAuthorization,
 ) -> Result<AuthorizationStarted, CommandError> {
-    let redirect_uri = clients
+    let redirect_uri = service
         .config
         .redirect_uri()
         .map_err(|e| CommandError::Configuration(e.to_string()))?;
     // Read before the state is stored, so a broken secret leaves no state behind.
-    let credentials = clients
+    let credentials = service
         .secrets
-        .client_credentials(&clients.config.client_secret_id)
+        .client_credentials(&service.config.client_secret_id)
         .await
         .map_err(CommandError::from_client_secret)?;
     let state = nonce::new_nonce().map_err(|_| {
         CommandError::Unavailable("the operating system's random source failed".to_owned())
     })?;
     let state_expires_at = now_epoch_secs() + STATE_TTL_SECS;
-    clients
+    service
         .store
         .put_state(
             &state,
@@ -64,7 +64,7 @@ pub async fn start_authorization(
         )
         .await
         .map_err(CommandError::from_store)?;
-    let authorize_url = clients
+    let authorize_url = service
         .oauth
         .authorize_url(&credentials.client_id, redirect_uri, &state);
     info!(

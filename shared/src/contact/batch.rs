@@ -24,8 +24,7 @@ use tracing::{error, info, warn};
 use super::error::UpsertError;
 use super::request::UpsertRequest;
 use super::service::UpsertService;
-use crate::refresh::Deadline;
-use crate::token_store::TokenStore;
+use crate::deadline::Deadline;
 
 /// SQS message attributes are part of the 256 KiB message; Keap's messages are short anyway.
 const MAX_ERROR_MESSAGE_CHARS: usize = 1_000;
@@ -53,7 +52,7 @@ impl Parsed {
     }
 }
 
-impl<S: TokenStore> UpsertService<S> {
+impl UpsertService {
     pub async fn handle_batch(
         &self,
         event: SqsEvent,

@@ -1,14 +1,15 @@
 //! One contact-upsert invocation: a direct request, or an SQS batch of requests.
 
 use aws_lambda_events::sqs::SqsEvent;
+use lambda_runtime::LambdaEvent;
 use serde::Deserialize;
 use serde_json::Value;
+use serde_json::value::RawValue;
 
 use super::error::UpsertError;
 use super::request::UpsertRequest;
 use super::service::UpsertService;
-use crate::refresh::Deadline;
-use crate::token_store::TokenStore;
+use crate::deadline::Deadline;
 
 #[derive(Deserialize)]
 struct Probe {
@@ -33,7 +34,17 @@ pub(crate) fn is_sqs_event(payload: &[u8]) -> bool {
         .is_some_and(|source| source == "aws:sqs")
 }
 
-impl<S: TokenStore> UpsertService<S> {
+impl UpsertService {
+    /// One invocation of the function: its deadline (robust to local emulators), then
+    /// [`handle`](Self::handle).
+    pub async fn handle_event(
+        &self,
+        event: LambdaEvent<Box<RawValue>>,
+    ) -> Result<Value, UpsertError> {
+        let deadline = self.deadlines.deadline(event.context.deadline);
+        self.handle(event.payload.get().as_bytes(), deadline).await
+    }
+
     /// The function's handler: the raw payload in, the JSON answer out.
     pub async fn handle(&self, payload: &[u8], deadline: Deadline) -> Result<Value, UpsertError> {
         let answer = if is_sqs_event(payload) {

@@ -12,20 +12,23 @@
 //!   upsert matches by email, applying a tag twice is a no-op, creating an existing tag is
 //!   refused and then found); otherwise `Unavailable`.
 
+use std::sync::Arc;
 use std::time::Duration;
 
-use secrecy::ExposeSecret;
 use tokio::time::Instant;
 use tracing::{info, warn};
 
 use super::error::UpsertError;
-use super::service::UpsertService;
 use crate::clock::now_epoch_secs;
 use crate::connection_id::ConnectionId;
+use crate::deadline::Deadline;
+use crate::keap::AccessCredential;
+use crate::keap::RestClient;
 use crate::keap::rest::{KeapError, RestRequest, RestResponse};
-use crate::refresh::{AccessCredential, Deadline, Grant, OnDemandError};
-use crate::telemetry::{Metrics, Unit};
-use crate::token_store::{MarkGuard, MarkOutcome, TokenStore};
+use crate::refresh::{Grant, OnDemandError, OnDemandRefresher};
+use crate::secrets::SecretsSource;
+use crate::telemetry::{MetricSink, Metrics, Unit};
+use crate::token_store::{MarkGuard, MarkOutcome};
 
 /// Total time one invocation may spend waiting out Keap's throttling.
 pub(crate) const MAX_THROTTLE_WAIT: Duration = Duration::from_secs(5);
@@ -47,8 +50,19 @@ pub const METRIC_UNAUTHORIZED_INCIDENT: &str = "UnauthorizedIncident";
 /// from a Keap blip is not a revocation.
 const KEY_CONFIRM_PAUSE: Duration = Duration::from_secs(1);
 
-pub(crate) struct KeapSession<'a, S> {
-    service: &'a UpsertService<S>,
+/// What a session needs of the upsert service: built once per container, shared by every
+/// session.
+pub(crate) struct KeapAccess {
+    pub(crate) rest: RestClient,
+    pub(crate) grants: Arc<OnDemandRefresher>,
+    pub(crate) secrets: Arc<SecretsSource>,
+    pub(crate) metrics: MetricSink,
+    /// Metric dimension.
+    pub(crate) stage: String,
+}
+
+pub(crate) struct KeapSession<'a> {
+    access: &'a KeapAccess,
     id: &'a ConnectionId,
     grant: Grant,
     deadline: Deadline,
@@ -60,19 +74,19 @@ pub(crate) struct KeapSession<'a, S> {
     throttles: u32,
 }
 
-impl<'a, S: TokenStore> KeapSession<'a, S> {
+impl<'a> KeapSession<'a> {
     pub(crate) async fn open(
-        service: &'a UpsertService<S>,
+        access: &'a KeapAccess,
         id: &'a ConnectionId,
         deadline: Deadline,
     ) -> Result<Self, UpsertError> {
-        let grant = service
+        let grant = access
             .grants
             .grant(id, deadline, None)
             .await
             .map_err(|e| grant_error(id, e))?;
         Ok(Self {
-            service,
+            access,
             id,
             grant,
             deadline,
@@ -180,7 +194,7 @@ impl<'a, S: TokenStore> KeapSession<'a, S> {
         if Instant::now() >= stop_at {
             return Err(KeapError::NoAnswer { timed_out: true });
         }
-        let sending = self.service.rest.send(credential, request);
+        let sending = self.access.rest.send(credential, request);
         tokio::time::timeout_at(stop_at, sending)
             .await
             .unwrap_or(Err(KeapError::NoAnswer { timed_out: true }))
@@ -201,7 +215,7 @@ impl<'a, S: TokenStore> KeapSession<'a, S> {
             AccessCredential::Bearer(_) => {
                 info!(connection = %self.id, "Keap rejected the access token; re-reading the connection");
                 match self
-                    .service
+                    .access
                     .grants
                     .grant(self.id, self.deadline, Some(&rejected))
                     .await
@@ -220,7 +234,7 @@ impl<'a, S: TokenStore> KeapSession<'a, S> {
             }
             AccessCredential::ApiKey(_) => self.reread_key().await?,
         };
-        if same_credential(&fresh.credential, &rejected.credential) {
+        if fresh.credential.same_secret(&rejected.credential) {
             if let AccessCredential::ApiKey(_) = fresh.credential {
                 // The same key, rejected once: confirm before believing it.
                 self.confirm_key_rejection(&fresh, fault).await?;
@@ -265,22 +279,20 @@ impl<'a, S: TokenStore> KeapSession<'a, S> {
     fn count(&self, metric: &'static str) {
         let mut metrics = Metrics::new();
         metrics.put(metric, 1.0, Unit::Count);
-        self.service
-            .metrics
-            .emit(&metrics, &self.service.settings.stage);
+        self.access.metrics.emit(&metrics, &self.access.stage);
     }
 
     /// The key may have been rotated in Secrets Manager since this container cached it.
     async fn reread_key(&self) -> Result<Grant, UpsertError> {
-        let store = self.service.grants.refresher().store();
+        let store = self.access.grants.refresher().store();
         let connection = store.get(self.id).await.map_err(|e| {
             UpsertError::Unavailable(format!("the token store is unavailable: {e}"))
         })?;
         if let Some(secret_id) = connection.and_then(|c| c.key_secret_id) {
-            self.service.secrets.invalidate(&secret_id);
+            self.access.secrets.invalidate(&secret_id);
         }
-        self.service.grants.forget(self.id);
-        self.service
+        self.access.grants.forget(self.id);
+        self.access
             .grants
             .grant(self.id, self.deadline, None)
             .await
@@ -289,7 +301,7 @@ impl<'a, S: TokenStore> KeapSession<'a, S> {
 
     /// A second 401 in one request, on a credential just replaced or confirmed.
     async fn final_rejection(&self, rejected: &Grant, fault: &str) -> UpsertError {
-        self.service.grants.forget(self.id);
+        self.access.grants.forget(self.id);
         match rejected.credential {
             AccessCredential::ApiKey(_) if !self.key_probe_passed => {
                 match self.confirm_key_rejection(rejected, fault).await {
@@ -319,8 +331,8 @@ impl<'a, S: TokenStore> KeapSession<'a, S> {
     /// The key was rejected and the probe confirmed it: mark the connection, unless this
     /// container has marked others within the breaker's window (a Keap incident).
     async fn key_confirmed_rejected(&self, rejected: &Grant) -> UpsertError {
-        self.service.grants.forget(self.id);
-        if !self.service.grants.breaker().admit(self.id) {
+        self.access.grants.forget(self.id);
+        if !self.access.grants.breaker().admit(self.id) {
             tracing::error!(connection = %self.id, "Keap rejected the service account keys of several connections within 10 minutes; treating it as a Keap incident and not marking");
             self.count(METRIC_UNAUTHORIZED_INCIDENT);
             return grant_error(
@@ -334,7 +346,7 @@ impl<'a, S: TokenStore> KeapSession<'a, S> {
     }
 
     async fn mark_key_rejected(&self, rejected: &Grant) -> UpsertError {
-        let store = self.service.grants.refresher().store();
+        let store = self.access.grants.refresher().store();
         let outcome = store
             .mark_needs_reauthorization(
                 self.id,
@@ -353,9 +365,7 @@ impl<'a, S: TokenStore> KeapSession<'a, S> {
                 );
                 let mut metrics = Metrics::new();
                 metrics.put(METRIC_NEEDS_REAUTHORIZATION, 1.0, Unit::Count);
-                self.service
-                    .metrics
-                    .emit(&metrics, &self.service.settings.stage);
+                self.access.metrics.emit(&metrics, &self.access.stage);
             }
             Ok(MarkOutcome::NotMarked) => {
                 info!(connection = %self.id, "key connection changed while its key was rejected; not marking");
@@ -375,18 +385,6 @@ fn key_rejected_message(id: &ConnectionId) -> String {
          and invoke the operator function with {{\"register_service_account_key\": \
          {{\"connection_id\": \"{id}\", \"secret_id\": \"...\"}}}}"
     )
-}
-
-fn same_credential(a: &AccessCredential, b: &AccessCredential) -> bool {
-    match (a, b) {
-        (AccessCredential::Bearer(x), AccessCredential::Bearer(y)) => {
-            x.expose_secret() == y.expose_secret()
-        }
-        (AccessCredential::ApiKey(x), AccessCredential::ApiKey(y)) => {
-            x.expose_secret() == y.expose_secret()
-        }
-        _ => false,
-    }
 }
 
 fn unavailable(id: &ConnectionId, error: &KeapError) -> UpsertError {

@@ -13,6 +13,7 @@ mod batch;
 mod error;
 mod invocation;
 mod keap_session;
+mod lazy_sqs;
 mod request;
 mod response;
 mod service;
@@ -23,5 +24,6 @@ pub use keap_session::{
     METRIC_NEEDS_REAUTHORIZATION, METRIC_SPURIOUS_UNAUTHORIZED, METRIC_UNAUTHORIZED_INCIDENT,
     REASON_KEY_REJECTED,
 };
+pub use lazy_sqs::LazySqs;
 pub use response::UpsertResponse;
-pub use service::{MetricSink, UpsertService, UpsertSettings};
+pub use service::{UpsertService, UpsertSettings};

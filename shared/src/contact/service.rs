@@ -13,23 +13,23 @@ use std::time::{Duration, Instant};
 use tracing::{info, warn};
 
 use super::error::UpsertError;
-use super::keap_session::KeapSession;
+use super::keap_session::{KeapAccess, KeapSession};
+use super::lazy_sqs::LazySqs;
 use super::request::{TagRef, UpsertRequest};
 use super::response::UpsertResponse;
 use super::translate::{keap_body, resolve_custom_fields};
 use crate::config::Config;
+use crate::deadline::{Deadline, DeadlinePolicy};
 use crate::keap::RestClient;
 use crate::keap::contacts::{CustomFieldValue, UpsertedContact};
 use crate::keap::model::ContactModel;
 use crate::keap::rest::{KeapError, safe_message};
 use crate::keap::tags::{self, ApplyOutcome};
 use crate::redact;
-use crate::refresh::{Deadline, OnDemandRefresher};
+use crate::refresh::OnDemandRefresher;
 use crate::secrets::SecretsSource;
-use crate::telemetry::Metrics;
-use crate::token_store::{DynamoDbTokenStore, TokenStore};
+use crate::telemetry::MetricSink;
 use crate::ttl_cache::TtlCache;
-use crate::wiring::{Clients, LazySqs};
 
 /// A cached model that misses a field is fetched again only if it is at least this old, so a
 /// stream of requests naming a field that does not exist cannot turn into a stream of model
@@ -46,6 +46,9 @@ pub struct UpsertSettings {
     pub stage: String,
     pub dead_letter_queue_url: Option<String>,
     pub batch_concurrency: usize,
+    /// What an invocation's deadline is taken to be when the one it carries has already passed
+    /// (a local emulator's).
+    pub function_timeout: Duration,
 }
 
 impl UpsertSettings {
@@ -56,61 +59,25 @@ impl UpsertSettings {
             stage: config.stage.clone(),
             dead_letter_queue_url: config.dead_letter_queue_url.clone(),
             batch_concurrency: DEFAULT_BATCH_CONCURRENCY,
+            function_timeout: config.function_timeout,
         }
     }
 }
 
-/// Where EMF metric lines go: stdout in Lambda (CloudWatch reads them), a closure in tests.
-#[derive(Clone)]
-pub struct MetricSink(Arc<EmitMetrics>);
-
-/// Receives the metrics and the stage (their dimension).
-type EmitMetrics = dyn Fn(&Metrics, &str) + Send + Sync;
-
-impl MetricSink {
-    pub fn stdout() -> Self {
-        Self(Arc::new(|metrics: &Metrics, stage: &str| {
-            metrics.emit(stage)
-        }))
-    }
-
-    pub fn new(sink: impl Fn(&Metrics, &str) + Send + Sync + 'static) -> Self {
-        Self(Arc::new(sink))
-    }
-
-    pub fn emit(&self, metrics: &Metrics, stage: &str) {
-        (self.0)(metrics, stage);
-    }
-}
-
 /// Built once per container; every field is shared by concurrent upserts.
-pub struct UpsertService<S> {
-    pub(crate) rest: RestClient,
-    pub(crate) grants: Arc<OnDemandRefresher<S>>,
-    pub(crate) secrets: Arc<SecretsSource>,
+pub struct UpsertService {
+    keap: KeapAccess,
     pub(crate) sqs: LazySqs,
     pub(crate) settings: UpsertSettings,
-    pub(crate) metrics: MetricSink,
+    pub(crate) deadlines: DeadlinePolicy,
     models: TtlCache<(Instant, Arc<ContactModel>)>,
     tag_ids: TtlCache<i64>,
 }
 
-impl UpsertService<DynamoDbTokenStore> {
-    pub fn from_clients(clients: &Clients) -> Self {
-        Self::new(
-            clients.rest.clone(),
-            Arc::new(clients.on_demand()),
-            clients.secrets.clone(),
-            clients.sqs.clone(),
-            UpsertSettings::from_config(&clients.config),
-        )
-    }
-}
-
-impl<S: TokenStore> UpsertService<S> {
+impl UpsertService {
     pub fn new(
         rest: RestClient,
-        grants: Arc<OnDemandRefresher<S>>,
+        grants: Arc<OnDemandRefresher>,
         secrets: Arc<SecretsSource>,
         sqs: LazySqs,
         settings: UpsertSettings,
@@ -118,22 +85,22 @@ impl<S: TokenStore> UpsertService<S> {
         Self {
             models: TtlCache::new(settings.model_cache_ttl),
             tag_ids: TtlCache::new(settings.model_cache_ttl),
-            rest,
-            grants,
-            secrets,
+            keap: KeapAccess {
+                rest,
+                grants,
+                secrets,
+                metrics: MetricSink::stdout(),
+                stage: settings.stage.clone(),
+            },
             sqs,
+            deadlines: DeadlinePolicy::new(settings.function_timeout),
             settings,
-            metrics: MetricSink::stdout(),
         }
     }
 
     pub fn with_metric_sink(mut self, sink: MetricSink) -> Self {
-        self.metrics = sink;
+        self.keap.metrics = sink;
         self
-    }
-
-    pub fn settings(&self) -> &UpsertSettings {
-        &self.settings
     }
 
     /// Creates or updates one contact and applies its tags.
@@ -142,7 +109,7 @@ impl<S: TokenStore> UpsertService<S> {
         request: &UpsertRequest,
         deadline: Deadline,
     ) -> Result<UpsertResponse, UpsertError> {
-        let mut keap = KeapSession::open(self, &request.connection_id, deadline).await?;
+        let mut keap = KeapSession::open(&self.keap, &request.connection_id, deadline).await?;
         let custom_fields = self.custom_fields(&mut keap, request).await?;
         let tags = self.resolve_tags(&mut keap, &request.contact.tags).await?;
 
@@ -170,7 +137,7 @@ impl<S: TokenStore> UpsertService<S> {
 
     async fn custom_fields(
         &self,
-        keap: &mut KeapSession<'_, S>,
+        keap: &mut KeapSession<'_>,
         request: &UpsertRequest,
     ) -> Result<Vec<CustomFieldValue>, UpsertError> {
         let fields = &request.contact.custom_fields.0;
@@ -190,7 +157,7 @@ impl<S: TokenStore> UpsertService<S> {
 
     async fn model(
         &self,
-        keap: &mut KeapSession<'_, S>,
+        keap: &mut KeapSession<'_>,
         refetch: bool,
     ) -> Result<(Instant, Arc<ContactModel>), UpsertError> {
         let key = keap.account_scope();
@@ -210,7 +177,7 @@ impl<S: TokenStore> UpsertService<S> {
     /// checked to exist, so that an unknown tag is a `ValidationError` before anything is written.
     async fn resolve_tags(
         &self,
-        keap: &mut KeapSession<'_, S>,
+        keap: &mut KeapSession<'_>,
         requested: &[TagRef],
     ) -> Result<Vec<TagToApply>, UpsertError> {
         let mut tags: Vec<TagToApply> = Vec::with_capacity(requested.len());
@@ -232,7 +199,7 @@ impl<S: TokenStore> UpsertService<S> {
         Ok(tags)
     }
 
-    async fn tag_id(&self, keap: &mut KeapSession<'_, S>, name: &str) -> Result<i64, UpsertError> {
+    async fn tag_id(&self, keap: &mut KeapSession<'_>, name: &str) -> Result<i64, UpsertError> {
         let key = tag_name_key(&keap.account_scope(), name);
         self.tag_ids
             .get_or_try_fill(&key, || self.find_or_create_tag(keap, name))
@@ -242,7 +209,7 @@ impl<S: TokenStore> UpsertService<S> {
     /// `id` once Keap has confirmed a tag with it exists (cached like names).
     async fn existing_tag_id(
         &self,
-        keap: &mut KeapSession<'_, S>,
+        keap: &mut KeapSession<'_>,
         id: i64,
     ) -> Result<i64, UpsertError> {
         let key = tag_id_key(&keap.account_scope(), id);
@@ -265,7 +232,7 @@ impl<S: TokenStore> UpsertService<S> {
     /// tags and carries the contact id ([`not_applied`]).
     async fn apply_tags(
         &self,
-        keap: &mut KeapSession<'_, S>,
+        keap: &mut KeapSession<'_>,
         contact_id: i64,
         tags: &[TagToApply],
     ) -> Result<Vec<i64>, UpsertError> {
@@ -322,7 +289,7 @@ impl<S: TokenStore> UpsertService<S> {
 
     async fn send_applies(
         &self,
-        keap: &mut KeapSession<'_, S>,
+        keap: &mut KeapSession<'_>,
         contact_id: i64,
         ids: &[i64],
     ) -> Result<Vec<(i64, ApplyOutcome)>, UpsertError> {
@@ -338,7 +305,7 @@ impl<S: TokenStore> UpsertService<S> {
 
     async fn find_or_create_tag(
         &self,
-        keap: &mut KeapSession<'_, S>,
+        keap: &mut KeapSession<'_>,
         name: &str,
     ) -> Result<i64, UpsertError> {
         let found = keap.send(&tags::find_by_name(name)).await?;
@@ -353,11 +320,7 @@ impl<S: TokenStore> UpsertService<S> {
         }
     }
 
-    async fn create_tag(
-        &self,
-        keap: &mut KeapSession<'_, S>,
-        name: &str,
-    ) -> Result<i64, UpsertError> {
+    async fn create_tag(&self, keap: &mut KeapSession<'_>, name: &str) -> Result<i64, UpsertError> {
         match keap.send(&tags::create(name)).await {
             Ok(created) => {
                 let id = tags::created_id(&created).map_err(unexpected)?;

@@ -11,4 +11,4 @@ pub mod tokens;
 
 pub use oauth::{OAuthClient, TokenError};
 pub use rest::{KeapError, RestClient};
-pub use tokens::{IssuedTokens, TokenPair};
+pub use tokens::{AccessCredential, IssuedTokens, TokenPair};

@@ -59,19 +59,6 @@ pub enum TokenError {
     UnexpectedResponse { status: u16, reason: &'static str },
 }
 
-impl TokenError {
-    /// Keap answered without consuming anything: the same token may be presented again later.
-    pub fn is_transient(&self) -> bool {
-        matches!(
-            self,
-            Self::RateLimited { .. }
-                | Self::Unavailable { .. }
-                | Self::Redirected { .. }
-                | Self::NotSent
-        )
-    }
-}
-
 #[derive(serde::Deserialize)]
 struct TokenResponse {
     access_token: Option<String>,

@@ -19,9 +19,9 @@ use url::Url;
 
 use super::http::{never_sent, redirect_target, retry_after};
 use super::rate_limit::{KEY_REQUESTS_PER_SECOND, KeyRateLimiter, RateLimiter};
+use super::tokens::AccessCredential;
 use crate::config::KeapEndpoints;
 use crate::redact;
-use crate::refresh::AccessCredential;
 
 /// The header Keap reads a Personal Access Token or Service Account Key from.
 pub const API_KEY_HEADER: &str = "X-Keap-API-Key";
@@ -60,19 +60,6 @@ pub enum KeapError {
     /// A 2xx whose body is not what the endpoint returns, or a status Keap does not use.
     #[error("unexpected answer from Keap (HTTP {status}): {reason}")]
     UnexpectedResponse { status: u16, reason: &'static str },
-}
-
-impl KeapError {
-    /// Worth retrying later with the same request and credential.
-    pub fn is_transient(&self) -> bool {
-        matches!(
-            self,
-            Self::RateLimited { .. }
-                | Self::Unavailable { .. }
-                | Self::NotSent
-                | Self::NoAnswer { .. }
-        )
-    }
 }
 
 /// One REST request, relative to `/v1/`. Plain data, so a caller can send it again.

@@ -1,6 +1,8 @@
 //! Token values. Each is a [`SecretString`]: `Debug` shows `[REDACTED]`.
 
-use secrecy::SecretString;
+use std::sync::Arc;
+
+use secrecy::{ExposeSecret, SecretString};
 
 /// An access/refresh pair as Keap issued it; always stored and replaced together.
 #[derive(Clone, Debug)]
@@ -55,5 +57,35 @@ mod tests {
         let printed = format!("{pair:?}");
         assert!(!printed.contains("access-123") && !printed.contains("refresh-456"));
         assert_eq!(pair.access_token.expose_secret(), "access-123");
+    }
+}
+
+/// What authenticates a Keap REST call: an OAuth access token or a service-account key.
+#[derive(Clone)]
+pub enum AccessCredential {
+    /// An OAuth access token: `Authorization: Bearer`.
+    Bearer(SecretString),
+    /// A service-account key: `X-Keap-API-Key`.
+    ApiKey(Arc<SecretString>),
+}
+
+impl std::fmt::Debug for AccessCredential {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Bearer(_) => f.write_str("Bearer([REDACTED])"),
+            Self::ApiKey(_) => f.write_str("ApiKey([REDACTED])"),
+        }
+    }
+}
+
+impl AccessCredential {
+    /// The same kind and the same secret value (a rejected credential is compared with a
+    /// re-read one without exposing either).
+    pub fn same_secret(&self, other: &AccessCredential) -> bool {
+        match (self, other) {
+            (Self::Bearer(a), Self::Bearer(b)) => a.expose_secret() == b.expose_secret(),
+            (Self::ApiKey(a), Self::ApiKey(b)) => a.expose_secret() == b.expose_secret(),
+            _ => false,
+        }
     }
 }

@@ -2,13 +2,14 @@
 //! run and the operator's one-connection run, and report errors with a branchable `errorType`.
 
 use aws_lambda_events::eventbridge::EventBridgeEvent;
-use lambda_runtime::Diagnostic;
+use lambda_runtime::{Diagnostic, LambdaEvent};
 use serde_json::Value;
 
-use super::scheduled::{RefreshRun, RunError, ScheduledRequest};
-use super::{Deadline, Refresher};
+use super::Refresher;
+use super::scheduled::{RefreshRun, RefreshSummary, RunError, ScheduledRequest};
+use crate::config::Config;
+use crate::deadline::{Deadline, DeadlinePolicy};
 use crate::error_type::ErrorType;
-use crate::token_store::TokenStore;
 
 #[derive(Debug)]
 pub enum RefresherEvent {
@@ -60,7 +61,7 @@ impl RefresherEvent {
     }
 }
 
-impl<S: TokenStore> Refresher<S> {
+impl Refresher {
     pub async fn handle(
         &self,
         event: RefresherEvent,
@@ -80,6 +81,38 @@ impl<S: TokenStore> Refresher<S> {
             }) => Box::pin(self.run_one(&id, deadline, force)).await?,
             RefresherEvent::One(_) => Box::pin(self.run_scheduled(deadline, concurrency)).await?,
         })
+    }
+}
+
+/// The token-refresher function: built once per container, then one [`handle`](Self::handle)
+/// per invocation (deadline, parsing, the run, its metrics).
+pub struct RefresherFunction {
+    refresher: Refresher,
+    deadlines: DeadlinePolicy,
+    concurrency: usize,
+    /// Metric dimension.
+    stage: String,
+}
+
+impl RefresherFunction {
+    pub fn new(refresher: Refresher, config: &Config) -> Self {
+        Self {
+            refresher,
+            deadlines: DeadlinePolicy::from_config(config),
+            concurrency: config.refresh_concurrency,
+            stage: config.stage.clone(),
+        }
+    }
+
+    pub async fn handle(&self, event: LambdaEvent<Value>) -> Result<RefreshSummary, Diagnostic> {
+        let deadline = self.deadlines.deadline(event.context.deadline);
+        let request = RefresherEvent::parse(event.payload)?;
+        let run = self
+            .refresher
+            .handle(request, deadline, self.concurrency)
+            .await?;
+        run.metrics.emit(&self.stage);
+        Ok(run.summary)
     }
 }
 

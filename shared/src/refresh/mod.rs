@@ -21,18 +21,14 @@
 //! - **I6** a live grant is never marked dead: marks are conditional on generation and lease.
 //!   `mark_racing_commit_leaves_connection_active`, `reauthorization_during_refresh_orphans_pair`.
 
-mod deadline;
 mod invocation;
 mod on_demand;
 mod protocol;
 mod rejection_breaker;
 mod scheduled;
 
-pub use deadline::Deadline;
-pub use invocation::{RefresherError, RefresherEvent};
-pub use on_demand::{
-    AccessCredential, Grant, OnDemandError, OnDemandRefresher, UNAUTHORIZED_ROTATION_INTERVAL_SECS,
-};
+pub use invocation::{RefresherError, RefresherEvent, RefresherFunction};
+pub use on_demand::{Grant, OnDemandError, OnDemandRefresher, UNAUTHORIZED_ROTATION_INTERVAL_SECS};
 pub use protocol::{
     LEASE_CLOCK_SKEW_SECS, PendingMark, REASON_LOST_RESPONSE, REASON_REFRESH_TOKEN_REJECTED,
     RefreshOutcome, Refresher, RefresherSettings, RunGuard,

@@ -8,19 +8,17 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use secrecy::{ExposeSecret, SecretString};
 use tokio::time::Instant;
 use tracing::{info, warn};
 
-use super::Deadline;
 use super::protocol::{RefreshOutcome, Refresher, RunGuard};
 use super::rejection_breaker::RejectionBreaker;
 use crate::clock::now_epoch_secs;
 use crate::connection_id::ConnectionId;
+use crate::deadline::Deadline;
+use crate::keap::AccessCredential;
 use crate::secrets::SecretsSource;
-use crate::token_store::{
-    ConnectionKind, ConnectionStatus, RotationCause, StoreError, TokenStore, Version,
-};
+use crate::token_store::{ConnectionKind, ConnectionStatus, RotationCause, StoreError, Version};
 
 /// An access token this close to expiry is refreshed before use rather than risk a 401.
 const MIN_VALIDITY_SECS: i64 = 120;
@@ -33,23 +31,6 @@ const MAX_WAIT_FOR_OTHER_REFRESH: Duration = Duration::from_secs(15);
 pub const UNAUTHORIZED_ROTATION_INTERVAL_SECS: i64 = 600;
 /// Service-account keys are re-read from Secrets Manager this often (rotation).
 const KEY_CACHE_TTL_SECS: i64 = 300;
-
-#[derive(Clone)]
-pub enum AccessCredential {
-    /// An OAuth access token: `Authorization: Bearer`.
-    Bearer(SecretString),
-    /// A service-account key: `X-Keap-API-Key`.
-    ApiKey(Arc<SecretString>),
-}
-
-impl std::fmt::Debug for AccessCredential {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Self::Bearer(_) => f.write_str("Bearer([REDACTED])"),
-            Self::ApiKey(_) => f.write_str("ApiKey([REDACTED])"),
-        }
-    }
-}
 
 impl Grant {
     /// What ids derived through this credential (custom fields, tags) are cached under: the
@@ -72,20 +53,11 @@ impl Grant {
     }
 }
 
-impl AccessCredential {
-    pub fn kind(&self) -> ConnectionKind {
-        match self {
-            Self::Bearer(_) => ConnectionKind::OAuth,
-            Self::ApiKey(_) => ConnectionKind::ServiceAccountKey,
-        }
-    }
-
-    fn same_secret(&self, other: &AccessCredential) -> bool {
-        let value = |c: &AccessCredential| match c {
-            Self::Bearer(t) => t.expose_secret().to_owned(),
-            Self::ApiKey(k) => k.expose_secret().to_owned(),
-        };
-        value(self) == value(other)
+/// Which kind of connection a credential belongs to.
+fn kind_of(credential: &AccessCredential) -> ConnectionKind {
+    match credential {
+        AccessCredential::Bearer(_) => ConnectionKind::OAuth,
+        AccessCredential::ApiKey(_) => ConnectionKind::ServiceAccountKey,
     }
 }
 
@@ -136,22 +108,18 @@ pub enum OnDemandError {
     Store(#[from] StoreError),
 }
 
-pub struct OnDemandRefresher<S> {
-    refresher: Arc<Refresher<S>>,
+pub struct OnDemandRefresher {
+    refresher: Arc<Refresher>,
     secrets: Arc<SecretsSource>,
     cache: Mutex<HashMap<ConnectionId, Grant>>,
     recheck: Duration,
     breaker: RejectionBreaker,
 }
 
-impl<S: TokenStore> OnDemandRefresher<S> {
+impl OnDemandRefresher {
     /// `recheck`: how long a cached credential is used before it is checked against the
     /// connection item again (`KEAPALIVE_CONNECTION_RECHECK_SECS`).
-    pub fn new(
-        refresher: Arc<Refresher<S>>,
-        secrets: Arc<SecretsSource>,
-        recheck: Duration,
-    ) -> Self {
+    pub fn new(refresher: Arc<Refresher>, secrets: Arc<SecretsSource>, recheck: Duration) -> Self {
         Self {
             refresher,
             secrets,
@@ -161,7 +129,7 @@ impl<S: TokenStore> OnDemandRefresher<S> {
         }
     }
 
-    pub fn refresher(&self) -> &Refresher<S> {
+    pub fn refresher(&self) -> &Refresher {
         &self.refresher
     }
 
@@ -214,7 +182,7 @@ impl<S: TokenStore> OnDemandRefresher<S> {
             }
             if let Some(cached) = &recheck_candidate
                 && cached.version() == connection.version()
-                && cached.credential.kind() == connection.kind
+                && kind_of(&cached.credential) == connection.kind
             {
                 let mut confirmed = cached.clone();
                 confirmed.checked_at = Instant::now();

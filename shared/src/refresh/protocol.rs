@@ -6,16 +6,16 @@ use std::time::Duration;
 
 use tracing::{error, info, warn};
 
-use super::Deadline;
 use crate::clock::now_epoch_secs;
 use crate::config::Config;
 use crate::connection_id::ConnectionId;
+use crate::deadline::Deadline;
 use crate::keap::rate_limit::RateLimiter;
 use crate::keap::{IssuedTokens, OAuthClient, TokenError, TokenPair};
 use crate::secrets::SecretsSource;
 use crate::token_store::{
-    CommitOutcome, Connection, ConnectionKind, ConnectionStatus, LeaseOutcome, MarkGuard,
-    MarkOutcome, RotationCause, StoreError, TokenStore, Version, new_write_id,
+    CommitOutcome, Connection, ConnectionKind, ConnectionStatus, DynamoDbTokenStore, LeaseOutcome,
+    MarkGuard, MarkOutcome, RotationCause, StoreError, Version, new_write_id,
 };
 
 /// The commit budget (docs/design.md, "The fault model"): a refresh starts only when the
@@ -125,17 +125,17 @@ pub struct PendingMark {
     pub reason: &'static str,
 }
 
-pub struct Refresher<S> {
-    store: S,
+pub struct Refresher {
+    store: DynamoDbTokenStore,
     oauth: OAuthClient,
     secrets: Arc<SecretsSource>,
     limiter: Arc<RateLimiter>,
     settings: RefresherSettings,
 }
 
-impl<S: TokenStore> Refresher<S> {
+impl Refresher {
     pub fn new(
-        store: S,
+        store: DynamoDbTokenStore,
         oauth: OAuthClient,
         secrets: Arc<SecretsSource>,
         limiter: Arc<RateLimiter>,
@@ -150,12 +150,8 @@ impl<S: TokenStore> Refresher<S> {
         }
     }
 
-    pub fn store(&self) -> &S {
+    pub fn store(&self) -> &DynamoDbTokenStore {
         &self.store
-    }
-
-    pub fn settings(&self) -> &RefresherSettings {
-        &self.settings
     }
 
     /// Whether the connection's access token expires within the refresh window.

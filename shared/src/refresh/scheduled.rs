@@ -4,12 +4,12 @@ use futures_util::StreamExt;
 use futures_util::stream;
 use tracing::{error, info, warn};
 
-use super::Deadline;
 use super::protocol::{RefreshOutcome, Refresher, RunGuard};
 use crate::clock::now_epoch_secs;
 use crate::connection_id::ConnectionId;
+use crate::deadline::Deadline;
 use crate::telemetry::{Metrics, Unit};
-use crate::token_store::{Connection, ConnectionKind, ConnectionStatus, StoreError, TokenStore};
+use crate::token_store::{Connection, ConnectionKind, ConnectionStatus, StoreError};
 
 /// The circuit breaker opens when at least this many refresh tokens were rejected in one run...
 const BREAKER_MIN_REJECTED: usize = 3;
@@ -66,7 +66,7 @@ pub enum RunError {
     NotFound(ConnectionId),
 }
 
-impl<S: TokenStore> Refresher<S> {
+impl Refresher {
     /// Refreshes every due connection, `concurrency` at a time; one connection's failure never
     /// stops the others.
     pub async fn run_scheduled(

@@ -1,4 +1,4 @@
-//! [`TokenStore`] on DynamoDB: one table, partition key `pk`, conditional writes as the only
+//! The connection store on DynamoDB: one table, partition key `pk`, conditional writes as the only
 //! concurrency control, and own-write recognition on every decisive write.
 
 use std::collections::HashMap;
@@ -20,7 +20,7 @@ use super::write_id::new_write_id;
 use super::{
     AuthorizeOutcome, CommitOutcome, Connection, ConnectionKind, ConnectionScan, ConnectionStatus,
     LeaseOutcome, MarkGuard, MarkOutcome, PendingAuthorization, RotationCause, StateOutcome,
-    StoreError, TokenStore, Version,
+    StoreError, Version,
 };
 use crate::connection_id::ConnectionId;
 use crate::keap::{IssuedTokens, TokenPair};
@@ -214,8 +214,9 @@ impl DynamoDbTokenStore {
     }
 }
 
-impl TokenStore for DynamoDbTokenStore {
-    async fn get(&self, id: &ConnectionId) -> Result<Option<Connection>, StoreError> {
+impl DynamoDbTokenStore {
+    /// Consistent read of one connection.
+    pub async fn get(&self, id: &ConnectionId) -> Result<Option<Connection>, StoreError> {
         let output = self
             .client
             .get_item()
@@ -228,7 +229,11 @@ impl TokenStore for DynamoDbTokenStore {
         output.item.as_ref().map(parse_connection).transpose()
     }
 
-    async fn list_connections(&self) -> Result<ConnectionScan, StoreError> {
+    /// Every connection item whose status is `active` or `needs_reauthorization`, from the
+    /// sparse status index ([`STATUS_INDEX`]; eventually consistent: the list is only
+    /// candidates, every decision re-reads or conditions on the item). A malformed item is
+    /// listed in [`ConnectionScan::malformed`], never an error of the listing.
+    pub async fn list_connections(&self) -> Result<ConnectionScan, StoreError> {
         // The sparse status index holds connection items only (state items have no `status`),
         // so the refresher, which may read nothing else, finds every connection without a scan.
         let mut scan = ConnectionScan::default();
@@ -253,7 +258,10 @@ impl TokenStore for DynamoDbTokenStore {
         Ok(scan)
     }
 
-    async fn authorize(
+    /// Stores a freshly authorized pair as a new generation, `active`, clearing lease, orphan
+    /// pair and last error, in one atomic update. `write_id` is the same for every retry of this
+    /// authorization: a retry neither applies twice nor overwrites a newer pair.
+    pub async fn authorize(
         &self,
         id: &ConnectionId,
         issued: &IssuedTokens,
@@ -337,7 +345,8 @@ impl TokenStore for DynamoDbTokenStore {
         })
     }
 
-    async fn take_lease(
+    /// `owner` is this attempt's write id; `until` must outlive the holder's invocation.
+    pub async fn take_lease(
         &self,
         id: &ConnectionId,
         version: &Version,
@@ -394,7 +403,10 @@ impl TokenStore for DynamoDbTokenStore {
         }
     }
 
-    async fn commit_refresh(
+    /// Writes the refreshed pair as `generation + 1`, conditional on generation and
+    /// incarnation only (a lapsed lease does not stop it). `write_id` is the same for every
+    /// retry of this commit. A rotation for a 401 records `unauthorized_rotation_at`.
+    pub async fn commit_refresh(
         &self,
         id: &ConnectionId,
         version: &Version,
@@ -478,7 +490,9 @@ impl TokenStore for DynamoDbTokenStore {
         })
     }
 
-    async fn release_lease(
+    /// Frees the lease if `owner` still holds it at `version`; otherwise does nothing (a retry
+    /// of a release that landed finds nothing left to release).
+    pub async fn release_lease(
         &self,
         id: &ConnectionId,
         version: &Version,
@@ -507,7 +521,7 @@ impl TokenStore for DynamoDbTokenStore {
         send_update(request).await.map(|_| ())
     }
 
-    async fn mark_needs_reauthorization(
+    pub async fn mark_needs_reauthorization(
         &self,
         id: &ConnectionId,
         version: &Version,
@@ -547,7 +561,10 @@ impl TokenStore for DynamoDbTokenStore {
         })
     }
 
-    async fn record_lost_response(
+    /// Counts a refresh whose answer was lost, while `owner` holds the lease at `version`.
+    /// Returns how many this generation has had (idempotent per `write_id`), or `None` when the
+    /// lease is no longer ours.
+    pub async fn record_lost_response(
         &self,
         id: &ConnectionId,
         version: &Version,
@@ -575,7 +592,8 @@ impl TokenStore for DynamoDbTokenStore {
         })
     }
 
-    async fn store_orphan_pair(
+    /// Keeps a pair whose commit lost to a re-authorization, for diagnosis only.
+    pub async fn store_orphan_pair(
         &self,
         id: &ConnectionId,
         orphan_generation: u64,
@@ -608,7 +626,7 @@ impl TokenStore for DynamoDbTokenStore {
         send_update(request).await.map(|_| ())
     }
 
-    async fn put_state(
+    pub async fn put_state(
         &self,
         nonce: &str,
         pending: &PendingAuthorization,
@@ -630,7 +648,9 @@ impl TokenStore for DynamoDbTokenStore {
             .map_err(StoreError::from_sdk)
     }
 
-    async fn consume_state(&self, nonce: &str, now: i64) -> Result<StateOutcome, StoreError> {
+    /// Marks the state consumed (`consumed_by`) if it exists, has not expired and was not
+    /// consumed; works once, and a retry of a consume that landed is recognised.
+    pub async fn consume_state(&self, nonce: &str, now: i64) -> Result<StateOutcome, StoreError> {
         let write_id = new_write_id();
         // An update, not a delete: the `consumed_by` it leaves is how a retry whose first
         // attempt landed recognises its own consume. TTL removes the item later.
@@ -660,7 +680,9 @@ impl TokenStore for DynamoDbTokenStore {
         Ok(outcome)
     }
 
-    async fn register_service_account_key(
+    /// Creates or replaces a service-account-key connection (a new generation, `active`); a
+    /// retry of a registration that landed is recognised, not applied twice.
+    pub async fn register_service_account_key(
         &self,
         id: &ConnectionId,
         key_secret_id: &str,
@@ -727,7 +749,8 @@ impl TokenStore for DynamoDbTokenStore {
             .ok_or_else(|| malformed_write(id, "update returned no generation"))
     }
 
-    async fn delete_connection(&self, id: &ConnectionId) -> Result<bool, StoreError> {
+    /// Removes a connection item; `true` when one existed.
+    pub async fn delete_connection(&self, id: &ConnectionId) -> Result<bool, StoreError> {
         // A condition, not ReturnValues ALL_OLD: whether an item existed, without reading its
         // tokens back.
         let result = self
@@ -752,7 +775,12 @@ impl TokenStore for DynamoDbTokenStore {
         }
     }
 
-    async fn retire_pending_authorizations(&self, id: &ConnectionId) -> Result<usize, StoreError> {
+    /// Deletes every pending authorization (state item) that points at `id`, consumed or not;
+    /// returns how many. After it, no authorize link started for `id` can finish.
+    pub async fn retire_pending_authorizations(
+        &self,
+        id: &ConnectionId,
+    ) -> Result<usize, StoreError> {
         // The sparse index holds state items only (connection items carry no `connection_id`
         // attribute), keys only.
         let mut retired = 0;

@@ -12,7 +12,7 @@ use std::process::ExitCode;
 
 use keap_sandbox::{DEFAULT_APP, Sandbox};
 use keapalive::clock::now_epoch_secs;
-use keapalive::token_store::{DynamoDbTokenStore, TokenStore};
+use keapalive::token_store::DynamoDbTokenStore;
 use keapalive_tests::fixture::{connection_id, issued_tokens};
 use keapalive_tests::local::progress::Progress;
 use keapalive_tests::local::supervisor::Supervisor;

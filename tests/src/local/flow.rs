@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use keap_sandbox::{DEFAULT_APP, Sandbox};
 use keapalive::ConnectionId;
 use keapalive::clock::now_epoch_secs;
-use keapalive::token_store::{Connection, ConnectionStatus, DynamoDbTokenStore, TokenStore};
+use keapalive::token_store::{Connection, ConnectionStatus, DynamoDbTokenStore};
 use secrecy::SecretString;
 use serde_json::{Value, json};
 use tokio::sync::mpsc;

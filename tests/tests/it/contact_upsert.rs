@@ -10,7 +10,7 @@ use aws_sdk_sqs::types::Message;
 use keap_sandbox::{Endpoint, Fault, FaultKind, most_in_flight};
 use keapalive::clock::now_epoch_secs;
 use keapalive::contact::{UpsertError, UpsertResponse, UpsertSettings};
-use keapalive::token_store::{MarkGuard, TokenStore};
+use keapalive::token_store::MarkGuard;
 use keapalive_tests::aws::{create_queue, drain_queue};
 use keapalive_tests::emulator::Emulator;
 use keapalive_tests::fixture::{Fixture, connection_id};

@@ -8,7 +8,7 @@ use keapalive::contact::{
     METRIC_NEEDS_REAUTHORIZATION, METRIC_SPURIOUS_UNAUTHORIZED, METRIC_UNAUTHORIZED_INCIDENT,
     UpsertError,
 };
-use keapalive::token_store::{ConnectionStatus, TokenStore};
+use keapalive::token_store::ConnectionStatus;
 use keapalive_tests::fixture::{Fixture, connection_id};
 use keapalive_tests::runtime_api::RuntimeApi;
 use serde_json::json;

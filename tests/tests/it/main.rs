@@ -11,6 +11,7 @@ mod contact_upsert;
 mod containment;
 mod docs_examples;
 mod fault_model;
+mod function_init;
 mod harness;
 mod local_flow;
 mod log_cap;

@@ -19,7 +19,7 @@ use keapalive::authorization::{
     handle_callback, start_authorization,
 };
 use keapalive::clock::now_epoch_secs;
-use keapalive::token_store::{MarkGuard, PendingAuthorization, TokenStore};
+use keapalive::token_store::{MarkGuard, PendingAuthorization};
 use keapalive::wiring::Clients;
 use keapalive_tests::aws::{create_secret_string, scan_all};
 use keapalive_tests::emulator::{DynamoDbFault, Emulator};
@@ -58,7 +58,7 @@ impl World {
 
     async fn start(&self, id: &str, replace_account: bool) -> AuthorizationStarted {
         start_authorization(
-            &self.clients,
+            &self.clients.authorization(),
             &StartAuthorization {
                 connection_id: connection_id(id),
                 replace_account,
@@ -90,7 +90,11 @@ impl World {
     }
 
     async fn callback(&self, raw_query: &str) -> ApiGatewayV2httpResponse {
-        handle_callback(&self.clients, &event(Method::GET, CALLBACK_PATH, raw_query)).await
+        handle_callback(
+            &self.clients.authorization(),
+            &event(Method::GET, CALLBACK_PATH, raw_query),
+        )
+        .await
     }
 
     /// start → consent → callback.
@@ -325,8 +329,8 @@ async fn authorization_stores_generation_one_active_with_both_tokens() {
 #[tokio::test]
 async fn the_dispatcher_routes_http_events_and_commands() {
     let world = World::new().await;
-    let started = authorization::handle_operator(
-        &world.clients,
+    let started = authorization::answer_operator(
+        &world.clients.authorization(),
         json!({"start_authorization": {"connection_id": "sales"}}),
     )
     .await
@@ -337,7 +341,7 @@ async fn the_dispatcher_routes_http_events_and_commands() {
 
     let query = world.consent(authorize_url).await;
     let wire = serde_json::to_value(event(Method::GET, CALLBACK_PATH, &query)).unwrap();
-    let answer = authorization::handle_public(&world.clients, wire.clone())
+    let answer = authorization::answer_public(&world.clients.authorization(), wire.clone())
         .await
         .unwrap();
     assert_eq!(answer["statusCode"], 200);
@@ -353,15 +357,16 @@ async fn the_dispatcher_routes_http_events_and_commands() {
     );
     assert!(world.connection("sales").await.is_some());
 
-    let unknown = authorization::handle_operator(&world.clients, json!({"start": {}}))
-        .await
-        .unwrap_err();
+    let unknown =
+        authorization::answer_operator(&world.clients.authorization(), json!({"start": {}}))
+            .await
+            .unwrap_err();
     assert_eq!(unknown.error_type, "ValidationError");
     assert!(unknown.error_message.contains("start_authorization"));
     assert!(unknown.error_message.contains("remove_connection"));
 
-    let bad_id = authorization::handle_operator(
-        &world.clients,
+    let bad_id = authorization::answer_operator(
+        &world.clients.authorization(),
         json!({"start_authorization": {"connection_id": "no spaces"}}),
     )
     .await
@@ -383,7 +388,7 @@ async fn the_public_function_refuses_operator_commands_and_the_operator_refuses_
         json!({"register_service_account_key": {"connection_id": "k", "secret_id": "s"}}),
         json!({"remove_connection": {"connection_id": "sales"}}),
     ] {
-        let refused = authorization::handle_public(&world.clients, command)
+        let refused = authorization::answer_public(&world.clients.authorization(), command)
             .await
             .unwrap_err();
         assert_eq!(refused.error_type, "ValidationError");
@@ -402,7 +407,7 @@ async fn the_public_function_refuses_operator_commands_and_the_operator_refuses_
     let started = world.start("sales", false).await;
     let query = world.consent(&started.authorize_url).await;
     let wire = serde_json::to_value(event(Method::GET, CALLBACK_PATH, &query)).unwrap();
-    let refused = authorization::handle_operator(&world.clients, wire)
+    let refused = authorization::answer_operator(&world.clients.authorization(), wire)
         .await
         .unwrap_err();
     assert_eq!(refused.error_type, "ValidationError");
@@ -423,8 +428,8 @@ async fn remove_retires_the_connections_pending_authorization_links() {
     let other = world.start("support", false).await;
     assert_eq!(world.state_count().await, 3);
 
-    let removed = authorization::handle_operator(
-        &world.clients,
+    let removed = authorization::answer_operator(
+        &world.clients.authorization(),
         json!({"remove_connection": {"connection_id": "sales"}}),
     )
     .await
@@ -574,7 +579,9 @@ async fn racing_callbacks_with_one_state_store_exactly_one_pair() {
         let clients = world.clients.clone();
         let request = event(Method::GET, CALLBACK_PATH, &query);
         racers.push(tokio::spawn(async move {
-            handle_callback(&clients, &request).await.status_code
+            handle_callback(&clients.authorization(), &request)
+                .await
+                .status_code
         }));
     }
     let mut statuses = Vec::new();
@@ -888,12 +895,19 @@ async fn pages_never_echo_the_query() {
 #[tokio::test]
 async fn wrong_method_or_path_is_404_or_405() {
     let world = World::new().await;
-    let post = handle_callback(&world.clients, &event(Method::POST, CALLBACK_PATH, "")).await;
+    let post = handle_callback(
+        &world.clients.authorization(),
+        &event(Method::POST, CALLBACK_PATH, ""),
+    )
+    .await;
     assert_page(&post, 405);
     assert_eq!(post.headers["allow"], "GET");
     for path in ["/", "/oauth", "/oauth/callback/x", "/admin"] {
-        let response =
-            handle_callback(&world.clients, &event(Method::GET, path, "code=a&state=b")).await;
+        let response = handle_callback(
+            &world.clients.authorization(),
+            &event(Method::GET, path, "code=a&state=b"),
+        )
+        .await;
         assert_page(&response, 404);
     }
     assert!(world.items().await.is_empty());
@@ -907,7 +921,7 @@ async fn unreadable_client_credentials_are_a_500_configuration_page() {
     let broken = create_secret_string(&fixture.sdk, broken_value).await;
     for secret_id in [broken.as_str(), "keapalive-test-no-such-secret"] {
         let clients = fixture.clients(&[("KEAPALIVE_CLIENT_SECRET_ID", secret_id)]);
-        let start = start_authorization(&clients, &StartAuthorization::default())
+        let start = start_authorization(&clients.authorization(), &StartAuthorization::default())
             .await
             .unwrap_err();
         assert_eq!(start.error_type(), "ConfigurationError");
@@ -919,7 +933,7 @@ async fn unreadable_client_credentials_are_a_500_configuration_page() {
             CALLBACK_PATH,
             &format!("code=abc&state={state}"),
         );
-        let response = handle_callback(&clients, &request).await;
+        let response = handle_callback(&clients.authorization(), &request).await;
         assert_page(&response, 500);
         let html = body(&response);
         assert!(html.contains("configuration"), "{html}");

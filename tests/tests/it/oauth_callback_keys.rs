@@ -50,8 +50,8 @@ impl World {
     }
 
     async fn register(&self, connection_id: &str, secret_id: &str) -> Result<Value, Diagnostic> {
-        authorization::handle_operator(
-            &self.clients,
+        authorization::answer_operator(
+            &self.clients.authorization(),
             json!({"register_service_account_key": {
                 "connection_id": connection_id,
                 "secret_id": secret_id,
@@ -227,18 +227,21 @@ async fn remove_connection_deletes_the_item_once() {
         .await;
     let remove = json!({"remove_connection": {"connection_id": "old"}});
 
-    let first = authorization::handle_operator(&world.clients, remove.clone())
+    let first = authorization::answer_operator(&world.clients.authorization(), remove.clone())
         .await
         .unwrap();
     assert_eq!(first["removed"], true);
     assert!(world.connection("old").await.is_none());
-    let second = authorization::handle_operator(&world.clients, remove)
+    let second = authorization::answer_operator(&world.clients.authorization(), remove)
         .await
         .unwrap();
     assert_eq!(second["removed"], false);
 
-    let unnamed = authorization::handle_operator(&world.clients, json!({"remove_connection": {}}))
-        .await
-        .unwrap_err();
+    let unnamed = authorization::answer_operator(
+        &world.clients.authorization(),
+        json!({"remove_connection": {}}),
+    )
+    .await
+    .unwrap_err();
     assert_eq!(unnamed.error_type, "ValidationError");
 }

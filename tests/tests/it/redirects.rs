@@ -4,8 +4,8 @@
 
 use keap_sandbox::{Endpoint, Fault, FaultKind};
 use keapalive::contact::UpsertError;
-use keapalive::refresh::{Deadline, RefreshOutcome, RunGuard};
-use keapalive::token_store::TokenStore;
+use keapalive::deadline::Deadline;
+use keapalive::refresh::{RefreshOutcome, RunGuard};
 use keapalive_tests::fixture::{CLIENT_SECRET, Fixture, connection_id};
 use secrecy::ExposeSecret;
 use serde_json::json;

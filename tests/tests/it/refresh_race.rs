@@ -6,8 +6,7 @@ use std::time::Duration;
 
 use aws_sdk_dynamodb::types::AttributeValue;
 use keapalive::clock::now_epoch_secs;
-use keapalive::refresh::Deadline;
-use keapalive::token_store::TokenStore;
+use keapalive::deadline::Deadline;
 use keapalive_tests::emulator::{DynamoDbFault, Emulator};
 use keapalive_tests::fixture::{Fixture, connection_id};
 use keapalive_tests::logs::{assert_logs_never_contain, capture_logs};

@@ -5,8 +5,7 @@ use std::time::{Duration, Instant};
 use futures_util::StreamExt;
 use keap_sandbox::Endpoint;
 use keapalive::clock::now_epoch_secs;
-use keapalive::refresh::Deadline;
-use keapalive::token_store::TokenStore;
+use keapalive::deadline::Deadline;
 use keapalive_tests::emulator::Emulator;
 use keapalive_tests::fixture::{CLIENT_ID, Fixture, connection_id, issued_tokens};
 

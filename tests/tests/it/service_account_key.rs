@@ -8,7 +8,7 @@ use std::time::Duration;
 use crate::support::*;
 use aws_sdk_dynamodb::types::AttributeValue;
 use keapalive::contact::{METRIC_NEEDS_REAUTHORIZATION, REASON_KEY_REJECTED};
-use keapalive::token_store::{ConnectionStatus, TokenStore};
+use keapalive::token_store::ConnectionStatus;
 use keapalive_tests::aws::get_item;
 use keapalive_tests::emulator::Emulator;
 use keapalive_tests::fixture::{Fixture, connection_id};

@@ -7,14 +7,14 @@ use std::time::Duration;
 use aws_lambda_events::sqs::SqsEvent;
 use keap_sandbox::{AuthKind, RecordedRequest};
 use keapalive::clock::now_epoch_secs;
-use keapalive::contact::{MetricSink, UpsertError, UpsertResponse, UpsertService};
-use keapalive::refresh::Deadline;
-use keapalive::token_store::{DynamoDbTokenStore, TokenStore};
+use keapalive::contact::{UpsertError, UpsertResponse, UpsertService};
+use keapalive::deadline::Deadline;
+use keapalive::telemetry::MetricSink;
 use keapalive_tests::aws::create_secret_string;
 use keapalive_tests::fixture::{Fixture, connection_id};
 use serde_json::{Value, json};
 
-pub type Service = UpsertService<DynamoDbTokenStore>;
+pub type Service = UpsertService;
 
 /// One warm container's upsert service, its emitted metric documents captured.
 pub struct Container {
@@ -25,9 +25,12 @@ pub struct Container {
 pub fn container(fx: &Fixture, extra: &[(&str, &str)]) -> Container {
     let metrics = Arc::new(Mutex::new(Vec::new()));
     let sink = metrics.clone();
-    let service = UpsertService::from_clients(&fx.clients(extra)).with_metric_sink(
-        MetricSink::new(move |m, stage| sink.lock().unwrap().push(m.to_emf(stage))),
-    );
+    let service = fx
+        .clients(extra)
+        .upsert_service()
+        .with_metric_sink(MetricSink::new(move |m, stage| {
+            sink.lock().unwrap().push(m.to_emf(stage))
+        }));
     Container { service, metrics }
 }
 

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use keapalive::ConnectionId;
 use keapalive::clock::now_epoch_secs;
-use keapalive::token_store::{DynamoDbTokenStore, TokenStore};
+use keapalive::token_store::DynamoDbTokenStore;
 
 use crate::confirm::{Decision, confirm};
 use crate::status::{StatusRow, rows};
@@ -147,7 +147,7 @@ async fn show_status(
 }
 
 async fn remove(
-    store: &impl TokenStore,
+    store: &DynamoDbTokenStore,
     table: &str,
     id: &ConnectionId,
     yes: bool,

@@ -5,7 +5,7 @@ use std::process::{Command, Output, Stdio};
 
 use keapalive::clock::now_epoch_secs;
 use keapalive::keap::{IssuedTokens, TokenPair};
-use keapalive::token_store::{DynamoDbTokenStore, MarkGuard, TokenStore, new_write_id};
+use keapalive::token_store::{DynamoDbTokenStore, MarkGuard, new_write_id};
 use keapalive_tests::aws::{create_table, get_item};
 use keapalive_tests::emulator::Emulator;
 use keapalive_tests::fixture::connection_id;

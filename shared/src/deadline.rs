@@ -12,10 +12,36 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use tokio::time::Instant;
 use tracing::warn;
 
 use crate::config::Config;
-use crate::refresh::Deadline;
+
+/// The moment by which an invocation must be finished (Lambda's deadline).
+#[derive(Debug, Clone, Copy)]
+pub struct Deadline(Instant);
+
+impl Deadline {
+    pub fn after(remaining: Duration) -> Self {
+        Self(Instant::now() + remaining)
+    }
+
+    pub fn remaining(&self) -> Duration {
+        self.0.saturating_duration_since(Instant::now())
+    }
+
+    /// The deadline as epoch seconds, rounded up: what a lease must outlive.
+    pub fn epoch_secs(&self) -> i64 {
+        let remaining = self.remaining();
+        let remaining = i64::try_from(remaining.as_secs()).unwrap_or(i64::MAX / 2)
+            + i64::from(remaining.subsec_nanos() > 0);
+        crate::clock::now_epoch_secs().saturating_add(remaining)
+    }
+
+    pub fn instant(&self) -> Instant {
+        self.0
+    }
+}
 
 /// Built once per container; `deadline` is called per invocation.
 #[derive(Debug)]
