@@ -123,7 +123,7 @@ pub async fn load_aws() -> aws_config::SdkConfig {
 
 /// The standard chain, every AWS client (and aws-config's own providers) sharing `http`:
 /// one connector over the container's roots ([`TlsRoots::aws_http_client`]).
-pub async fn load_aws_with(
+async fn load_aws_with(
     http: aws_smithy_runtime_api::client::http::SharedHttpClient,
 ) -> aws_config::SdkConfig {
     aws_config::defaults(BehaviorVersion::latest())
