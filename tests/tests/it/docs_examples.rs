@@ -745,18 +745,60 @@ fn quote_check_catches_an_edited_excerpt() {
     assert_eq!(stale_quotes(missing), ["docs/examples/nope.sh"]);
 }
 
-/// The README quotes the example files; the files are what the tests above run.
+/// README.md and every `docs/*.md` (sorted), as `(path relative to the root, text)`; `None`
+/// without a README.md.
+fn documents() -> Option<Vec<(String, String)>> {
+    let root = workspace::root();
+    let readme = std::fs::read_to_string(root.join("README.md")).ok()?;
+    let mut pages: Vec<PathBuf> = std::fs::read_dir(root.join("docs"))
+        .map(|entries| {
+            entries
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.is_file() && p.extension().is_some_and(|x| x == "md"))
+                .collect()
+        })
+        .unwrap_or_default();
+    pages.sort();
+    let mut documents = vec![(String::from("README.md"), readme)];
+    for page in pages {
+        let name = page
+            .strip_prefix(&root)
+            .expect("docs/ is under the root")
+            .to_string_lossy()
+            .into_owned();
+        let text = std::fs::read_to_string(&page).unwrap_or_else(|e| panic!("{name}: {e}"));
+        documents.push((name, text));
+    }
+    Some(documents)
+}
+
+/// The documents quote the example files; the files are what the tests above run.
 #[test]
-fn readme_quotes_are_verbatim_excerpts_of_the_examples() {
-    let Ok(readme) = std::fs::read_to_string(workspace::root().join("README.md")) else {
+fn doc_quotes_are_verbatim_excerpts_of_the_examples() {
+    let Some(documents) = documents() else {
         return skip("no README.md");
     };
-    if quoted_blocks(&readme).is_empty() {
-        return skip("README.md quotes no docs/examples file yet");
-    }
+    let quoted = documents
+        .iter()
+        .flat_map(|(_, text)| quoted_blocks(text))
+        .filter(|(file, _)| file.starts_with("docs/examples/"))
+        .count();
+    let names: Vec<&str> = documents.iter().map(|(name, _)| name.as_str()).collect();
+    assert!(
+        quoted > 0,
+        "no document quotes a docs/examples file (looked in {names:?})"
+    );
+    let stale: Vec<String> = documents
+        .iter()
+        .flat_map(|(name, text)| {
+            stale_quotes(text)
+                .into_iter()
+                .map(move |file| format!("{name} quotes {file}"))
+        })
+        .collect();
     assert_eq!(
-        stale_quotes(&readme),
+        stale,
         Vec::<String>::new(),
-        "README.md quotes these files, but the quoted text is no longer in them"
+        "these documents quote files, but the quoted text is no longer in them"
     );
 }
