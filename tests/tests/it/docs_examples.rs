@@ -745,18 +745,265 @@ fn quote_check_catches_an_edited_excerpt() {
     assert_eq!(stale_quotes(missing), ["docs/examples/nope.sh"]);
 }
 
-/// The README quotes the example files; the files are what the tests above run.
+/// README.md and every `docs/*.md` (sorted), as `(path relative to the root, text)`; `None`
+/// without a README.md.
+fn documents() -> Option<Vec<(String, String)>> {
+    let root = workspace::root();
+    let readme = std::fs::read_to_string(root.join("README.md")).ok()?;
+    let mut pages: Vec<PathBuf> = std::fs::read_dir(root.join("docs"))
+        .map(|entries| {
+            entries
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.is_file() && p.extension().is_some_and(|x| x == "md"))
+                .collect()
+        })
+        .unwrap_or_default();
+    pages.sort();
+    let mut documents = vec![(String::from("README.md"), readme)];
+    for page in pages {
+        let name = page
+            .strip_prefix(&root)
+            .expect("docs/ is under the root")
+            .to_string_lossy()
+            .into_owned();
+        let text = std::fs::read_to_string(&page).unwrap_or_else(|e| panic!("{name}: {e}"));
+        documents.push((name, text));
+    }
+    Some(documents)
+}
+
+/// The documents quote the example files; the files are what the tests above run.
 #[test]
-fn readme_quotes_are_verbatim_excerpts_of_the_examples() {
-    let Ok(readme) = std::fs::read_to_string(workspace::root().join("README.md")) else {
+fn doc_quotes_are_verbatim_excerpts_of_the_examples() {
+    let Some(documents) = documents() else {
         return skip("no README.md");
     };
-    if quoted_blocks(&readme).is_empty() {
-        return skip("README.md quotes no docs/examples file yet");
-    }
+    let quoted = documents
+        .iter()
+        .flat_map(|(_, text)| quoted_blocks(text))
+        .filter(|(file, _)| file.starts_with("docs/examples/"))
+        .count();
+    let names: Vec<&str> = documents.iter().map(|(name, _)| name.as_str()).collect();
+    assert!(
+        quoted > 0,
+        "no document quotes a docs/examples file (looked in {names:?})"
+    );
+    let stale: Vec<String> = documents
+        .iter()
+        .flat_map(|(name, text)| {
+            stale_quotes(text)
+                .into_iter()
+                .map(move |file| format!("{name} quotes {file}"))
+        })
+        .collect();
     assert_eq!(
-        stale_quotes(&readme),
+        stale,
         Vec::<String>::new(),
-        "README.md quotes these files, but the quoted text is no longer in them"
+        "these documents quote files, but the quoted text is no longer in them"
+    );
+}
+
+// ------------------------------------------------------------------ links in the docs
+
+/// What a link's path names, as the link checker sees it.
+enum Found {
+    Missing,
+    /// a directory, or a file that is not markdown (its anchors are not checked)
+    Other,
+    /// a markdown file's text
+    Markdown(String),
+}
+
+/// The lines of `markdown` outside fenced code blocks, with their 1-based numbers.
+fn prose_lines(markdown: &str) -> Vec<(usize, &str)> {
+    let mut fence: Option<&str> = None;
+    let mut prose = Vec::new();
+    for (index, line) in markdown.lines().enumerate() {
+        let trimmed = line.trim_start();
+        let marker = ["```", "~~~"].into_iter().find(|m| trimmed.starts_with(m));
+        match (fence, marker) {
+            (None, Some(m)) => fence = Some(m),
+            (Some(open), Some(m)) if open == m => fence = None,
+            (None, None) => prose.push((index + 1, line)),
+            _ => {}
+        }
+    }
+    prose
+}
+
+/// GitHub's anchor for a heading: lowercase; everything but letters, digits, spaces, hyphens
+/// and underscores removed; spaces turned into hyphens.
+fn heading_slug(heading: &str) -> String {
+    heading
+        .trim()
+        .to_lowercase()
+        .chars()
+        .filter(|c| c.is_alphanumeric() || matches!(c, ' ' | '-' | '_'))
+        .map(|c| if c == ' ' { '-' } else { c })
+        .collect()
+}
+
+/// Every anchor `markdown`'s headings define; a repeated slug gets `-1`, `-2`, … as on GitHub.
+fn anchors(markdown: &str) -> Vec<String> {
+    let mut anchors: Vec<String> = Vec::new();
+    for (_, line) in prose_lines(markdown) {
+        let hashes = line.chars().take_while(|c| *c == '#').count();
+        let Some(heading) = line[hashes..].strip_prefix(' ') else {
+            continue;
+        };
+        if !(1..=6).contains(&hashes) {
+            continue;
+        }
+        let slug = heading_slug(heading);
+        let mut anchor = slug.clone();
+        let mut n = 0;
+        while anchors.contains(&anchor) {
+            n += 1;
+            anchor = format!("{slug}-{n}");
+        }
+        anchors.push(anchor);
+    }
+    anchors
+}
+
+/// `(line, target)` of every inline link `](target)` outside code blocks and code spans.
+fn link_targets(markdown: &str) -> Vec<(usize, String)> {
+    let mut links = Vec::new();
+    for (number, line) in prose_lines(markdown) {
+        // Even pieces between backticks are outside code spans.
+        let outside_code: String = line.split('`').step_by(2).collect::<Vec<_>>().join(" ");
+        let mut rest = outside_code.as_str();
+        while let Some(at) = rest.find("](") {
+            rest = &rest[at + 2..];
+            let end = rest.find(')').unwrap_or(rest.len());
+            let target = rest[..end].split_whitespace().next().unwrap_or_default();
+            links.push((number, target.trim_matches(['<', '>']).to_owned()));
+            rest = &rest[end..];
+        }
+    }
+    links
+}
+
+/// `path` with `.` and `..` resolved lexically; `None` if it climbs above the root.
+fn normalize(path: &Path) -> Option<PathBuf> {
+    let mut parts: Vec<&std::ffi::OsStr> = Vec::new();
+    for component in path.components() {
+        match component {
+            std::path::Component::Normal(part) => parts.push(part),
+            std::path::Component::ParentDir => {
+                parts.pop()?;
+            }
+            _ => {}
+        }
+    }
+    Some(parts.iter().collect())
+}
+
+/// The links of `document` (its path from the root, e.g. `docs/calling.md`) that do not
+/// resolve: a relative path that `find` does not know, or an anchor that no heading of the
+/// target markdown defines. Web and mail links are not checked.
+fn broken_links(document: &Path, text: &str, find: &dyn Fn(&Path) -> Found) -> Vec<String> {
+    let directory = document.parent().unwrap_or(Path::new(""));
+    let mut broken = Vec::new();
+    for (line, target) in link_targets(text) {
+        if ["http://", "https://", "mailto:"]
+            .iter()
+            .any(|scheme| target.starts_with(scheme))
+        {
+            continue;
+        }
+        let at = format!("{}:{line}: ({target})", document.display());
+        let (path, anchor) = match target.split_once('#') {
+            Some((path, anchor)) => (path, Some(anchor)),
+            None => (target.as_str(), None),
+        };
+        let markdown = if path.is_empty() {
+            Some(text.to_owned())
+        } else {
+            let Some(resolved) = normalize(&directory.join(path)) else {
+                broken.push(format!("{at}: leaves the repository"));
+                continue;
+            };
+            match find(&resolved) {
+                Found::Missing => {
+                    broken.push(format!("{at}: no such file {}", resolved.display()));
+                    continue;
+                }
+                Found::Other => None,
+                Found::Markdown(text) => Some(text),
+            }
+        };
+        if let (Some(anchor), Some(markdown)) = (anchor, markdown)
+            && !anchors(&markdown).iter().any(|a| a == anchor)
+        {
+            broken.push(format!("{at}: no heading has the anchor #{anchor}"));
+        }
+    }
+    broken
+}
+
+#[test]
+fn link_check_catches_a_broken_link_and_anchor() {
+    let page = "# Calling\n\n\
+                [Back](../README.md#quick-start), [errors](#errors).\n\
+                [missing](nope.md) and [bad anchor](../README.md#deploy)\n\
+                \n\
+                ```sh\n\
+                # Errors in a code block are neither headings nor links: [x](gone.md)\n\
+                ```\n\
+                \n\
+                ## Errors\n\
+                \n\
+                See `[code](span.md)` and [examples](examples/).\n";
+    let find = |path: &Path| match path.to_str() {
+        Some("README.md") => Found::Markdown("# keapalive\n\n## Quick start\n".to_owned()),
+        Some("docs/examples") => Found::Other,
+        _ => Found::Missing,
+    };
+    assert_eq!(
+        broken_links(Path::new("docs/calling.md"), page, &find),
+        [
+            "docs/calling.md:4: (nope.md): no such file docs/nope.md",
+            "docs/calling.md:4: (../README.md#deploy): no heading has the anchor #deploy",
+        ]
+    );
+    assert_eq!(
+        heading_slug("Develop with `cargo lambda watch`"),
+        "develop-with-cargo-lambda-watch"
+    );
+    assert_eq!(
+        heading_slug("Connections: OAuth or Service Account Key"),
+        "connections-oauth-or-service-account-key"
+    );
+    assert_eq!(anchors("# A\n## A\n# B"), ["a", "a-1", "b"]);
+    assert_eq!(normalize(Path::new("docs/../../x")), None);
+}
+
+/// Every relative link of README.md and docs/*.md names a file or directory that exists, and
+/// every anchor a heading of its document.
+#[test]
+fn every_relative_link_in_the_docs_resolves() {
+    let Some(documents) = documents() else {
+        return skip("no README.md");
+    };
+    let root = workspace::root();
+    let find = |path: &Path| {
+        let full = root.join(path);
+        if !full.exists() {
+            Found::Missing
+        } else if full.is_file() && full.extension().is_some_and(|x| x == "md") {
+            Found::Markdown(std::fs::read_to_string(&full).unwrap_or_default())
+        } else {
+            Found::Other
+        }
+    };
+    let broken: Vec<String> = documents
+        .iter()
+        .flat_map(|(name, text)| broken_links(Path::new(name), text, &find))
+        .collect();
+    assert!(
+        broken.is_empty(),
+        "links that do not resolve:\n{}",
+        broken.join("\n")
     );
 }
