@@ -60,7 +60,7 @@ cargo-test: venv build
 	@echo "==> cargo test"
 	@KEAPALIVE_TEST_PREBUILT=1 $(CARGO) test --workspace --locked --no-fail-fast
 
-# The whole flow on this machine (README "Run it locally"): moto and the Keap sandbox on
+# The whole flow on this machine (README, "Quick start"): moto and the Keap sandbox on
 # 127.0.0.1, the real function binaries, a line per step; stops everything it started.
 local: venv
 	@echo "==> building the functions and the local driver (first build ~6 min on 2 cores)…"
@@ -68,12 +68,12 @@ local: venv
 	@$(CARGO) run --quiet --locked -p keapalive-tests --bin keapalive-local -- --no-build
 
 # Only moto and the Keap sandbox (connection `default` authorized), for `cargo lambda watch`
-# (README "Develop with `cargo lambda watch`"): writes .local/dev.env, runs until Ctrl-C.
+# (docs/development.md): writes .local/dev.env, runs until Ctrl-C.
 .PHONY: dev-services
 dev-services: venv
 	@$(CARGO) run --quiet --locked -p keapalive-tests --bin keapalive-dev-services
 
-# The same flow against the real Keap, never in CI (README "Run it against the real Keap"):
+# The same flow against the real Keap, never in CI (docs/deploy.md, "Run it against the real Keap"):
 #   make local-keap KEAP_CLIENT_ID=… KEAP_CLIENT_SECRET_FILE=keap-secret.txt \
 #     KEAP_REDIRECT_URI=https://<your-tunnel>/oauth/callback [CALLBACK_PORT=8787]
 KEAP_CLIENT_ID ?=
@@ -98,7 +98,7 @@ STATUS_ARGS ?=
 status:
 	@$(CARGO) run --quiet --locked -p keapalive-admin -- status $(STATUS_ARGS)
 
-# Benchmarks (bench/, README "Performance"): one release build of the three functions, the
+# Benchmarks (bench/, docs/performance.md): one release build of the three functions, the
 # hello-world baseline and the bench, then one table, also written to bench-results.json.
 # The bench runs the binaries next to itself; `BENCH_ARGS=--quick` for a smoke run.
 BENCH_ARGS ?=

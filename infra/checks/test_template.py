@@ -111,7 +111,7 @@ STATUS_INDEX_ARN = "${ConnectionsTable.Arn}/index/connections-by-status"
 PENDING_INDEX_ARN = "${ConnectionsTable.Arn}/index/pending-by-connection"
 # Attributes holding a credential: the public function may never read one.
 TOKEN_ATTRIBUTES = {"access_token", "refresh_token", "orphan_pair"}
-# Keap's per-client-id limits (README "Rate limits", /docs: 1,500 a minute; spikes of 25 a second).
+# Keap's per-client-id limits (docs/connections.md, quota budget; Keap: 1,500 a minute; spikes of 25 a second).
 KEAP_CLIENT_REQUESTS_PER_SEC = 25
 
 

@@ -1,6 +1,6 @@
 //! The `errorType` vocabulary: every Lambda error keapalive's functions return names one of
 //! these (docs/design.md, "errorType vocabulary"). Callers branch on the string, so it is a
-//! contract: the README's `errorType` table lists the five a caller of contact-upsert sees, and
+//! contract: the `errorType` table of docs/calling.md lists the five a caller of contact-upsert sees, and
 //! a test below pins them against it.
 
 /// What kind of failure a Lambda error is, as its `errorType` string says.
@@ -69,7 +69,7 @@ mod tests {
 
     const TABLE_HEADER: &str = "| `errorType` |";
 
-    /// README.md and docs/*.md: the table may move to a docs page when the README is split.
+    /// README.md and docs/*.md, wherever the table is.
     fn contract_documents() -> Vec<PathBuf> {
         let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
         let mut documents = vec![root.join("README.md")];

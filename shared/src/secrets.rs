@@ -70,7 +70,7 @@ impl SecretsSource {
                 {
                     return Err(SecretsError::Malformed {
                         id: secret_id.to_owned(),
-                        reason: "client_id or client_secret is empty: put the Keap app's credentials into the secret (see the README's Deploy section)".to_owned(),
+                        reason: "client_id or client_secret is empty: put the Keap app's credentials into the secret (see docs/deploy.md)".to_owned(),
                     });
                 }
                 Ok(Arc::new(parsed))

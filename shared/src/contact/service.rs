@@ -375,7 +375,7 @@ fn tag_id_key(scope: &str, id: i64) -> String {
 }
 
 /// The documented marker of an error raised after the contact was written: callers find the
-/// contact by `contact_id=<digits>` (README, "Errors").
+/// contact by `contact_id=<digits>` (docs/calling.md, "Errors").
 pub const CONTACT_ID_MARKER: &str = "contact_id=";
 
 /// An error after the `PUT` succeeded: it says so, and which contact, so the caller knows the

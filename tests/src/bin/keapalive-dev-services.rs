@@ -1,5 +1,5 @@
 //! `keapalive-dev-services` — `make dev-services`: only the services a function needs, for
-//! developing with `cargo lambda watch` (README, "Develop with `cargo lambda watch`").
+//! developing with `cargo lambda watch` (docs/development.md).
 //!
 //! Starts moto (DynamoDB, Secrets Manager, SQS) and the Keap sandbox on 127.0.0.1, creates the
 //! connections table and the client secret, authorizes connection `default` with a

@@ -30,7 +30,7 @@ Runs moto (DynamoDB, Secrets Manager, SQS), the Keap sandbox (or the real Keap w
                         callback, refresh, upsert, status
   --real-keap           talk to Keap itself: your developer app's client id, a file holding its
                         client secret, and the HTTPS redirect URI registered with the app, which
-                        must reach 127.0.0.1:<callback-port> (an HTTPS tunnel; see README)";
+                        must reach 127.0.0.1:<callback-port> (an HTTPS tunnel; see docs/deploy.md)";
 
 const DEFAULT_CALLBACK_PORT: u16 = 8787;
 const DEFAULT_CONTACT_EMAIL: &str = "keapalive-local-test@example.com";
@@ -196,7 +196,7 @@ async fn main() -> ExitCode {
             if matches!(options.mode, Mode::RealKeap(_)) {
                 println!(
                     "This connection lived in the local emulator only and ends with this run; \
-                     your deployed stage needs its own authorization (README: \"Authorize\")."
+                     your deployed stage needs its own authorization (docs/connections.md: \"Authorize a connection\")."
                 );
             }
             0

@@ -123,7 +123,7 @@ pub async fn create_table(sdk: &SdkConfig) -> Result<(), String> {
     Ok(())
 }
 
-/// `{"client_id", "client_secret"}` under [`CLIENT_SECRET_ID`], exactly what the README tells
+/// `{"client_id", "client_secret"}` under [`CLIENT_SECRET_ID`], exactly what docs/deploy.md tells
 /// an operator to store in the stack's secret.
 pub async fn store_client_secret(
     sdk: &SdkConfig,

@@ -1,4 +1,4 @@
-//! The README's caller examples (`docs/examples/`) run as written against a local Lambda Invoke
+//! The caller examples of docs/calling.md (`docs/examples/`) run as written against a local Lambda Invoke
 //! API in front of the real contact-upsert binary: the AWS CLI, Python (boto3), Node (AWS SDK v3)
 //! and Rust (`aws-sdk-lambda`), plus the SQS path and the re-authorization command.
 //!
