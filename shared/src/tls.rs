@@ -5,11 +5,15 @@
 //! parses them again for every client it builds and every connector it makes. Here the roots
 //! are built once into one [`TlsRoots`]: reqwest gets a `rustls::ClientConfig` over its
 //! [`RootCertStore`], and every AWS client shares one SDK connector ([`TlsRoots::aws_http_client`])
-//! built from the same certificates.
+//! over the same certificates.
 //!
 //! Which roots ([`RootSource`], `KEAPALIVE_TLS_ROOTS`): by default Mozilla's root program,
-//! compiled in (`webpki-root-certs`): no file to read, the same in every container, ready in
-//! well under a millisecond. `system` loads the image's store instead (`rustls-native-certs`,
+//! compiled in: no file to read, the same in every container. reqwest's store is the
+//! pre-parsed trust anchors of `webpki-roots` (nothing to parse at init); the SDK, whose TLS
+//! context takes only PEM, gets the same roots' certificates (`webpki-root-certs`; a test pins
+//! the two sets equal), and parses them when its connector is built: on the container's first
+//! AWS call, which always comes before any token is presented (a lease or a read comes first),
+//! so a commit never waits for it. `system` loads the image's store instead (`rustls-native-certs`,
 //! which honours `SSL_CERT_FILE` and `SSL_CERT_DIR`). Either way `KEAPALIVE_EXTRA_CA_CERTS`
 //! names a PEM file of extra roots to trust as well, e.g. a TLS-inspecting proxy's CA.
 
@@ -106,6 +110,8 @@ pub enum TlsError {
 #[derive(Clone)]
 pub struct TlsRoots {
     store: Arc<RootCertStore>,
+    /// PEM of exactly the roots in `store`: the SDK panics on a certificate it cannot parse,
+    /// so it only ever sees ones rustls accepted (or, compiled in, that a test checked).
     pem: Arc<[u8]>,
     source: RootSource,
     extra: usize,
@@ -128,10 +134,9 @@ impl TlsRoots {
         let mut builder = Builder::new();
         match settings.roots {
             RootSource::Webpki => {
+                builder.store.roots = webpki_roots::TLS_SERVER_ROOTS.to_vec();
                 for cert in webpki_root_certs::TLS_SERVER_ROOT_CERTS {
-                    // Every root of the compiled-in set is a valid trust anchor; one that is
-                    // not (a future format) is skipped rather than fail every container.
-                    let _ = builder.add(cert.clone());
+                    builder.add_pem(cert);
                 }
             }
             RootSource::System => {
@@ -201,24 +206,18 @@ impl TlsRoots {
         Ok(config)
     }
 
-    /// The HTTP client every AWS SDK client of the container shares: one connector over these
-    /// roots, built now for `connect_timeout` (what every keapalive AWS client uses), so neither
-    /// building a client nor its first request parses certificates again. A request with other
-    /// connector settings (aws-config's own credential providers) gets a connector of its own,
-    /// built once for those settings.
-    pub fn aws_http_client(&self, connect_timeout: Duration) -> Result<SharedHttpClient, TlsError> {
-        let settings = HttpConnectorSettings::builder()
-            .connect_timeout(connect_timeout)
-            .build();
+    /// The HTTP client every AWS SDK client of the container shares: one connector per set of
+    /// connector settings (every keapalive client uses the same; aws-config's own credential
+    /// providers may ask for others), each built — parsing the roots once — on the first
+    /// request that needs it and kept, so no later client or request parses certificates again.
+    pub fn aws_http_client(&self) -> Result<SharedHttpClient, TlsError> {
         let context = TlsContext::builder()
             .with_trust_store(TrustStore::empty().with_pem_certificate(self.pem.to_vec()))
             .build()
             .map_err(|e| TlsError::Sdk(e.to_string()))?;
-        let connector = build_connector(&context, &settings);
         Ok(SharedHttpClient::new(SharedConnectors {
             context,
-            prebuilt: (ConnectorKey::of(&settings), connector),
-            others: Mutex::new(Vec::new()),
+            built: Mutex::new(Vec::new()),
         }))
     }
 }
@@ -240,6 +239,11 @@ impl Builder {
     /// the SDK (which panics on a certificate it cannot parse) never sees an invalid one.
     fn add(&mut self, cert: CertificateDer<'_>) -> Result<(), rustls::Error> {
         self.store.add(cert.clone())?;
+        self.add_pem(&cert);
+        Ok(())
+    }
+
+    fn add_pem(&mut self, cert: &CertificateDer<'_>) {
         self.pem.extend_from_slice(b"-----BEGIN CERTIFICATE-----\n");
         let encoded = base64::engine::general_purpose::STANDARD.encode(cert.as_ref());
         for line in encoded.as_bytes().chunks(64) {
@@ -247,7 +251,6 @@ impl Builder {
             self.pem.push(b'\n');
         }
         self.pem.extend_from_slice(b"-----END CERTIFICATE-----\n");
-        Ok(())
     }
 
     fn add_extra(&mut self, path: &Path) -> Result<(), TlsError> {
@@ -308,15 +311,12 @@ impl ConnectorKey {
 
 struct SharedConnectors {
     context: TlsContext,
-    prebuilt: (ConnectorKey, SharedHttpConnector),
-    others: Mutex<Vec<(ConnectorKey, SharedHttpConnector)>>,
+    built: Mutex<Vec<(ConnectorKey, SharedHttpConnector)>>,
 }
 
 impl std::fmt::Debug for SharedConnectors {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SharedConnectors")
-            .field("prebuilt", &self.prebuilt.0)
-            .finish_non_exhaustive()
+        f.debug_struct("SharedConnectors").finish_non_exhaustive()
     }
 }
 
@@ -327,21 +327,23 @@ impl HttpClient for SharedConnectors {
         _components: &RuntimeComponents,
     ) -> SharedHttpConnector {
         let key = ConnectorKey::of(settings);
-        if key == self.prebuilt.0 {
-            return self.prebuilt.1.clone();
-        }
-        let mut others = self.others.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some((_, connector)) = others.iter().find(|(k, _)| *k == key) {
+        let mut built = self.built.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some((_, connector)) = built.iter().find(|(k, _)| *k == key) {
             return connector.clone();
         }
-        tracing::debug!(?key, "building an AWS connector for other timeouts");
+        let started = std::time::Instant::now();
         let connector = build_connector(&self.context, settings);
-        others.push((key, connector.clone()));
+        tracing::debug!(
+            ?key,
+            micros = started.elapsed().as_micros() as u64,
+            "AWS connector built"
+        );
+        built.push((key, connector.clone()));
         connector
     }
 
     // No `validate_base_client_config`: the SDK's own client builds a throwaway connector
-    // there (parsing every root) for each client; ours is built already.
+    // there (parsing every root) for each client; ours are built once, on first use.
 
     fn connector_metadata(&self) -> Option<ConnectorMetadata> {
         Some(ConnectorMetadata::new(
@@ -375,9 +377,64 @@ mod tests {
         let pem_certs = CertificateDer::pem_slice_iter(&roots.pem).count();
         assert_eq!(pem_certs, roots.len());
         roots.reqwest_tls().expect("rustls config");
-        roots
-            .aws_http_client(Duration::from_secs(2))
-            .expect("SDK HTTP client");
+        roots.aws_http_client().expect("SDK HTTP client");
+    }
+
+    /// reqwest trusts `webpki-roots`' pre-parsed anchors and the SDK `webpki-root-certs`'
+    /// certificates: the same roots only if every certificate parses to one of the anchors
+    /// and no anchor is left over. An anchor may carry name constraints its certificate lacks
+    /// (Mozilla constrains some roots, e.g. TUBITAK's to `.tr`, and only an anchor can say so):
+    /// reqwest is then the stricter of the two, never the laxer.
+    #[test]
+    fn compiled_in_anchors_and_certificates_are_the_same_roots() {
+        use std::collections::BTreeMap;
+        type Anchors = BTreeMap<(Vec<u8>, Vec<u8>), Option<Vec<u8>>>;
+        let index = |roots: &[rustls::pki_types::TrustAnchor<'_>]| -> Anchors {
+            roots
+                .iter()
+                .map(|a| {
+                    (
+                        (a.subject.to_vec(), a.subject_public_key_info.to_vec()),
+                        a.name_constraints.as_ref().map(|n| n.to_vec()),
+                    )
+                })
+                .collect()
+        };
+        let mut parsed = RootCertStore::empty();
+        for cert in webpki_root_certs::TLS_SERVER_ROOT_CERTS {
+            parsed
+                .add(cert.clone())
+                .expect("every compiled-in root parses");
+        }
+        let from_certificates = index(&parsed.roots);
+        let anchors = index(webpki_roots::TLS_SERVER_ROOTS);
+        assert_eq!(
+            from_certificates.len(),
+            webpki_root_certs::TLS_SERVER_ROOT_CERTS.len()
+        );
+        let name = |subject: &[u8]| String::from_utf8_lossy(subject).into_owned();
+        let only_one_side: Vec<String> = from_certificates
+            .keys()
+            .filter(|k| !anchors.contains_key(*k))
+            .chain(
+                anchors
+                    .keys()
+                    .filter(|k| !from_certificates.contains_key(*k)),
+            )
+            .map(|(subject, _)| name(subject))
+            .collect();
+        assert!(
+            only_one_side.is_empty(),
+            "webpki-roots ({}) and webpki-root-certs ({}) hold different roots, align their \
+             versions: {only_one_side:#?}",
+            anchors.len(),
+            from_certificates.len()
+        );
+        for (key, constraints) in &from_certificates {
+            if constraints.is_some() {
+                assert_eq!(&anchors[key], constraints, "{}", name(&key.0));
+            }
+        }
     }
 
     #[test]

@@ -94,12 +94,14 @@ fn exit_at_init(error: &dyn std::fmt::Display) -> ! {
 /// A function's init: the trust roots, the SDK configuration and every client, each phase
 /// timed ([`InitTimings`]: DEBUG log, and a stderr line with `KEAPALIVE_INIT_TIMINGS=true`).
 ///
-/// Everything a commit needs (the DynamoDB client and its connector, roots parsed) is ready
-/// when this returns; only what no commit needs is built on first use (the SQS client).
+/// Every client exists when this returns. Built on first use: the SQS client (no commit needs
+/// it) and the AWS connector, whose roots the SDK parses from PEM ([`TlsRoots::aws_http_client`]):
+/// the container's first AWS call builds it, and that call (a lease, a read) always comes before
+/// any token is presented, so a commit never waits for it.
 pub async fn init(config: Config) -> Result<Clients, InitError> {
     let mut phases = timings::Phases::start();
     let roots = TlsRoots::load(&config.tls)?;
-    let aws_http = roots.aws_http_client(AWS_CONNECT_TIMEOUT)?;
+    let aws_http = roots.aws_http_client()?;
     let tls_roots_us = phases.lap();
     let aws = load_aws_with(aws_http).await;
     let aws_config_us = phases.lap();
