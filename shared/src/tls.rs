@@ -18,7 +18,7 @@
 //! names a PEM file of extra roots to trust as well, e.g. a TLS-inspecting proxy's CA.
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::Duration;
 
 use aws_smithy_http_client::Connector;
@@ -26,8 +26,11 @@ use aws_smithy_http_client::tls::rustls_provider::CryptoMode;
 use aws_smithy_http_client::tls::{Provider, TlsContext, TrustStore};
 use aws_smithy_runtime_api::client::connector_metadata::ConnectorMetadata;
 use aws_smithy_runtime_api::client::http::{
-    HttpClient, HttpConnectorSettings, SharedHttpClient, SharedHttpConnector,
+    HttpClient, HttpConnector, HttpConnectorFuture, HttpConnectorSettings, SharedHttpClient,
+    SharedHttpConnector,
 };
+use aws_smithy_runtime_api::client::orchestrator::HttpRequest;
+use aws_smithy_runtime_api::client::result::ConnectorError;
 use aws_smithy_runtime_api::client::runtime_components::RuntimeComponents;
 use base64::Engine as _;
 use rustls::RootCertStore;
@@ -101,18 +104,16 @@ pub enum TlsError {
     NoSystemRoots,
     #[error("TLS configuration: {0}")]
     Rustls(#[from] rustls::Error),
-    #[error("the AWS SDK's TLS context: {0}")]
-    Sdk(String),
 }
 
-/// One container's trust roots: a rustls store for reqwest and the same certificates in PEM,
-/// the form the AWS SDK's TLS context takes.
+/// One container's trust roots: a rustls store for reqwest and the same roots' certificates,
+/// which the AWS SDK's TLS context takes as PEM.
 #[derive(Clone)]
 pub struct TlsRoots {
     store: Arc<RootCertStore>,
-    /// PEM of exactly the roots in `store`: the SDK panics on a certificate it cannot parse,
-    /// so it only ever sees ones rustls accepted (or, compiled in, that a test checked).
-    pem: Arc<[u8]>,
+    /// Exactly the roots in `store`: the SDK panics on a certificate it cannot parse, so it only
+    /// ever sees ones rustls accepted (or, compiled in, that a test checked).
+    certificates: Arc<Vec<CertificateDer<'static>>>,
     source: RootSource,
     extra: usize,
 }
@@ -135,9 +136,7 @@ impl TlsRoots {
         match settings.roots {
             RootSource::Webpki => {
                 builder.store.roots = webpki_roots::TLS_SERVER_ROOTS.to_vec();
-                for cert in webpki_root_certs::TLS_SERVER_ROOT_CERTS {
-                    builder.add_pem(cert);
-                }
+                builder.certificates = webpki_root_certs::TLS_SERVER_ROOT_CERTS.to_vec();
             }
             RootSource::System => {
                 let loaded = rustls_native_certs::load_native_certs();
@@ -165,7 +164,7 @@ impl TlsRoots {
         let extra = builder.store.len() - base;
         Ok(Self {
             store: Arc::new(builder.store),
-            pem: builder.pem.into(),
+            certificates: Arc::new(builder.certificates),
             source: settings.roots,
             extra,
         })
@@ -210,28 +209,40 @@ impl TlsRoots {
     /// connector settings (every keapalive client uses the same; aws-config's own credential
     /// providers may ask for others), each built — parsing the roots once — on the first
     /// request that needs it and kept, so no later client or request parses certificates again.
-    pub fn aws_http_client(&self) -> Result<SharedHttpClient, TlsError> {
-        let context = TlsContext::builder()
-            .with_trust_store(TrustStore::empty().with_pem_certificate(self.pem.to_vec()))
-            .build()
-            .map_err(|e| TlsError::Sdk(e.to_string()))?;
-        Ok(SharedHttpClient::new(SharedConnectors {
-            context,
+    pub fn aws_http_client(&self) -> SharedHttpClient {
+        SharedHttpClient::new(SharedConnectors {
+            roots: self.clone(),
+            context: OnceLock::new(),
             built: Mutex::new(Vec::new()),
-        }))
+        })
+    }
+
+    /// The certificates as one PEM bundle, the form the SDK's trust store takes.
+    fn pem(&self) -> Vec<u8> {
+        let mut pem = Vec::with_capacity(self.certificates.len() * 2_048);
+        for cert in self.certificates.iter() {
+            pem.extend_from_slice(b"-----BEGIN CERTIFICATE-----\n");
+            let encoded = base64::engine::general_purpose::STANDARD.encode(cert.as_ref());
+            for line in encoded.as_bytes().chunks(64) {
+                pem.extend_from_slice(line);
+                pem.push(b'\n');
+            }
+            pem.extend_from_slice(b"-----END CERTIFICATE-----\n");
+        }
+        pem
     }
 }
 
 struct Builder {
     store: RootCertStore,
-    pem: Vec<u8>,
+    certificates: Vec<CertificateDer<'static>>,
 }
 
 impl Builder {
     fn new() -> Self {
         Self {
             store: RootCertStore::empty(),
-            pem: Vec::with_capacity(256 * 1024),
+            certificates: Vec::new(),
         }
     }
 
@@ -239,18 +250,8 @@ impl Builder {
     /// the SDK (which panics on a certificate it cannot parse) never sees an invalid one.
     fn add(&mut self, cert: CertificateDer<'_>) -> Result<(), rustls::Error> {
         self.store.add(cert.clone())?;
-        self.add_pem(&cert);
+        self.certificates.push(cert.into_owned());
         Ok(())
-    }
-
-    fn add_pem(&mut self, cert: &CertificateDer<'_>) {
-        self.pem.extend_from_slice(b"-----BEGIN CERTIFICATE-----\n");
-        let encoded = base64::engine::general_purpose::STANDARD.encode(cert.as_ref());
-        for line in encoded.as_bytes().chunks(64) {
-            self.pem.extend_from_slice(line);
-            self.pem.push(b'\n');
-        }
-        self.pem.extend_from_slice(b"-----END CERTIFICATE-----\n");
     }
 
     fn add_extra(&mut self, path: &Path) -> Result<(), TlsError> {
@@ -310,7 +311,9 @@ impl ConnectorKey {
 }
 
 struct SharedConnectors {
-    context: TlsContext,
+    roots: TlsRoots,
+    /// Built with the first connector: encoding the roots as PEM is the SDK's price, paid once.
+    context: OnceLock<Result<TlsContext, String>>,
     built: Mutex<Vec<(ConnectorKey, SharedHttpConnector)>>,
 }
 
@@ -332,7 +335,19 @@ impl HttpClient for SharedConnectors {
             return connector.clone();
         }
         let started = std::time::Instant::now();
-        let connector = build_connector(&self.context, settings);
+        let context = self.context.get_or_init(|| {
+            TlsContext::builder()
+                .with_trust_store(TrustStore::empty().with_pem_certificate(self.roots.pem()))
+                .build()
+                .map_err(|e| e.to_string())
+        });
+        let connector = match context {
+            Ok(context) => build_connector(context, settings),
+            Err(reason) => {
+                tracing::error!(%reason, "the AWS SDK refused the TLS roots: every AWS call fails");
+                SharedHttpConnector::new(RefusedRoots(reason.clone()))
+            }
+        };
         tracing::debug!(
             ?key,
             micros = started.elapsed().as_micros() as u64,
@@ -350,6 +365,18 @@ impl HttpClient for SharedConnectors {
             "hyper",
             Some(std::borrow::Cow::Borrowed("1.x")),
         ))
+    }
+}
+
+/// The connector of a container whose roots the SDK refused (its TLS context cannot fail
+/// today): every AWS call fails with the reason, classified as an I/O-less connector error.
+#[derive(Debug)]
+struct RefusedRoots(String);
+
+impl HttpConnector for RefusedRoots {
+    fn call(&self, _request: HttpRequest) -> HttpConnectorFuture {
+        let reason = format!("the AWS SDK refused the TLS roots: {}", self.0);
+        HttpConnectorFuture::ready(Err(ConnectorError::other(reason.into(), None)))
     }
 }
 
@@ -374,10 +401,10 @@ mod tests {
         assert_eq!(roots.extra(), 0);
         assert_eq!(roots.source(), RootSource::Webpki);
         // The SDK's copy holds exactly the store's certificates.
-        let pem_certs = CertificateDer::pem_slice_iter(&roots.pem).count();
+        let pem_certs = CertificateDer::pem_slice_iter(&roots.pem()).count();
         assert_eq!(pem_certs, roots.len());
         roots.reqwest_tls().expect("rustls config");
-        roots.aws_http_client().expect("SDK HTTP client");
+        roots.aws_http_client();
     }
 
     /// reqwest trusts `webpki-roots`' pre-parsed anchors and the SDK `webpki-root-certs`'
@@ -448,7 +475,10 @@ mod tests {
         .expect("with the extra root");
         assert_eq!(roots.extra(), 1);
         assert_eq!(roots.len(), base + 1);
-        assert_eq!(CertificateDer::pem_slice_iter(&roots.pem).count(), base + 1);
+        assert_eq!(
+            CertificateDer::pem_slice_iter(&roots.pem()).count(),
+            base + 1
+        );
         let _ = std::fs::remove_file(path);
     }
 
@@ -497,7 +527,7 @@ mod tests {
         .expect("the system store");
         assert!(!roots.is_empty());
         assert_eq!(
-            CertificateDer::pem_slice_iter(&roots.pem).count(),
+            CertificateDer::pem_slice_iter(&roots.pem()).count(),
             roots.len()
         );
     }

@@ -101,7 +101,7 @@ fn exit_at_init(error: &dyn std::fmt::Display) -> ! {
 pub async fn init(config: Config) -> Result<Clients, InitError> {
     let mut phases = timings::Phases::start();
     let roots = TlsRoots::load(&config.tls)?;
-    let aws_http = roots.aws_http_client()?;
+    let aws_http = roots.aws_http_client();
     let tls_roots_us = phases.lap();
     let aws = load_aws_with(aws_http).await;
     let aws_config_us = phases.lap();
