@@ -74,8 +74,11 @@ EMF_METRICS = {
     "Refreshed", "RefreshFailedTransient", "NeedsReauthorization", "ClientCredentialsRejected",
     "CircuitBreakerOpen", "SecondsUntilEarliestExpiry", "SecondsSinceOldestRefresh",
     "ConnectionsNeedingReauthorization", "MalformedConnections", "CommitOutcomeUnknown",
-    "Orphaned",
+    "Orphaned", "SpuriousUnauthorized", "UnauthorizedIncident",
 }
+# Emitted by contact-upsert only when they happen: their alarms must treat missing data as the
+# healthy case (every other metric comes from each refresher run, whose absence must breach).
+EVENT_METRICS = {"SpuriousUnauthorized", "UnauthorizedIncident"}
 # metric -> (comparison, threshold) the issue asks for
 REQUIRED_METRIC_ALARMS = {
     "ConnectionsNeedingReauthorization": ("GreaterThanOrEqualToThreshold", 1),
@@ -86,6 +89,8 @@ REQUIRED_METRIC_ALARMS = {
     "SecondsSinceOldestRefresh": ("GreaterThanThreshold", 259200),
     "MalformedConnections": ("GreaterThanOrEqualToThreshold", 1),
     "CommitOutcomeUnknown": ("GreaterThanOrEqualToThreshold", 1),
+    "UnauthorizedIncident": ("GreaterThanOrEqualToThreshold", 1),
+    "SpuriousUnauthorized": ("GreaterThanOrEqualToThreshold", 10),
 }
 # Functions that take refresh leases: the refresher, and contact-upsert (on-demand refresh).
 LEASE_TAKERS = (REFRESHER, UPSERT)
@@ -632,7 +637,10 @@ def alarms_watch_the_refresher(t: dict) -> None:
     for alarm in custom:
         assert alarm["MetricName"] in EMF_METRICS, f"unknown metric {alarm['MetricName']}"
         assert alarm.get("Dimensions") == [{"Name": "Stage", "Value": {"Ref": "Stage"}}], alarm["MetricName"]
-        assert alarm.get("TreatMissingData") == "breaching", f"{alarm['MetricName']}: missing data must breach"
+        expected = "notBreaching" if alarm["MetricName"] in EVENT_METRICS else "breaching"
+        assert alarm.get("TreatMissingData") == expected, (
+            f"{alarm['MetricName']}: missing data must be {expected}"
+        )
     for metric, (comparison, threshold) in REQUIRED_METRIC_ALARMS.items():
         matching = [a for a in custom if a["MetricName"] == metric]
         assert matching, f"no alarm on {metric}"
@@ -965,6 +973,10 @@ def _mutate_missing_data(t: dict) -> None:
     t["Resources"]["EarliestExpiryAlarm"]["Properties"]["TreatMissingData"] = "notBreaching"
 
 
+def _mutate_event_alarm_breaches(t: dict) -> None:
+    t["Resources"]["UnauthorizedIncidentAlarm"]["Properties"]["TreatMissingData"] = "breaching"
+
+
 def _mutate_metric_name(t: dict) -> None:
     t["Resources"]["OldestRefreshAlarm"]["Properties"]["MetricName"] = "SecondsSinceLastRefresh"
 
@@ -1050,6 +1062,7 @@ MUTANTS: dict[Callable[[dict], None], Callable[[dict], None]] = {
     _mutate_short_lease: lease_outlives_every_holder,
     _mutate_longer_upsert: lease_outlives_every_holder,
     _mutate_metric_name: alarms_watch_the_refresher,
+    _mutate_event_alarm_breaches: alarms_watch_the_refresher,
     _mutate_table_retain: table_is_safe,
     _mutate_table_ttl: table_is_safe,
     _mutate_table_pitr: table_is_safe,
