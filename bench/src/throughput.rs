@@ -13,7 +13,7 @@ use aws_sdk_dynamodb::types::{AttributeValue, PutRequest, WriteRequest};
 use futures_util::{StreamExt, TryStreamExt, stream};
 use keap_sandbox::{Endpoint, IssuedPair, Sandbox};
 use keapalive::clock::now_epoch_secs;
-use keapalive::keap::tokens::keap_app_from_scope;
+use keapalive::keap::keap_app_from_scope;
 use keapalive::token_store::{CommitOutcome, LeaseOutcome, RotationCause, new_write_id};
 use keapalive_tests::aws::{create_client_secret, create_table, get_item};
 use keapalive_tests::emulator::Emulator;

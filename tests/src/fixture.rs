@@ -6,7 +6,7 @@ use keap_sandbox::{IssuedPair, Sandbox};
 use keapalive::ConnectionId;
 use keapalive::clock::now_epoch_secs;
 use keapalive::config::{Config, Requirements};
-use keapalive::keap::tokens::keap_app_from_scope;
+use keapalive::keap::keap_app_from_scope;
 use keapalive::keap::{IssuedTokens, TokenPair};
 use keapalive::token_store::{AuthorizeOutcome, DynamoDbTokenStore, new_write_id};
 use keapalive::wiring::Clients;

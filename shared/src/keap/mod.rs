@@ -1,14 +1,14 @@
 //! Keap's HTTP API: the OAuth token endpoint and REST v1, with typed outcomes.
 
-pub mod contacts;
-pub mod http;
-pub mod model;
-pub mod oauth;
-pub mod rate_limit;
-pub mod rest;
-pub mod tags;
-pub mod tokens;
+pub(crate) mod contacts;
+pub(crate) mod http;
+pub(crate) mod model;
+pub(crate) mod oauth;
+pub(crate) mod rate_limit;
+pub(crate) mod rest;
+pub(crate) mod tags;
+pub(crate) mod tokens;
 
 pub use oauth::{OAuthClient, TokenError};
 pub use rest::{KeapError, RestClient};
-pub use tokens::{AccessCredential, IssuedTokens, TokenPair};
+pub use tokens::{AccessCredential, IssuedTokens, TokenPair, keap_app_from_scope};
