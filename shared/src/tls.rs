@@ -4,8 +4,9 @@
 //! certificates (on Debian: a 220 kB bundle, then every file of `/etc/ssl/certs`), and the SDK
 //! parses them again for every client it builds and every connector it makes. Here the roots
 //! are built once into one [`TlsRoots`]: reqwest gets a `rustls::ClientConfig` over its
-//! [`RootCertStore`], and every AWS client shares one SDK connector ([`TlsRoots::aws_http_client`])
-//! over the same certificates.
+//! [`RootCertStore`], and every AWS client shares the SDK connectors of one HTTP client
+//! ([`TlsRoots::aws_http_client`]: one per set of connector settings, built on first use) over
+//! the same certificates.
 //!
 //! Which roots ([`RootSource`], `KEAPALIVE_TLS_ROOTS`): by default Mozilla's root program,
 //! compiled in: no file to read, the same in every container. reqwest's store is the
@@ -246,8 +247,9 @@ impl Builder {
         }
     }
 
-    /// Adds `cert` to the store and, once it is known to be a valid root, to the PEM copy, so
-    /// the SDK (which panics on a certificate it cannot parse) never sees an invalid one.
+    /// Adds `cert` to the store and, once it is known to be a valid root, to the certificates the
+    /// SDK gets, so the SDK (which panics on a certificate it cannot parse) never sees an invalid
+    /// one.
     fn add(&mut self, cert: CertificateDer<'_>) -> Result<(), rustls::Error> {
         self.store.add(cert.clone())?;
         self.certificates.push(cert.into_owned());
@@ -312,7 +314,8 @@ impl ConnectorKey {
 
 struct SharedConnectors {
     roots: TlsRoots,
-    /// Built with the first connector: encoding the roots as PEM is the SDK's price, paid once.
+    /// Built with the first connector (the PEM encoding, once); the SDK parses the PEM again for
+    /// each connector it builds, one per set of connector settings.
     context: OnceLock<Result<TlsContext, String>>,
     built: Mutex<Vec<(ConnectorKey, SharedHttpConnector)>>,
 }

@@ -124,7 +124,8 @@ pub async fn load_aws() -> aws_config::SdkConfig {
 }
 
 /// The standard chain, every AWS client (and aws-config's own providers) sharing `http`:
-/// one connector over the container's roots ([`TlsRoots::aws_http_client`]).
+/// one connector per set of connector settings over the container's roots, each built on
+/// first use ([`TlsRoots::aws_http_client`]).
 async fn load_aws_with(
     http: aws_smithy_runtime_api::client::http::SharedHttpClient,
 ) -> aws_config::SdkConfig {

@@ -14,7 +14,7 @@ pub const LINE_PREFIX: &str = "keapalive-init-timings ";
 /// gets it as its measured init minus their sum.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct InitTimings {
-    /// The trust roots and the one AWS connector over them ([`crate::tls`]).
+    /// The trust roots (`tls.rs`); the AWS connector over them is built on the first AWS call.
     pub tls_roots_us: u64,
     /// `aws_config`'s standard chain (region, credentials, retry and timeout settings).
     pub aws_config_us: u64,
