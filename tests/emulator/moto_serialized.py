@@ -17,7 +17,11 @@ Hangs sleep outside the lock that serialises moto, so other requests go on meanw
 Control endpoints on the same port (never forwarded to moto):
   POST   /_keapalive/faults    {"target", "error_type", "status"=400, "times"=1, "body_contains"?: str | [str],
                                 "mode"="error", "hang_secs"=0, "probability"=1}
+                               → {"ok": true, "id": N}
   DELETE /_keapalive/faults[?body_contains=NEEDLE]   all faults, or only those scoped by NEEDLE
+  GET    /_keapalive/faults/fired?id=N   {"fired": count}: how many requests fault N answered
+                                         (kept after the fault is used up or cleared, so a test
+                                         can prove its fault matched a request)
   GET    /_keapalive/requests[?resource=NAME]   {"<X-Amz-Target or Action>": count, ...}
   DELETE /_keapalive/requests
 """
@@ -59,6 +63,7 @@ class Fault:
         self.mode = spec.get("mode", "error")
         self.hang_secs = float(spec.get("hang_secs", 0))
         self.probability = float(spec.get("probability", 1))
+        self.id = None
         if self.times < 1:
             raise ValueError("times must be >= 1")
         if self.mode not in ("error", "apply_then_error", "apply_then_hang", "hang"):
@@ -143,6 +148,9 @@ class SerializedMoto:
         # Faults and counters have their own lock so control calls never wait behind moto.
         self.state_lock = threading.Lock()
         self.faults = []
+        # Fault id -> requests it answered; outlives the fault itself.
+        self.fired = collections.Counter()
+        self.next_fault_id = 1
         self.counts = collections.Counter()
         self.counts_by_resource = collections.defaultdict(collections.Counter)
 
@@ -208,6 +216,7 @@ class SerializedMoto:
                 if fault.probability < 1 and random.random() >= fault.probability:
                     continue
                 fault.times -= 1
+                self.fired[fault.id] += 1
                 if fault.times == 0:
                     self.faults.remove(fault)
                 return fault
@@ -222,8 +231,19 @@ class SerializedMoto:
             except (ValueError, KeyError, TypeError) as error:
                 return json_response(start_response, "400 Bad Request", {"error": str(error)})
             with self.state_lock:
+                fault.id = self.next_fault_id
+                self.next_fault_id += 1
                 self.faults.append(fault)
-            return json_response(start_response, "200 OK", {"ok": True})
+            return json_response(start_response, "200 OK", {"ok": True, "id": fault.id})
+        if path == "faults/fired" and method == "GET":
+            query = urllib.parse.parse_qs(environ.get("QUERY_STRING", ""))
+            try:
+                fault_id = int(query["id"][0])
+            except (KeyError, ValueError):
+                return json_response(start_response, "400 Bad Request", {"error": "id required"})
+            with self.state_lock:
+                fired = self.fired[fault_id]
+            return json_response(start_response, "200 OK", {"fired": fired})
         if path == "faults" and method == "DELETE":
             query = urllib.parse.parse_qs(environ.get("QUERY_STRING", ""))
             with self.state_lock:

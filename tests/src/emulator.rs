@@ -249,9 +249,24 @@ impl Emulator {
         .collect()
     }
 
-    pub async fn inject_dynamodb_fault(&self, fault: DynamoDbFault) {
-        self.control(self.http.post(self.control_url("faults")).json(&fault))
-            .await;
+    /// Injects `fault`; the returned handle tells how many requests it answered, so a fault
+    /// test can assert that its fault fired (a fault that matches nothing proves nothing).
+    pub async fn inject_dynamodb_fault(&self, fault: DynamoDbFault) -> InjectedFault {
+        #[derive(serde::Deserialize)]
+        struct Injected {
+            id: u64,
+        }
+        let injected: Injected = self
+            .control(self.http.post(self.control_url("faults")).json(&fault))
+            .await
+            .json()
+            .await
+            .expect("the emulator answers an injected fault's id");
+        InjectedFault {
+            id: injected.id,
+            fired_url: self.control_url("faults/fired"),
+            http: self.http.clone(),
+        }
     }
 
     /// Clears every fault, including those of tests running in parallel.
@@ -312,6 +327,50 @@ impl Emulator {
             panic!("emulator control request answered {status}: {body}");
         }
         response
+    }
+}
+
+/// A fault the emulator holds (or held): how often it fired outlives the fault itself.
+#[derive(Debug, Clone)]
+pub struct InjectedFault {
+    id: u64,
+    fired_url: String,
+    http: reqwest::Client,
+}
+
+impl InjectedFault {
+    /// Requests this fault answered so far.
+    pub async fn fired(&self) -> u64 {
+        #[derive(serde::Deserialize)]
+        struct Fired {
+            fired: u64,
+        }
+        let url = url::Url::parse_with_params(&self.fired_url, [("id", self.id.to_string())])
+            .expect("control URL");
+        let response = self
+            .http
+            .get(url)
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("emulator control request failed: {e}"));
+        assert!(
+            response.status().is_success(),
+            "emulator control request answered {}",
+            response.status()
+        );
+        let fired: Fired = response.json().await.expect("fired count is JSON");
+        fired.fired
+    }
+
+    /// Panics unless this fault answered at least `at_least` requests: a fault test whose fault
+    /// never matched would otherwise pass without testing anything.
+    pub async fn assert_fired(&self, at_least: u64) {
+        let fired = self.fired().await;
+        assert!(
+            fired >= at_least,
+            "the injected fault fired {fired} time(s), expected at least {at_least}: it never \
+             matched the request the test meant to fault"
+        );
     }
 }
 
