@@ -9,6 +9,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 use url::Url;
 
+use crate::connection_id::ConnectionId;
 use crate::tls::{RootSource, TlsSettings};
 
 pub const DEFAULT_AUTHORIZE_URL: &str = "https://accounts.infusionsoft.com/app/oauth/authorize";
@@ -38,7 +39,11 @@ pub const KNOWN_VARIABLES: &[&str] = &[
     "KEAPALIVE_TLS_ROOTS",
     "KEAPALIVE_EXTRA_CA_CERTS",
     "KEAPALIVE_INIT_TIMINGS",
+    PROXY_CONNECTIONS_VARIABLE,
 ];
+
+/// keap-proxy serves only the connections this lists (comma-separated ids); all when unset.
+pub const PROXY_CONNECTIONS_VARIABLE: &str = "KEAPALIVE_PROXY_CONNECTIONS";
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ConfigError {
@@ -99,6 +104,8 @@ pub struct Config {
     pub tls: TlsSettings,
     /// Write the init phases' timings to stderr (`KEAPALIVE_INIT_TIMINGS`, for the bench).
     pub init_timings: bool,
+    /// The connections keap-proxy serves (`KEAPALIVE_PROXY_CONNECTIONS`); `None`: all.
+    pub proxy_connections: Option<Vec<ConnectionId>>,
 }
 
 impl Config {
@@ -185,6 +192,9 @@ impl Config {
                 extra_ca_certs: get("KEAPALIVE_EXTRA_CA_CERTS").map(PathBuf::from),
             },
             init_timings: boolean(get, "KEAPALIVE_INIT_TIMINGS", false)?,
+            proxy_connections: get(PROXY_CONNECTIONS_VARIABLE)
+                .map(|raw| connection_list(PROXY_CONNECTIONS_VARIABLE, &raw))
+                .transpose()?,
         })
     }
 
@@ -194,6 +204,18 @@ impl Config {
             .as_ref()
             .ok_or(ConfigError::Missing("KEAPALIVE_REDIRECT_URI"))
     }
+}
+
+/// `a,b, c`: connection ids, each valid, none empty.
+fn connection_list(name: &'static str, raw: &str) -> Result<Vec<ConnectionId>, ConfigError> {
+    raw.split(',')
+        .map(|id| {
+            ConnectionId::parse(id.trim()).map_err(|e| ConfigError::Malformed {
+                name,
+                reason: format!("expected comma-separated connection ids: {e}"),
+            })
+        })
+        .collect()
 }
 
 fn parse_absolute_url(name: &'static str, raw: &str) -> Result<Url, ConfigError> {
@@ -289,6 +311,33 @@ mod tests {
         assert_eq!(config.tls, TlsSettings::default());
         assert_eq!(config.tls.roots, RootSource::Webpki);
         assert!(!config.init_timings);
+        assert_eq!(config.proxy_connections, None);
+    }
+
+    #[test]
+    fn reads_the_proxy_allowlist() {
+        let mut v = vars(MINIMAL);
+        v.push((
+            PROXY_CONNECTIONS_VARIABLE.into(),
+            "default, sales-eu".into(),
+        ));
+        let config = Config::from_vars(&v, Requirements::default()).unwrap();
+        let ids: Vec<&str> = config
+            .proxy_connections
+            .iter()
+            .flatten()
+            .map(ConnectionId::as_str)
+            .collect();
+        assert_eq!(ids, ["default", "sales-eu"]);
+        for bad in ["a,,b", "a b", "a,", "../x"] {
+            let mut v = vars(MINIMAL);
+            v.push((PROXY_CONNECTIONS_VARIABLE.into(), bad.into()));
+            let err = Config::from_vars(&v, Requirements::default()).unwrap_err();
+            assert!(
+                err.to_string().contains(PROXY_CONNECTIONS_VARIABLE),
+                "{bad}: {err}"
+            );
+        }
     }
 
     #[test]

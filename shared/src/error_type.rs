@@ -1,7 +1,8 @@
 //! The `errorType` vocabulary: every Lambda error keapalive's functions return names one of
 //! these (docs/design.md, "errorType vocabulary"). Callers branch on the string, so it is a
-//! contract: the `errorType` table of docs/calling.md lists the five a caller of contact-upsert sees, and
-//! a test below pins them against it.
+//! contract: the `errorType` table of docs/calling.md lists the five a caller of contact-upsert sees,
+//! the one of docs/keap-proxy.md the five a caller of keap-proxy sees, and tests below pin them
+//! against those tables.
 
 /// What kind of failure a Lambda error is, as its `errorType` string says.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -21,6 +22,9 @@ pub enum ErrorType {
     Configuration,
     /// A response that could not be encoded: a bug, never the caller's fault.
     Internal,
+    /// keap-proxy only: Keap's answer does not fit in Lambda's 6 MB response; ask for less
+    /// (`limit`/`offset`, `page_size`).
+    ResponseTooLarge,
 }
 
 impl ErrorType {
@@ -33,6 +37,16 @@ impl ErrorType {
         Self::Unavailable,
     ];
 
+    /// What a caller of keap-proxy can receive (the `errorType` table of docs/keap-proxy.md):
+    /// Keap's refusals (4xx) are answers there, not errors.
+    pub const PROXY_FACING: [ErrorType; 5] = [
+        Self::Validation,
+        Self::NotAuthorized,
+        Self::RateLimited,
+        Self::Unavailable,
+        Self::ResponseTooLarge,
+    ];
+
     /// The Lambda `errorType` string.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -43,6 +57,7 @@ impl ErrorType {
             Self::Unavailable => "Unavailable",
             Self::Configuration => "ConfigurationError",
             Self::Internal => "InternalError",
+            Self::ResponseTooLarge => "ResponseTooLarge",
         }
     }
 
@@ -88,22 +103,38 @@ mod tests {
     /// removed, and which file it came from.
     fn documented_error_types() -> (PathBuf, Vec<String>) {
         for path in contract_documents() {
-            let Ok(text) = std::fs::read_to_string(&path) else {
-                continue;
-            };
-            let mut lines = text.lines().skip_while(|l| !l.starts_with(TABLE_HEADER));
-            if lines.next().is_none() {
-                continue;
+            if let Some(rows) = table_in(&path) {
+                return (path, rows);
             }
-            let rows = lines
+        }
+        panic!("no document has an `errorType` table (a line starting with {TABLE_HEADER:?})");
+    }
+
+    fn table_in(path: &Path) -> Option<Vec<String>> {
+        let text = std::fs::read_to_string(path).ok()?;
+        let mut lines = text.lines().skip_while(|l| !l.starts_with(TABLE_HEADER));
+        lines.next()?;
+        Some(
+            lines
                 .skip(1) // the |---| separator
                 .take_while(|l| l.starts_with('|'))
                 .filter_map(|row| row.split('|').nth(1))
                 .map(|cell| cell.trim().trim_matches('`').to_owned())
-                .collect();
-            return (path, rows);
-        }
-        panic!("no document has an `errorType` table (a line starting with {TABLE_HEADER:?})");
+                .collect(),
+        )
+    }
+
+    #[test]
+    fn the_proxy_page_lists_exactly_the_proxy_facing_error_types() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/keap-proxy.md");
+        let mut documented = table_in(&path).expect("docs/keap-proxy.md has an `errorType` table");
+        documented.sort();
+        let mut ours: Vec<String> = ErrorType::PROXY_FACING
+            .iter()
+            .map(|t| t.as_str().to_owned())
+            .collect();
+        ours.sort();
+        assert_eq!(documented, ours);
     }
 
     #[test]
@@ -134,6 +165,7 @@ mod tests {
             ErrorType::Unavailable,
             ErrorType::Configuration,
             ErrorType::Internal,
+            ErrorType::ResponseTooLarge,
         ];
         let mut strings: Vec<&str> = all.iter().map(|t| t.as_str()).collect();
         strings.sort();

@@ -12,6 +12,7 @@
 //! - [`telemetry`]: JSON logs and CloudWatch embedded-metric lines.
 //! - `tls`: the trust roots, built once per container for Keap's and the AWS clients.
 //! - [`ErrorType`]: the `errorType` strings every function's Lambda errors carry.
+//! - [`proxy`]: keap-proxy (any Keap REST request through the connection's credential).
 //! - [`authorization`]: oauth-callback (callback pages) and operator (start, key registration, remove).
 
 pub mod authorization;
@@ -22,6 +23,7 @@ pub mod contact;
 pub mod deadline;
 mod error_type;
 pub mod keap;
+pub mod proxy;
 pub mod redact;
 pub mod refresh;
 mod secrets;

@@ -3,7 +3,7 @@
 //! function hands its events to.
 //!
 //! Each `functions/*/src/main.rs` calls one of [`oauth_callback`], [`operator`],
-//! [`token_refresher`], [`contact_upsert`], then runs the returned service's `handle`. Any init
+//! [`token_refresher`], [`contact_upsert`], [`keap_proxy`], then runs the returned service's `handle`. Any init
 //! failure prints one line naming the problem (the variable, usually) to stderr and exits
 //! non-zero, the same way for every function: Lambda reports the failed init and the line is in
 //! the function's log. Nothing here runs per invocation. Domain modules never import this one.
@@ -23,6 +23,7 @@ use crate::contact::{LazySqs, UpsertService, UpsertSettings};
 use crate::keap::http::build_client;
 use crate::keap::rate_limit::RateLimiter;
 use crate::keap::{OAuthClient, RestClient};
+use crate::proxy::{ProxyService, ProxySettings};
 use crate::refresh::{OnDemandRefresher, Refresher, RefresherFunction, RefresherSettings};
 use crate::secrets::SecretsSource;
 use crate::telemetry;
@@ -76,6 +77,11 @@ pub async fn token_refresher() -> RefresherFunction {
 /// contact-upsert's init.
 pub async fn contact_upsert() -> UpsertService {
     init_or_exit(Requirements::default()).await.upsert_service()
+}
+
+/// keap-proxy's init.
+pub async fn keap_proxy() -> ProxyService {
+    init_or_exit(Requirements::default()).await.proxy_service()
 }
 
 /// Logging, then the configuration, then [`init`]; on any failure, one line and exit 1.
@@ -238,6 +244,15 @@ impl Clients {
             self.secrets.clone(),
             self.sqs.clone(),
             UpsertSettings::from_config(&self.config),
+        )
+    }
+
+    pub fn proxy_service(&self) -> ProxyService {
+        ProxyService::new(
+            self.rest.clone(),
+            Arc::new(self.on_demand()),
+            self.secrets.clone(),
+            ProxySettings::from_config(&self.config),
         )
     }
 

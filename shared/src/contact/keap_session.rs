@@ -38,7 +38,7 @@ const THROTTLE_BACKOFF: Duration = Duration::from_secs(1);
 const TRANSIENT_RETRY_PAUSE: Duration = Duration::from_millis(250);
 /// A request is not started, and a wait not begun, with less than this left before the
 /// deadline: the invocation must still answer (and, in a batch, report its failures).
-const DEADLINE_MARGIN: Duration = Duration::from_millis(1_500);
+pub(crate) const DEADLINE_MARGIN: Duration = Duration::from_millis(1_500);
 pub const REASON_KEY_REJECTED: &str = "key_rejected";
 pub const METRIC_NEEDS_REAUTHORIZATION: &str = "NeedsReauthorization";
 /// A 401 that did not mark anything: a current token rejected again within the rotation
@@ -204,8 +204,13 @@ impl<'a> KeapSession<'a> {
         self.deadline.remaining() > wait + DEADLINE_MARGIN * 2
     }
 
+    /// The credential requests are sent with now (keap-proxy sends its own requests).
+    pub(crate) fn credential(&self) -> &AccessCredential {
+        &self.grant.credential
+    }
+
     /// Replaces the rejected credential, or fails with `NotAuthorized`.
-    async fn renew_after_401(&mut self, fault: &str) -> Result<(), UpsertError> {
+    pub(crate) async fn renew_after_401(&mut self, fault: &str) -> Result<(), UpsertError> {
         let rejected = self.grant.clone();
         if self.renewed {
             return Err(self.final_rejection(&rejected, fault).await);

@@ -12,12 +12,13 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use reqwest::Method;
-use reqwest::header::{ACCEPT, AUTHORIZATION, HeaderValue};
+use reqwest::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE, HeaderMap, HeaderValue};
 use secrecy::ExposeSecret;
 use serde::de::DeserializeOwned;
 use url::Url;
 
 use super::http::{never_sent, redirect_target, retry_after};
+use super::path::KeapPath;
 use super::rate_limit::{KEY_REQUESTS_PER_SECOND, KeyRateLimiter, RateLimiter};
 use super::tokens::AccessCredential;
 use crate::config::KeapEndpoints;
@@ -97,6 +98,30 @@ impl RestRequest {
     }
 }
 
+/// A caller's request (keap-proxy): any method, a checked path, an encoded query, a JSON body.
+#[derive(Debug, Clone)]
+pub struct KeapCall {
+    pub method: Method,
+    pub path: KeapPath,
+    /// Name and value pairs, in order; encoded by the client.
+    pub query: Vec<(String, String)>,
+    /// Serialized JSON, sent with `Content-Type: application/json`.
+    pub body: Option<Vec<u8>>,
+}
+
+/// Keap's answer to a [`KeapCall`], whatever its status (but 401, 429 and 5xx).
+#[derive(Debug, Clone)]
+pub struct KeapAnswer {
+    pub status: u16,
+    pub headers: HeaderMap,
+    /// Empty when `over_limit`.
+    pub body: Vec<u8>,
+    /// `Content-Length`, when Keap sent one.
+    pub declared_len: Option<u64>,
+    /// The body was longer than the caller's limit and was not kept.
+    pub over_limit: bool,
+}
+
 /// A 2xx answer.
 #[derive(Debug, Clone)]
 pub struct RestResponse {
@@ -119,6 +144,8 @@ pub struct RestClient {
     http: reqwest::Client,
     /// `.../crm/rest/v1/`, always with the trailing slash so `join` appends.
     v1: Url,
+    /// `KEAP_API_BASE_URL` (`.../crm/rest`): a [`KeapCall`]'s path is appended to it.
+    base: Url,
     limiter: Arc<RateLimiter>,
     key_limiters: Arc<Mutex<HashMap<u64, Arc<KeyRateLimiter>>>>,
     key_rate_per_sec: u32,
@@ -136,6 +163,7 @@ impl RestClient {
         Self {
             http,
             v1,
+            base: endpoints.api_base_url.clone(),
             limiter,
             key_limiters: Arc::new(Mutex::new(HashMap::new())),
             key_rate_per_sec: KEY_REQUESTS_PER_SECOND,
@@ -182,22 +210,9 @@ impl RestClient {
         if let Some(body) = &request.body {
             builder = builder.json(body);
         }
-        builder = match credential {
-            AccessCredential::Bearer(token) => {
-                builder.header(AUTHORIZATION, bearer_value(token.expose_secret())?)
-            }
-            AccessCredential::ApiKey(key) => {
-                let mut value = HeaderValue::from_str(key.expose_secret())
-                    .map_err(|_| malformed_credential())?;
-                value.set_sensitive(true);
-                builder.header(API_KEY_HEADER, value)
-            }
-        };
+        builder = with_credential(builder, credential)?;
 
-        if let AccessCredential::ApiKey(key) = credential {
-            self.key_limiter(key.expose_secret()).acquire().await;
-        }
-        self.limiter.acquire().await;
+        self.wait_for_limiters(credential).await;
         let response = builder.send().await.map_err(transport_error)?;
         let status = response.status().as_u16();
         if response.status().is_redirection() {
@@ -210,6 +225,96 @@ impl RestClient {
         // The path only: the query of a lookup holds the email.
         tracing::debug!(method = %request.method, path = %request.path, status, bytes = body.len(), "Keap answered");
         classify(status, retry, body.to_vec())
+    }
+
+    /// Sends a caller's request (keap-proxy) once: `call.path` joined to `KEAP_API_BASE_URL`
+    /// (never a string concatenated with a host), the query encoded here, the body as JSON.
+    ///
+    /// Every answer Keap gives is returned as it came, except the three a caller cannot use
+    /// as data: 401 ([`KeapError::Unauthorized`]: renew the credential), 429
+    /// ([`KeapError::RateLimited`]) and 5xx ([`KeapError::Unavailable`]). A 3xx is an answer
+    /// like any other and is not followed. At most `max_body` bytes of the body are read: a
+    /// longer one is reported ([`KeapAnswer::over_limit`]), never cut silently.
+    pub async fn exchange(
+        &self,
+        credential: &AccessCredential,
+        call: &KeapCall,
+        max_body: usize,
+    ) -> Result<KeapAnswer, KeapError> {
+        let url = self.url_for(call)?;
+        let mut builder = self
+            .http
+            .request(call.method.clone(), url)
+            .header(ACCEPT, HeaderValue::from_static("application/json"));
+        if let Some(body) = &call.body {
+            builder = builder
+                .header(CONTENT_TYPE, HeaderValue::from_static("application/json"))
+                .body(body.clone());
+        }
+        builder = with_credential(builder, credential)?;
+
+        self.wait_for_limiters(credential).await;
+        let mut response = builder.send().await.map_err(transport_error)?;
+        let status = response.status().as_u16();
+        let headers = std::mem::take(response.headers_mut());
+        let declared_len = response.content_length();
+        let mut body = Vec::new();
+        let mut over_limit = declared_len.is_some_and(|n| n > max_body as u64);
+        while !over_limit && let Some(chunk) = response.chunk().await.map_err(transport_error)? {
+            if body.len() + chunk.len() > max_body {
+                over_limit = true;
+            } else {
+                body.extend_from_slice(&chunk);
+            }
+        }
+        // The masked path only: the query and the body may hold anything.
+        tracing::debug!(method = %call.method, path = %call.path, status, bytes = body.len(), over_limit, "Keap answered");
+        match status {
+            401 => Err(KeapError::Unauthorized {
+                fault: keap_message(&body).unwrap_or_else(|| "unauthorized".to_owned()),
+            }),
+            429 => Err(KeapError::RateLimited {
+                retry_after: retry_after(&headers),
+            }),
+            500..=599 => Err(KeapError::Unavailable { status }),
+            _ => Ok(KeapAnswer {
+                status,
+                headers,
+                body,
+                declared_len,
+                over_limit,
+            }),
+        }
+    }
+
+    /// `KEAP_API_BASE_URL` with the path appended. A [`KeapPath`] has nothing the URL parser
+    /// would normalise (no dot segment, no backslash, no escape it decodes), so the URL's path
+    /// is the base's followed by exactly the caller's; the check below proves it.
+    fn url_for(&self, call: &KeapCall) -> Result<Url, KeapError> {
+        let mut url = self.base.clone();
+        let base_path = url.path().trim_end_matches('/').to_owned();
+        url.set_path(&format!("{base_path}{}", call.path.as_str()));
+        url.set_query(None);
+        url.set_fragment(None);
+        if url.path() != format!("{base_path}{}", call.path.as_str())
+            || url.host_str() != self.base.host_str()
+        {
+            return Err(KeapError::UnexpectedResponse {
+                status: 0,
+                reason: "the request path did not join the base URL unchanged",
+            });
+        }
+        if !call.query.is_empty() {
+            url.query_pairs_mut().extend_pairs(call.query.iter());
+        }
+        Ok(url)
+    }
+
+    async fn wait_for_limiters(&self, credential: &AccessCredential) {
+        if let AccessCredential::ApiKey(key) = credential {
+            self.key_limiter(key.expose_secret()).acquire().await;
+        }
+        self.limiter.acquire().await;
     }
 
     /// One limiter per key (Keap counts per key), found by a hash so the map never holds the key.
@@ -225,6 +330,25 @@ impl RestClient {
             .or_insert_with(|| Arc::new(KeyRateLimiter::service_account_key(self.key_rate_per_sec)))
             .clone()
     }
+}
+
+/// The credential's header: `Authorization: Bearer` for OAuth, `X-Keap-API-Key` for a key;
+/// marked sensitive so no debug output of the request shows it.
+fn with_credential(
+    builder: reqwest::RequestBuilder,
+    credential: &AccessCredential,
+) -> Result<reqwest::RequestBuilder, KeapError> {
+    Ok(match credential {
+        AccessCredential::Bearer(token) => {
+            builder.header(AUTHORIZATION, bearer_value(token.expose_secret())?)
+        }
+        AccessCredential::ApiKey(key) => {
+            let mut value =
+                HeaderValue::from_str(key.expose_secret()).map_err(|_| malformed_credential())?;
+            value.set_sensitive(true);
+            builder.header(API_KEY_HEADER, value)
+        }
+    })
 }
 
 fn bearer_value(token: &str) -> Result<HeaderValue, KeapError> {
