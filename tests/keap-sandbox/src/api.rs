@@ -8,7 +8,7 @@ use axum::extract::{FromRequestParts, Path, RawQuery, State};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{any, get, post};
 use serde_json::json;
 
 use crate::contacts::{self, Rejection, SHAPE_ERROR_MESSAGE};
@@ -26,6 +26,12 @@ pub(crate) fn router() -> Router<Arc<Shared>> {
         .route("/contacts/{id}/tags", post(tags::apply))
         .route("/tags", get(tags::list).post(tags::create))
         .route("/tags/{id}", get(tags::get))
+        .route("/_echo/{*rest}", any(crate::echo::echo_v1))
+}
+
+/// REST v2: only the sandbox's echo route (see `echo`); anything else is the usual 404.
+pub(crate) fn v2_router() -> Router<Arc<Shared>> {
+    Router::new().route("/_echo/{*rest}", any(crate::echo::echo_v2))
 }
 
 /// The Keap app (tenant) the request's credential belongs to. Extracting it is the gateway's

@@ -27,6 +27,10 @@
 //!   `"Invalid ApiKey"` / `oauth.v2.InvalidApiKey` for keys). Shape errors in request bodies are
 //!   `400 {"message":"Input could not be converted to a valid request"}`.
 //!
+//! - Sandbox-only, for keap-proxy's tests: `ANY /crm/rest/{v1,v2}/_echo/{*rest}` answers what
+//!   arrived (method, path, query, JSON body, auth kind) with two `x-keap-*` headers and a
+//!   `set-cookie` (see `echo`). A redirect is [`FaultKind::Redirect`]; any unrouted path is 404.
+//!
 //! Data is per Keap app (tenant); a token's or key's app is its tenant. `PUT /contacts` accepts
 //! `tag_ids` but ignores it (whether Keap honours it is unverified). Without `duplicate_option`
 //! it always creates.
@@ -64,6 +68,7 @@ mod clock;
 mod contacts;
 mod control;
 mod credentials;
+mod echo;
 mod gate;
 mod oauth;
 mod random;
@@ -259,6 +264,7 @@ fn router(shared: Arc<Shared>) -> Router {
         .route("/app/oauth/authorize", get(oauth::authorize))
         .route("/token", post(oauth::token))
         .nest("/crm/rest/v1", api::router())
+        .nest("/crm/rest/v2", api::v2_router())
         .nest(gate::CONTROL_PREFIX, control::router())
         .fallback(api::fallback)
         .layer(from_fn_with_state(shared.clone(), gate::gate))
