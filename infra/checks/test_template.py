@@ -1079,16 +1079,47 @@ MUTANTS: dict[Callable[[dict], None], Callable[[dict], None]] = {
 # --------------------------------------------------------------------------- runner
 
 
+# How a check ended on a template: it held, its assertion failed (it caught something), or it
+# crashed (a KeyError on a missing resource, a TypeError on a reshaped property...).
+HELD, CAUGHT, CRASHED = "held", "caught", "crashed"
+
+
+def run_check(fn: Callable[[dict], None], t: dict) -> tuple[str, str]:
+    try:
+        fn(copy.deepcopy(t))
+    except AssertionError as err:
+        return CAUGHT, str(err) or "assertion failed"
+    except Exception:
+        return CRASHED, traceback.format_exc(limit=3)
+    return HELD, ""
+
+
 def failures(t: dict) -> list[tuple[str, str]]:
+    """The checks that do not hold on `t`; on the real template a crash is as much a failure as a
+    failed assertion."""
     out = []
     for fn in CHECKS:
-        try:
-            fn(copy.deepcopy(t))
-        except AssertionError as err:
-            out.append((fn.__name__, str(err) or "assertion failed"))
-        except Exception:  # a crash in a check is a failure, never a pass
-            out.append((fn.__name__, traceback.format_exc(limit=3)))
+        outcome, detail = run_check(fn, t)
+        if outcome != HELD:
+            out.append((fn.__name__, detail))
     return out
+
+
+def mutant_verdict(mutant: Callable[[dict], None], expected: Callable[[dict], None], t: dict) -> str | None:
+    """None when `expected` catches `mutant` with a failed assertion; otherwise why not. A check
+    that crashes on the broken template has not recognised the breakage (it would crash the same
+    way on any template it cannot read), so a crash is a failure of the check, never a catch."""
+    broken = copy.deepcopy(t)
+    try:
+        mutant(broken)
+    except Exception:
+        return "the mutant itself crashed (the template changed shape?):\n" + traceback.format_exc(limit=3)
+    outcome, detail = run_check(expected, broken)
+    if outcome == CAUGHT:
+        return None
+    if outcome == CRASHED:
+        return f"{expected.__name__} crashed on the broken template instead of failing an assertion:\n{detail}"
+    return f"{expected.__name__} passes on the broken template"
 
 
 def main(argv: list[str]) -> int:
@@ -1105,17 +1136,27 @@ def main(argv: list[str]) -> int:
             passed += 1
             print(f"ok   {fn.__name__}")
 
+    # The runner itself: a check that crashes on a mutant must not count as catching it.
+    def _drop_resources(t: dict) -> None:
+        t["Resources"] = None
+
+    crash = mutant_verdict(_drop_resources, environment_contract, template)
+    if crash is not None and "crashed" in crash:
+        passed += 1
+        print("ok   runner: a check crashing on a mutant is a failure, not a catch")
+    else:
+        failed += 1
+        print(f"FAIL runner: a crashing check was counted as a catch ({crash!r})")
+
     for mutant, expected in MUTANTS.items():
-        broken = copy.deepcopy(template)
         name = mutant.__name__.removeprefix("_mutate_")
-        mutant(broken)
-        caught = dict(failures(broken))
-        if expected.__name__ in caught:
+        why_not = mutant_verdict(mutant, expected, template)
+        if why_not is None:
             passed += 1
             print(f"ok   mutant {name} caught by {expected.__name__}")
         else:
             failed += 1
-            print(f"FAIL mutant {name}: {expected.__name__} passes on the broken template")
+            print(f"FAIL mutant {name}: {why_not}")
 
     print(f"{passed} passed, {failed} failed")
     return 1 if failed else 0
