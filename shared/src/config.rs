@@ -1,4 +1,4 @@
-//! The environment-variable contract (docs/design.md, "Configuration"), parsed once at init.
+//! The environment-variable contract (docs/configuration.md), parsed once at init.
 //!
 //! Every variable but the required ones has a documented default, so a deployment that sets
 //! only the contract's variables works. A malformed value, a missing required value or an

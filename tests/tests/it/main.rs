@@ -10,6 +10,7 @@ mod support;
 mod contact_upsert;
 mod containment;
 mod docs_examples;
+mod docs_truth;
 mod fault_model;
 mod function_init;
 mod harness;
