@@ -9,6 +9,8 @@
 //! the function's log. Nothing here runs per invocation. Domain modules never import this one.
 
 mod timings;
+#[cfg(test)]
+mod tls_handshake;
 
 use std::sync::Arc;
 use std::time::Duration;
