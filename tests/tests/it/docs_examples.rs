@@ -331,7 +331,8 @@ fn with_venv_path(mut env: Vec<(String, String)>, venv: &Path) -> Vec<(String, S
     env
 }
 
-/// A request file like request.json with another email (an invalid one for the error path).
+/// A request file like request.json with another email (an invalid one for the error path),
+/// plus the example account's custom field and tag (calling.md's payload), which the world has.
 fn request_file(email: &str) -> tempfile_path::TempPath {
     let request: Value = serde_json::from_str(
         &std::fs::read_to_string(examples_dir().join("request.json")).expect("request.json"),
@@ -339,6 +340,8 @@ fn request_file(email: &str) -> tempfile_path::TempPath {
     .expect("request.json is JSON");
     let mut request = request;
     request["contact"]["email"] = json!(email);
+    request["contact"]["custom_fields"] = json!({"Favorite Color": "blue"});
+    request["contact"]["tags"] = json!(["buttonpushed"]);
     tempfile_path::TempPath::with_contents(&request.to_string())
 }
 
