@@ -57,6 +57,8 @@ infra-check: infra-venv sam-venv
 
 infra-test: infra-venv
 	$(INFRA_VENV)/bin/python infra/checks/test_template.py $(INFRA_TEMPLATE)
+	$(INFRA_VENV)/bin/python infra/checks/test_workflows.py .github/workflows
+	$(INFRA_VENV)/bin/python infra/checks/test_names.py $(INFRA_TEMPLATE)
 
 # Not part of `make test`: release builds of the three functions (3-6 min cold on 2 cores).
 package: $(SAM_VENV)/.stamp-build
