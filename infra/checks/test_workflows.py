@@ -180,8 +180,13 @@ def main(argv: list[str]) -> int:
         print("ok   deploy_waits_for_the_tests")
     for mutant in MUTANTS:
         broken = copy.deepcopy(workflows)
-        mutant(broken)
         name = mutant.__name__.lstrip("_")
+        try:
+            mutant(broken)
+        except (KeyError, IndexError, TypeError) as err:
+            failed += 1
+            print(f"FAIL mutant {name}: cannot apply it to these workflows ({err!r})")
+            continue
         caught = failure(broken)
         if caught:
             print(f"ok   mutant {name} caught: {caught.splitlines()[0]}")
