@@ -19,6 +19,9 @@ from typing import Any, Callable, Iterator
 
 from cfnlint.decode import decode
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import rust_names  # noqa: E402  (infra/checks/rust_names.py)
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_TEMPLATE = REPO_ROOT / "infra" / "template.yaml"
 
@@ -54,9 +57,8 @@ REQUIRED_ENV = {
         "KEAPALIVE_CONNECTION_RECHECK_SECS",
     },
 }
-KNOWN_ENV = set().union(*REQUIRED_ENV.values()) | {
-    "KEAP_AUTHORIZE_URL", "KEAP_TOKEN_URL", "KEAP_API_BASE_URL",
-}
+# What Config accepts, read from shared/src/config.rs (one source: infra/checks/rust_names.py).
+KNOWN_ENV = rust_names.rust_env_names(rust_names.rust_sources())
 
 EXPECTED_SIZING = {  # memory MB, timeout s
     CALLBACK: (128, 15),
@@ -69,13 +71,9 @@ EXPECTED_SIZING = {  # memory MB, timeout s
 # X-Ray tracing (xray:PutTraceSegments) would be the first entry if tracing is turned on.
 STAR_RESOURCE_EXCEPTIONS: set[str] = set()
 
-EMF_NAMESPACE = "Keapalive"
-EMF_METRICS = {
-    "Refreshed", "RefreshFailedTransient", "NeedsReauthorization", "ClientCredentialsRejected",
-    "CircuitBreakerOpen", "SecondsUntilEarliestExpiry", "SecondsSinceOldestRefresh",
-    "ConnectionsNeedingReauthorization", "MalformedConnections", "CommitOutcomeUnknown",
-    "Orphaned", "SpuriousUnauthorized", "UnauthorizedIncident",
-}
+# The namespace and the metric names the Rust code emits, read from its sources.
+EMF_NAMESPACE = rust_names.rust_metric_namespace(rust_names.rust_sources())
+EMF_METRICS = rust_names.rust_metric_names(rust_names.rust_sources())
 # Emitted by contact-upsert only when they happen: their alarms must treat missing data as the
 # healthy case (every other metric comes from each refresher run, whose absence must breach).
 EVENT_METRICS = {"SpuriousUnauthorized", "UnauthorizedIncident"}
