@@ -244,6 +244,11 @@ impl Sandbox {
         }
     }
 
+    /// Drops every fault still queued; what the used ones answered is still counted.
+    pub fn clear_faults(&self) {
+        self.shared.lock().clear_faults();
+    }
+
     /// Added to every matching request (settings for `Any` and a specific endpoint add up);
     /// zero turns it off. Requests sleep concurrently.
     pub fn set_latency(&self, endpoint: Endpoint, latency: Duration) {

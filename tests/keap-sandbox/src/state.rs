@@ -534,6 +534,11 @@ impl State {
         Some(kind)
     }
 
+    /// Drops every queued fault (their fired counts stay).
+    pub(crate) fn clear_faults(&mut self) {
+        self.faults.clear();
+    }
+
     /// Requests fault `id` answered; `None` for an id never handed out.
     pub(crate) fn fired(&self, id: u64) -> Option<u64> {
         self.fired.get(&id).copied()

@@ -464,6 +464,7 @@ impl Phase {
         };
         let (_, injected) = tokio::join!(traffic, faults);
         Emulator::shared().clear_faults_for(&self.fx.table).await;
+        self.fx.sandbox.clear_faults();
         injected
     }
 
@@ -1021,16 +1022,21 @@ async fn phase_two(load: Duration, rng: &mut Rng) {
     );
     print_figures(2, &figures, &stats, &outcomes);
 
-    for (kind, (count, fired)) in &figures {
-        assert!(
-            *fired > 0,
-            "phase 2: {} was injected {count} times and never fired",
-            kind.describe()
-        );
-    }
+    // Phase 2's traffic thins out as grants die and the outage holds commits, so a phase-1
+    // kind injected once may meet no request (it is printed as such); the faults beyond the
+    // tolerances must have fired.
+    let fired = |kind: SoakFault| figures.get(&kind).map_or(0, |(_, fired)| *fired);
     assert!(
-        figures.contains_key(&SoakFault::CommitOutage),
-        "phase 2 ran a commit outage"
+        fired(SoakFault::CommitOutage) > 0,
+        "phase 2: the commit outage fired: {figures:?}"
+    );
+    assert!(
+        fired(SoakFault::TokenAnswerLostAfterRotation) + fired(SoakFault::TokenTwoAnswersLost) > 0,
+        "phase 2: a token answer beyond the tolerance was lost: {figures:?}"
+    );
+    assert!(
+        PHASE_1_MIX.iter().map(|kind| fired(*kind)).sum::<u64>() > 0,
+        "phase 2: phase 1's faults fired too"
     );
     // I1. A rejected token is presented again only when a circuit breaker released it.
     let violations = i1_violations(&apps, stats.breaker_opened > 0);
