@@ -76,6 +76,16 @@ cargo-test: venv build test-tools
 	@echo "==> cargo test"
 	@KEAPALIVE_TEST_PREBUILT=1 $(CARGO) test --workspace --locked --no-fail-fast
 
+# The randomized soak (tests/tests/it/soak.rs, docs/development.md "The soak") for 10 minutes
+# instead of `make test`'s 60 s. Replay a run with the seed it printed: `make soak SOAK_SEED=…`;
+# `SOAK_SECS=…` sets another length.
+SOAK_SECS ?= 600
+SOAK_SEED ?=
+.PHONY: soak
+soak: venv
+	@echo "==> soak for $(SOAK_SECS) s (figures printed at the end of each phase)…"
+	@SOAK_SECS=$(SOAK_SECS) SOAK_SEED=$(SOAK_SEED) $(CARGO) test --locked -p keapalive-tests --test it -- soak --nocapture
+
 # The whole flow on this machine (README, "Quick start"): moto and the Keap sandbox on
 # 127.0.0.1, the real function binaries, a line per step; stops everything it started.
 local: venv

@@ -33,6 +33,7 @@ struct Arrival {
     auth: AuthKind,
     grant_type: Option<String>,
     form_client_id: Option<String>,
+    presentation: Option<u32>,
     app: Option<String>,
 }
 
@@ -49,6 +50,7 @@ impl Arrival {
             auth: self.auth,
             grant_type: self.grant_type,
             form_client_id: self.form_client_id,
+            presentation: self.presentation,
             status,
             app: self.app,
         };
@@ -95,6 +97,12 @@ pub(crate) async fn gate(
     let (arrival, fault, latency) = {
         let mut sandbox = shared.lock();
         let app = tenant_hint(&sandbox, class, &request, &form_value);
+        let presentation = match (class, form_value("grant_type").as_deref()) {
+            (RouteClass::Token, Some("refresh_token")) => {
+                form_value("refresh_token").map(|token| sandbox.count_presentation(&token))
+            }
+            _ => None,
+        };
         let arrival = Arrival {
             seq: sandbox.next_request_seq(),
             method: request.method().to_string(),
@@ -104,6 +112,7 @@ pub(crate) async fn gate(
             auth: credentials::auth_kind(request.headers()),
             grant_type: form_value("grant_type"),
             form_client_id: form_value("client_id"),
+            presentation,
             app,
         };
         (

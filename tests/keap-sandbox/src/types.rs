@@ -111,6 +111,9 @@ pub struct RecordedRequest {
     pub grant_type: Option<String>,
     /// For `/token`: the `client_id` sent in the form body (client_secret_post), if any.
     pub form_client_id: Option<String>,
+    /// For a `refresh_token` grant: how many times this refresh token had been presented, this
+    /// request included (I1: 1, or 2 for the retry after a lost answer).
+    pub presentation: Option<u32>,
     /// 0 when the connection was dropped instead of answered.
     pub status: u16,
     /// The server's own handling time, including injected latency and delays.

@@ -452,7 +452,7 @@ async fn throttling_is_waited_out_within_budget_and_reported_beyond_it() {
     let container = container(&fx, &[]);
     let request = json!({"contact": {"email": "slow@buttonpush.example"}});
 
-    fx.sandbox.inject(Fault {
+    let fault = fx.sandbox.inject(Fault {
         endpoint: Endpoint::Api,
         kind: FaultKind::Status {
             status: 429,
@@ -462,12 +462,13 @@ async fn throttling_is_waited_out_within_budget_and_reported_beyond_it() {
     });
     let started = Instant::now();
     upsert(&container.service, request.clone()).await.unwrap();
+    fault.assert_fired(1);
     assert!(
         started.elapsed() >= Duration::from_secs(1),
         "Retry-After honoured"
     );
 
-    fx.sandbox.inject(Fault {
+    let fault2 = fx.sandbox.inject(Fault {
         endpoint: Endpoint::Api,
         kind: FaultKind::Status {
             status: 429,
@@ -479,6 +480,7 @@ async fn throttling_is_waited_out_within_budget_and_reported_beyond_it() {
     let error = upsert(&container.service, request.clone())
         .await
         .unwrap_err();
+    fault2.assert_fired(1);
     assert_eq!(error.error_type(), "RateLimited", "{error}");
     // Far below the 30 s Keap asked for: the upsert gave up instead of waiting hopelessly.
     assert!(
@@ -487,7 +489,7 @@ async fn throttling_is_waited_out_within_budget_and_reported_beyond_it() {
     );
 
     // 5xx: one retry, then Unavailable.
-    fx.sandbox.inject(Fault {
+    let fault3 = fx.sandbox.inject(Fault {
         endpoint: Endpoint::Api,
         kind: FaultKind::Status {
             status: 503,
@@ -498,8 +500,9 @@ async fn throttling_is_waited_out_within_budget_and_reported_beyond_it() {
     let error = upsert(&container.service, request.clone())
         .await
         .unwrap_err();
+    fault3.assert_fired(2);
     assert_eq!(error.error_type(), "Unavailable", "{error}");
-    fx.sandbox.inject(Fault {
+    let fault4 = fx.sandbox.inject(Fault {
         endpoint: Endpoint::Api,
         kind: FaultKind::Status {
             status: 502,
@@ -508,6 +511,7 @@ async fn throttling_is_waited_out_within_budget_and_reported_beyond_it() {
         times: 1,
     });
     upsert(&container.service, request).await.unwrap();
+    fault4.assert_fired(1);
 }
 
 fn good(email: &str) -> String {
@@ -529,7 +533,7 @@ async fn sqs_batch_dead_letters_permanent_failures_and_retries_transient_ones() 
         ("good", &good("good@buttonpush.example")),
     ];
 
-    fx.sandbox.inject(Fault {
+    let fault = fx.sandbox.inject(Fault {
         endpoint: Endpoint::Api,
         kind: FaultKind::Status {
             status: 503,
@@ -538,6 +542,7 @@ async fn sqs_batch_dead_letters_permanent_failures_and_retries_transient_ones() 
         times: 2,
     });
     let failed = run_batch(&with_dlq, &records).await;
+    fault.assert_fired(2);
     assert_eq!(failed, vec!["transient"]);
     let dead = drain_queue(&fx.sdk, &queue).await;
     assert_eq!(dead.len(), 1);
@@ -549,7 +554,7 @@ async fn sqs_batch_dead_letters_permanent_failures_and_retries_transient_ones() 
 
     // Without a dead-letter queue, both failures stay with SQS.
     let without_dlq = sequential(&fx, None);
-    fx.sandbox.inject(Fault {
+    let fault2 = fx.sandbox.inject(Fault {
         endpoint: Endpoint::Api,
         kind: FaultKind::Status {
             status: 503,
@@ -558,6 +563,7 @@ async fn sqs_batch_dead_letters_permanent_failures_and_retries_transient_ones() 
         times: 2,
     });
     let failed = run_batch(&without_dlq, &records).await;
+    fault2.assert_fired(2);
     assert_eq!(failed, vec!["invalid", "transient"]);
 
     // A dead-letter queue that cannot be written to: the record is not acknowledged.

@@ -106,7 +106,7 @@ async fn keap_answering_401_to_everything_rotates_at_most_once_across_two_proces
     fx.seed_connection("default", APP, None).await;
     let (first, _first_process) = upsert_binary(&fx, &[]).await;
     let (second, _second_process) = upsert_binary(&fx, &[]).await;
-    fx.sandbox.inject(Fault {
+    let fault = fx.sandbox.inject(Fault {
         endpoint: Endpoint::Api,
         kind: FaultKind::Status {
             status: 401,
@@ -120,6 +120,7 @@ async fn keap_answering_401_to_everything_rotates_at_most_once_across_two_proces
     for answer in a.iter().chain(b.iter()) {
         assert_eq!(answer, &Err("Unavailable".to_owned()));
     }
+    fault.assert_fired(1);
     // Exactly one: the first 401 on a token rotates it once (a 401 may mean only that token
     // died), every later one finds the rotated token rejected too and rotates no more. Zero
     // would mean a 401 never rotates: a bound of "at most one" cannot tell that apart.
@@ -143,7 +144,7 @@ async fn one_spurious_401_on_a_key_leaves_the_connection_active() {
     let fx = Fixture::new().await;
     seed_key_connection(&fx, "default", APP).await;
     let warm = container(&fx, &[]);
-    fx.sandbox.inject(Fault {
+    let fault = fx.sandbox.inject(Fault {
         endpoint: Endpoint::Api,
         kind: FaultKind::Status {
             status: 401,
@@ -156,6 +157,7 @@ async fn one_spurious_401_on_a_key_leaves_the_connection_active() {
         .await
         .expect("the probe succeeds, so the request is retried");
 
+    fault.assert_fired(1);
     assert!(created.created);
     let connection = fx
         .store()

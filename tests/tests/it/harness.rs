@@ -192,7 +192,7 @@ async fn injected_fault_reaches_the_sdk_as_a_typed_error_and_is_counted() {
             .send()
     };
 
-    emulator
+    let fault = emulator
         .inject_dynamodb_fault(
             DynamoDbFault::new("UpdateItem", "ProvisionedThroughputExceededException")
                 .body_contains(&table),
@@ -202,6 +202,7 @@ async fn injected_fault_reaches_the_sdk_as_a_typed_error_and_is_counted() {
         .await
         .expect_err("the fault answers")
         .into_service_error();
+    fault.assert_fired(1).await;
     assert!(
         error.is_provisioned_throughput_exceeded_exception(),
         "unexpected error: {error:?}"
@@ -226,7 +227,7 @@ async fn default_retries_ride_out_a_short_throttle_burst() {
     let emulator = Emulator::shared();
     let sdk = emulator.sdk_config();
     let table = create_table(&sdk).await;
-    emulator
+    let fault = emulator
         .inject_dynamodb_fault(
             DynamoDbFault::new("GetItem", "ProvisionedThroughputExceededException")
                 .times(2)
@@ -235,6 +236,7 @@ async fn default_retries_ride_out_a_short_throttle_burst() {
         .await;
 
     assert!(get_item(&sdk, &table, "conn#absent").await.is_none());
+    fault.assert_fired(2).await;
     let counts = emulator.request_counts_for(&table).await;
     assert_eq!(
         counts.get("DynamoDB_20120810.GetItem"),
@@ -253,7 +255,7 @@ async fn server_errors_can_be_injected_and_cleared() {
             .retry_config(RetryConfig::disabled())
             .build(),
     );
-    emulator
+    let fault = emulator
         .inject_dynamodb_fault(
             DynamoDbFault::new("GetItem", "InternalServerError")
                 .status(500)
@@ -269,6 +271,7 @@ async fn server_errors_can_be_injected_and_cleared() {
             .send()
     };
     let error = get().await.expect_err("fault").into_service_error();
+    fault.assert_fired(1).await;
     assert!(
         error.is_internal_server_error(),
         "unexpected error: {error:?}"

@@ -24,3 +24,4 @@ mod refresh_protocol;
 mod refresh_race;
 mod refresh_scale;
 mod service_account_key;
+mod soak;
