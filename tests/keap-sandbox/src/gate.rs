@@ -222,7 +222,10 @@ async fn broken_body(response: Response, break_body: BodyBreak) -> Response {
     let first = futures_util::stream::once(async move { Ok::<_, std::io::Error>(half) });
     let body = match break_body {
         // An error from the body stream makes hyper abort the connection mid-body.
+        // The pause lets hyper flush the status line and the first half before the cut (an
+        // immediate error aborts the connection before anything was written).
         BodyBreak::Cut => Body::from_stream(first.chain(futures_util::stream::once(async {
+            tokio::time::sleep(std::time::Duration::from_millis(300)).await;
             Err(std::io::Error::other("injected: body cut off"))
         }))),
         BodyBreak::Stall => Body::from_stream(first.chain(futures_util::stream::pending())),
