@@ -9,6 +9,6 @@ pub(crate) mod rest;
 pub(crate) mod tags;
 pub(crate) mod tokens;
 
-pub use oauth::{OAuthClient, TokenError};
+pub use oauth::{OAuthClient, SHORT_EXPIRES_IN_SECS, TokenError};
 pub use rest::{KeapError, RestClient};
 pub use tokens::{AccessCredential, IssuedTokens, TokenPair, keap_app_from_scope};

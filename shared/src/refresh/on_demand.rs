@@ -239,7 +239,36 @@ impl OnDemandRefresher {
                 other => other,
             };
             match outcome {
-                RefreshOutcome::Refreshed { generation, pair } => {
+                RefreshOutcome::RotationLimited { rotated_at } => {
+                    // Keap issues short-lived tokens: the connection rotated for expiry less
+                    // than a minute ago (in some container), so the current token is Keap's
+                    // newest. Used while Keap still accepts it; after that, retry later.
+                    let still_valid = connection.tokens.as_ref().and_then(|pair| {
+                        let grant = Grant {
+                            credential: AccessCredential::Bearer(pair.access_token.clone()),
+                            generation: connection.generation,
+                            incarnation: connection.incarnation.clone(),
+                            authorized_by: connection.authorized_by.clone(),
+                            valid_until: pair.access_expires_at - 1,
+                            checked_at: Instant::now(),
+                        };
+                        (grant.valid_until > now_epoch_secs() && !is_rejected(&grant))
+                            .then_some(grant)
+                    });
+                    return match still_valid {
+                        Some(grant) => Ok(self.remember(id, grant)),
+                        None => Err(OnDemandError::Unavailable {
+                            id: id.clone(),
+                            reason: format!(
+                                "the access token expired and the connection was rotated {} s ago; it is rotated at most once a minute for expiry; retry later",
+                                (now_epoch_secs() - rotated_at).max(0)
+                            ),
+                        }),
+                    };
+                }
+                RefreshOutcome::Refreshed {
+                    generation, pair, ..
+                } => {
                     let grant = Grant {
                         credential: AccessCredential::Bearer(pair.access_token),
                         generation,

@@ -23,7 +23,7 @@ use super::{
     StoreError, Version,
 };
 use crate::connection_id::ConnectionId;
-use crate::keap::{IssuedTokens, TokenPair};
+use crate::keap::{IssuedTokens, SHORT_EXPIRES_IN_SECS, TokenPair};
 
 #[derive(Clone)]
 pub struct DynamoDbTokenStore {
@@ -76,6 +76,56 @@ fn pair_values(pair: &TokenPair) -> [(&'static str, AttributeValue); 3] {
         (":refresh", string(pair.refresh_token.expose_secret())),
         (":expires", number(pair.access_expires_at)),
     ]
+}
+
+/// The grant an orphaned pair was issued for: its incarnation and account, and the
+/// generation the pair would have had.
+#[derive(Debug, Clone, Copy)]
+pub struct OrphanOwner<'a> {
+    pub generation: u64,
+    pub incarnation: Option<&'a str>,
+    pub keap_app: Option<&'a str>,
+}
+
+/// What [`DynamoDbTokenStore::store_orphan_pair`] left on the item.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OrphanKept {
+    /// The pair, on the grant it belongs to.
+    Pair,
+    /// Fingerprints, generation and times only: the item is another grant now.
+    DiagnosisOnly,
+    /// The connection is gone.
+    Nothing,
+}
+
+/// An `orphan_pair` map that holds no token: what diagnosis needs to recognise the pair.
+fn orphan_diagnosis(generation: u64, pair: &TokenPair, now: i64) -> Item {
+    HashMap::from([
+        ("generation".to_owned(), unsigned(generation)),
+        (
+            "access_fingerprint".to_owned(),
+            string(token_fingerprint(pair.access_token.expose_secret())),
+        ),
+        (
+            "refresh_fingerprint".to_owned(),
+            string(token_fingerprint(pair.refresh_token.expose_secret())),
+        ),
+        (
+            "access_expires_at".to_owned(),
+            number(pair.access_expires_at),
+        ),
+        ("stored_at".to_owned(), number(now)),
+    ])
+}
+
+/// The first 16 hex digits of a token's SHA-256: tells two tokens apart, gives nothing away.
+pub(crate) fn token_fingerprint(token: &str) -> String {
+    use sha2::{Digest, Sha256};
+    Sha256::digest(token.as_bytes())
+        .iter()
+        .take(8)
+        .map(|byte| format!("{byte:02x}"))
+        .collect()
 }
 
 fn generation_of(attributes: Option<&Item>) -> Option<u64> {
@@ -354,7 +404,29 @@ impl DynamoDbTokenStore {
         now: i64,
         until: i64,
     ) -> Result<LeaseOutcome, StoreError> {
-        let request = self
+        self.take_lease_for(id, version, owner, now, until, None)
+            .await
+    }
+
+    /// [`DynamoDbTokenStore::take_lease`] for an expiry-driven rotation when
+    /// `expiry_rotated_before` is set: the lease is granted only if the last expiry-driven
+    /// rotation (`expiry_rotation_at`) is absent or not later than it, so across every
+    /// container a connection rotates for expiry at most once per interval
+    /// ([`LeaseOutcome::RotationLimited`] otherwise).
+    pub async fn take_lease_for(
+        &self,
+        id: &ConnectionId,
+        version: &Version,
+        owner: &str,
+        now: i64,
+        until: i64,
+        expiry_rotated_before: Option<i64>,
+    ) -> Result<LeaseOutcome, StoreError> {
+        let mut condition =
+            "#status = :active AND (attribute_not_exists(#kind) OR #kind = :oauth) \
+             AND (attribute_not_exists(lease_until) OR lease_until < :now)"
+                .to_owned();
+        let mut request = self
             .update(connection_key(id))
             .update_expression("SET lease_owner = :owner, lease_until = :until")
             .expression_attribute_names("#status", "status")
@@ -365,12 +437,13 @@ impl DynamoDbTokenStore {
             .expression_attribute_values(":oauth", string(ConnectionKind::OAuth.as_str()))
             .expression_attribute_values(":now", number(now))
             .return_values(ReturnValue::AllNew);
-        let request = with_version(
-            request,
-            "#status = :active AND (attribute_not_exists(#kind) OR #kind = :oauth) \
-             AND (attribute_not_exists(lease_until) OR lease_until < :now)",
-            version,
-        );
+        if let Some(limit) = expiry_rotated_before {
+            condition.push_str(
+                " AND (attribute_not_exists(expiry_rotation_at) OR expiry_rotation_at <= :rotation_limit)",
+            );
+            request = request.expression_attribute_values(":rotation_limit", number(limit));
+        }
+        let request = with_version(request, &condition, version);
         match send_update(request).await? {
             Written::Applied(Some(item)) => Ok(LeaseOutcome::Acquired {
                 until,
@@ -389,12 +462,18 @@ impl DynamoDbTokenStore {
             }
             Written::ConditionFailed(Some(old)) => {
                 let current = parse_connection(&old)?;
+                let lease_free = current.lease.as_ref().is_none_or(|lease| lease.until < now);
                 Ok(if current.version() != *version {
                     LeaseOutcome::GenerationMoved
                 } else if current.status == ConnectionStatus::Active
                     && current.kind == ConnectionKind::OAuth
                 {
-                    LeaseOutcome::Held
+                    match (expiry_rotated_before, current.expiry_rotation_at) {
+                        (Some(limit), Some(rotated_at)) if lease_free && rotated_at > limit => {
+                            LeaseOutcome::RotationLimited { rotated_at }
+                        }
+                        _ => LeaseOutcome::Held,
+                    }
                 } else {
                     LeaseOutcome::NotActive
                 })
@@ -405,7 +484,9 @@ impl DynamoDbTokenStore {
 
     /// Writes the refreshed pair as `generation + 1`, conditional on generation and
     /// incarnation only (a lapsed lease does not stop it). `write_id` is the same for every
-    /// retry of this commit. A rotation for a 401 records `unauthorized_rotation_at`.
+    /// retry of this commit. A rotation for a 401 records `unauthorized_rotation_at`; a pair
+    /// that lives less than [`SHORT_EXPIRES_IN_SECS`] records `expiry_rotation_at` (any other
+    /// pair removes it).
     pub async fn commit_refresh(
         &self,
         id: &ConnectionId,
@@ -443,10 +524,15 @@ impl DynamoDbTokenStore {
         if cause == RotationCause::Unauthorized {
             set.push("unauthorized_rotation_at = :now");
         }
-        let expression = format!(
-            "SET {} REMOVE lease_owner, lease_until, last_error, lost_responses",
-            set.join(", ")
-        );
+        // A pair Keap issued short-lived arms the limit on expiry-driven rotations (checked in
+        // the next lease); a normal one disarms it.
+        let mut remove = vec!["lease_owner", "lease_until", "last_error", "lost_responses"];
+        if issued.pair.access_expires_at - now < SHORT_EXPIRES_IN_SECS {
+            set.push("expiry_rotation_at = :now");
+        } else {
+            remove.push("expiry_rotation_at");
+        }
+        let expression = format!("SET {} REMOVE {}", set.join(", "), remove.join(", "));
         let request = with_version(
             request.update_expression(expression),
             "attribute_exists(pk)",
@@ -491,33 +577,43 @@ impl DynamoDbTokenStore {
     }
 
     /// Frees the lease if `owner` still holds it at `version`; otherwise does nothing (a retry
-    /// of a release that landed finds nothing left to release).
+    /// of a release that landed finds nothing left to release). `uncount` is the write id of a
+    /// presentation that consumed nothing (a non-2xx status, a connect failure, a refused time
+    /// check): it leaves `lost_responses` in the same write.
     pub async fn release_lease(
         &self,
         id: &ConnectionId,
         version: &Version,
         owner: &str,
         last_error: Option<&str>,
+        uncount: Option<&str>,
         now: i64,
     ) -> Result<(), StoreError> {
         let mut request = self
             .update(connection_key(id))
             .expression_attribute_values(":owner", string(owner))
             .expression_attribute_values(":now", number(now));
-        let expression = match last_error {
-            Some(error) => {
-                request = request.expression_attribute_values(":error", string(error));
-                "SET updated_at = :now, last_error = :error REMOVE lease_owner, lease_until"
-            }
-            None => "SET updated_at = :now REMOVE lease_owner, lease_until",
-        };
+        let mut expression = "SET updated_at = :now".to_owned();
+        if let Some(error) = last_error {
+            request = request.expression_attribute_values(":error", string(error));
+            expression.push_str(", last_error = :error");
+        }
+        expression.push_str(" REMOVE lease_owner, lease_until");
+        if let Some(write_id) = uncount {
+            request = request.expression_attribute_values(
+                ":uncount",
+                AttributeValue::Ss(vec![write_id.to_owned()]),
+            );
+            expression.push_str(" DELETE lost_responses :uncount");
+        }
         let request = with_version(
             request.update_expression(expression),
             "lease_owner = :owner",
             version,
         );
         // Condition failed: someone else's lease or version now, or this release already landed.
-        // Either way nothing of ours is left to release.
+        // Either way nothing of ours is left to release (a presentation not uncounted because
+        // the lease was lost stays counted: the safe side).
         send_update(request).await.map(|_| ())
     }
 
@@ -561,10 +657,12 @@ impl DynamoDbTokenStore {
         })
     }
 
-    /// Counts a refresh whose answer was lost, while `owner` holds the lease at `version`.
-    /// Returns how many this generation has had (idempotent per `write_id`), or `None` when the
-    /// lease is no longer ours.
-    pub async fn record_lost_response(
+    /// Counts a presentation of the refresh token before it is made, while `owner` holds the
+    /// lease at `version`: `write_id` (this presentation's) joins the `lost_responses` set, and
+    /// stays there unless a release takes it back because the presentation consumed nothing.
+    /// Returns how many ids the set holds now (idempotent per `write_id`), or `None` when the
+    /// lease is no longer ours (nothing may be presented then).
+    pub async fn count_presentation(
         &self,
         id: &ConnectionId,
         version: &Version,
@@ -592,38 +690,69 @@ impl DynamoDbTokenStore {
         })
     }
 
-    /// Keeps a pair whose commit lost to a re-authorization, for diagnosis only.
+    /// Keeps what is left of a pair whose commit lost to a re-authorization or a removal.
+    ///
+    /// The pair itself is kept (for diagnosis only) only on the grant it belongs to: the same
+    /// incarnation, account (`keap_app`) and kind, decided by the write's condition. On a
+    /// removed and re-created connection, or one re-authorized for another account, the item
+    /// gets only fingerprints, the generation and times (a removal or a replaced account must
+    /// not keep another grant's live tokens).
     pub async fn store_orphan_pair(
         &self,
         id: &ConnectionId,
-        orphan_generation: u64,
+        owner: &OrphanOwner<'_>,
         pair: &TokenPair,
         now: i64,
-    ) -> Result<(), StoreError> {
-        let orphan = HashMap::from([
-            ("generation".to_owned(), unsigned(orphan_generation)),
-            (
-                "access_token".to_owned(),
-                string(pair.access_token.expose_secret()),
-            ),
-            (
-                "refresh_token".to_owned(),
-                string(pair.refresh_token.expose_secret()),
-            ),
-            (
-                "access_expires_at".to_owned(),
-                number(pair.access_expires_at),
-            ),
-            ("stored_at".to_owned(), number(now)),
-        ]);
+    ) -> Result<OrphanKept, StoreError> {
+        let mut full = orphan_diagnosis(owner.generation, pair, now);
+        full.insert(
+            "access_token".to_owned(),
+            string(pair.access_token.expose_secret()),
+        );
+        full.insert(
+            "refresh_token".to_owned(),
+            string(pair.refresh_token.expose_secret()),
+        );
+        let mut same_grant = vec!["(attribute_not_exists(#kind) OR #kind = :oauth)"];
+        let mut request = self
+            .update(connection_key(id))
+            .update_expression("SET orphan_pair = :orphan, updated_at = :now")
+            .expression_attribute_names("#kind", "kind")
+            .expression_attribute_values(":oauth", string(ConnectionKind::OAuth.as_str()))
+            .expression_attribute_values(":orphan", AttributeValue::M(full))
+            .expression_attribute_values(":now", number(now));
+        match owner.incarnation {
+            Some(incarnation) => {
+                same_grant.push("incarnation = :inc");
+                request = request.expression_attribute_values(":inc", string(incarnation));
+            }
+            None => same_grant.push("attribute_not_exists(incarnation)"),
+        }
+        match owner.keap_app {
+            Some(app) => {
+                same_grant.push("keap_app = :app");
+                request = request.expression_attribute_values(":app", string(app));
+            }
+            None => same_grant.push("attribute_not_exists(keap_app)"),
+        }
+        let request = request.condition_expression(same_grant.join(" AND "));
+        if let Written::Applied(_) = send_update(request).await? {
+            return Ok(OrphanKept::Pair);
+        }
         let request = self
             .update(connection_key(id))
             .update_expression("SET orphan_pair = :orphan, updated_at = :now")
             .condition_expression("attribute_exists(pk)")
-            .expression_attribute_values(":orphan", AttributeValue::M(orphan))
+            .expression_attribute_values(
+                ":orphan",
+                AttributeValue::M(orphan_diagnosis(owner.generation, pair, now)),
+            )
             .expression_attribute_values(":now", number(now));
-        // Condition failed: the connection was removed meanwhile, nothing to attach the orphan to.
-        send_update(request).await.map(|_| ())
+        Ok(match send_update(request).await? {
+            Written::Applied(_) => OrphanKept::DiagnosisOnly,
+            // The connection was removed meanwhile: nothing to attach the orphan to.
+            Written::ConditionFailed(_) => OrphanKept::Nothing,
+        })
     }
 
     pub async fn put_state(

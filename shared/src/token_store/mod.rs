@@ -13,7 +13,7 @@ mod error;
 mod model;
 mod write_id;
 
-pub use dynamodb::{CALLBACK_READABLE_ATTRIBUTES, DynamoDbTokenStore};
+pub use dynamodb::{CALLBACK_READABLE_ATTRIBUTES, DynamoDbTokenStore, OrphanKept, OrphanOwner};
 pub use error::StoreError;
 pub use model::{
     Connection, ConnectionKind, ConnectionStatus, Lease, PENDING_INDEX, PendingAuthorization,
@@ -70,6 +70,9 @@ pub enum LeaseOutcome {
     GenerationMoved,
     /// The connection is gone, not active, or not an OAuth connection.
     NotActive,
+    /// An expiry-driven rotation was asked for, and the last one (`expiry_rotation_at`, epoch
+    /// seconds) is too recent (docs/design.md, "The fault model": short token lifetimes).
+    RotationLimited { rotated_at: i64 },
 }
 
 #[derive(Debug, Clone)]

@@ -91,6 +91,11 @@ pub struct Connection {
     /// (epoch seconds): the bound on 401-driven rotations holds across containers because it
     /// lives in the item. Cleared by a new authorization.
     pub unauthorized_rotation_at: Option<i64>,
+    /// When a refresh last committed a pair Keap issued short-lived (under five minutes; epoch
+    /// seconds; removed by a commit of a normal pair): the lease of an expiry-driven refresh
+    /// requires it to be at least a minute old, so a Keap that issues very short-lived tokens
+    /// cannot make every call rotate, in any number of containers.
+    pub expiry_rotation_at: Option<i64>,
 }
 
 /// Why a pair is being rotated; a rotation for a 401 is remembered in the item.
@@ -265,6 +270,7 @@ pub(crate) fn parse_connection(item: &Item) -> Result<Connection, StoreError> {
         committed_by: r.opt_s("committed_by")?,
         lost_responses: r.string_set_len("lost_responses")?,
         unauthorized_rotation_at: r.opt_n("unauthorized_rotation_at")?,
+        expiry_rotation_at: r.opt_n("expiry_rotation_at")?,
     })
 }
 

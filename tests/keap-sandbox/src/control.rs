@@ -13,7 +13,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::state::Shared;
-use crate::types::{AuthKind, Consent, Endpoint, Fault, FaultKind};
+use crate::types::{AuthKind, BodyBreak, Consent, Endpoint, Fault, FaultKind};
 
 pub(crate) fn router() -> Router<Arc<Shared>> {
     Router::new()
@@ -182,6 +182,10 @@ enum FaultKindBody {
         status: u16,
         location: String,
     },
+    StatusThenBrokenBody {
+        status: u16,
+        break_body: BodyBreak,
+    },
     DelayMs(u64),
     DropAfterProcessing,
     DropBeforeProcessing,
@@ -218,6 +222,12 @@ async fn inject_fault(State(shared): Shd, Json(body): Json<FaultBody>) -> Respon
                 return (StatusCode::BAD_REQUEST, "a redirect status is 3xx").into_response();
             }
             FaultKind::Redirect { status, location }
+        }
+        FaultKindBody::StatusThenBrokenBody { status, break_body } => {
+            if StatusCode::from_u16(status).is_err() {
+                return (StatusCode::BAD_REQUEST, "invalid status").into_response();
+            }
+            FaultKind::StatusThenBrokenBody { status, break_body }
         }
         FaultKindBody::DelayMs(millis) => FaultKind::Delay(Duration::from_millis(millis)),
         FaultKindBody::DropAfterProcessing => FaultKind::DropAfterProcessing,

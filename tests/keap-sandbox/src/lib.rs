@@ -57,6 +57,8 @@
 //! | `DELETE /_sandbox/requests` | — | 204 |
 //!
 //! `K` is `{"status":{"status":429,"retry_after_secs":3}}`, `{"delay_ms":5000}`,
+//! `{"status_then_broken_body":{"status":503,"break_body":"cut"}}` (or `"stall"`: the status line
+//! and half the body, then the connection is closed or goes silent),
 //! `"drop_after_processing"` or `"drop_before_processing"` (see [`FaultKind`]). `at_ms` counts
 //! from the sandbox's start; `auth` is `basic`, `bearer`, `api_key` or `none`.
 
@@ -87,7 +89,8 @@ use tokio::task::JoinHandle;
 
 use state::Shared;
 pub use types::{
-    AuthKind, Consent, Endpoint, Fault, FaultKind, IssuedPair, RecordedRequest, most_in_flight,
+    AuthKind, BodyBreak, Consent, Endpoint, Fault, FaultKind, IssuedPair, RecordedRequest,
+    most_in_flight,
 };
 
 /// The app (tenant) the default consent approves.

@@ -20,6 +20,7 @@ mod oauth_callback;
 mod oauth_callback_binary;
 mod oauth_callback_keys;
 mod redirects;
+mod refresh_presentation;
 mod refresh_protocol;
 mod refresh_race;
 mod refresh_scale;
