@@ -13,6 +13,7 @@ mod docs_examples;
 mod fault_model;
 mod function_init;
 mod harness;
+mod key_rejection;
 mod local_flow;
 mod log_cap;
 mod oauth_callback;
