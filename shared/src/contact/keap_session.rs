@@ -269,7 +269,7 @@ impl<'a> KeapSession<'a> {
     async fn confirm_key_rejection(&mut self, key: &Grant, fault: &str) -> Result<(), UpsertError> {
         if !self.has_time_for(Duration::ZERO) {
             return Err(UpsertError::Unavailable(format!(
-                "Keap rejected the service account key of connection {} ({fault}) and there is                  too little time left to confirm it; the connection stays active; retry later",
+                "Keap rejected the service account key of connection {} ({fault}) and there is too little time left to confirm it; the connection stays active; retry later",
                 self.id
             )));
         }
@@ -286,7 +286,7 @@ impl<'a> KeapSession<'a> {
             }
             Err(KeapError::Unauthorized { .. }) => Err(self.key_confirmed_rejected(key).await),
             Err(other) => Err(UpsertError::Unavailable(format!(
-                "Keap rejected the service account key of connection {} ({fault}) and the                  check that would confirm it failed ({other}); the connection stays active;                  retry later",
+                "Keap rejected the service account key of connection {} ({fault}) and the check that would confirm it failed ({other}); the connection stays active; retry later",
                 self.id
             ))),
         }

@@ -1469,3 +1469,40 @@ async fn a_fifo_dead_letter_queue_gets_the_contacts_message_group() {
         ]
     );
 }
+
+#[tokio::test]
+async fn a_failed_record_holds_back_the_later_records_of_its_fifo_message_group() {
+    let fx = Fixture::new().await;
+    fx.seed_connection("default", APP, None).await;
+    let service = sequential(&fx, None);
+    let first = good("first@buttonpush.example");
+    let second = good("second@buttonpush.example");
+    let other = good("third@buttonpush.example");
+    fx.sandbox.inject(Fault {
+        endpoint: Endpoint::Api,
+        kind: FaultKind::Status {
+            status: 503,
+            retry_after_secs: None,
+        },
+        times: 2,
+    });
+    // Two contacts the caller put in one message group, and a third in a group of its own.
+    let event = fifo_event(&[
+        ("m0", &first, Some("one-group")),
+        ("m1", &second, Some("one-group")),
+        ("m2", &other, Some("another-group")),
+    ]);
+    let response = service
+        .handle_batch(event, deadline())
+        .await
+        .expect("answered");
+    let mut failed: Vec<String> = response
+        .batch_item_failures
+        .into_iter()
+        .map(|f| f.item_identifier)
+        .collect();
+    failed.sort();
+    assert_eq!(failed, vec!["m0", "m1"]);
+    assert!(contact_with_email(&fx, APP, "second@buttonpush.example").is_none());
+    assert!(contact_with_email(&fx, APP, "third@buttonpush.example").is_some());
+}
