@@ -562,6 +562,28 @@ def upsert_queue_wiring(t: dict) -> None:
 
 
 @check
+def upsert_queue_fifo_option(t: dict) -> None:
+    """UpsertQueueType=fifo makes both queues FIFO (a FIFO queue's dead-letter queue must be
+    FIFO too), with .fifo names, never content-based deduplication (A, B, A would lose the
+    second A); standard leaves FifoQueue out (SQS refuses FifoQueue=false)."""
+    parameter = t["Parameters"]["UpsertQueueType"]
+    assert parameter["Default"] == "standard" and sorted(parameter["AllowedValues"]) == ["fifo", "standard"]
+    assert t["Conditions"]["UpsertQueueIsFifo"] == {"Fn::Equals": [{"Ref": "UpsertQueueType"}, "fifo"]}
+    for qid in ("UpsertQueue", "UpsertDeadLetterQueue"):
+        q = props(t, qid)
+        assert q.get("FifoQueue") == {"Fn::If": ["UpsertQueueIsFifo", True, {"Ref": "AWS::NoValue"}]}, (
+            f"{qid}: FifoQueue must follow UpsertQueueIsFifo"
+        )
+        name = q.get("QueueName")
+        assert isinstance(name, dict) and list(name) == ["Fn::If"] and name["Fn::If"][0] == "UpsertQueueIsFifo", (
+            f"{qid}: a FIFO queue needs a .fifo name"
+        )
+        assert (sub_string(name["Fn::If"][1]) or "").endswith(".fifo"), f"{qid}: FIFO name must end in .fifo"
+        assert name["Fn::If"][2] == {"Ref": "AWS::NoValue"}, qid
+        assert not q.get("ContentBasedDeduplication"), f"{qid}: content-based deduplication drops A, B, A's second A"
+
+
+@check
 def table_is_safe(t: dict) -> None:
     table = t["Resources"]["ConnectionsTable"]
     assert table.get("DeletionPolicy") == "Retain" and table.get("UpdateReplacePolicy") == "Retain"
@@ -1026,6 +1048,16 @@ def _mutate_function_timeout(t: dict) -> None:
     t["Resources"][UPSERT]["Properties"]["Timeout"] = 60
 
 
+def _mutate_standard_dead_letter_queue(t: dict) -> None:
+    del t["Resources"]["UpsertDeadLetterQueue"]["Properties"]["FifoQueue"]
+
+
+def _mutate_content_based_deduplication(t: dict) -> None:
+    t["Resources"]["UpsertQueue"]["Properties"]["ContentBasedDeduplication"] = {
+        "Fn::If": ["UpsertQueueIsFifo", True, {"Ref": "AWS::NoValue"}]
+    }
+
+
 # mutant -> the check that must fail on it (other checks may fail too)
 MUTANTS: dict[Callable[[dict], None], Callable[[dict], None]] = {
     _mutate_wildcard_action: no_wildcard_actions_or_resources,
@@ -1065,6 +1097,8 @@ MUTANTS: dict[Callable[[dict], None], Callable[[dict], None]] = {
     _mutate_table_ttl: table_is_safe,
     _mutate_table_pitr: table_is_safe,
     _mutate_visibility: upsert_queue_wiring,
+    _mutate_standard_dead_letter_queue: upsert_queue_fifo_option,
+    _mutate_content_based_deduplication: upsert_queue_fifo_option,
     _mutate_secret_value: client_secret_holds_no_credentials,
     _mutate_sam_http_api_cycle: no_circular_dependencies,
     _mutate_generated_role: functions_use_explicit_lambda_only_roles,

@@ -24,8 +24,10 @@
 mod invocation;
 mod on_demand;
 mod protocol;
+mod recheck_clock;
 mod rejection_breaker;
 mod scheduled;
+mod write_brownout;
 
 pub use invocation::{RefresherError, RefresherEvent, RefresherFunction};
 pub use on_demand::{Grant, OnDemandError, OnDemandRefresher, UNAUTHORIZED_ROTATION_INTERVAL_SECS};

@@ -649,6 +649,9 @@ struct Held<'a> {
 #[derive(Debug, Default)]
 pub struct RunGuard {
     browned_out: AtomicBool,
+    /// When the first commit failed or started retrying (contact-upsert's container-wide guard
+    /// ends 30 s later).
+    browned_out_at: std::sync::OnceLock<tokio::time::Instant>,
 }
 
 impl RunGuard {
@@ -657,7 +660,13 @@ impl RunGuard {
     }
 
     fn brown_out(&self) {
+        let _ = self.browned_out_at.set(tokio::time::Instant::now());
         self.browned_out.store(true, Ordering::Relaxed);
+    }
+
+    /// When this guard's brownout began, if it has.
+    pub fn browned_out_since(&self) -> Option<tokio::time::Instant> {
+        self.browned_out_at.get().copied()
     }
 
     pub fn is_browned_out(&self) -> bool {

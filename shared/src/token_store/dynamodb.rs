@@ -647,6 +647,12 @@ impl DynamoDbTokenStore {
                 version,
             ),
             MarkGuard::GenerationOnly => with_version(request, "attribute_exists(pk)", version),
+            MarkGuard::KeyRejectedSince(since) => with_version(
+                request.expression_attribute_values(":since", number(since)),
+                "key_rejected_since = :since AND (attribute_not_exists(key_accepted_at) \
+                 OR key_accepted_at < key_rejected_since)",
+                version,
+            ),
         };
         Ok(match send_update(request).await? {
             Written::Applied(_) => MarkOutcome::Marked,
@@ -655,6 +661,59 @@ impl DynamoDbTokenStore {
             }
             Written::ConditionFailed(_) => MarkOutcome::NotMarked,
         })
+    }
+
+    /// Records that Keap confirmed a rejection of this key connection's key at `now`, unless a
+    /// rejection is already recorded that is newer than `stale_before` and that no success has
+    /// answered since (repeated 401s never move the window forward). Returns the
+    /// `key_rejected_since` the item holds afterwards, or `None` when the connection moved
+    /// (another generation or incarnation, removed).
+    pub async fn record_key_rejection(
+        &self,
+        id: &ConnectionId,
+        version: &Version,
+        now: i64,
+        stale_before: i64,
+    ) -> Result<Option<i64>, StoreError> {
+        let request = self
+            .update(connection_key(id))
+            .update_expression("SET key_rejected_since = :now, updated_at = :now")
+            .expression_attribute_values(":now", number(now))
+            .expression_attribute_values(":stale", number(stale_before));
+        let request = with_version(
+            request,
+            "attribute_not_exists(key_rejected_since) OR key_rejected_since < :stale \
+             OR key_accepted_at >= key_rejected_since",
+            version,
+        );
+        Ok(match send_update(request).await? {
+            Written::Applied(_) => Some(now),
+            Written::ConditionFailed(Some(old)) => match parse_connection(&old) {
+                Ok(current) if current.version() == *version => current.key_rejected_since,
+                _ => None,
+            },
+            Written::ConditionFailed(None) => None,
+        })
+    }
+
+    /// Records that a request with this key connection's key succeeded at `now`
+    /// (`key_accepted_at`, never moved backwards). `false` when the connection moved.
+    pub async fn record_key_accepted(
+        &self,
+        id: &ConnectionId,
+        version: &Version,
+        now: i64,
+    ) -> Result<bool, StoreError> {
+        let request = self
+            .update(connection_key(id))
+            .update_expression("SET key_accepted_at = :now")
+            .expression_attribute_values(":now", number(now));
+        let request = with_version(
+            request,
+            "attribute_not_exists(key_accepted_at) OR key_accepted_at <= :now",
+            version,
+        );
+        Ok(matches!(send_update(request).await?, Written::Applied(_)))
     }
 
     /// Counts a presentation of the refresh token before it is made, while `owner` holds the
@@ -856,6 +915,8 @@ impl DynamoDbTokenStore {
             "refreshed_at",
             "lost_responses",
             "unauthorized_rotation_at",
+            "key_rejected_since",
+            "key_accepted_at",
         ];
         match keap_app {
             Some(app) => {

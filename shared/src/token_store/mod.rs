@@ -102,4 +102,7 @@ pub enum MarkOutcome {
 pub enum MarkGuard<'a> {
     LeaseOwner(&'a str),
     GenerationOnly,
+    /// A key connection whose rejection was recorded at this `key_rejected_since` and not
+    /// answered by a success since (`key_accepted_at` absent or older).
+    KeyRejectedSince(i64),
 }

@@ -96,6 +96,14 @@ pub struct Connection {
     /// requires it to be at least a minute old, so a Keap that issues very short-lived tokens
     /// cannot make every call rotate, in any number of containers.
     pub expiry_rotation_at: Option<i64>,
+    /// Key connections: when Keap first confirmed (a profile probe answering 401) that it
+    /// rejects the key, epoch seconds. The key is marked dead only by a later confirming 401
+    /// inside the window that opens the recheck interval + 30 s after it (docs/design.md,
+    /// "Connection kinds").
+    pub key_rejected_since: Option<i64>,
+    /// Key connections: when a request with the key last succeeded after a recorded rejection
+    /// (epoch seconds): a key accepted since `key_rejected_since` is not marked.
+    pub key_accepted_at: Option<i64>,
 }
 
 /// Why a pair is being rotated; a rotation for a 401 is remembered in the item.
@@ -108,6 +116,16 @@ pub enum RotationCause {
 }
 
 impl Connection {
+    /// The recorded key rejection (`key_rejected_since`) that no success has answered since:
+    /// `key_accepted_at` absent or older.
+    pub fn unanswered_key_rejection(&self) -> Option<i64> {
+        let since = self.key_rejected_since?;
+        match self.key_accepted_at {
+            Some(accepted) if accepted >= since => None,
+            _ => Some(since),
+        }
+    }
+
     /// Last time this grant was known good: its last refresh, or its authorization.
     pub fn last_success_at(&self) -> Option<i64> {
         self.refreshed_at.max(self.authorized_at)
@@ -271,6 +289,8 @@ pub(crate) fn parse_connection(item: &Item) -> Result<Connection, StoreError> {
         lost_responses: r.string_set_len("lost_responses")?,
         unauthorized_rotation_at: r.opt_n("unauthorized_rotation_at")?,
         expiry_rotation_at: r.opt_n("expiry_rotation_at")?,
+        key_rejected_since: r.opt_n("key_rejected_since")?,
+        key_accepted_at: r.opt_n("key_accepted_at")?,
     })
 }
 

@@ -184,8 +184,10 @@ async fn many_keys_rejected_at_once_is_an_incident_not_many_revocations() {
         keys.push(seed_key_connection(&fx, id, APP).await.0);
     }
     let warm = container(&fx, &[]);
-    for key in &keys {
+    for (key, id) in keys.iter().zip(["k1", "k2", "k3"]) {
         fx.sandbox.revoke_service_account_key(key);
+        // Each rejection already in its marking window (docs/design.md, "Connection kinds").
+        key_rejected_since_secs_ago(&fx, id, 100).await;
     }
 
     let mut answers = Vec::new();

@@ -14,6 +14,7 @@ mod docs_truth;
 mod fault_model;
 mod function_init;
 mod harness;
+mod key_rejection;
 mod local_flow;
 mod log_cap;
 mod oauth_callback;
