@@ -30,8 +30,8 @@ mod scheduled;
 pub use invocation::{RefresherError, RefresherEvent, RefresherFunction};
 pub use on_demand::{Grant, OnDemandError, OnDemandRefresher, UNAUTHORIZED_ROTATION_INTERVAL_SECS};
 pub use protocol::{
-    LEASE_CLOCK_SKEW_SECS, PendingMark, REASON_LOST_RESPONSE, REASON_REFRESH_TOKEN_REJECTED,
-    RefreshOutcome, Refresher, RefresherSettings, RunGuard,
+    COMMIT_BUDGET, LEASE_CLOCK_SKEW_SECS, PendingMark, REASON_LOST_RESPONSE,
+    REASON_REFRESH_TOKEN_REJECTED, RefreshOutcome, Refresher, RefresherSettings, RunGuard,
 };
 pub use rejection_breaker::RejectionBreaker;
 pub use scheduled::{RefreshRun, RefreshSummary, RunError, ScheduledRequest};

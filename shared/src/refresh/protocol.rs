@@ -21,7 +21,7 @@ use crate::token_store::{
 /// The commit budget (docs/design.md, "The fault model"): a refresh starts only when the
 /// invocation has room for one token request plus this much commit time; once Keap answered,
 /// the commit retries until the deadline minus [`DEADLINE_SAFETY`].
-const COMMIT_BUDGET: Duration = Duration::from_secs(10);
+pub const COMMIT_BUDGET: Duration = Duration::from_secs(10);
 /// The commit stops retrying this long before the deadline, to leave time to report.
 const DEADLINE_SAFETY: Duration = Duration::from_millis(500);
 /// A lease ends no earlier than its holder's invocation deadline plus this, so a holder whose
