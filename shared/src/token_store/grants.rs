@@ -25,10 +25,13 @@ use aws_sdk_dynamodb::types::{
 };
 use secrecy::ExposeSecret;
 
-use super::dynamodb::{AuthorizationView, DynamoDbTokenStore, Written, send_update};
+use super::dynamodb::{
+    AuthorizationView, DynamoDbTokenStore, Written, malformed_write, send_update,
+};
 use super::model::{connection_key, number, string, tombstone_key, unsigned};
 use super::write_id::new_write_id;
 use super::{AuthorizeOutcome, ConnectionKind, ConnectionStatus, StoreError};
+use crate::clock::{now_epoch_millis, now_epoch_secs};
 use crate::connection_id::ConnectionId;
 use crate::keap::IssuedTokens;
 
@@ -447,6 +450,70 @@ impl DynamoDbTokenStore {
                 reason: "the removal's transaction was cancelled".to_owned(),
             }),
         }
+    }
+}
+
+/// Seeding and tool entry points: decided on a projected read made now.
+impl DynamoDbTokenStore {
+    /// Stores a pair as a new generation, `active` (tools and tests seeding a connection; the
+    /// callback uses [`DynamoDbTokenStore::store_authorized_pair`]): decided on a projected read
+    /// made now, exchanged now, with no link (so no tombstone check). `write_id` is the same for
+    /// every retry of this authorization.
+    pub async fn authorize(
+        &self,
+        id: &ConnectionId,
+        issued: &IssuedTokens,
+        replace_account: bool,
+        write_id: &str,
+        now: i64,
+    ) -> Result<AuthorizeOutcome, StoreError> {
+        let basis = AuthorizationBasis::of(self.read_authorization(id).await?.as_ref());
+        let write = PairWrite {
+            issued,
+            replace_account,
+            basis: &basis,
+            write_id,
+            exchanged_at_ms: now_epoch_millis(),
+            link_started_at: None,
+            now,
+        };
+        self.store_authorized_pair(id, &write).await
+    }
+
+    /// Creates or replaces a service-account-key connection (tools and tests: the operator uses
+    /// [`DynamoDbTokenStore::register_key`]), decided on a projected read made now.
+    pub async fn register_service_account_key(
+        &self,
+        id: &ConnectionId,
+        key_secret_id: &str,
+        keap_app: Option<&str>,
+        now: i64,
+    ) -> Result<u64, StoreError> {
+        let basis = AuthorizationBasis::of(self.read_authorization(id).await?.as_ref());
+        let outcome = self
+            .register_key(
+                id,
+                key_secret_id,
+                keap_app,
+                &basis,
+                &new_write_id(),
+                now_epoch_millis(),
+                now,
+            )
+            .await?;
+        match outcome {
+            RegisterOutcome::Registered { generation } => Ok(generation),
+            RegisterOutcome::Superseded => Err(malformed_write(
+                id,
+                "another authorization landed while the key was being registered",
+            )),
+        }
+    }
+
+    /// Removes a connection item and leaves its tombstone
+    /// ([`DynamoDbTokenStore::remove_connection`]); `true` when one existed.
+    pub async fn delete_connection(&self, id: &ConnectionId) -> Result<bool, StoreError> {
+        self.remove_connection(id, now_epoch_secs()).await
     }
 }
 
