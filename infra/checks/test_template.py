@@ -61,7 +61,7 @@ REQUIRED_ENV = {
 KNOWN_ENV = rust_names.rust_env_names(rust_names.rust_sources())
 
 EXPECTED_SIZING = {  # memory MB, timeout s
-    CALLBACK: (128, 15),
+    CALLBACK: (128, 28),
     REFRESHER: (256, 300),
     UPSERT: (128, 30),
     OPERATOR: (128, 15),
@@ -340,6 +340,7 @@ def callback_permissions(t: dict) -> None:
     assert not any(a.startswith("sqs:") for a in acts), "oauth-callback must not touch SQS"
     assert {a for a in acts if a.startswith("dynamodb:")} == {
         "dynamodb:getitem", "dynamodb:updateitem", "dynamodb:deleteitem",
+        "dynamodb:conditioncheckitem",
     }, f"oauth-callback dynamodb actions: {sorted(acts)}"
     allowed_services = {"dynamodb", "secretsmanager", "logs"}
     assert {a.split(":")[0] for a in acts} <= allowed_services, sorted(acts)
@@ -347,8 +348,16 @@ def callback_permissions(t: dict) -> None:
     assert not set(readable) & TOKEN_ATTRIBUTES, f"the code reads back {readable}"
     for st in dynamodb_statements(t, role):
         keys = leading_keys(st)
-        assert keys in (["state#*"], ["conn#*"]), f"oauth-callback {sorted(actions(st))}: LeadingKeys {keys}"
+        assert keys in (["state#*"], ["conn#*"], ["tomb#*"]), (
+            f"oauth-callback {sorted(actions(st))}: LeadingKeys {keys}"
+        )
         condition = st.get("Condition", {})
+        if "dynamodb:conditioncheckitem" in actions(st) or keys == ["tomb#*"]:
+            # The pair write's check of a removal's tombstone: it reads and writes nothing.
+            assert keys == ["tomb#*"] and actions(st) == {"dynamodb:conditioncheckitem"}, (
+                f"oauth-callback may only condition-check tombstones: {sorted(actions(st))} on {keys}"
+            )
+            continue
         if keys == ["state#*"]:
             assert actions(st) <= {"dynamodb:updateitem", "dynamodb:deleteitem"}, sorted(actions(st))
             continue
@@ -408,8 +417,10 @@ def operator_permissions(t: dict) -> None:
     acts = allowed_actions(t, role)
     assert {a for a in acts if a.startswith("dynamodb:")} == {
         "dynamodb:putitem", "dynamodb:updateitem", "dynamodb:deleteitem", "dynamodb:query",
+        "dynamodb:getitem",
     }, f"operator dynamodb actions: {sorted(acts)}"
     assert {a.split(":")[0] for a in acts} <= {"dynamodb", "secretsmanager", "logs"}, sorted(acts)
+    readable = callback_readable_attributes()
     for st in dynamodb_statements(t, role):
         if actions(st) == {"dynamodb:query"}:
             assert as_list(st["Resource"]) == [{"Fn::Sub": PENDING_INDEX_ARN}], (
@@ -417,9 +428,31 @@ def operator_permissions(t: dict) -> None:
             )
             continue
         keys = leading_keys(st)
-        assert keys in (["state#*"], ["conn#*"]), f"operator {sorted(actions(st))}: LeadingKeys {keys}"
+        assert keys in (["state#*"], ["conn#*"], ["tomb#*"]), (
+            f"operator {sorted(actions(st))}: LeadingKeys {keys}"
+        )
+        condition = st.get("Condition", {})
         if keys == ["state#*"]:
             assert actions(st) <= {"dynamodb:putitem", "dynamodb:deleteitem"}, sorted(actions(st))
+            continue
+        # Connection items and tombstones (issue 22): the operator never gets an item back.
+        if actions(st) == {"dynamodb:getitem"}:
+            assert keys == ["conn#*"], f"operator GetItem on {keys}"
+            attributes = condition.get("ForAllValues:StringEquals", {}).get("dynamodb:Attributes")
+            assert attributes is not None and sorted(attributes) == sorted(readable), (
+                f"operator GetItem attributes {attributes} != CALLBACK_READABLE_ATTRIBUTES {sorted(readable)}"
+            )
+            select = condition.get("StringEqualsIfExists", {}).get("dynamodb:Select")
+            assert select == "SPECIFIC_ATTRIBUTES", f"operator GetItem Select {select}"
+            continue
+        if keys == ["tomb#*"]:
+            assert actions(st) == {"dynamodb:putitem"}, f"operator on tombstones: {sorted(actions(st))}"
+        else:
+            assert actions(st) <= {"dynamodb:updateitem", "dynamodb:deleteitem"}, sorted(actions(st))
+        returns = condition.get("StringEqualsIfExists", {}).get("dynamodb:ReturnValues")
+        assert as_list(returns) == ["NONE"], (
+            f"operator {sorted(actions(st))} on {keys} may return values: ReturnValues {returns}"
+        )
 
 
 def dynamodb_statements(t: dict, role: str) -> list[dict]:
@@ -514,6 +547,58 @@ def function_timeout_variable_equals_each_timeout(t: dict) -> None:
         )
         assert int(value) == p["Timeout"], (
             f"{name}: KEAPALIVE_FUNCTION_TIMEOUT_SECS is {value}, its Timeout {p['Timeout']}"
+        )
+
+
+def commit_budget_secs() -> int:
+    """COMMIT_BUDGET as shared/src/refresh/protocol.rs declares it."""
+    source = (REPO_ROOT / "shared" / "src" / "refresh" / "protocol.rs").read_text()
+    found = re.search(r"const COMMIT_BUDGET: Duration = Duration::from_secs\((\d+)\)", source)
+    assert found, "COMMIT_BUDGET not found in shared/src/refresh/protocol.rs"
+    return int(found.group(1))
+
+
+def default_keap_timeout_secs() -> int:
+    """KEAPALIVE_KEAP_TIMEOUT_SECS's default as shared/src/config.rs declares it."""
+    source = (REPO_ROOT / "shared" / "src" / "config.rs").read_text()
+    found = re.search(r'secs\(get, "KEAPALIVE_KEAP_TIMEOUT_SECS", (\d+),', source)
+    assert found, "KEAPALIVE_KEAP_TIMEOUT_SECS default not found in shared/src/config.rs"
+    return int(found.group(1))
+
+
+# Functions that present a refresh token or an authorization code to Keap (issue 21).
+PRESENTERS = (CALLBACK, REFRESHER, UPSERT)
+
+
+@check
+def presenters_have_time_to_store(t: dict) -> None:
+    """After the last wait before a token or a code is presented, the Keap timeout plus the commit
+    budget must be left: a Timeout below that could never store the pair Keap issues, and init
+    refuses it (docs/design.md, "The fault model")."""
+    budget = commit_budget_secs()
+    for fid in PRESENTERS:
+        p = merged_function_props(t, fid)
+        env = p.get("Environment", {}).get("Variables", {})
+        keap = int(env.get("KEAPALIVE_KEAP_TIMEOUT_SECS", default_keap_timeout_secs()))
+        for name, value in (("Timeout", p["Timeout"]), ("KEAPALIVE_FUNCTION_TIMEOUT_SECS",
+                                                       env.get("KEAPALIVE_FUNCTION_TIMEOUT_SECS"))):
+            assert value is not None and int(value) >= keap + budget, (
+                f"{FUNCTIONS[fid]}: {name} {value} < KEAPALIVE_KEAP_TIMEOUT_SECS {keap} + commit budget {budget}"
+            )
+
+
+@check
+def callback_route_outlasts_the_function(t: dict) -> None:
+    """The route's integration timeout is set explicitly (30 s, the HTTP API maximum) and above
+    the callback's Timeout, so a callback that used its whole budget still answers the browser."""
+    integrations = resources(t, "AWS::ApiGatewayV2::Integration")
+    for rid, res in integrations.items():
+        if not is_getatt(res["Properties"].get("IntegrationUri"), CALLBACK, "Arn"):
+            continue
+        millis = res["Properties"].get("TimeoutInMillis")
+        assert millis == 30000, f"{rid}: TimeoutInMillis {millis}, expected 30000 set explicitly"
+        assert millis > 1000 * props(t, CALLBACK)["Timeout"], (
+            f"{rid}: TimeoutInMillis {millis} <= the callback's Timeout"
         )
 
 
@@ -1058,6 +1143,34 @@ def _mutate_content_based_deduplication(t: dict) -> None:
     }
 
 
+def _mutate_callback_timeout_below_floor(t: dict) -> None:
+    t["Resources"][CALLBACK]["Properties"]["Timeout"] = 15
+    t["Resources"][CALLBACK]["Properties"]["Environment"]["Variables"]["KEAPALIVE_FUNCTION_TIMEOUT_SECS"] = "15"
+
+
+def _mutate_upsert_keap_timeout_too_long(t: dict) -> None:
+    t["Resources"][UPSERT]["Properties"]["Environment"]["Variables"]["KEAPALIVE_KEAP_TIMEOUT_SECS"] = "25"
+
+
+def _mutate_integration_timeout_implicit(t: dict) -> None:
+    del t["Resources"]["CallbackIntegration"]["Properties"]["TimeoutInMillis"]
+
+
+def _mutate_operator_write_returns_values(t: dict) -> None:
+    del _sid(t, "OperatorRole", "RegisterAndRemoveConnections")["Condition"]["StringEqualsIfExists"]
+
+
+def _mutate_operator_reads_tokens(t: dict) -> None:
+    read = _sid(t, "OperatorRole", "ReadConnectionsNoToken")
+    read["Condition"]["ForAllValues:StringEquals"]["dynamodb:Attributes"].append("refresh_token")
+
+
+def _mutate_callback_writes_tombstones(t: dict) -> None:
+    _sid(t, "OAuthCallbackRole", "CheckRemovalTombstones")["Action"] = [
+        "dynamodb:ConditionCheckItem", "dynamodb:PutItem",
+    ]
+
+
 # mutant -> the check that must fail on it (other checks may fail too)
 MUTANTS: dict[Callable[[dict], None], Callable[[dict], None]] = {
     _mutate_wildcard_action: no_wildcard_actions_or_resources,
@@ -1105,6 +1218,12 @@ MUTANTS: dict[Callable[[dict], None], Callable[[dict], None]] = {
     _mutate_log_retention: log_groups_have_retention,
     _mutate_binary: functions_build_and_run_as_designed,
     _mutate_function_timeout: function_timeout_variable_equals_each_timeout,
+    _mutate_callback_timeout_below_floor: presenters_have_time_to_store,
+    _mutate_upsert_keap_timeout_too_long: presenters_have_time_to_store,
+    _mutate_integration_timeout_implicit: callback_route_outlasts_the_function,
+    _mutate_operator_write_returns_values: operator_permissions,
+    _mutate_operator_reads_tokens: operator_permissions,
+    _mutate_callback_writes_tombstones: callback_permissions,
 }
 
 

@@ -5,7 +5,6 @@ use std::collections::HashMap;
 
 use aws_sdk_dynamodb::Client;
 use aws_sdk_dynamodb::error::SdkError;
-use aws_sdk_dynamodb::operation::delete_item::DeleteItemError;
 use aws_sdk_dynamodb::operation::update_item::UpdateItemError;
 use aws_sdk_dynamodb::operation::update_item::builders::UpdateItemFluentBuilder;
 use aws_sdk_dynamodb::types::{AttributeValue, ReturnValue, ReturnValuesOnConditionCheckFailure};
@@ -18,17 +17,16 @@ use super::model::{
 };
 use super::write_id::new_write_id;
 use super::{
-    AuthorizeOutcome, CommitOutcome, Connection, ConnectionKind, ConnectionScan, ConnectionStatus,
-    LeaseOutcome, MarkGuard, MarkOutcome, PendingAuthorization, RotationCause, StateOutcome,
-    StoreError, Version,
+    CommitOutcome, Connection, ConnectionKind, ConnectionScan, ConnectionStatus, LeaseOutcome,
+    MarkGuard, MarkOutcome, PendingAuthorization, RotationCause, StateOutcome, StoreError, Version,
 };
 use crate::connection_id::ConnectionId;
 use crate::keap::{IssuedTokens, SHORT_EXPIRES_IN_SECS, TokenPair};
 
 #[derive(Clone)]
 pub struct DynamoDbTokenStore {
-    client: Client,
-    table: String,
+    pub(super) client: Client,
+    pub(super) table: String,
 }
 
 impl DynamoDbTokenStore {
@@ -50,14 +48,14 @@ impl DynamoDbTokenStore {
 }
 
 /// How a conditional `UpdateItem` ended.
-enum Written {
+pub(super) enum Written {
     /// Applied; the attributes asked for with `ReturnValues`.
     Applied(Option<Item>),
     /// The condition failed; the old item (`None`: there is none, or DynamoDB did not say).
     ConditionFailed(Option<Item>),
 }
 
-async fn send_update(request: UpdateItemFluentBuilder) -> Result<Written, StoreError> {
+pub(super) async fn send_update(request: UpdateItemFluentBuilder) -> Result<Written, StoreError> {
     match request.send().await {
         Ok(output) => Ok(Written::Applied(output.attributes)),
         Err(SdkError::ServiceError(service)) => match service.err() {
@@ -159,7 +157,7 @@ fn with_version(
     }
 }
 
-fn malformed_write(id: &ConnectionId, reason: &str) -> StoreError {
+pub(super) fn malformed_write(id: &ConnectionId, reason: &str) -> StoreError {
     StoreError::Malformed {
         pk: format!("{CONNECTION_PREFIX}{id}"),
         reason: reason.to_owned(),
@@ -181,16 +179,28 @@ fn collect_connections(scan: &mut ConnectionScan, items: &[Item]) -> Result<(), 
     Ok(())
 }
 
-/// What the callback may read back of a connection item it wrote: no token, no key reference
-/// (the template's `dynamodb:Attributes` condition on its GetItem lists exactly these).
-pub const CALLBACK_READABLE_ATTRIBUTES: [&str; 4] =
-    ["pk", "generation", "authorized_by", "keap_app"];
+/// What the callback and the operator may read of a connection item: no token, no key
+/// reference (the template's `dynamodb:Attributes` condition on their GetItem lists exactly
+/// these).
+pub const CALLBACK_READABLE_ATTRIBUTES: [&str; 6] = [
+    "pk",
+    "generation",
+    "authorized_by",
+    "keap_app",
+    "incarnation",
+    "exchanged_at",
+];
 
-/// The non-secret view of a connection item the callback reads after its write.
-struct AuthorizationView {
-    generation: Option<u64>,
-    authorized_by: Option<String>,
-    keap_app: Option<String>,
+/// The non-secret view of a connection item: what an authorization reads before its exchange
+/// (or key probe) to condition its write on, and after it to learn the outcome.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuthorizationView {
+    pub generation: Option<u64>,
+    pub authorized_by: Option<String>,
+    pub keap_app: Option<String>,
+    pub incarnation: Option<String>,
+    /// Epoch milliseconds of the exchange (or key probe) that made the current grant.
+    pub exchanged_at: Option<i64>,
 }
 
 impl DynamoDbTokenStore {
@@ -214,21 +224,28 @@ impl DynamoDbTokenStore {
         Ok(scan)
     }
 
-    /// A consistent read of only [`CALLBACK_READABLE_ATTRIBUTES`]: how the callback learns
-    /// the generation it stored, or recognises its own landed write, without ever reading a
-    /// token. `None`: no such item.
-    async fn authorization_view(
+    /// A consistent read of only [`CALLBACK_READABLE_ATTRIBUTES`]: how the callback and the
+    /// operator learn what an authorization is decided on, the generation they stored, or
+    /// recognise their own landed write, without ever reading a token. `None`: no such item.
+    pub async fn read_authorization(
         &self,
         id: &ConnectionId,
     ) -> Result<Option<AuthorizationView>, StoreError> {
-        let output = self
+        let mut request = self
             .client
             .get_item()
             .table_name(&self.table)
             .key("pk", connection_key(id))
-            .consistent_read(true)
-            .projection_expression("pk, #generation, authorized_by, keap_app")
-            .expression_attribute_names("#generation", "generation")
+            .consistent_read(true);
+        // Aliases for every name: some (`generation`) are DynamoDB reserved words.
+        let mut projection = Vec::new();
+        for (i, name) in CALLBACK_READABLE_ATTRIBUTES.iter().enumerate() {
+            let alias = format!("#a{i}");
+            request = request.expression_attribute_names(&alias, *name);
+            projection.push(alias);
+        }
+        let output = request
+            .projection_expression(projection.join(", "))
             .send()
             .await
             .map_err(StoreError::from_sdk)?;
@@ -241,20 +258,25 @@ impl DynamoDbTokenStore {
                 generation: generation_of(Some(&item)),
                 authorized_by: text("authorized_by"),
                 keap_app: text("keap_app"),
+                incarnation: text("incarnation"),
+                exchanged_at: match item.get("exchanged_at") {
+                    Some(AttributeValue::N(n)) => n.parse().ok(),
+                    _ => None,
+                },
             }
         }))
     }
 
-    /// Deletes a state this callback consumed. Housekeeping only: the decision was the
-    /// consume, and a state left behind (this delete failed) is unusable and expires by TTL.
-    async fn retire_state(&self, nonce: &str, write_id: &str) {
+    /// Deletes a consumed state. Housekeeping only, done after the pair is stored: the decision
+    /// was the consume, and a state left behind (this delete failed) is unusable and expires
+    /// by TTL.
+    pub async fn retire_state(&self, nonce: &str) {
         let result = self
             .client
             .delete_item()
             .table_name(&self.table)
             .key("pk", state_key(nonce))
-            .condition_expression("consumed_by = :wid")
-            .expression_attribute_values(":wid", string(write_id))
+            .condition_expression("attribute_exists(consumed_by)")
             .send()
             .await;
         if let Err(e) = result {
@@ -306,93 +328,6 @@ impl DynamoDbTokenStore {
             }
         }
         Ok(scan)
-    }
-
-    /// Stores a freshly authorized pair as a new generation, `active`, clearing lease, orphan
-    /// pair and last error, in one atomic update. `write_id` is the same for every retry of this
-    /// authorization: a retry neither applies twice nor overwrites a newer pair.
-    pub async fn authorize(
-        &self,
-        id: &ConnectionId,
-        issued: &IssuedTokens,
-        replace_account: bool,
-        write_id: &str,
-        now: i64,
-    ) -> Result<AuthorizeOutcome, StoreError> {
-        let mut set = vec![
-            "access_token = :access",
-            "refresh_token = :refresh",
-            "access_expires_at = :expires",
-            "#status = :active",
-            "#kind = :oauth",
-            "authorized_at = :now",
-            "authorized_by = :wid",
-            "incarnation = if_not_exists(incarnation, :inc)",
-            "updated_at = :now",
-        ];
-        // A retry of this same authorization must not apply twice, nor overwrite a pair the
-        // refresher committed after it (which leaves `authorized_by` as it is).
-        let mut condition =
-            "(attribute_not_exists(authorized_by) OR authorized_by <> :wid)".to_owned();
-        // The public callback's write returns nothing (ReturnValues NONE, and NONE on a failed
-        // condition): its role may not read tokens, so it learns what it needs (the generation,
-        // whether the write is its own, the stored account) from a projected read instead.
-        let mut request = self
-            .client
-            .update_item()
-            .table_name(&self.table)
-            .key("pk", connection_key(id))
-            .expression_attribute_names("#status", "status")
-            .expression_attribute_names("#kind", "kind")
-            .expression_attribute_values(":active", string("active"))
-            .expression_attribute_values(":oauth", string("oauth"))
-            .expression_attribute_values(":now", number(now))
-            .expression_attribute_values(":one", unsigned(1))
-            .expression_attribute_values(":wid", string(write_id))
-            .expression_attribute_values(":inc", string(new_write_id()));
-        for (name, value) in pair_values(&issued.pair) {
-            request = request.expression_attribute_values(name, value);
-        }
-        if let Some(scope) = &issued.scope {
-            set.push("keap_scope = :scope");
-            request = request.expression_attribute_values(":scope", string(scope));
-        }
-        if let Some(app) = &issued.keap_app {
-            set.push("keap_app = :app");
-            request = request.expression_attribute_values(":app", string(app));
-            if !replace_account {
-                condition.push_str(" AND (attribute_not_exists(keap_app) OR keap_app = :app)");
-            }
-        }
-        let expression = format!(
-            "SET {} ADD generation :one REMOVE lease_owner, lease_until, orphan_pair, last_error, key_secret_id, lost_responses, unauthorized_rotation_at",
-            set.join(", ")
-        );
-        let request = request
-            .update_expression(expression)
-            .condition_expression(condition);
-        let applied = matches!(send_update(request).await?, Written::Applied(_));
-        let view = self.authorization_view(id).await?;
-        let Some(view) = view else {
-            // Removed between the write and the read (or the condition failed on an item that
-            // is gone now): nothing is stored under this connection.
-            return Err(malformed_write(
-                id,
-                "the connection was removed while it was being authorized",
-            ));
-        };
-        let ours = view.authorized_by.as_deref() == Some(write_id);
-        if applied || ours {
-            // A refresh may already have committed on top of our pair (the generation is then
-            // one higher); another authorization after ours still reports its generation.
-            let generation = view
-                .generation
-                .ok_or_else(|| malformed_write(id, "stored item has no generation"))?;
-            return Ok(AuthorizeOutcome::Authorized { generation });
-        }
-        Ok(AuthorizeOutcome::AccountMismatch {
-            existing_app: view.keap_app.unwrap_or_else(|| "<unknown>".to_owned()),
-        })
     }
 
     /// `owner` is this attempt's write id; `until` must outlive the holder's invocation.
@@ -862,107 +797,7 @@ impl DynamoDbTokenStore {
             },
             Written::ConditionFailed(None) => StateOutcome::Unknown,
         };
-        if matches!(outcome, StateOutcome::Consumed(_)) {
-            self.retire_state(nonce, &write_id).await;
-        }
         Ok(outcome)
-    }
-
-    /// Creates or replaces a service-account-key connection (a new generation, `active`); a
-    /// retry of a registration that landed is recognised, not applied twice.
-    pub async fn register_service_account_key(
-        &self,
-        id: &ConnectionId,
-        key_secret_id: &str,
-        keap_app: Option<&str>,
-        now: i64,
-    ) -> Result<u64, StoreError> {
-        let write_id = new_write_id();
-        let mut request = self
-            .update(connection_key(id))
-            .expression_attribute_names("#status", "status")
-            .expression_attribute_names("#kind", "kind")
-            .expression_attribute_values(":active", string(ConnectionStatus::Active.as_str()))
-            .expression_attribute_values(
-                ":key_kind",
-                string(ConnectionKind::ServiceAccountKey.as_str()),
-            )
-            .expression_attribute_values(":secret", string(key_secret_id))
-            .expression_attribute_values(":now", number(now))
-            .expression_attribute_values(":one", unsigned(1))
-            .expression_attribute_values(":wid", string(&write_id))
-            .expression_attribute_values(":inc", string(new_write_id()))
-            .condition_expression("attribute_not_exists(authorized_by) OR authorized_by <> :wid")
-            .return_values(ReturnValue::UpdatedNew);
-        let mut set = vec![
-            "#status = :active",
-            "#kind = :key_kind",
-            "key_secret_id = :secret",
-            "authorized_at = :now",
-            "authorized_by = :wid",
-            "incarnation = if_not_exists(incarnation, :inc)",
-            "updated_at = :now",
-        ];
-        let mut remove = vec![
-            "access_token",
-            "refresh_token",
-            "access_expires_at",
-            "lease_owner",
-            "lease_until",
-            "orphan_pair",
-            "last_error",
-            "keap_scope",
-            "refreshed_at",
-            "lost_responses",
-            "unauthorized_rotation_at",
-            "key_rejected_since",
-            "key_accepted_at",
-        ];
-        match keap_app {
-            Some(app) => {
-                set.push("keap_app = :app");
-                request = request.expression_attribute_values(":app", string(app));
-            }
-            None => remove.push("keap_app"),
-        }
-        let request = request.update_expression(format!(
-            "SET {} ADD generation :one REMOVE {}",
-            set.join(", "),
-            remove.join(", ")
-        ));
-        let attributes = match send_update(request).await? {
-            Written::Applied(attributes) => attributes,
-            // The only way this condition fails is our own landed attempt.
-            Written::ConditionFailed(old) => old,
-        };
-        generation_of(attributes.as_ref())
-            .ok_or_else(|| malformed_write(id, "update returned no generation"))
-    }
-
-    /// Removes a connection item; `true` when one existed.
-    pub async fn delete_connection(&self, id: &ConnectionId) -> Result<bool, StoreError> {
-        // A condition, not ReturnValues ALL_OLD: whether an item existed, without reading its
-        // tokens back.
-        let result = self
-            .client
-            .delete_item()
-            .table_name(&self.table)
-            .key("pk", connection_key(id))
-            .condition_expression("attribute_exists(pk)")
-            .send()
-            .await;
-        match result {
-            Ok(_) => Ok(true),
-            Err(SdkError::ServiceError(service))
-                if matches!(
-                    service.err(),
-                    DeleteItemError::ConditionalCheckFailedException(_)
-                ) =>
-            {
-                Ok(false)
-            }
-            Err(other) => Err(StoreError::from_sdk(other)),
-        }
     }
 
     /// Deletes every pending authorization (state item) that points at `id`, consumed or not;

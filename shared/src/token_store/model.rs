@@ -9,6 +9,9 @@ use crate::keap::TokenPair;
 
 pub(crate) const CONNECTION_PREFIX: &str = "conn#";
 pub(crate) const STATE_PREFIX: &str = "state#";
+/// A removed connection's tombstone: `tomb#<connection_id>`, with `removed_at` and the TTL
+/// `expires_at` (docs/design.md, "Data model"). No `status`, no `connection_id`: in neither index.
+pub(crate) const TOMBSTONE_PREFIX: &str = "tomb#";
 /// Sparse global secondary index on `status` (hash key): connection items only, all
 /// attributes. The refresher queries it instead of scanning, so it never reads a state item.
 pub const STATUS_INDEX: &str = "connections-by-status";
@@ -153,6 +156,10 @@ pub(crate) type Item = HashMap<String, AttributeValue>;
 
 pub(crate) fn connection_key(id: &ConnectionId) -> AttributeValue {
     AttributeValue::S(format!("{CONNECTION_PREFIX}{id}"))
+}
+
+pub(crate) fn tombstone_key(id: &ConnectionId) -> AttributeValue {
+    AttributeValue::S(format!("{TOMBSTONE_PREFIX}{id}"))
 }
 
 pub(crate) fn state_key(nonce: &str) -> AttributeValue {

@@ -20,6 +20,7 @@ mod log_cap;
 mod oauth_callback;
 mod oauth_callback_binary;
 mod oauth_callback_keys;
+mod oauth_callback_races;
 mod redirects;
 mod refresh_presentation;
 mod refresh_protocol;

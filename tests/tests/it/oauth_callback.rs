@@ -823,11 +823,14 @@ async fn a_throttled_table_is_retried_then_a_503_page() {
     // More throttles than one SDK call retries through: only the callback's own retry of the
     // pair's write gets it stored.
     let throttle = |times| {
-        DynamoDbFault::new("UpdateItem", "ProvisionedThroughputExceededException")
-            .body_contains(&world.fixture.table)
-            // The pair's write, not the state consume (also an UpdateItem).
-            .body_contains("authorized_by")
-            .times(times)
+        // The pair's write: a transaction with the removal tombstone's check.
+        DynamoDbFault::new(
+            "TransactWriteItems",
+            "ProvisionedThroughputExceededException",
+        )
+        .body_contains(&world.fixture.table)
+        .body_contains("authorized_by")
+        .times(times)
     };
     let fault = emulator.inject_dynamodb_fault(throttle(4)).await;
     let stored = world.callback(&query).await;
@@ -1022,7 +1025,7 @@ async fn landed_first_pair_write_whose_answer_is_lost_is_recognised() {
     let query = world.consent(&started.authorize_url).await;
     let fault = Emulator::shared()
         .inject_dynamodb_fault(
-            DynamoDbFault::applied_then_lost("UpdateItem")
+            DynamoDbFault::applied_then_lost("TransactWriteItems")
                 .body_contains(&world.fixture.table)
                 .body_contains("authorized_by"),
         )
