@@ -283,7 +283,8 @@ impl OnDemandRefresher {
                             incarnation: connection.incarnation.clone(),
                             authorized_by: connection.authorized_by.clone(),
                             valid_until: pair.access_expires_at - 1,
-                            checked_at: Instant::now(),
+                            key_rejected_since: None,
+                            checked_at: ClockReading::now(),
                         };
                         (grant.valid_until > now_epoch_secs() && !is_rejected(&grant))
                             .then_some(grant)
