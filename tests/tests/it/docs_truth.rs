@@ -15,10 +15,15 @@ fn read(path: &str) -> String {
 // ------------------------------------------------------------------ configuration table
 
 /// The rows of docs/configuration.md's table: each backticked name of the first column with the
-/// second column (its default).
+/// second column (its default). Only the page's first table: later tables (what a deployer can
+/// set) have other columns.
 fn configuration_rows(markdown: &str) -> Vec<(String, String)> {
     let mut rows = Vec::new();
-    for line in markdown.lines().filter(|l| l.starts_with("| `")) {
+    let first_table = markdown
+        .lines()
+        .skip_while(|l| !l.starts_with('|'))
+        .take_while(|l| l.starts_with('|'));
+    for line in first_table.filter(|l| l.starts_with("| `")) {
         let cells: Vec<&str> = line.split('|').map(str::trim).collect();
         let (names, default) = (cells[1], cells[2]);
         for name in names.split(',').map(|n| n.trim().trim_matches('`')) {
