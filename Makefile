@@ -53,12 +53,38 @@ build:
 	@echo "==> building (first build ~6 min on 2 cores)…"
 	@$(CARGO) build --workspace --bins --locked
 
+# The docs-examples tests run the Node example (node, npm) and the admin CLI test needs a
+# terminal (util-linux `script`); under CI=true a missing tool fails them, so install what is
+# missing when apt-get can (CI runs as root), and say so otherwise.
+.PHONY: test-tools
+test-tools:
+	@missing=""; for tool in node npm script; do \
+	  command -v $$tool >/dev/null 2>&1 || missing="$$missing $$tool"; done; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "==> installing$$missing (apt-get: nodejs npm bsdutils)"; \
+	    apt-get update -qq && apt-get install -y -qq --no-install-recommends nodejs npm bsdutils >/dev/null; \
+	  else \
+	    echo "note:$$missing not found: the tests that need them fail under CI=true and skip otherwise" >&2; \
+	  fi; \
+	fi
+
 # KEAPALIVE_TEST_PREBUILT: `build` just made every binary fresh, so the harness skips its own
 # per-binary `cargo build -p` (which resolves features per package and would compile a second
 # variant of the dependencies). --no-fail-fast: one run reports every failing test binary.
-cargo-test: venv build
+cargo-test: venv build test-tools
 	@echo "==> cargo test"
 	@KEAPALIVE_TEST_PREBUILT=1 $(CARGO) test --workspace --locked --no-fail-fast
+
+# The randomized soak (tests/tests/it/soak.rs, docs/development.md "The soak") for 10 minutes
+# instead of `make test`'s 60 s. Replay a run with the seed it printed: `make soak SOAK_SEED=…`;
+# `SOAK_SECS=…` sets another length.
+SOAK_SECS ?= 600
+SOAK_SEED ?=
+.PHONY: soak
+soak: venv
+	@echo "==> soak for $(SOAK_SECS) s (figures printed at the end of each phase)…"
+	@SOAK_SECS=$(SOAK_SECS) SOAK_SEED=$(SOAK_SEED) $(CARGO) test --locked -p keapalive-tests --test it -- soak --nocapture
 
 # The whole flow on this machine (README, "Quick start"): moto and the Keap sandbox on
 # 127.0.0.1, the real function binaries, a line per step; stops everything it started.

@@ -5,7 +5,7 @@
 # Two virtualenvs on purpose: aws-sam-cli pins click (and more) to exact versions that would
 # fight with cfn-lint / zizmor / check-jsonschema, so SAM lives alone in .venv-sam.
 
-INFRA_TEST_TARGETS := infra-check infra-test
+INFRA_TEST_TARGETS := infra-check infra-test rehearse
 
 INFRA_PYTHON ?= python3
 INFRA_VENV := .venv-infra
@@ -38,7 +38,8 @@ $(INFRA_VENV)/.stamp: infra/infra.mk
 sam-venv: $(SAM_VENV)/.stamp
 $(SAM_VENV)/.stamp: infra/infra.mk
 	$(INFRA_PYTHON) -m venv $(SAM_VENV)
-	$(SAM_VENV)/$(PIP_INSTALL) 'aws-sam-cli==1.170.*'
+	@# aws-sam-translator: the SAM transform the deploy rehearsal runs (the one aws-sam-cli 1.170 uses).
+	$(SAM_VENV)/$(PIP_INSTALL) 'aws-sam-cli==1.170.*' 'aws-sam-translator==1.115.*'
 	touch $@
 
 # Build tools only `make package` needs (deploy jobs skip them): cargo-lambda cross-compiles
@@ -57,6 +58,19 @@ infra-check: infra-venv sam-venv
 
 infra-test: infra-venv
 	$(INFRA_VENV)/bin/python infra/checks/test_template.py $(INFRA_TEMPLATE)
+	$(INFRA_VENV)/bin/python infra/checks/test_workflows.py .github/workflows
+	$(INFRA_VENV)/bin/python infra/checks/test_names.py $(INFRA_TEMPLATE)
+
+# Deploy rehearsal (docs/deploy.md, "Deploy rehearsal"): the SAM transform of the template with
+# the overlay for what moto cannot create, the stack created in moto's CloudFormation (the
+# emulator venv's moto), and each function's environment as the created stack gives it checked
+# against Config's names and the Rust code's indexes; broken copies must fail it.
+REHEARSE_DIR := target/rehearse
+.PHONY: rehearse
+rehearse: sam-venv venv
+	@mkdir -p $(REHEARSE_DIR)
+	$(SAM_OFFLINE_ENV) $(SAM_VENV)/bin/python infra/checks/rehearse_transform.py $(INFRA_TEMPLATE) $(REHEARSE_DIR)/stack.json
+	$(SAM_OFFLINE_ENV) $(VENV_PYTHON) -W ignore infra/checks/rehearse_stack.py $(REHEARSE_DIR)/stack.json $(REHEARSE_DIR)/env.json
 
 # Not part of `make test`: release builds of the three functions (3-6 min cold on 2 cores).
 package: $(SAM_VENV)/.stamp-build

@@ -126,7 +126,8 @@ pub async fn measure(
             // The `active` query's pages (and a last empty one), plus the
             // `needs_reauthorization` query's one.
             dynamodb_reads: connections.div_ceil(ITEMS_PER_SCAN_PAGE_AT_LEAST) as u64 + 2,
-            dynamodb_writes: 2 * connections as u64,
+            // Lease, counted presentation, commit.
+            dynamodb_writes: 3 * connections as u64,
             // One read per container per secret cache lifetime: a run longer than that may
             // read it again when the cache expires.
             secrets: 1 + (wall_s / SECRET_CACHE.as_secs_f64()) as u64,

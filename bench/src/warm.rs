@@ -41,10 +41,12 @@ pub async fn warm_callback(world: &World) -> Result<OperationCount, String> {
 
 /// The run lists connections with one query of the status index per status (`active`,
 /// `needs_reauthorization`): the refresher may not scan, since a scan would read state items.
+/// Writes: lease, the presentation counted before it is made (docs/design.md, "Refresh
+/// protocol"), commit.
 pub const REFRESH_COLD: Floor = Floor {
     keap: 1,
     dynamodb_reads: 2,
-    dynamodb_writes: 2,
+    dynamodb_writes: 3,
     secrets: 1,
 };
 pub const REFRESH_WARM: Floor = Floor {
@@ -54,10 +56,11 @@ pub const REFRESH_WARM: Floor = Floor {
 /// The state consume is a conditional update whose outcome survives a lost answer, then the
 /// consumed state is deleted (housekeeping): one write more than a bare delete. The pair write
 /// returns nothing (the callback's role may not read tokens back), so one projected `GetItem`
-/// (generation, authorized_by, keap_app) tells the generation stored.
+/// (generation, authorized_by, keap_app) tells the generation stored; a consistent projected
+/// read before the exchange gives the pair write what to condition on (issue 22).
 pub const CALLBACK_COLD: Floor = Floor {
     keap: 1,
-    dynamodb_reads: 1,
+    dynamodb_reads: 2,
     dynamodb_writes: 3,
     secrets: 1,
 };

@@ -1,14 +1,14 @@
 // Upsert a Keap contact through keapalive from Node (AWS SDK for JavaScript v3).
 //
 // npm install @aws-sdk/client-lambda
-// Run: CONTACT_UPSERT_FUNCTION=keapalive-prod-contact-upsert node invoke_upsert.mjs ada@example.com
+// Run: CONTACT_UPSERT_FUNCTION=keapalive-dev-contact-upsert node invoke_upsert.mjs ada@example.com
 // The function name is the stack output `ContactUpsertFunctionName`. AWS credentials, region and
 // endpoint come from the standard environment (AWS_PROFILE, AWS_REGION, AWS_ENDPOINT_URL_LAMBDA
 // for a local endpoint, ...).
 
 import { InvokeCommand, LambdaClient } from "@aws-sdk/client-lambda";
 
-const functionName = process.env.CONTACT_UPSERT_FUNCTION ?? "keapalive-prod-contact-upsert";
+const functionName = process.env.CONTACT_UPSERT_FUNCTION ?? "keapalive-dev-contact-upsert";
 
 // The function's errorType tells the caller what to do.
 const PERMANENT = new Set(["ValidationError", "KeapRejected"]); // fix the request; never retry it

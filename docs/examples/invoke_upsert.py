@@ -1,6 +1,6 @@
 """Upsert a Keap contact through keapalive from Python (boto3).
 
-Run: CONTACT_UPSERT_FUNCTION=keapalive-prod-contact-upsert python invoke_upsert.py ada@example.com
+Run: CONTACT_UPSERT_FUNCTION=keapalive-dev-contact-upsert python invoke_upsert.py ada@example.com
 The function name is the stack output `ContactUpsertFunctionName`. AWS credentials, region and
 endpoint come from the standard environment (AWS_PROFILE, AWS_REGION, AWS_ENDPOINT_URL_LAMBDA
 for a local endpoint, ...).
@@ -13,7 +13,7 @@ import time
 
 import boto3
 
-FUNCTION_NAME = os.environ.get("CONTACT_UPSERT_FUNCTION", "keapalive-prod-contact-upsert")
+FUNCTION_NAME = os.environ.get("CONTACT_UPSERT_FUNCTION", "keapalive-dev-contact-upsert")
 
 # The function's errorType tells the caller what to do.
 PERMANENT = {"ValidationError", "KeapRejected"}  # fix the request; never retry it as is

@@ -3,7 +3,7 @@
 //! Cargo.toml: aws-config = "1", aws-sdk-lambda = "1", serde_json = "1",
 //! tokio = { version = "1", features = ["macros", "rt-multi-thread", "time"] }
 //!
-//! Run: CONTACT_UPSERT_FUNCTION=keapalive-prod-contact-upsert cargo run -- ada@example.com
+//! Run: CONTACT_UPSERT_FUNCTION=keapalive-dev-contact-upsert cargo run -- ada@example.com
 //! The function name is the stack output `ContactUpsertFunctionName`. AWS credentials, region
 //! and endpoint come from the standard environment (AWS_PROFILE, AWS_REGION,
 //! AWS_ENDPOINT_URL_LAMBDA for a local endpoint, ...).
@@ -69,7 +69,7 @@ async fn upsert_contact(
 #[tokio::main]
 async fn main() -> ExitCode {
     let function_name = std::env::var("CONTACT_UPSERT_FUNCTION")
-        .unwrap_or_else(|_| "keapalive-prod-contact-upsert".to_owned());
+        .unwrap_or_else(|_| "keapalive-dev-contact-upsert".to_owned());
     let email = std::env::args()
         .nth(1)
         .unwrap_or_else(|| "ada@example.com".to_owned());

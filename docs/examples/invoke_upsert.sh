@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # Upsert a Keap contact through keapalive with the AWS CLI (v2 or v1).
 #
-# Run: CONTACT_UPSERT_FUNCTION=keapalive-prod-contact-upsert ./invoke_upsert.sh [request.json]
+# Run: CONTACT_UPSERT_FUNCTION=keapalive-dev-contact-upsert ./invoke_upsert.sh [request.json]
 # The function name is the stack output `ContactUpsertFunctionName`; credentials, region and
 # endpoint come from the standard AWS environment.
 set -euo pipefail
 
-function_name="${CONTACT_UPSERT_FUNCTION:-keapalive-prod-contact-upsert}"
+function_name="${CONTACT_UPSERT_FUNCTION:-keapalive-dev-contact-upsert}"
 request="${1:-$(dirname "$0")/request.json}"
 response="$(mktemp)"
 trap 'rm -f "$response"' EXIT

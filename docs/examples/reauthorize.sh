@@ -2,12 +2,12 @@
 # The "connections-need-reauthorization" alarm fired: get a fresh authorize link and open it in a
 # browser signed in to the Keap account (it works for 10 minutes, once).
 #
-# Run: OPERATOR_FUNCTION=keapalive-prod-operator ./reauthorize.sh [connection_id]
+# Run: OPERATOR_FUNCTION=keapalive-dev-operator ./reauthorize.sh [connection_id]
 # The function name is the stack output `OperatorFunctionName` (the operator commands live there,
 # never in the public oauth-callback function).
 set -euo pipefail
 
-function_name="${OPERATOR_FUNCTION:-keapalive-prod-operator}"
+function_name="${OPERATOR_FUNCTION:-keapalive-dev-operator}"
 connection_id="${1:-default}"
 request="$(mktemp)"
 response="$(mktemp)"

@@ -1,4 +1,4 @@
-//! The environment-variable contract (docs/design.md, "Configuration"), parsed once at init.
+//! The environment-variable contract (docs/configuration.md), parsed once at init.
 //!
 //! Every variable but the required ones has a documented default, so a deployment that sets
 //! only the contract's variables works. A malformed value, a missing required value or an
@@ -53,6 +53,12 @@ pub enum ConfigError {
     Malformed { name: &'static str, reason: String },
     #[error("configuration: unknown variable {0} (known: see docs/configuration.md)")]
     Unknown(String),
+    /// A Keap URL or an AWS endpoint that would carry credentials in clear text.
+    #[error(
+        "configuration: {0} must be an https URL (plain http only to a loopback address: \
+         127.0.0.0/8, ::1 or localhost)"
+    )]
+    NotHttps(String),
 }
 
 /// What a function needs beyond the variables every function needs.
@@ -142,10 +148,16 @@ impl Config {
             }
             None => None,
         };
-        let url_or = |name: &'static str, default: &str| match get(name) {
-            Some(raw) => parse_absolute_url(name, &raw),
-            None => parse_absolute_url(name, default),
+        // Keap's URLs carry the client secret, refresh tokens and access tokens: https only.
+        let url_or = |name: &'static str, default: &str| {
+            let url = match get(name) {
+                Some(raw) => parse_absolute_url(name, &raw)?,
+                None => parse_absolute_url(name, default)?,
+            };
+            require_https(name, &url)?;
+            Ok::<_, ConfigError>(url)
         };
+        check_aws_endpoints(vars)?;
 
         // Read by telemetry before this runs; checked here so a typo fails the init like any other.
         let dependency_level = get(crate::telemetry::DEPENDENCY_LOG_LEVEL_VARIABLE);
@@ -230,6 +242,44 @@ fn parse_absolute_url(name: &'static str, raw: &str) -> Result<Url, ConfigError>
         });
     }
     Ok(url)
+}
+
+/// `https`, or plain `http` to a loopback literal (a local sandbox or emulator): anything else
+/// would send credentials in clear text over a network.
+fn require_https(name: &str, url: &Url) -> Result<(), ConfigError> {
+    if url.scheme() == "https" || is_loopback(url) {
+        Ok(())
+    } else {
+        Err(ConfigError::NotHttps(name.to_owned()))
+    }
+}
+
+/// A loopback literal: `127.0.0.0/8`, `::1` or the name `localhost` (no other name: DNS could
+/// point it anywhere).
+fn is_loopback(url: &Url) -> bool {
+    match url.host() {
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        Some(url::Host::Domain(name)) => name.eq_ignore_ascii_case("localhost"),
+        None => false,
+    }
+}
+
+/// `AWS_ENDPOINT_URL` and its per-service forms (`AWS_ENDPOINT_URL_DYNAMODB`, …) redirect the
+/// SDK's signed requests (secrets, tokens in DynamoDB items): https only, as for Keap's URLs.
+fn check_aws_endpoints(vars: &[(String, String)]) -> Result<(), ConfigError> {
+    for (name, raw) in vars {
+        let raw = raw.trim();
+        if raw.is_empty() || !(name == "AWS_ENDPOINT_URL" || name.starts_with("AWS_ENDPOINT_URL_"))
+        {
+            continue;
+        }
+        match Url::parse(raw) {
+            Ok(url) if matches!(url.scheme(), "https" | "http") => require_https(name, &url)?,
+            _ => return Err(ConfigError::NotHttps(name.clone())),
+        }
+    }
+    Ok(())
 }
 
 fn number(
@@ -389,5 +439,68 @@ mod tests {
         v.push(("KEAPALIVE_REFRESH_WINDOW".into(), "60".into()));
         let err = Config::from_vars(&v, Requirements::default()).unwrap_err();
         assert_eq!(err, ConfigError::Unknown("KEAPALIVE_REFRESH_WINDOW".into()));
+    }
+
+    fn with(extra: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let mut v = vars(MINIMAL);
+        v.extend(vars(extra));
+        Config::from_vars(&v, Requirements::default())
+    }
+
+    #[test]
+    fn keap_urls_must_be_https_except_to_a_loopback_literal() {
+        for name in ["KEAP_TOKEN_URL", "KEAP_AUTHORIZE_URL", "KEAP_API_BASE_URL"] {
+            for url in [
+                "http://api.infusionsoft.com/token",
+                "http://10.0.0.5/token",
+                "http://localhost.example.com/token",
+                "http://[::2]/token",
+                "http://128.0.0.1/token",
+            ] {
+                let err = with(&[(name, url)]).unwrap_err();
+                assert_eq!(err, ConfigError::NotHttps(name.to_owned()), "{name}={url}");
+                let line = err.to_string();
+                assert!(line.contains(name) && !line.contains('\n'), "{line}");
+                assert!(!line.contains(url), "the value is not echoed: {line}");
+            }
+            for url in [
+                "https://api.infusionsoft.com/token",
+                "http://127.0.0.1:9180/token",
+                "http://127.3.4.5/token",
+                "http://[::1]:8080/token",
+                "http://localhost:9180/token",
+                "http://LOCALHOST/token",
+            ] {
+                assert!(with(&[(name, url)]).is_ok(), "{name}={url}");
+            }
+        }
+    }
+
+    #[test]
+    fn aws_endpoints_must_be_https_except_to_a_loopback_literal() {
+        for name in [
+            "AWS_ENDPOINT_URL",
+            "AWS_ENDPOINT_URL_DYNAMODB",
+            "AWS_ENDPOINT_URL_SECRETS_MANAGER",
+            "AWS_ENDPOINT_URL_SQS",
+        ] {
+            for url in [
+                "http://dynamodb.internal:8000",
+                "http://10.1.2.3",
+                "not a url",
+            ] {
+                let err = with(&[(name, url)]).unwrap_err();
+                assert_eq!(err, ConfigError::NotHttps(name.to_owned()), "{name}={url}");
+            }
+            for url in [
+                "https://dynamodb.us-east-1.amazonaws.com",
+                "http://127.0.0.1:5000",
+                "http://localhost:4566",
+                "http://[::1]:4566",
+                "",
+            ] {
+                assert!(with(&[(name, url)]).is_ok(), "{name}={url}");
+            }
+        }
     }
 }

@@ -9,6 +9,8 @@
 //! the function's log. Nothing here runs per invocation. Domain modules never import this one.
 
 mod timings;
+#[cfg(test)]
+mod tls_handshake;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -24,7 +26,9 @@ use crate::keap::http::build_client;
 use crate::keap::rate_limit::RateLimiter;
 use crate::keap::{OAuthClient, RestClient};
 use crate::proxy::{ProxyService, ProxySettings};
-use crate::refresh::{OnDemandRefresher, Refresher, RefresherFunction, RefresherSettings};
+use crate::refresh::{
+    COMMIT_BUDGET, OnDemandRefresher, Refresher, RefresherFunction, RefresherSettings,
+};
 use crate::secrets::SecretsSource;
 use crate::telemetry;
 use crate::tls::{TlsError, TlsRoots};
@@ -41,6 +45,34 @@ pub enum InitError {
     Http(#[from] reqwest::Error),
     #[error(transparent)]
     Tls(#[from] TlsError),
+    #[error(
+        "configuration: KEAPALIVE_FUNCTION_TIMEOUT_SECS ({function_secs} s) is below \
+         KEAPALIVE_KEAP_TIMEOUT_SECS ({keap_secs} s) plus the commit budget ({budget_secs} s): a \
+         pair Keap issues could not be stored in time; set the function's Timeout and \
+         KEAPALIVE_FUNCTION_TIMEOUT_SECS to at least {floor_secs}, or lower \
+         KEAPALIVE_KEAP_TIMEOUT_SECS"
+    )]
+    TimeoutBelowFloor {
+        function_secs: u64,
+        keap_secs: u64,
+        budget_secs: u64,
+        floor_secs: u64,
+    },
+}
+
+/// A function that presents a refresh token or a code to Keap must have time, after it, to
+/// wait for the answer and to store the pair (docs/design.md, "The fault model").
+fn check_timeout_floor(config: &Config) -> Result<(), InitError> {
+    let floor = config.keap_timeout + COMMIT_BUDGET;
+    if config.function_timeout < floor {
+        return Err(InitError::TimeoutBelowFloor {
+            function_secs: config.function_timeout.as_secs(),
+            keap_secs: config.keap_timeout.as_secs(),
+            budget_secs: COMMIT_BUDGET.as_secs(),
+            floor_secs: floor.as_secs_f64().ceil() as u64,
+        });
+    }
+    Ok(())
 }
 
 /// One attempt of any AWS call (DynamoDB, Secrets Manager, SQS) is abandoned after this: a
@@ -55,7 +87,7 @@ const DYNAMODB_ATTEMPTS: u32 = 5;
 
 /// oauth-callback's init. Its callback route finishes authorizations, so it needs the redirect URI.
 pub async fn oauth_callback() -> AuthorizationService {
-    init_or_exit(Requirements { redirect_uri: true })
+    init_or_exit(Requirements { redirect_uri: true }, PresentsToKeap::Yes)
         .await
         .authorization()
 }
@@ -63,31 +95,47 @@ pub async fn oauth_callback() -> AuthorizationService {
 /// operator's init. start_authorization builds the authorize link, which names the callback's
 /// redirect URI.
 pub async fn operator() -> AuthorizationService {
-    init_or_exit(Requirements { redirect_uri: true })
+    // A key probe, but never a refresh token or a code: no pair to store after it.
+    init_or_exit(Requirements { redirect_uri: true }, PresentsToKeap::No)
         .await
         .authorization()
 }
 
 /// token-refresher's init.
 pub async fn token_refresher() -> RefresherFunction {
-    let clients = init_or_exit(Requirements::default()).await;
+    let clients = init_or_exit(Requirements::default(), PresentsToKeap::Yes).await;
     RefresherFunction::new(clients.refresher(), &clients.config)
 }
 
 /// contact-upsert's init.
 pub async fn contact_upsert() -> UpsertService {
-    init_or_exit(Requirements::default()).await.upsert_service()
+    init_or_exit(Requirements::default(), PresentsToKeap::Yes)
+        .await
+        .upsert_service()
 }
 
 /// keap-proxy's init.
 pub async fn keap_proxy() -> ProxyService {
-    init_or_exit(Requirements::default()).await.proxy_service()
+    init_or_exit(Requirements::default(), PresentsToKeap::Yes)
+        .await
+        .proxy_service()
 }
 
-/// Logging, then the configuration, then [`init`]; on any failure, one line and exit 1.
-async fn init_or_exit(requirements: Requirements) -> Clients {
+/// Whether a function presents a refresh token or an authorization code to Keap.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum PresentsToKeap {
+    Yes,
+    No,
+}
+
+/// Logging, then the configuration (and, for a function that presents a token or a code, its
+/// timeout floor), then [`init`]; on any failure, one line and exit 1.
+async fn init_or_exit(requirements: Requirements, presents: PresentsToKeap) -> Clients {
     telemetry::init_logging();
     let config = Config::from_env(requirements).unwrap_or_else(|e| exit_at_init(&e));
+    if presents == PresentsToKeap::Yes {
+        check_timeout_floor(&config).unwrap_or_else(|e| exit_at_init(&e));
+    }
     init(config).await.unwrap_or_else(|e| exit_at_init(&e))
 }
 

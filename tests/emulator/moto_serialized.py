@@ -23,7 +23,14 @@ Control endpoints on the same port (never forwarded to moto):
                                          (kept after the fault is used up or cleared, so a test
                                          can prove its fault matched a request)
   GET    /_keapalive/requests[?resource=NAME]   {"<X-Amz-Target or Action>": count, ...}
-  DELETE /_keapalive/requests
+  DELETE /_keapalive/requests                    (also clears the log below)
+  GET    /_keapalive/requests/log   [{"caller", "service", "action", "table", "index", "key_prefixes",
+                                      "projection", "select", "return_values",
+                                      "return_values_on_condition_check_failure", "bus",
+                                      "secret", "queue"}, ...] every request in order, with
+                                   what an IAM policy's resources and condition keys see
+                                   (infra/checks evaluates it against a function's role);
+                                   caller = the access key id that signed it
 """
 
 import argparse
@@ -34,6 +41,7 @@ import json
 import logging
 import os
 import random
+import re
 import signal
 import sys
 import threading
@@ -130,6 +138,87 @@ def request_resources(body):
     return resources
 
 
+# X-Amz-Target prefix -> the IAM service prefix of its actions.
+SERVICE_OF_TARGET_PREFIX = {
+    "DynamoDB_20120810": "dynamodb",
+    "secretsmanager": "secretsmanager",
+    "AmazonSQS": "sqs",
+    "AWSEvents": "events",
+}
+
+
+def caller_of(environ):
+    """The access key id in the SigV4 Authorization header (each rehearsed function signs with
+    its own), or None."""
+    match = re.search(r"Credential=([^/,\s]+)/", environ.get("HTTP_AUTHORIZATION", ""))
+    return match.group(1) if match else None
+
+
+def leading_key_prefix(item_key):
+    """`conn#` of {"pk": {"S": "conn#default"}}: what dynamodb:LeadingKeys patterns match."""
+    if not isinstance(item_key, dict):
+        return None
+    for value in item_key.values():
+        if isinstance(value, dict) and isinstance(value.get("S"), str):
+            text = value["S"]
+            return text.split("#", 1)[0] + "#" if "#" in text else text
+    return None
+
+
+def projected_attributes(payload):
+    """The attribute names a read asks for (dynamodb:Attributes), names resolved."""
+    names = payload.get("ExpressionAttributeNames") or {}
+    expression = payload.get("ProjectionExpression")
+    if isinstance(expression, str):
+        return sorted({names.get(p.strip(), p.strip()) for p in expression.split(",")})
+    if isinstance(payload.get("AttributesToGet"), list):
+        return sorted(payload["AttributesToGet"])
+    return None
+
+
+def request_record(environ, target, body):
+    """What the request presents to IAM: action, resources, condition-key values."""
+    prefix, _, action = target.rpartition(".")
+    service = SERVICE_OF_TARGET_PREFIX.get(prefix, prefix.lower() or None)
+    record = {"caller": caller_of(environ), "service": service, "action": action}
+    try:
+        payload = json.loads(body) if body else {}
+    except (ValueError, UnicodeDecodeError):
+        payload = {}
+    if not isinstance(payload, dict):
+        payload = {}
+    if environ.get("CONTENT_TYPE", "").startswith("application/x-www-form-urlencoded"):
+        form = urllib.parse.parse_qs(body.decode("utf-8", "replace"))
+        payload = {k: v[0] for k, v in form.items()} | payload
+    prefixes = set()
+    if isinstance(payload.get("Key"), dict):
+        prefixes.add(leading_key_prefix(payload["Key"]))
+    if isinstance(payload.get("Item"), dict):
+        prefixes.add(leading_key_prefix(payload["Item"]))
+    values = payload.get("ExpressionAttributeValues") or {}
+    if action == "Query" and isinstance(payload.get("KeyConditionExpression"), str):
+        # A Query's partition key value: the first placeholder of its key condition.
+        found = re.search(r":\w+", payload["KeyConditionExpression"])
+        if found and isinstance(values.get(found.group(0)), dict):
+            prefixes.add(leading_key_prefix({"k": values[found.group(0)]}))
+    prefixes.discard(None)
+    record.update({
+        "table": payload.get("TableName"),
+        "index": payload.get("IndexName"),
+        "key_prefixes": sorted(prefixes),
+        "projection": projected_attributes(payload),
+        "select": payload.get("Select"),
+        "return_values": payload.get("ReturnValues"),
+        "return_values_on_condition_check_failure": payload.get("ReturnValuesOnConditionCheckFailure"),
+        "bus": payload.get("EventBusName") or next(
+            (e.get("EventBusName") for e in payload.get("Entries") or [] if isinstance(e, dict)), None
+        ),
+        "secret": payload.get("SecretId"),
+        "queue": payload.get("QueueUrl"),
+    })
+    return record
+
+
 def json_response(start_response, status, payload, content_type="application/json"):
     body = json.dumps(payload).encode("utf-8")
     start_response(
@@ -153,6 +242,8 @@ class SerializedMoto:
         self.next_fault_id = 1
         self.counts = collections.Counter()
         self.counts_by_resource = collections.defaultdict(collections.Counter)
+        # Every request in order, as IAM would see it (GET /_keapalive/requests/log).
+        self.log = []
 
     def __call__(self, environ, start_response):
         if environ.get("PATH_INFO", "").startswith(CONTROL_PREFIX):
@@ -167,6 +258,7 @@ class SerializedMoto:
             self.counts[target] += 1
             for resource in request_resources(body):
                 self.counts_by_resource[resource][target] += 1
+            self.log.append(request_record(environ, target, body))
             fault = self.take_fault(environ.get("HTTP_X_AMZ_TARGET"), body)
 
         if fault is None:
@@ -262,10 +354,15 @@ class SerializedMoto:
                 else:
                     counts = dict(self.counts)
             return json_response(start_response, "200 OK", counts)
+        if path == "requests/log" and method == "GET":
+            with self.state_lock:
+                log = list(self.log)
+            return json_response(start_response, "200 OK", log)
         if path == "requests" and method == "DELETE":
             with self.state_lock:
                 self.counts.clear()
                 self.counts_by_resource.clear()
+                self.log.clear()
             return json_response(start_response, "200 OK", {"ok": True})
         return json_response(start_response, "404 Not Found", {"error": "unknown control path"})
 

@@ -374,6 +374,9 @@ fn trace_id() -> String {
 pub struct FunctionProcess {
     pub child: Child,
     output: Arc<Mutex<Vec<u8>>>,
+    /// The tasks copying stdout and stderr: [`FunctionProcess::kill`] waits for them, so what
+    /// the process wrote is all in [`FunctionProcess::output`] and the log capture by then.
+    copies: Vec<JoinHandle<()>>,
 }
 
 impl FunctionProcess {
@@ -382,8 +385,17 @@ impl FunctionProcess {
         String::from_utf8_lossy(&lock(&self.output)).into_owned()
     }
 
+    /// Kills the process and waits until everything it wrote has been copied, so a "never
+    /// logged" assertion after it reads the whole output. A grandchild holding the pipes open
+    /// would keep them from closing: the copies get 10 s after the kill, then the test fails.
     pub async fn kill(&mut self) {
         let _ = self.child.kill().await;
+        for copy in self.copies.drain(..) {
+            match tokio::time::timeout(Duration::from_secs(10), copy).await {
+                Ok(_) => {}
+                Err(_) => panic!("the killed function's output was still open 10 s later"),
+            }
+        }
     }
 }
 
@@ -441,13 +453,18 @@ pub fn spawn_function(
         .spawn()
         .unwrap_or_else(|e| panic!("cannot start {}: {e}", binary.display()));
     let output = Arc::new(Mutex::new(Vec::new()));
+    let mut copies = Vec::new();
     if let Some(stdout) = child.stdout.take() {
-        tokio::spawn(copy_output(stdout, output.clone()));
+        copies.push(tokio::spawn(copy_output(stdout, output.clone())));
     }
     if let Some(stderr) = child.stderr.take() {
-        tokio::spawn(copy_output(stderr, output.clone()));
+        copies.push(tokio::spawn(copy_output(stderr, output.clone())));
     }
-    FunctionProcess { child, output }
+    FunctionProcess {
+        child,
+        output,
+        copies,
+    }
 }
 
 async fn copy_output(mut stream: impl AsyncRead + Unpin, output: Arc<Mutex<Vec<u8>>>) {

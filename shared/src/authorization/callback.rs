@@ -1,6 +1,10 @@
-//! `GET /oauth/callback`: Keap's redirect after the operator's consent. Consumes the state
-//! (single use), exchanges the code with the exact registered redirect URI, and stores the pair
-//! as a new generation, `active`, in one atomic update.
+//! `GET /oauth/callback`: Keap's redirect after the operator's consent (docs/design.md, "OAuth
+//! authorization"). In this order: consume the state (single use); read the connection
+//! (consistent, projected: what the pair write is conditioned on); check the time (the Keap
+//! timeout plus the commit budget must be left, after every wait); exchange the code with the
+//! exact registered redirect URI; store the pair (retried until the deadline minus 0.5 s); only
+//! then delete the spent state. Keap has issued a pair once the exchange answers: nothing slow
+//! may stand between that and the store.
 //!
 //! Every outcome is a page (never a Lambda error: a browser mistake is not a function failure)
 //! and one log line with a `reason`. No page or log line ever carries the code, a token, the
@@ -10,30 +14,50 @@ use std::time::Duration;
 
 use aws_lambda_events::apigw::{ApiGatewayV2httpRequest, ApiGatewayV2httpResponse};
 use aws_lambda_events::http::Method;
+use secrecy::SecretString;
 use tracing::{error, info, warn};
 
 use super::AuthorizationService;
 use super::nonce;
 use super::pages::{self, Page};
 use super::query::{self, QueryError};
-use crate::clock::now_epoch_secs;
+use super::start::STATE_TTL_SECS;
+use crate::clock::{now_epoch_millis, now_epoch_secs};
 use crate::connection_id::ConnectionId;
-use crate::keap::{IssuedTokens, TokenError};
-use crate::token_store::{AuthorizeOutcome, StateOutcome, StoreError, new_write_id};
+use crate::deadline::Deadline;
+use crate::keap::TokenError;
+use crate::refresh::COMMIT_BUDGET;
+use crate::token_store::{
+    AuthorizationBasis, AuthorizeOutcome, PairWrite, PendingAuthorization, StateOutcome,
+    StoreError, new_write_id,
+};
 
 /// The route the SAM template gives the callback.
 pub const CALLBACK_PATH: &str = "/oauth/callback";
 
-/// Writing a pair Keap just issued is retried on throttling: losing it means the operator has
-/// to start over.
-const STORE_ATTEMPTS: u32 = 3;
-const STORE_BACKOFF: Duration = Duration::from_millis(200);
+/// Writing a pair Keap just issued is retried like the refresh commit, until the deadline minus
+/// this: losing it means the operator has to start over (and, on a re-authorization, Keap has
+/// already retired the previous grant).
+const DEADLINE_SAFETY: Duration = Duration::from_millis(500);
+const STORE_BACKOFF_START: Duration = Duration::from_millis(50);
+const STORE_BACKOFF_MAX: Duration = Duration::from_secs(2);
 
+/// One callback with the function's configured timeout as its deadline (tests, tools; the
+/// function itself uses [`handle_callback_until`] with Lambda's deadline).
 pub async fn handle_callback(
     service: &AuthorizationService,
     request: &ApiGatewayV2httpRequest,
 ) -> ApiGatewayV2httpResponse {
-    let outcome = finish(service, request).await;
+    let deadline = Deadline::after(service.config.function_timeout);
+    handle_callback_until(service, request, deadline).await
+}
+
+pub async fn handle_callback_until(
+    service: &AuthorizationService,
+    request: &ApiGatewayV2httpRequest,
+    deadline: Deadline,
+) -> ApiGatewayV2httpResponse {
+    let outcome = finish(service, request, deadline).await;
     let page = outcome.page();
     outcome.log(page.status);
     page.into_response()
@@ -63,6 +87,12 @@ enum Failure {
         existing_app: String,
         offered_app: String,
     },
+    /// Too little invocation time left to exchange the code and store the pair.
+    NoTimeLeft,
+    /// A later authorization of the connection landed first; it stays.
+    Superseded,
+    /// The connection was removed at or after this link was started.
+    Removed,
 }
 
 impl Failure {
@@ -84,6 +114,9 @@ impl Failure {
             Self::Configuration(_) => "configuration",
             Self::StoreUnavailable(_) => "store_unavailable",
             Self::AccountMismatch { .. } => "account_mismatch",
+            Self::NoTimeLeft => "no_time_left",
+            Self::Superseded => "superseded",
+            Self::Removed => "removed",
         }
     }
 
@@ -92,7 +125,10 @@ impl Failure {
     fn needs_operator(&self) -> bool {
         matches!(
             self,
-            Self::ClientRejected(_) | Self::Configuration(_) | Self::StoreUnavailable(_)
+            Self::ClientRejected(_)
+                | Self::Configuration(_)
+                | Self::StoreUnavailable(_)
+                | Self::NoTimeLeft
         )
     }
 
@@ -128,6 +164,9 @@ impl Failure {
                 existing_app,
                 offered_app,
             } => pages::account_mismatch(connection_id, existing_app, offered_app),
+            Self::NoTimeLeft => pages::no_time_left(connection_id),
+            Self::Superseded => pages::superseded(connection_id),
+            Self::Removed => pages::removed(connection_id),
         }
     }
 }
@@ -216,7 +255,11 @@ fn refused(failure: Failure) -> Outcome {
     }
 }
 
-async fn finish(service: &AuthorizationService, request: &ApiGatewayV2httpRequest) -> Outcome {
+async fn finish(
+    service: &AuthorizationService,
+    request: &ApiGatewayV2httpRequest,
+    deadline: Deadline,
+) -> Outcome {
     let http = &request.request_context.http;
     let path = request
         .raw_path
@@ -239,7 +282,7 @@ async fn finish(service: &AuthorizationService, request: &ApiGatewayV2httpReques
     if let Some(keap_error) = query.error {
         // The flow is over either way: the state is spent so its link cannot be replayed.
         let connection_id = match query.state.as_deref() {
-            Some(state) => consume_quietly(service, state).await,
+            Some(state) => consume_quietly(service, state, deadline).await,
             None => None,
         };
         let failure = if keap_error == "access_denied" {
@@ -270,7 +313,21 @@ async fn finish(service: &AuthorizationService, request: &ApiGatewayV2httpReques
         Err(e) => return refused(store_failure(e)),
     };
 
-    let connection_id = pending.connection_id;
+    let outcome = authorize(service, &pending, code, deadline).await;
+    // Only now, with the pair stored (or the attempt over): the spent state is unusable
+    // anyway, so its clean-up may wait.
+    retire_within(service, &state, deadline).await;
+    outcome
+}
+
+/// Everything after the consume: read, time check, exchange, store.
+async fn authorize(
+    service: &AuthorizationService,
+    pending: &PendingAuthorization,
+    code: SecretString,
+    deadline: Deadline,
+) -> Outcome {
+    let connection_id = pending.connection_id.clone();
     let failed = |failure| Outcome::Failed {
         failure,
         connection_id: Some(connection_id.clone()),
@@ -279,12 +336,24 @@ async fn finish(service: &AuthorizationService, request: &ApiGatewayV2httpReques
         Ok(uri) => uri,
         Err(e) => return failed(Failure::Configuration(e.to_string())),
     };
+    // What the pair write is conditioned on: read before the exchange, so a retry of this
+    // write can never land over an authorization that came after it.
+    let basis = match service.store.read_authorization(&connection_id).await {
+        Ok(view) => AuthorizationBasis::of(view.as_ref()),
+        Err(e) => return failed(store_failure(e)),
+    };
     let secret_id = service.config.client_secret_id.as_str();
     let credentials = match service.secrets.client_credentials(secret_id).await {
         Ok(credentials) => credentials,
         Err(e) => return failed(Failure::Configuration(e.to_string())),
     };
     service.keap_limiter.acquire().await;
+    // After every wait, immediately before the code is presented: once Keap answers there must
+    // be time for the answer (the Keap timeout) and for the store (the commit budget).
+    if deadline.remaining() < service.config.keap_timeout + COMMIT_BUDGET {
+        return failed(Failure::NoTimeLeft);
+    }
+    let exchanged_at_ms = now_epoch_millis();
     let issued = match service
         .oauth
         .exchange_code(&credentials, &code, redirect_uri)
@@ -302,47 +371,60 @@ async fn finish(service: &AuthorizationService, request: &ApiGatewayV2httpReques
         Err(e) => return failed(Failure::KeapUnavailable(e)),
     };
 
-    match store_pair(service, &connection_id, &issued, pending.replace_account).await {
+    let write_id = new_write_id();
+    let write = PairWrite {
+        issued: &issued,
+        replace_account: pending.replace_account,
+        basis: &basis,
+        write_id: &write_id,
+        exchanged_at_ms,
+        // A state lives STATE_TTL_SECS from its start.
+        link_started_at: Some(pending.expires_at - STATE_TTL_SECS),
+        now: now_epoch_secs(),
+    };
+    match store_pair(service, &connection_id, write, deadline).await {
         Ok(AuthorizeOutcome::Authorized { generation }) => Outcome::Authorized {
-            keap_app: issued.keap_app,
+            keap_app: issued.keap_app.clone(),
             connection_id,
             generation,
         },
         Ok(AuthorizeOutcome::AccountMismatch { existing_app }) => {
             failed(Failure::AccountMismatch {
                 existing_app,
-                offered_app: issued.keap_app.unwrap_or_else(|| "<unknown>".to_owned()),
+                offered_app: issued
+                    .keap_app
+                    .clone()
+                    .unwrap_or_else(|| "<unknown>".to_owned()),
             })
         }
+        Ok(AuthorizeOutcome::Superseded) => failed(Failure::Superseded),
+        Ok(AuthorizeOutcome::Removed) => failed(Failure::Removed),
         Err(e) => failed(store_failure(e)),
     }
 }
 
+/// Stores the pair, retrying a retryable failure with backoff until the deadline minus
+/// [`DEADLINE_SAFETY`] (the refresh commit's rule). One write id for every attempt: a retry
+/// whose earlier attempt landed recognises it.
 async fn store_pair(
     service: &AuthorizationService,
     connection_id: &ConnectionId,
-    issued: &IssuedTokens,
-    replace_account: bool,
+    mut write: PairWrite<'_>,
+    deadline: Deadline,
 ) -> Result<AuthorizeOutcome, StoreError> {
-    // One write id for every attempt: a retry of a write that landed is recognised, neither
-    // applied twice nor written over a pair the refresher committed since.
-    let write_id = new_write_id();
-    let mut attempt = 1;
+    let mut backoff = STORE_BACKOFF_START;
+    let mut attempt = 1u32;
     loop {
-        let result = service
+        write.now = now_epoch_secs();
+        match service
             .store
-            .authorize(
-                connection_id,
-                issued,
-                replace_account,
-                &write_id,
-                now_epoch_secs(),
-            )
-            .await;
-        match result {
-            Err(e) if e.is_retryable() && attempt < STORE_ATTEMPTS => {
+            .store_authorized_pair(connection_id, &write)
+            .await
+        {
+            Err(e) if e.is_retryable() && deadline.remaining() > backoff + DEADLINE_SAFETY => {
                 warn!(connection_id = %connection_id, attempt, error = %e, "storing the pair failed; retrying");
-                tokio::time::sleep(STORE_BACKOFF * attempt).await;
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(STORE_BACKOFF_MAX);
                 attempt += 1;
             }
             other => return other,
@@ -350,13 +432,32 @@ async fn store_pair(
     }
 }
 
+/// Deletes a spent state, given up at the deadline minus [`DEADLINE_SAFETY`] so the page still
+/// goes out; a state left behind is unusable and expires by TTL.
+async fn retire_within(service: &AuthorizationService, state: &str, deadline: Deadline) {
+    let budget = deadline.remaining().saturating_sub(DEADLINE_SAFETY);
+    if tokio::time::timeout(budget, service.store.retire_state(state))
+        .await
+        .is_err()
+    {
+        warn!("a consumed authorization state was left for TTL to remove (no time left)");
+    }
+}
+
 /// Consumes a state on an error redirect, only to retire it; its outcome changes no page.
-async fn consume_quietly(service: &AuthorizationService, state: &str) -> Option<ConnectionId> {
+async fn consume_quietly(
+    service: &AuthorizationService,
+    state: &str,
+    deadline: Deadline,
+) -> Option<ConnectionId> {
     if !nonce::is_well_formed(state) {
         return None;
     }
     match service.store.consume_state(state, now_epoch_secs()).await {
-        Ok(StateOutcome::Consumed(pending)) => Some(pending.connection_id),
+        Ok(StateOutcome::Consumed(pending)) => {
+            retire_within(service, state, deadline).await;
+            Some(pending.connection_id)
+        }
         Ok(_) => None,
         Err(e) => {
             warn!(error = %e, "could not retire the state of an error redirect");

@@ -28,7 +28,7 @@ use lambda_runtime::{Diagnostic, LambdaEvent};
 use serde_json::Value;
 use tracing::warn;
 
-pub use callback::{CALLBACK_PATH, handle_callback};
+pub use callback::{CALLBACK_PATH, handle_callback, handle_callback_until};
 use commands::Command;
 pub use commands::StartAuthorization;
 pub use error::CommandError;
@@ -37,6 +37,7 @@ use service_account_key::{register_service_account_key, remove_connection};
 pub use start::{AuthorizationStarted, start_authorization};
 
 use crate::config::Config;
+use crate::deadline::{Deadline, DeadlinePolicy};
 use crate::error_type::ErrorType;
 use crate::keap::rate_limit::RateLimiter;
 use crate::keap::{OAuthClient, RestClient};
@@ -52,6 +53,8 @@ pub struct AuthorizationService {
     pub(crate) rest: RestClient,
     /// Shared with every other Keap request of the container.
     pub(crate) keap_limiter: Arc<RateLimiter>,
+    /// The callback's deadline, from Lambda's (or the configured timeout under an emulator).
+    deadlines: DeadlinePolicy,
 }
 
 impl AuthorizationService {
@@ -64,6 +67,7 @@ impl AuthorizationService {
         keap_limiter: Arc<RateLimiter>,
     ) -> Self {
         Self {
+            deadlines: DeadlinePolicy::from_config(&config),
             config,
             store,
             secrets,
@@ -78,7 +82,8 @@ impl AuthorizationService {
 
     /// One invocation of oauth-callback: see [`answer_public`].
     pub async fn handle_public(&self, event: LambdaEvent<Value>) -> Result<Value, Diagnostic> {
-        Box::pin(answer_public(self, event.payload)).await
+        let deadline = self.deadlines.deadline(event.context.deadline);
+        Box::pin(answer_public_until(self, event.payload, deadline)).await
     }
 
     /// One invocation of operator: see [`answer_operator`].
@@ -93,6 +98,16 @@ pub async fn answer_public(
     service: &AuthorizationService,
     event: Value,
 ) -> Result<Value, Diagnostic> {
+    let deadline = Deadline::after(service.config.function_timeout);
+    answer_public_until(service, event, deadline).await
+}
+
+/// [`answer_public`] working to `deadline` (the invocation's).
+pub async fn answer_public_until(
+    service: &AuthorizationService,
+    event: Value,
+    deadline: Deadline,
+) -> Result<Value, Diagnostic> {
     if !is_http_event(&event) {
         return Err(CommandError::Validation(format!(
             "oauth-callback answers only GET {CALLBACK_PATH}; operator commands go to the \
@@ -101,7 +116,7 @@ pub async fn answer_public(
         .into());
     }
     let response = match serde_json::from_value::<ApiGatewayV2httpRequest>(event) {
-        Ok(request) => handle_callback(service, &request).await,
+        Ok(request) => handle_callback_until(service, &request, deadline).await,
         Err(_) => {
             // serde's message may quote the event (and its query): not logged.
             warn!(

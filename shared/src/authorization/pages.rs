@@ -287,6 +287,62 @@ pub(crate) fn temporarily_unavailable(connection_id: Option<&ConnectionId>) -> P
         ))
 }
 
+pub(crate) fn no_time_left(connection_id: Option<&ConnectionId>) -> Page {
+    Page::new(503, "Out of time")
+        .paragraph(format!(
+            "keapalive ran out of time before it could safely finish authorizing {}, so it did \
+             not ask Keap for the authorization. {NOTHING_STORED} This link is used up.",
+            connection_phrase(connection_id)
+        ))
+        .paragraph(format!(
+            "Ask the operator for a new link. {}",
+            start_again(connection_id)
+        ))
+}
+
+pub(crate) fn superseded(connection_id: Option<&ConnectionId>) -> Page {
+    Page::new(409, "A newer authorization won")
+        .paragraph(format!(
+            "Another authorization of {} finished after this one began, and it stays: Keap \
+             keeps only the latest authorization of the same user. This one was not kept.",
+            connection_phrase(connection_id)
+        ))
+        .paragraph(
+            "Nothing to do if the other authorization was yours; otherwise the operator checks \
+             the connection's status."
+                .to_owned(),
+        )
+}
+
+pub(crate) fn removed(connection_id: Option<&ConnectionId>) -> Page {
+    Page::new(410, "Connection removed")
+        .paragraph(format!(
+            "{} was removed after this link was started, so the link no longer works. \
+             {NOTHING_STORED}",
+            capitalized(&connection_phrase(connection_id))
+        ))
+        .paragraph(format!(
+            "To connect it again, {}",
+            lowercase_first(&start_again(connection_id))
+        ))
+}
+
+fn capitalized(text: &str) -> String {
+    let mut chars = text.chars();
+    match chars.next() {
+        Some(first) => first.to_uppercase().chain(chars).collect(),
+        None => String::new(),
+    }
+}
+
+fn lowercase_first(text: &str) -> String {
+    let mut chars = text.chars();
+    match chars.next() {
+        Some(first) => first.to_lowercase().chain(chars).collect(),
+        None => String::new(),
+    }
+}
+
 pub(crate) fn not_found() -> Page {
     Page::new(404, "Not found").paragraph("There is nothing here.".to_owned())
 }

@@ -6,10 +6,11 @@ use tracing::info;
 use super::AuthorizationService;
 use super::commands::{RegisterServiceAccountKey, RemoveConnection};
 use super::error::CommandError;
-use crate::clock::now_epoch_secs;
+use crate::clock::{now_epoch_millis, now_epoch_secs};
 use crate::connection_id::ConnectionId;
 use crate::keap::{AccessCredential, KeapError};
 use crate::secrets::SecretsError;
+use crate::token_store::{AuthorizationBasis, RegisterOutcome, new_write_id};
 
 #[derive(Debug, Clone, serde::Serialize)]
 pub(crate) struct KeyRegistered {
@@ -41,6 +42,14 @@ pub async fn register_service_account_key(
              (KEAPALIVE_KEY_SECRET_PREFIX): create the secret there and try again"
         )));
     }
+    // What the registration is conditioned on, read before the probe: its retry can never land
+    // over an authorization that came after it (docs/design.md, "OAuth authorization").
+    let basis = service
+        .store
+        .read_authorization(&request.connection_id)
+        .await
+        .map_err(CommandError::from_store)?;
+    let basis = AuthorizationBasis::of(basis.as_ref());
     // A re-registration usually follows a rotation: never validate a cached old value.
     service.secrets.invalidate(secret_id);
     let key = service
@@ -48,18 +57,35 @@ pub async fn register_service_account_key(
         .secret_string(secret_id)
         .await
         .map_err(key_secret_error)?;
+    let probed_at_ms = now_epoch_millis();
     service
         .rest
         .account_profile(&AccessCredential::ApiKey(key))
         .await
         .map_err(profile_error)?;
     // Keap's account profile does not name the app (tenant), so a key connection starts
-    // without `keap_app`.
-    let generation = service
+    // without `keap_app`. One write id for the store's own retries.
+    let outcome = service
         .store
-        .register_service_account_key(&request.connection_id, secret_id, None, now_epoch_secs())
+        .register_key(
+            &request.connection_id,
+            secret_id,
+            None,
+            &basis,
+            &new_write_id(),
+            probed_at_ms,
+            now_epoch_secs(),
+        )
         .await
         .map_err(CommandError::from_store)?;
+    let RegisterOutcome::Registered { generation } = outcome else {
+        return Err(CommandError::Unavailable(format!(
+            "another authorization of connection {} landed while the key was being checked, \
+             and it stays; nothing was stored. Check the connection (keapalive-admin status) and \
+             send the command again if the key should replace it",
+            request.connection_id
+        )));
+    };
     info!(
         connection_id = %request.connection_id,
         generation,
@@ -83,9 +109,11 @@ pub async fn remove_connection(
         .retire_pending_authorizations(&request.connection_id)
         .await
         .map_err(CommandError::from_store)?;
+    // The item's delete and its tombstone, in one transaction: a link the (eventually
+    // consistent) index did not show fails on the tombstone.
     let removed = service
         .store
-        .delete_connection(&request.connection_id)
+        .remove_connection(&request.connection_id, now_epoch_secs())
         .await
         .map_err(CommandError::from_store)?;
     info!(

@@ -4,8 +4,13 @@
 //! - 401 on an OAuth connection: ask for a fresh grant, naming the rejected one (the store is
 //!   re-read; if it still holds the rejected token, the refresh protocol runs), retry once.
 //! - 401 on a key connection: re-read the key (it may have been rotated in Secrets Manager);
-//!   a different key is retried once; the same key marks the connection
-//!   `needs_reauthorization` (reason `key_rejected`) and emits `NeedsReauthorization`.
+//!   a different key is retried once; the same key is probed (`GET /v1/account/profile`). A
+//!   probe answering 401 is a confirming 401: the first records `key_rejected_since` on the
+//!   item and answers `Unavailable`; the connection is marked `needs_reauthorization` (reason
+//!   `key_rejected`, metric `NeedsReauthorization`) only by a confirming 401 between the recheck
+//!   interval + 30 s and 10 minutes after it, and only if no request with the key succeeded in
+//!   between (`key_accepted_at`, written by any container whose request with the key succeeds
+//!   while the rejection is unanswered). A Keap blip of minutes never kills a key.
 //! - 429: wait `Retry-After` (or 1 s, then 2 s) while the total wait stays within
 //!   [`MAX_THROTTLE_WAIT`] and the deadline; otherwise `RateLimited`.
 //! - 5xx, timeout, dropped connection: one retry (every request sent here is idempotent: the
@@ -19,6 +24,7 @@ use tokio::time::Instant;
 use tracing::{info, warn};
 
 use super::error::UpsertError;
+use super::key_vouch::KeyVouches;
 use crate::clock::now_epoch_secs;
 use crate::connection_id::ConnectionId;
 use crate::deadline::Deadline;
@@ -46,9 +52,12 @@ pub const METRIC_NEEDS_REAUTHORIZATION: &str = "NeedsReauthorization";
 pub const METRIC_SPURIOUS_UNAUTHORIZED: &str = "SpuriousUnauthorized";
 /// A rejection not marked because this container marked others within the breaker's window.
 pub const METRIC_UNAUTHORIZED_INCIDENT: &str = "UnauthorizedIncident";
-/// A key Keap rejected is probed after this pause before the connection is marked: a 401
-/// from a Keap blip is not a revocation.
-const KEY_CONFIRM_PAUSE: Duration = Duration::from_secs(1);
+/// A recorded key rejection can mark the connection once this long beyond the recheck
+/// interval has passed: by then every warm container with traffic has re-read the item, seen the
+/// rejection and, if its requests with the key succeed, answered it (`key_accepted_at`).
+const KEY_REJECTION_CONFIRM_AFTER_SECS: i64 = 30;
+/// A recorded key rejection older than this is stale: the next confirming 401 starts a new one.
+const KEY_REJECTION_WINDOW_SECS: i64 = 600;
 
 /// What a session needs of the upsert service: built once per container, shared by every
 /// session.
@@ -59,6 +68,8 @@ pub(crate) struct KeapAccess {
     pub(crate) metrics: MetricSink,
     /// Metric dimension.
     pub(crate) stage: String,
+    /// Container-wide bound on `key_accepted_at` writes.
+    pub(crate) key_vouches: KeyVouches,
 }
 
 pub(crate) struct KeapSession<'a> {
@@ -133,7 +144,10 @@ impl<'a> KeapSession<'a> {
         let mut transient_retried = false;
         loop {
             let error = match self.send_once(request).await {
-                Ok(response) => return Ok(Some(response)),
+                Ok(response) => {
+                    self.answer_key_rejection().await;
+                    return Ok(Some(response));
+                }
                 Err(error) => error,
             };
             match error {
@@ -253,17 +267,17 @@ impl<'a> KeapSession<'a> {
         Ok(())
     }
 
-    /// A key Keap answered 401 for is marked only if, after a pause, the cheapest call there is
-    /// (`GET /v1/account/profile`) is rejected too. `Ok` means the probe succeeded: the caller
+    /// A key Keap answered 401 for is probed with the cheapest call there is
+    /// (`GET /v1/account/profile`); a 401 there is a confirming 401, judged over time
+    /// ([`KeapSession::key_confirmed_rejected`]). `Ok` means the probe succeeded: the caller
     /// retries its request once.
-    async fn confirm_key_rejection(&self, key: &Grant, fault: &str) -> Result<(), UpsertError> {
-        if !self.has_time_for(KEY_CONFIRM_PAUSE) {
+    async fn confirm_key_rejection(&mut self, key: &Grant, fault: &str) -> Result<(), UpsertError> {
+        if !self.has_time_for(Duration::ZERO) {
             return Err(UpsertError::Unavailable(format!(
-                "Keap rejected the service account key of connection {} ({fault}) and there is                  too little time left to confirm it; the connection stays active; retry later",
+                "Keap rejected the service account key of connection {} ({fault}) and there is too little time left to confirm it; the connection stays active; retry later",
                 self.id
             )));
         }
-        tokio::time::sleep(KEY_CONFIRM_PAUSE).await;
         match self
             .send_with(&key.credential, &RestRequest::get("account/profile"))
             .await
@@ -271,11 +285,13 @@ impl<'a> KeapSession<'a> {
             Ok(_) => {
                 warn!(connection = %self.id, "Keap rejected the service account key once, then accepted it; not marking");
                 self.count(METRIC_SPURIOUS_UNAUTHORIZED);
+                self.grant = key.clone();
+                self.answer_key_rejection().await;
                 Ok(())
             }
             Err(KeapError::Unauthorized { .. }) => Err(self.key_confirmed_rejected(key).await),
             Err(other) => Err(UpsertError::Unavailable(format!(
-                "Keap rejected the service account key of connection {} ({fault}) and the                  check that would confirm it failed ({other}); the connection stays active;                  retry later",
+                "Keap rejected the service account key of connection {} ({fault}) and the check that would confirm it failed ({other}); the connection stays active; retry later",
                 self.id
             ))),
         }
@@ -305,7 +321,7 @@ impl<'a> KeapSession<'a> {
     }
 
     /// A second 401 in one request, on a credential just replaced or confirmed.
-    async fn final_rejection(&self, rejected: &Grant, fault: &str) -> UpsertError {
+    async fn final_rejection(&mut self, rejected: &Grant, fault: &str) -> UpsertError {
         self.access.grants.forget(self.id);
         match rejected.credential {
             AccessCredential::ApiKey(_) if !self.key_probe_passed => {
@@ -333,10 +349,100 @@ impl<'a> KeapSession<'a> {
         ))
     }
 
-    /// The key was rejected and the probe confirmed it: mark the connection, unless this
-    /// container has marked others within the breaker's window (a Keap incident).
-    async fn key_confirmed_rejected(&self, rejected: &Grant) -> UpsertError {
+    /// A request with a key succeeded while the item holds a rejection no success has answered:
+    /// record `key_accepted_at` (at most once per recheck interval per container), so the key
+    /// is not marked. A failed write only costs that proof; the request itself succeeded.
+    async fn answer_key_rejection(&mut self) {
+        let AccessCredential::ApiKey(_) = self.grant.credential else {
+            return;
+        };
+        if self.grant.key_rejected_since.is_none() {
+            return;
+        }
+        let interval = self.access.grants.recheck_interval();
+        if !self.access.key_vouches.admit(self.id, interval) {
+            return;
+        }
+        let store = self.access.grants.refresher().store();
+        match store
+            .record_key_accepted(self.id, &self.grant.version(), now_epoch_secs())
+            .await
+        {
+            Ok(_) => {
+                info!(connection = %self.id, "the service account key works again; recorded key_accepted_at");
+                self.grant.key_rejected_since = None;
+                self.access.grants.note_key_rejection(self.id, None);
+            }
+            Err(error) => {
+                warn!(connection = %self.id, error = %error, "could not record that the service account key works");
+            }
+        }
+    }
+
+    /// The probe confirmed the rejection. Judged over time: the first confirming 401 records
+    /// `key_rejected_since` and answers `Unavailable`; only a confirming 401 between the recheck
+    /// interval + 30 s and 10 minutes after it marks the connection, conditional on no success
+    /// having answered it (and unless this container has marked others within the breaker's
+    /// window: a Keap incident).
+    async fn key_confirmed_rejected(&mut self, rejected: &Grant) -> UpsertError {
         self.access.grants.forget(self.id);
+        let now = now_epoch_secs();
+        let opens = i64::try_from(self.access.grants.recheck_interval().as_secs())
+            .unwrap_or(i64::MAX)
+            .saturating_add(KEY_REJECTION_CONFIRM_AFTER_SECS);
+        match rejected.key_rejected_since {
+            Some(since) if (opens..=KEY_REJECTION_WINDOW_SECS).contains(&(now - since)) => {
+                self.mark_confirmed_rejection(rejected, since).await
+            }
+            Some(since) if (0..opens).contains(&(now - since)) => {
+                info!(connection = %self.id, rejected_secs_ago = now - since, "Keap still rejects the service account key; confirming over time");
+                self.key_rejection_pending(now - since, opens)
+            }
+            _ => self.record_key_rejection(rejected, now, opens).await,
+        }
+    }
+
+    async fn record_key_rejection(
+        &mut self,
+        rejected: &Grant,
+        now: i64,
+        opens: i64,
+    ) -> UpsertError {
+        let store = self.access.grants.refresher().store();
+        match store
+            .record_key_rejection(
+                self.id,
+                &rejected.version(),
+                now,
+                now - KEY_REJECTION_WINDOW_SECS,
+            )
+            .await
+        {
+            Ok(since) => {
+                warn!(connection = %self.id, "Keap rejected the service account key; recorded key_rejected_since, the connection stays active until the rejection is confirmed over time");
+                self.grant.key_rejected_since = since;
+                self.access.grants.note_key_rejection(self.id, since);
+                self.key_rejection_pending(since.map_or(0, |s| now - s), opens)
+            }
+            Err(error) => UpsertError::Unavailable(format!(
+                "Keap rejected the service account key of connection {} and the rejection could \
+                 not be recorded ({error}); the connection stays active; retry later",
+                self.id
+            )),
+        }
+    }
+
+    fn key_rejection_pending(&self, rejected_secs_ago: i64, opens: i64) -> UpsertError {
+        UpsertError::Unavailable(format!(
+            "Keap rejected the service account key of connection {} ({rejected_secs_ago} s since \
+             the first rejection); a key is marked revoked only if Keap still rejects it {opens} s \
+             after that and no request with it succeeded meanwhile; the connection stays active; \
+             retry later",
+            self.id
+        ))
+    }
+
+    async fn mark_confirmed_rejection(&self, rejected: &Grant, since: i64) -> UpsertError {
         if !self.access.grants.breaker().admit(self.id) {
             tracing::error!(connection = %self.id, "Keap rejected the service account keys of several connections within 10 minutes; treating it as a Keap incident and not marking");
             self.count(METRIC_UNAUTHORIZED_INCIDENT);
@@ -347,16 +453,16 @@ impl<'a> KeapSession<'a> {
                 },
             );
         }
-        self.mark_key_rejected(rejected).await
+        self.mark_key_rejected(rejected, since).await
     }
 
-    async fn mark_key_rejected(&self, rejected: &Grant) -> UpsertError {
+    async fn mark_key_rejected(&self, rejected: &Grant, since: i64) -> UpsertError {
         let store = self.access.grants.refresher().store();
         let outcome = store
             .mark_needs_reauthorization(
                 self.id,
                 &rejected.version(),
-                MarkGuard::GenerationOnly,
+                MarkGuard::KeyRejectedSince(since),
                 REASON_KEY_REJECTED,
                 now_epoch_secs(),
             )
@@ -373,10 +479,21 @@ impl<'a> KeapSession<'a> {
                 self.access.metrics.emit(&metrics, &self.access.stage);
             }
             Ok(MarkOutcome::NotMarked) => {
-                info!(connection = %self.id, "key connection changed while its key was rejected; not marking");
+                info!(connection = %self.id, "the key connection changed, or a request with the key succeeded, since its rejection was recorded; not marking");
+                return UpsertError::Unavailable(format!(
+                    "Keap rejected the service account key of connection {}, but the connection \
+                     changed or the key worked again since the rejection was recorded; not \
+                     marked; retry",
+                    self.id
+                ));
             }
             Err(error) => {
                 warn!(connection = %self.id, error = %error, "could not mark the key connection");
+                return UpsertError::Unavailable(format!(
+                    "Keap rejected the service account key of connection {} and the connection \
+                     could not be marked ({error}); retry later",
+                    self.id
+                ));
             }
         }
         UpsertError::NotAuthorized(key_rejected_message(self.id))

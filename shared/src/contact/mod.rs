@@ -13,6 +13,7 @@ mod batch;
 mod error;
 mod invocation;
 mod keap_session;
+mod key_vouch;
 mod lazy_sqs;
 mod request;
 mod response;

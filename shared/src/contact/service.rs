@@ -91,6 +91,7 @@ impl UpsertService {
                 secrets,
                 metrics: MetricSink::stdout(),
                 stage: settings.stage.clone(),
+                key_vouches: Default::default(),
             },
             sqs,
             deadlines: DeadlinePolicy::new(settings.function_timeout),

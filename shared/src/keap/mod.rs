@@ -11,7 +11,7 @@ pub(crate) mod rest;
 pub(crate) mod tags;
 pub(crate) mod tokens;
 
-pub use oauth::{OAuthClient, TokenError};
+pub use oauth::{OAuthClient, SHORT_EXPIRES_IN_SECS, TokenError};
 pub use path::{KeapPath, MAX_PATH_BYTES, PathError};
 pub use rest::{KeapAnswer, KeapCall, KeapError, RestClient};
 pub use tokens::{AccessCredential, IssuedTokens, TokenPair, keap_app_from_scope};

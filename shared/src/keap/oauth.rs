@@ -35,12 +35,21 @@ pub enum TokenError {
     /// Any other 4xx with an OAuth error body.
     #[error("Keap refused the token request (HTTP {status}, {code})")]
     Refused { status: u16, code: String },
-    /// 429: Keap answered, so nothing was consumed.
+    /// 429: Keap's gateway throttled the request before it reached the token service, so
+    /// nothing was consumed, whatever happened to the body after the status line.
     #[error("Keap is throttling token requests (HTTP 429)")]
     RateLimited { retry_after: Option<Duration> },
-    /// 5xx: Keap answered, so nothing was consumed.
+    /// 503 (and 5xx other than 500, 502, 504): the service refused the request, so nothing was
+    /// consumed, whatever happened to the body after the status line.
     #[error("Keap's token endpoint is unavailable (HTTP {status})")]
     Unavailable { status: u16 },
+    /// 500, 502 or 504: an error from a layer that may already have passed the request on (a
+    /// gateway whose upstream timed out or failed mid-answer): the refresh token may be spent.
+    /// A lost answer, like [`TokenError::NoAnswer`].
+    #[error(
+        "Keap's token endpoint answered HTTP {status}, which does not tell whether the request was processed"
+    )]
+    MaybeProcessed { status: u16 },
     /// 3xx: never followed (it would carry the token or secret to the host it names). The
     /// endpoint did not issue a pair, so nothing was consumed; a code exchange is not retried.
     #[error(
@@ -159,9 +168,16 @@ impl OAuthClient {
             return Err(TokenError::Redirected { status, target });
         }
         let retry = retry_after(response.headers());
-        let body = response.bytes().await.map_err(transport_error)?;
+        if let Some(refused) = refused_by_status(status, retry) {
+            // The status line says nothing was processed: the body (often cut off or stalled
+            // under the very load that caused the status) is not waited for.
+            return Err(refused);
+        }
+        // A body that was cut off or stalled after the status line is classified by the status
+        // alone: `None` below.
+        let body = response.bytes().await.ok();
         let received_at = now_epoch_secs();
-        classify(status, retry, &body, grant, received_at)
+        classify(status, retry, body.as_deref(), grant, received_at)
     }
 }
 
@@ -175,19 +191,41 @@ fn transport_error(error: reqwest::Error) -> TokenError {
     }
 }
 
+/// Statuses that mean the request was refused before anything was consumed: 429 (answered by
+/// Keap's API gateway, Apigee, itself) and 503. Decided on the status line alone.
+fn refused_by_status(status: u16, retry_after: Option<Duration>) -> Option<TokenError> {
+    match status {
+        429 => Some(TokenError::RateLimited { retry_after }),
+        503 => Some(TokenError::Unavailable { status }),
+        _ => None,
+    }
+}
+
+/// `body` is `None` when the status line arrived but the body could not be read (cut off,
+/// stalled until the timeout).
 fn classify(
     status: u16,
     retry_after: Option<Duration>,
-    body: &[u8],
+    body: Option<&[u8]>,
     grant: Grant,
     received_at: i64,
 ) -> Result<IssuedTokens, TokenError> {
+    if let Some(refused) = refused_by_status(status, retry_after) {
+        return Err(refused);
+    }
     match status {
-        200..=299 => parse_tokens(status, body, received_at),
-        429 => Err(TokenError::RateLimited { retry_after }),
+        200..=299 => match body {
+            Some(body) => parse_tokens(status, body, received_at),
+            // Keap answered success: the token is spent, and the new pair is lost.
+            None => Err(TokenError::UnexpectedResponse {
+                status,
+                reason: "token response body was cut off",
+            }),
+        },
+        500 | 502 | 504 => Err(TokenError::MaybeProcessed { status }),
         500..=599 => Err(TokenError::Unavailable { status }),
         400..=499 => {
-            let Ok(error) = serde_json::from_slice::<OAuthErrorBody>(body) else {
+            let Some(Ok(error)) = body.map(serde_json::from_slice::<OAuthErrorBody>) else {
                 return Err(if status == 401 {
                     TokenError::ClientRejected {
                         status,
@@ -253,9 +291,14 @@ fn says_refresh_token_is_invalid(description: &str) -> bool {
 /// Keap documents 24 h access tokens; a 200 carrying both tokens but no usable `expires_in` is
 /// still a success (the refresh token is already spent), stored with this lifetime.
 const DEFAULT_EXPIRES_IN_SECS: i64 = 86_400;
-/// `expires_in` outside this range is clamped: a tiny one would make every run refresh, a huge
-/// one would stop refreshes until the refresh token ages out.
-const EXPIRES_IN_RANGE_SECS: (i64, i64) = (300, 7 * 86_400);
+/// `expires_in` above this is clamped down: a huge one would stop refreshes until the refresh
+/// token ages out. Never clamped up: a token Keap says is short-lived is stored as such
+/// (docs/design.md, "The fault model").
+const MAX_EXPIRES_IN_SECS: i64 = 7 * 86_400;
+/// A stated lifetime below this is stored as is, but warned about and counted
+/// (`ShortTokenLifetime`): expiry-driven rotations are then limited per connection
+/// (`expiry_rotation_at`).
+pub const SHORT_EXPIRES_IN_SECS: i64 = 300;
 
 fn parse_tokens(status: u16, body: &[u8], received_at: i64) -> Result<IssuedTokens, TokenError> {
     let malformed = |reason| TokenError::UnexpectedResponse { status, reason };
@@ -277,14 +320,19 @@ fn parse_tokens(status: u16, body: &[u8], received_at: i64) -> Result<IssuedToke
     .filter(|secs| secs.is_finite() && *secs >= 1.0);
     let expires_in = match stated {
         // Truncation is the point: fractional seconds round down, never past Keap's expiry.
-        Some(secs) => (secs as i64).clamp(EXPIRES_IN_RANGE_SECS.0, EXPIRES_IN_RANGE_SECS.1),
+        Some(secs) => (secs as i64).min(MAX_EXPIRES_IN_SECS),
         None => DEFAULT_EXPIRES_IN_SECS,
     };
     if stated.map(|s| s as i64) != Some(expires_in) {
         tracing::warn!(
             expires_in = ?parsed.expires_in.as_ref().map(|v| v.to_string()),
             used_secs = expires_in,
-            "Keap's token response has a missing or out-of-range expires_in; the pair is stored with a default lifetime"
+            "Keap's token response has a missing, odd or huge expires_in; the pair is stored with a default or capped lifetime"
+        );
+    } else if expires_in < SHORT_EXPIRES_IN_SECS {
+        tracing::warn!(
+            expires_in,
+            "Keap issued an access token that lives less than 5 minutes; it is stored as stated, and expiry-driven rotations of the connection are limited to one a minute"
         );
     }
     let keap_app = parsed.scope.as_deref().and_then(keap_app_from_scope);
@@ -304,7 +352,13 @@ mod tests {
     use super::*;
 
     fn refresh(status: u16, body: &str) -> Result<IssuedTokens, TokenError> {
-        classify(status, None, body.as_bytes(), Grant::RefreshToken, 1_000)
+        classify(
+            status,
+            None,
+            Some(body.as_bytes()),
+            Grant::RefreshToken,
+            1_000,
+        )
     }
 
     #[test]
@@ -362,7 +416,7 @@ mod tests {
     #[test]
     fn throttling_outages_and_garbage_are_classified() {
         assert!(matches!(
-            classify(429, Some(Duration::from_secs(3)), b"", Grant::RefreshToken, 0),
+            classify(429, Some(Duration::from_secs(3)), Some(b""), Grant::RefreshToken, 0),
             Err(TokenError::RateLimited { retry_after: Some(d) }) if d.as_secs() == 3
         ));
         assert!(matches!(
@@ -380,6 +434,38 @@ mod tests {
     }
 
     #[test]
+    fn a_status_line_decides_once_it_arrived() {
+        let cut = |status| classify(status, None, None, Grant::RefreshToken, 0);
+        // Refused before anything was consumed, whatever the body did.
+        assert!(matches!(cut(429), Err(TokenError::RateLimited { .. })));
+        assert!(matches!(
+            cut(503),
+            Err(TokenError::Unavailable { status: 503 })
+        ));
+        // A gateway error may hide a processed request: a lost answer.
+        for status in [500, 502, 504] {
+            assert!(matches!(
+                refresh(status, "oops"),
+                Err(TokenError::MaybeProcessed { .. })
+            ));
+            assert!(matches!(
+                cut(status),
+                Err(TokenError::MaybeProcessed { .. })
+            ));
+        }
+        // A success whose body was cut: the token is spent, the pair lost.
+        assert!(matches!(
+            cut(200),
+            Err(TokenError::UnexpectedResponse { status: 200, .. })
+        ));
+        // A 400 whose body was cut names no dead grant.
+        assert!(matches!(
+            cut(400),
+            Err(TokenError::UnexpectedResponse { status: 400, .. })
+        ));
+    }
+
+    #[test]
     fn a_200_with_both_tokens_succeeds_whatever_expires_in_says() {
         for (expires_in, lifetime) in [
             ("", DEFAULT_EXPIRES_IN_SECS),
@@ -388,8 +474,9 @@ mod tests {
             (r#","expires_in":"soon""#, DEFAULT_EXPIRES_IN_SECS),
             (r#","expires_in":86399.7"#, 86_399),
             (r#","expires_in":"3600""#, 3_600),
-            (r#","expires_in":5"#, EXPIRES_IN_RANGE_SECS.0),
-            (r#","expires_in":99999999999"#, EXPIRES_IN_RANGE_SECS.1),
+            (r#","expires_in":5"#, 5),
+            (r#","expires_in":"30""#, 30),
+            (r#","expires_in":99999999999"#, MAX_EXPIRES_IN_SECS),
         ] {
             let body = format!(r#"{{"access_token":"a","refresh_token":"r"{expires_in}}}"#);
             let issued = refresh(200, &body).unwrap_or_else(|e| panic!("{body}: {e}"));
@@ -424,7 +511,7 @@ mod tests {
         let result = classify(
             400,
             None,
-            br#"{"error":"invalid_grant"}"#,
+            Some(br#"{"error":"invalid_grant"}"#),
             Grant::AuthorizationCode,
             0,
         );

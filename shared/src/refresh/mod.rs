@@ -24,14 +24,17 @@
 mod invocation;
 mod on_demand;
 mod protocol;
+mod recheck_clock;
 mod rejection_breaker;
 mod scheduled;
+mod write_brownout;
 
 pub use invocation::{RefresherError, RefresherEvent, RefresherFunction};
 pub use on_demand::{Grant, OnDemandError, OnDemandRefresher, UNAUTHORIZED_ROTATION_INTERVAL_SECS};
 pub use protocol::{
-    LEASE_CLOCK_SKEW_SECS, PendingMark, REASON_LOST_RESPONSE, REASON_REFRESH_TOKEN_REJECTED,
-    RefreshOutcome, Refresher, RefresherSettings, RunGuard,
+    COMMIT_BUDGET, EXPIRY_ROTATION_INTERVAL_SECS, LEASE_CLOCK_SKEW_SECS, PendingMark,
+    REASON_LOST_RESPONSE, REASON_REFRESH_TOKEN_REJECTED, RefreshOutcome, Refresher,
+    RefresherSettings, RunGuard,
 };
 pub use rejection_breaker::RejectionBreaker;
 pub use scheduled::{RefreshRun, RefreshSummary, RunError, ScheduledRequest};

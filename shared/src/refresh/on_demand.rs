@@ -11,8 +11,10 @@ use std::time::Duration;
 use tokio::time::Instant;
 use tracing::{info, warn};
 
-use super::protocol::{RefreshOutcome, Refresher, RunGuard};
+use super::protocol::{RefreshOutcome, Refresher};
+use super::recheck_clock::ClockReading;
 use super::rejection_breaker::RejectionBreaker;
+use super::write_brownout::WriteBrownout;
 use crate::clock::now_epoch_secs;
 use crate::connection_id::ConnectionId;
 use crate::deadline::Deadline;
@@ -70,11 +72,16 @@ pub struct Grant {
     /// Write id of the authorization the credential descends from: a re-authorization (perhaps
     /// of another Keap account, `replace_account`) changes it, a refresh does not.
     pub authorized_by: Option<String>,
+    /// Key connections: the rejection recorded on the item (`key_rejected_since`) that no
+    /// success had answered when the item was last read (docs/design.md, "Connection kinds").
+    /// A request with this key that succeeds answers it (`key_accepted_at`).
+    pub key_rejected_since: Option<i64>,
     /// Epoch seconds after which the credential must not be used without re-checking.
     valid_until: i64,
     /// When it was last checked against the connection item (generation, incarnation,
-    /// status, kind): a warm container trusts it for at most the recheck interval after that.
-    checked_at: Instant,
+    /// status, kind), on both clocks: a warm container trusts it for at most the recheck
+    /// interval after that, by either clock.
+    checked_at: ClockReading,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -114,6 +121,9 @@ pub struct OnDemandRefresher {
     cache: Mutex<HashMap<ConnectionId, Grant>>,
     recheck: Duration,
     breaker: RejectionBreaker,
+    /// Container-wide: no refresh starts while commits are failing (docs/design.md, "The
+    /// fault model").
+    brownout: WriteBrownout,
 }
 
 impl OnDemandRefresher {
@@ -126,6 +136,24 @@ impl OnDemandRefresher {
             cache: Mutex::new(HashMap::new()),
             recheck,
             breaker: RejectionBreaker::default(),
+            brownout: WriteBrownout::default(),
+        }
+    }
+
+    /// How long a cached credential is used before it is checked against the item again.
+    pub fn recheck_interval(&self) -> Duration {
+        self.recheck
+    }
+
+    /// This container recorded (or found) a rejection of the key it caches for `id`.
+    pub fn note_key_rejection(&self, id: &ConnectionId, since: Option<i64>) {
+        if let Some(cached) = self
+            .cache
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get_mut(id)
+        {
+            cached.key_rejected_since = since;
         }
     }
 
@@ -155,7 +183,10 @@ impl OnDemandRefresher {
         // account the operator has just disconnected.
         let recheck_candidate = match self.cached(id) {
             Some(cached) if !is_rejected(&cached) && cached.valid_until > now_epoch_secs() => {
-                if cached.checked_at.elapsed() < self.recheck {
+                if !cached
+                    .checked_at
+                    .has_passed(self.recheck, ClockReading::now())
+                {
                     return Ok(cached);
                 }
                 Some(cached)
@@ -185,7 +216,8 @@ impl OnDemandRefresher {
                 && kind_of(&cached.credential) == connection.kind
             {
                 let mut confirmed = cached.clone();
-                confirmed.checked_at = Instant::now();
+                confirmed.checked_at = ClockReading::now();
+                confirmed.key_rejected_since = connection.unanswered_key_rejection();
                 return Ok(self.remember(id, confirmed));
             }
             if connection.kind == ConnectionKind::ServiceAccountKey {
@@ -199,8 +231,9 @@ impl OnDemandRefresher {
                     generation: connection.generation,
                     incarnation: connection.incarnation.clone(),
                     authorized_by: connection.authorized_by.clone(),
+                    key_rejected_since: None,
                     valid_until: pair.access_expires_at - MIN_VALIDITY_SECS,
-                    checked_at: Instant::now(),
+                    checked_at: ClockReading::now(),
                 };
                 if grant.valid_until > now {
                     if !is_rejected(&grant) {
@@ -226,7 +259,7 @@ impl OnDemandRefresher {
             info!(connection = %id, generation = connection.generation, cause = ?cause, "refreshing on demand");
             let outcome = self
                 .refresher
-                .refresh_for(&connection, deadline, true, &RunGuard::new(), cause)
+                .refresh_for(&connection, deadline, true, &self.brownout.guard(), cause)
                 .await?;
             let outcome = match outcome {
                 RefreshOutcome::Rejected(pending) if !self.breaker.admit(id) => {
@@ -239,14 +272,46 @@ impl OnDemandRefresher {
                 other => other,
             };
             match outcome {
-                RefreshOutcome::Refreshed { generation, pair } => {
+                RefreshOutcome::RotationLimited { rotated_at } => {
+                    // Keap issues short-lived tokens: the connection rotated for expiry less
+                    // than a minute ago (in some container), so the current token is Keap's
+                    // newest. Used while Keap still accepts it; after that, retry later.
+                    let still_valid = connection.tokens.as_ref().and_then(|pair| {
+                        let grant = Grant {
+                            credential: AccessCredential::Bearer(pair.access_token.clone()),
+                            generation: connection.generation,
+                            incarnation: connection.incarnation.clone(),
+                            authorized_by: connection.authorized_by.clone(),
+                            valid_until: pair.access_expires_at - 1,
+                            key_rejected_since: None,
+                            checked_at: ClockReading::now(),
+                        };
+                        (grant.valid_until > now_epoch_secs() && !is_rejected(&grant))
+                            .then_some(grant)
+                    });
+                    return match still_valid {
+                        Some(grant) => Ok(self.remember(id, grant)),
+                        None => Err(OnDemandError::Unavailable {
+                            id: id.clone(),
+                            reason: format!(
+                                "the access token expired and the connection was rotated {} s ago; it is rotated at most once a minute for expiry; retry later",
+                                (now_epoch_secs() - rotated_at).max(0)
+                            ),
+                        }),
+                    };
+                }
+                RefreshOutcome::Refreshed {
+                    generation, pair, ..
+                } => {
+                    self.brownout.write_succeeded();
                     let grant = Grant {
                         credential: AccessCredential::Bearer(pair.access_token),
                         generation,
                         incarnation: connection.incarnation.clone(),
                         authorized_by: connection.authorized_by.clone(),
+                        key_rejected_since: None,
                         valid_until: pair.access_expires_at - MIN_VALIDITY_SECS,
-                        checked_at: Instant::now(),
+                        checked_at: ClockReading::now(),
                     };
                     return Ok(self.remember(id, grant));
                 }
@@ -274,10 +339,19 @@ impl OnDemandRefresher {
                         reason: "Keap rejected the client credentials".to_owned(),
                     });
                 }
-                RefreshOutcome::NotStartedDeadline | RefreshOutcome::NotStartedBrownout => {
+                RefreshOutcome::NotStartedDeadline => {
                     return Err(OnDemandError::Unavailable {
                         id: id.clone(),
                         reason: "too little invocation time left to refresh".to_owned(),
+                    });
+                }
+                RefreshOutcome::NotStartedBrownout => {
+                    return Err(OnDemandError::Unavailable {
+                        id: id.clone(),
+                        reason: "the token store is failing writes (a commit of a refreshed \
+                                 pair failed or is retrying), so no new token is requested \
+                                 for up to 30 s"
+                            .to_owned(),
                     });
                 }
                 // Someone else is refreshing, or just did: wait for their commit and re-read (I4).
@@ -330,8 +404,9 @@ impl OnDemandRefresher {
             generation: connection.generation,
             incarnation: connection.incarnation.clone(),
             authorized_by: connection.authorized_by.clone(),
+            key_rejected_since: connection.unanswered_key_rejection(),
             valid_until: now_epoch_secs() + KEY_CACHE_TTL_SECS,
-            checked_at: Instant::now(),
+            checked_at: ClockReading::now(),
         };
         Ok(self.remember(id, grant))
     }

@@ -11,24 +11,32 @@ use crate::config::Config;
 use crate::connection_id::ConnectionId;
 use crate::deadline::Deadline;
 use crate::keap::rate_limit::RateLimiter;
-use crate::keap::{IssuedTokens, OAuthClient, TokenError, TokenPair};
+use crate::keap::{IssuedTokens, OAuthClient, SHORT_EXPIRES_IN_SECS, TokenError, TokenPair};
 use crate::secrets::SecretsSource;
 use crate::token_store::{
     CommitOutcome, Connection, ConnectionKind, ConnectionStatus, DynamoDbTokenStore, LeaseOutcome,
-    MarkGuard, MarkOutcome, RotationCause, StoreError, Version, new_write_id,
+    MarkGuard, MarkOutcome, OrphanKept, OrphanOwner, RotationCause, StoreError, Version,
+    new_write_id,
 };
 
-/// The commit budget (docs/design.md, "The fault model"): a refresh starts only when the
-/// invocation has room for one token request plus this much commit time; once Keap answered,
-/// the commit retries until the deadline minus [`DEADLINE_SAFETY`].
-const COMMIT_BUDGET: Duration = Duration::from_secs(10);
+/// The commit budget (docs/design.md, "The fault model"): a refresh token (or an authorization
+/// code) is presented only when the invocation has room for one token request
+/// (`KEAPALIVE_KEAP_TIMEOUT_SECS`) plus this much commit time, checked immediately before the
+/// presentation; once Keap answered, the commit retries until the deadline minus
+/// [`DEADLINE_SAFETY`]. A function that presents a token or a code needs a timeout of at least
+/// the Keap timeout plus this.
+pub const COMMIT_BUDGET: Duration = Duration::from_secs(10);
 /// The commit stops retrying this long before the deadline, to leave time to report.
 const DEADLINE_SAFETY: Duration = Duration::from_millis(500);
 /// A lease ends no earlier than its holder's invocation deadline plus this, so a holder whose
 /// clock runs behind DynamoDB's view of time still never loses a live lease.
 pub const LEASE_CLOCK_SKEW_SECS: i64 = 30;
-/// After this many lost answers for one generation the grant is given up (`lost_response`).
+/// After this many presentations of one refresh token whose answers were lost (their write ids
+/// left in `lost_responses`) the grant is given up (`lost_response`): never presented again.
 const MAX_LOST_RESPONSES: usize = 2;
+/// At most one expiry-driven rotation of a connection per this many seconds, across every
+/// container (`expiry_rotation_at`, checked in the lease's condition).
+pub const EXPIRY_ROTATION_INTERVAL_SECS: i64 = 60;
 const COMMIT_BACKOFF_START: Duration = Duration::from_millis(50);
 const COMMIT_BACKOFF_MAX: Duration = Duration::from_secs(2);
 
@@ -72,8 +80,15 @@ pub enum RefreshOutcome {
     AlreadyNeedsReauthorization,
     /// The connection no longer exists.
     Gone,
-    /// Too little invocation time left to finish; the next run or caller will.
+    /// Too little invocation time left to finish (checked before the lease and again
+    /// immediately before the token is presented); the next run or caller will.
     NotStartedDeadline,
+    /// An expiry-driven rotation of this connection committed less than
+    /// [`EXPIRY_ROTATION_INTERVAL_SECS`] ago (`expiry_rotation_at`, epoch seconds): not
+    /// rotated again yet; the current pair is Keap's newest.
+    RotationLimited {
+        rotated_at: i64,
+    },
     /// Another refresher holds the lease (I4: this one did not call Keap).
     SkippedLocked,
     /// The generation moved since it was read: someone else refreshed or re-authorized.
@@ -81,6 +96,9 @@ pub enum RefreshOutcome {
     Refreshed {
         generation: u64,
         pair: TokenPair,
+        /// Keap stated a lifetime under [`SHORT_EXPIRES_IN_SECS`] for the new access token
+        /// (stored as stated, counted as `ShortTokenLifetime`).
+        short_lifetime: bool,
     },
     /// A re-authorization (or a removal) replaced the connection between Keap's answer and the
     /// commit: the pair was kept in `orphan_pair` for diagnosis and not promoted.
@@ -123,6 +141,9 @@ pub struct PendingMark {
     pub version: Version,
     pub owner: String,
     pub reason: &'static str,
+    /// The write id of the presentation Keap rejected: a release (breaker open) takes it back
+    /// out of `lost_responses`, since a rejection consumed nothing.
+    pub presentation: Option<String>,
 }
 
 pub struct Refresher {
@@ -214,31 +235,52 @@ impl Refresher {
         let owner = new_write_id();
         let now = now_epoch_secs();
         let until = self.lease_until(now, deadline);
+        let expiry_rotated_before =
+            (cause == RotationCause::Expiry).then(|| now - EXPIRY_ROTATION_INTERVAL_SECS);
+        let lease_requested = tokio::time::Instant::now();
         let leased = match self
             .store
-            .take_lease(id, &connection.version(), &owner, now, until)
+            .take_lease_for(
+                id,
+                &connection.version(),
+                &owner,
+                now,
+                until,
+                expiry_rotated_before,
+            )
             .await?
         {
             LeaseOutcome::Acquired { connection, .. } => connection,
             LeaseOutcome::Held => return Ok(RefreshOutcome::SkippedLocked),
             LeaseOutcome::GenerationMoved => return Ok(RefreshOutcome::AlreadyRefreshed),
             LeaseOutcome::NotActive => return Ok(RefreshOutcome::AlreadyNeedsReauthorization),
+            LeaseOutcome::RotationLimited { rotated_at } => {
+                info!(connection = %id, rotated_secs_ago = now - rotated_at, "not rotating: an expiry-driven rotation committed less than a minute ago");
+                return Ok(RefreshOutcome::RotationLimited { rotated_at });
+            }
         };
-        let lease_taken = tokio::time::Instant::now();
+        // Measured from before the lease write: however long that write took, the lease is
+        // never assumed to last longer than it does.
+        let lease = LeaseClock {
+            requested: lease_requested,
+            length: Duration::from_secs(u64::try_from(until - now).unwrap_or(0)),
+        };
         let held = Held {
             id,
             version: leased.version(),
             authorized_by: leased.authorized_by.clone(),
+            keap_app: leased.keap_app.clone(),
             owner: &owner,
             cause,
         };
         let Some(pair) = leased.tokens.as_ref() else {
-            self.release_held(&held, "no_token_pair").await?;
+            self.release_held(&held, "no_token_pair", None, deadline)
+                .await?;
             return Ok(RefreshOutcome::AlreadyNeedsReauthorization);
         };
         if leased.lost_responses >= MAX_LOST_RESPONSES {
             // Its token may be spent twice over already: never presented again.
-            return Ok(self.pending_mark(&held, REASON_LOST_RESPONSE));
+            return Ok(self.pending_mark(&held, REASON_LOST_RESPONSE, None));
         }
 
         let credentials = match self
@@ -250,69 +292,111 @@ impl Refresher {
             Err(e) => {
                 let reason = e.to_string();
                 error!(connection = %id, error = %reason, "client credentials unavailable");
-                self.release_held(&held, "client_credentials_unavailable")
+                self.release_held(&held, "client_credentials_unavailable", None, deadline)
                     .await?;
                 return Ok(RefreshOutcome::ConfigurationError { reason });
             }
         };
 
-        self.limiter.acquire().await;
-        let mut answer = self.oauth.refresh(&credentials, &pair.refresh_token).await;
-        let mut lost = leased.lost_responses;
-        while is_lost_response(&answer) {
-            // Counted on the item (conditional on our lease), so the bound holds across runs
-            // and containers: the same token is presented at most MAX_LOST_RESPONSES times.
-            lost = match self
-                .store
-                .record_lost_response(id, &held.version, &owner, &new_write_id(), now_epoch_secs())
-                .await?
-            {
-                Some(count) => count,
-                // Our lease is gone: someone else decides now.
-                None => return Ok(RefreshOutcome::AlreadyRefreshed),
-            };
-            if lost >= MAX_LOST_RESPONSES {
-                warn!(connection = %id, generation = held.version.generation, lost, "Keap's answer to this refresh token was lost again; giving the grant up rather than present it once more");
-                return Ok(self.pending_mark(&held, REASON_LOST_RESPONSE));
-            }
-            if !self.may_retry_lost_response(lease_taken, deadline) {
-                self.release_held(&held, REASON_LOST_RESPONSE).await?;
-                return Ok(RefreshOutcome::FailedTransient {
-                    reason: "no answer from Keap's token endpoint".to_owned(),
-                });
-            }
-            // Keap may have spent the token without us seeing the new pair. Presenting the same
-            // token once more is the only way to find out: either it was not spent (new pair) or
-            // it was (rejected, and then no one can recover it).
-            warn!(connection = %id, generation = held.version.generation, "no answer from Keap's token endpoint; retrying the same refresh token once");
+        loop {
             self.limiter.acquire().await;
-            answer = self.oauth.refresh(&credentials, &pair.refresh_token).await;
-        }
-
-        match answer {
-            Ok(issued) => self.commit(&held, &issued, deadline, run).await,
-            Err(TokenError::RefreshTokenRejected { .. }) => {
-                let reason = if lost > 0 {
-                    REASON_LOST_RESPONSE
-                } else {
-                    REASON_REFRESH_TOKEN_REJECTED
-                };
-                self.rejected(&held, reason).await
+            // Counted before it is made (docs/design.md, "Refresh protocol"): if the process
+            // dies or the answer is lost from here on, the id stays and the presentation counts.
+            let presentation = new_write_id();
+            let counted = self
+                .store
+                .count_presentation(id, &held.version, &owner, &presentation, now_epoch_secs())
+                .await;
+            let left = match counted {
+                Ok(Some(left)) => left,
+                // Our lease is gone: someone else decides now. Nothing was presented.
+                Ok(None) => return Ok(RefreshOutcome::AlreadyRefreshed),
+                Err(e) => {
+                    // The ADD may have landed with its answer lost: take it back, then report.
+                    if let Err(release) = self
+                        .release_held(&held, "store_unavailable", Some(&presentation), deadline)
+                        .await
+                    {
+                        warn!(connection = %id, error = %release, "the lease could not be released after a failed write; it expires on its own");
+                    }
+                    return Err(e);
+                }
+            };
+            // Ids left by earlier presentations of this token whose answers were lost.
+            let lost_before = left.saturating_sub(1);
+            if left > MAX_LOST_RESPONSES {
+                warn!(connection = %id, generation = held.version.generation, left, "this refresh token was presented too often without an answer; never presenting it again");
+                return Ok(self.pending_mark(&held, REASON_LOST_RESPONSE, None));
             }
-            Err(TokenError::ClientRejected { status, .. }) => {
-                error!(connection = %id, status, "Keap rejected the client credentials: the client secret is wrong or was rotated; the grant is not marked");
-                self.secrets.invalidate(&self.settings.client_secret_id);
-                self.release_held(&held, "client_credentials_rejected")
+            // After every wait (lease write, secret read, limiter, the count above): is there
+            // still room for the token request and the commit?
+            if !self.time_to_present(&lease, deadline) {
+                info!(connection = %id, lost_before, "not presenting the refresh token: too little invocation or lease time left after the waits; the lease is released");
+                self.release_held(&held, "not_enough_time", Some(&presentation), deadline)
                     .await?;
-                Ok(RefreshOutcome::ClientRejected)
+                return Ok(RefreshOutcome::NotStartedDeadline);
             }
-            Err(other) => {
-                let reason = other.to_string();
-                warn!(connection = %id, error = %reason, "refresh failed; the lease is released and the next run retries");
-                self.release_held(&held, "keap_unavailable").await?;
-                Ok(RefreshOutcome::FailedTransient { reason })
+
+            let presented_at = now_epoch_secs();
+            let answer = self.oauth.refresh(&credentials, &pair.refresh_token).await;
+            match answer {
+                Ok(issued) => {
+                    let short_lifetime =
+                        issued.pair.access_expires_at - presented_at < SHORT_EXPIRES_IN_SECS;
+                    return self
+                        .commit(&held, &issued, deadline, run, short_lifetime)
+                        .await;
+                }
+                Err(e) if is_lost_answer(&e) => {
+                    if left >= MAX_LOST_RESPONSES {
+                        warn!(connection = %id, generation = held.version.generation, left, error = %e, "Keap's answer to this refresh token was lost again; giving the grant up rather than present it once more");
+                        return Ok(self.pending_mark(&held, REASON_LOST_RESPONSE, None));
+                    }
+                    // Keap may have spent the token without us seeing the new pair. Presenting
+                    // the same token once more is the only way to find out: either it was not
+                    // spent (new pair) or it was (rejected, and then no one can recover it).
+                    // The next turn counts it first and checks the time again.
+                    warn!(connection = %id, generation = held.version.generation, error = %e, "no usable answer from Keap's token endpoint; presenting the same refresh token once more if time allows");
+                }
+                Err(TokenError::RefreshTokenRejected { .. }) => {
+                    let reason = if lost_before > 0 {
+                        REASON_LOST_RESPONSE
+                    } else {
+                        REASON_REFRESH_TOKEN_REJECTED
+                    };
+                    return self.rejected(&held, reason, presentation).await;
+                }
+                Err(TokenError::ClientRejected { status, .. }) => {
+                    error!(connection = %id, status, "Keap rejected the client credentials: the client secret is wrong or was rotated; the grant is not marked");
+                    self.secrets.invalidate(&self.settings.client_secret_id);
+                    self.release_held(
+                        &held,
+                        "client_credentials_rejected",
+                        Some(&presentation),
+                        deadline,
+                    )
+                    .await?;
+                    return Ok(RefreshOutcome::ClientRejected);
+                }
+                Err(other) => {
+                    // A status that says nothing was consumed (429, 503, other refusals), a
+                    // redirect, or a request that was never sent: not counted.
+                    let reason = other.to_string();
+                    warn!(connection = %id, error = %reason, "refresh failed; the lease is released and the next run retries");
+                    self.release_held(&held, "keap_unavailable", Some(&presentation), deadline)
+                        .await?;
+                    return Ok(RefreshOutcome::FailedTransient { reason });
+                }
             }
         }
+    }
+
+    /// Whether a presentation may start now: the invocation and the lease both leave room
+    /// for one token request and the commit budget.
+    fn time_to_present(&self, lease: &LeaseClock, deadline: Deadline) -> bool {
+        let needed = self.settings.minimum_time_to_start();
+        let lease_left = lease.length.saturating_sub(lease.requested.elapsed());
+        deadline.remaining() >= needed && lease_left >= needed
     }
 
     /// The lease ends no earlier than this invocation's deadline plus a clock-skew margin, so
@@ -322,12 +406,18 @@ impl Refresher {
         (now + lease_secs).max(deadline.epoch_secs() + LEASE_CLOCK_SKEW_SECS)
     }
 
-    fn pending_mark(&self, held: &Held<'_>, reason: &'static str) -> RefreshOutcome {
+    fn pending_mark(
+        &self,
+        held: &Held<'_>,
+        reason: &'static str,
+        presentation: Option<String>,
+    ) -> RefreshOutcome {
         RefreshOutcome::Rejected(PendingMark {
             id: held.id.clone(),
             version: held.version.clone(),
             owner: held.owner.to_owned(),
             reason,
+            presentation,
         })
     }
 
@@ -355,7 +445,8 @@ impl Refresher {
         })
     }
 
-    /// Gives the lease of a rejected refresh back without marking (circuit breaker open).
+    /// Gives the lease of a rejected refresh back without marking (circuit breaker open),
+    /// taking the rejected presentation out of `lost_responses` (a rejection consumed nothing).
     pub async fn release(&self, pending: &PendingMark, note: &str) -> Result<(), StoreError> {
         self.store
             .release_lease(
@@ -363,6 +454,7 @@ impl Refresher {
                 &pending.version,
                 &pending.owner,
                 Some(note),
+                pending.presentation.as_deref(),
                 now_epoch_secs(),
             )
             .await
@@ -372,6 +464,7 @@ impl Refresher {
         &self,
         held: &Held<'_>,
         reason: &'static str,
+        presentation: String,
     ) -> Result<RefreshOutcome, StoreError> {
         // A newer generation means someone else refreshed (or re-authorized): fine.
         match self.store.get(held.id).await? {
@@ -379,7 +472,9 @@ impl Refresher {
                 Ok(RefreshOutcome::AlreadyRefreshed)
             }
             None => Ok(RefreshOutcome::Gone),
-            Some(_) => Ok(self.pending_mark(held, reason)),
+            // The rejected presentation consumed nothing: if the mark is not made (breaker
+            // open), the release takes it back out of `lost_responses`.
+            Some(_) => Ok(self.pending_mark(held, reason, Some(presentation))),
         }
     }
 
@@ -389,6 +484,7 @@ impl Refresher {
         issued: &IssuedTokens,
         deadline: Deadline,
         run: &RunGuard,
+        short_lifetime: bool,
     ) -> Result<RefreshOutcome, StoreError> {
         // One write id for every attempt: a retry whose earlier attempt landed recognises it.
         let write_id = new_write_id();
@@ -415,6 +511,7 @@ impl Refresher {
                     return Ok(RefreshOutcome::Refreshed {
                         generation,
                         pair: issued.pair.clone(),
+                        short_lifetime,
                     });
                 }
                 Ok(CommitOutcome::Superseded { current }) if self.replaced(held, &current) => {
@@ -465,12 +562,25 @@ impl Refresher {
         held: &Held<'_>,
         issued: &IssuedTokens,
     ) -> Result<RefreshOutcome, StoreError> {
-        let orphan_generation = held.version.generation + 1;
-        error!(connection = %held.id, generation = orphan_generation,
-            "a re-authorization replaced this connection while it was being refreshed; the pair Keap just issued belongs to the old grant and is kept in orphan_pair, not promoted");
-        self.store
-            .store_orphan_pair(held.id, orphan_generation, &issued.pair, now_epoch_secs())
+        let owner = OrphanOwner {
+            generation: held.version.generation + 1,
+            incarnation: held.version.incarnation.as_deref(),
+            keap_app: held.keap_app.as_deref(),
+        };
+        let kept = self
+            .store
+            .store_orphan_pair(held.id, &owner, &issued.pair, now_epoch_secs())
             .await?;
+        match kept {
+            OrphanKept::Pair => error!(connection = %held.id, generation = owner.generation,
+                "a re-authorization replaced this connection while it was being refreshed; the pair Keap just issued belongs to the old grant and is kept in orphan_pair, not promoted"),
+            OrphanKept::DiagnosisOnly => {
+                error!(connection = %held.id, generation = owner.generation,
+                "the connection was removed and re-created, or re-authorized for another Keap account, while it was being refreshed; the pair Keap just issued belongs to the old grant: only its fingerprints are kept in orphan_pair")
+            }
+            OrphanKept::Nothing => error!(connection = %held.id, generation = owner.generation,
+                "the connection was removed while it was being refreshed; the pair Keap just issued is dropped"),
+        }
         Ok(RefreshOutcome::Orphaned)
     }
 
@@ -480,28 +590,46 @@ impl Refresher {
         RefreshOutcome::CommitUnknown { reason }
     }
 
-    async fn release_held(&self, held: &Held<'_>, note: &str) -> Result<(), StoreError> {
-        self.store
-            .release_lease(
-                held.id,
-                &held.version,
-                held.owner,
-                Some(note),
-                now_epoch_secs(),
-            )
-            .await
-    }
-
-    /// The retry must finish inside the lease, or another refresher could present the token.
-    fn may_retry_lost_response(
+    /// Frees the lease, taking `uncount` (a presentation that consumed nothing) back out of
+    /// `lost_responses` in the same write; retried like the commit, until the deadline minus
+    /// [`DEADLINE_SAFETY`]. If it never lands, the presentation stays counted: the safe side.
+    async fn release_held(
         &self,
-        lease_taken: tokio::time::Instant,
+        held: &Held<'_>,
+        note: &str,
+        uncount: Option<&str>,
         deadline: Deadline,
-    ) -> bool {
-        let lease_left = self.settings.lease.saturating_sub(lease_taken.elapsed());
-        let needed = self.settings.minimum_time_to_start();
-        lease_left > needed && deadline.remaining() > needed
+    ) -> Result<(), StoreError> {
+        let mut backoff = COMMIT_BACKOFF_START;
+        loop {
+            let released = self
+                .store
+                .release_lease(
+                    held.id,
+                    &held.version,
+                    held.owner,
+                    Some(note),
+                    uncount,
+                    now_epoch_secs(),
+                )
+                .await;
+            match released {
+                Err(e) if e.is_retryable() && deadline.remaining() > backoff + DEADLINE_SAFETY => {
+                    warn!(connection = %held.id, error = %e, "releasing the lease failed; retrying");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(COMMIT_BACKOFF_MAX);
+                }
+                other => return other,
+            }
+        }
     }
+}
+
+/// How long the lease lasts, on this process's monotonic clock.
+struct LeaseClock {
+    /// When the lease write was sent (not when it answered).
+    requested: tokio::time::Instant,
+    length: Duration,
 }
 
 struct Held<'a> {
@@ -510,6 +638,8 @@ struct Held<'a> {
     version: Version,
     /// Which authorization the leased grant came from: tells a re-authorization apart.
     authorized_by: Option<String>,
+    /// The Keap account of the leased grant: an orphaned pair is kept only on it.
+    keap_app: Option<String>,
     owner: &'a str,
     cause: RotationCause,
 }
@@ -519,6 +649,9 @@ struct Held<'a> {
 #[derive(Debug, Default)]
 pub struct RunGuard {
     browned_out: AtomicBool,
+    /// When the first commit failed or started retrying (contact-upsert's container-wide guard
+    /// ends 30 s later).
+    browned_out_at: std::sync::OnceLock<tokio::time::Instant>,
 }
 
 impl RunGuard {
@@ -527,7 +660,13 @@ impl RunGuard {
     }
 
     fn brown_out(&self) {
+        let _ = self.browned_out_at.set(tokio::time::Instant::now());
         self.browned_out.store(true, Ordering::Relaxed);
+    }
+
+    /// When this guard's brownout began, if it has.
+    pub fn browned_out_since(&self) -> Option<tokio::time::Instant> {
+        self.browned_out_at.get().copied()
     }
 
     pub fn is_browned_out(&self) -> bool {
@@ -535,12 +674,12 @@ impl RunGuard {
     }
 }
 
-/// No answer, or a success status whose body was not a token response: Keap may have spent the
-/// token either way.
-fn is_lost_response(answer: &Result<IssuedTokens, TokenError>) -> bool {
-    match answer {
-        Err(TokenError::NoAnswer { .. }) => true,
-        Err(TokenError::UnexpectedResponse { status, .. }) => (200..300).contains(status),
+/// No answer, a success status whose body was not a token response, or a gateway error that
+/// may hide a processed request (500, 502, 504): Keap may have spent the token.
+fn is_lost_answer(error: &TokenError) -> bool {
+    match error {
+        TokenError::NoAnswer { .. } | TokenError::MaybeProcessed { .. } => true,
+        TokenError::UnexpectedResponse { status, .. } => (200..300).contains(status),
         _ => false,
     }
 }

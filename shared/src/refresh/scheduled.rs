@@ -173,6 +173,8 @@ impl Refresher {
         }
 
         let mut refreshed_now: Vec<(ConnectionId, i64)> = Vec::new();
+        // Pairs Keap issued with a lifetime under five minutes (stored as stated, warned about).
+        let mut short_lifetimes = 0usize;
         let mut marked_now: Vec<ConnectionId> = Vec::new();
         for (id, outcome) in outcomes {
             let settled = match outcome {
@@ -192,17 +194,22 @@ impl Refresher {
                 other => other,
             };
             match &settled {
-                RefreshOutcome::Refreshed { pair, .. } => {
+                RefreshOutcome::Refreshed {
+                    pair,
+                    short_lifetime,
+                    ..
+                } => {
                     summary.refreshed += 1;
+                    short_lifetimes += usize::from(*short_lifetime);
                     refreshed_now.push((id.clone(), pair.access_expires_at));
                 }
                 RefreshOutcome::MarkedNeedsReauthorization { .. } => {
                     summary.newly_needs_reauthorization += 1;
                     marked_now.push(id.clone());
                 }
-                RefreshOutcome::SkippedLocked | RefreshOutcome::AlreadyRefreshed => {
-                    summary.skipped_locked += 1
-                }
+                RefreshOutcome::SkippedLocked
+                | RefreshOutcome::AlreadyRefreshed
+                | RefreshOutcome::RotationLimited { .. } => summary.skipped_locked += 1,
                 RefreshOutcome::FailedTransient { .. }
                 | RefreshOutcome::ConfigurationError { .. } => summary.failed_transient += 1,
                 RefreshOutcome::ClientRejected => summary.client_rejected += 1,
@@ -272,7 +279,8 @@ impl Refresher {
                 Unit::Count,
             )
             .put("CommitOutcomeUnknown", summary.unknown as f64, Unit::Count)
-            .put("Orphaned", summary.orphaned as f64, Unit::Count);
+            .put("Orphaned", summary.orphaned as f64, Unit::Count)
+            .put("ShortTokenLifetime", short_lifetimes as f64, Unit::Count);
         // With no live OAuth connection these gauges have nothing to measure; reporting
         // "far from expiry / just refreshed" keeps the absence alarms for a stopped refresher.
         metrics

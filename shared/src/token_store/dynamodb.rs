@@ -5,7 +5,6 @@ use std::collections::HashMap;
 
 use aws_sdk_dynamodb::Client;
 use aws_sdk_dynamodb::error::SdkError;
-use aws_sdk_dynamodb::operation::delete_item::DeleteItemError;
 use aws_sdk_dynamodb::operation::update_item::UpdateItemError;
 use aws_sdk_dynamodb::operation::update_item::builders::UpdateItemFluentBuilder;
 use aws_sdk_dynamodb::types::{AttributeValue, ReturnValue, ReturnValuesOnConditionCheckFailure};
@@ -18,17 +17,16 @@ use super::model::{
 };
 use super::write_id::new_write_id;
 use super::{
-    AuthorizeOutcome, CommitOutcome, Connection, ConnectionKind, ConnectionScan, ConnectionStatus,
-    LeaseOutcome, MarkGuard, MarkOutcome, PendingAuthorization, RotationCause, StateOutcome,
-    StoreError, Version,
+    CommitOutcome, Connection, ConnectionKind, ConnectionScan, ConnectionStatus, LeaseOutcome,
+    MarkGuard, MarkOutcome, PendingAuthorization, RotationCause, StateOutcome, StoreError, Version,
 };
 use crate::connection_id::ConnectionId;
-use crate::keap::{IssuedTokens, TokenPair};
+use crate::keap::{IssuedTokens, SHORT_EXPIRES_IN_SECS, TokenPair};
 
 #[derive(Clone)]
 pub struct DynamoDbTokenStore {
-    client: Client,
-    table: String,
+    pub(super) client: Client,
+    pub(super) table: String,
 }
 
 impl DynamoDbTokenStore {
@@ -50,14 +48,14 @@ impl DynamoDbTokenStore {
 }
 
 /// How a conditional `UpdateItem` ended.
-enum Written {
+pub(super) enum Written {
     /// Applied; the attributes asked for with `ReturnValues`.
     Applied(Option<Item>),
     /// The condition failed; the old item (`None`: there is none, or DynamoDB did not say).
     ConditionFailed(Option<Item>),
 }
 
-async fn send_update(request: UpdateItemFluentBuilder) -> Result<Written, StoreError> {
+pub(super) async fn send_update(request: UpdateItemFluentBuilder) -> Result<Written, StoreError> {
     match request.send().await {
         Ok(output) => Ok(Written::Applied(output.attributes)),
         Err(SdkError::ServiceError(service)) => match service.err() {
@@ -76,6 +74,56 @@ fn pair_values(pair: &TokenPair) -> [(&'static str, AttributeValue); 3] {
         (":refresh", string(pair.refresh_token.expose_secret())),
         (":expires", number(pair.access_expires_at)),
     ]
+}
+
+/// The grant an orphaned pair was issued for: its incarnation and account, and the
+/// generation the pair would have had.
+#[derive(Debug, Clone, Copy)]
+pub struct OrphanOwner<'a> {
+    pub generation: u64,
+    pub incarnation: Option<&'a str>,
+    pub keap_app: Option<&'a str>,
+}
+
+/// What [`DynamoDbTokenStore::store_orphan_pair`] left on the item.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OrphanKept {
+    /// The pair, on the grant it belongs to.
+    Pair,
+    /// Fingerprints, generation and times only: the item is another grant now.
+    DiagnosisOnly,
+    /// The connection is gone.
+    Nothing,
+}
+
+/// An `orphan_pair` map that holds no token: what diagnosis needs to recognise the pair.
+fn orphan_diagnosis(generation: u64, pair: &TokenPair, now: i64) -> Item {
+    HashMap::from([
+        ("generation".to_owned(), unsigned(generation)),
+        (
+            "access_fingerprint".to_owned(),
+            string(token_fingerprint(pair.access_token.expose_secret())),
+        ),
+        (
+            "refresh_fingerprint".to_owned(),
+            string(token_fingerprint(pair.refresh_token.expose_secret())),
+        ),
+        (
+            "access_expires_at".to_owned(),
+            number(pair.access_expires_at),
+        ),
+        ("stored_at".to_owned(), number(now)),
+    ])
+}
+
+/// The first 16 hex digits of a token's SHA-256: tells two tokens apart, gives nothing away.
+pub(crate) fn token_fingerprint(token: &str) -> String {
+    use sha2::{Digest, Sha256};
+    Sha256::digest(token.as_bytes())
+        .iter()
+        .take(8)
+        .map(|byte| format!("{byte:02x}"))
+        .collect()
 }
 
 fn generation_of(attributes: Option<&Item>) -> Option<u64> {
@@ -109,7 +157,7 @@ fn with_version(
     }
 }
 
-fn malformed_write(id: &ConnectionId, reason: &str) -> StoreError {
+pub(super) fn malformed_write(id: &ConnectionId, reason: &str) -> StoreError {
     StoreError::Malformed {
         pk: format!("{CONNECTION_PREFIX}{id}"),
         reason: reason.to_owned(),
@@ -131,16 +179,28 @@ fn collect_connections(scan: &mut ConnectionScan, items: &[Item]) -> Result<(), 
     Ok(())
 }
 
-/// What the callback may read back of a connection item it wrote: no token, no key reference
-/// (the template's `dynamodb:Attributes` condition on its GetItem lists exactly these).
-pub const CALLBACK_READABLE_ATTRIBUTES: [&str; 4] =
-    ["pk", "generation", "authorized_by", "keap_app"];
+/// What the callback and the operator may read of a connection item: no token, no key
+/// reference (the template's `dynamodb:Attributes` condition on their GetItem lists exactly
+/// these).
+pub const CALLBACK_READABLE_ATTRIBUTES: [&str; 6] = [
+    "pk",
+    "generation",
+    "authorized_by",
+    "keap_app",
+    "incarnation",
+    "exchanged_at",
+];
 
-/// The non-secret view of a connection item the callback reads after its write.
-struct AuthorizationView {
-    generation: Option<u64>,
-    authorized_by: Option<String>,
-    keap_app: Option<String>,
+/// The non-secret view of a connection item: what an authorization reads before its exchange
+/// (or key probe) to condition its write on, and after it to learn the outcome.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuthorizationView {
+    pub generation: Option<u64>,
+    pub authorized_by: Option<String>,
+    pub keap_app: Option<String>,
+    pub incarnation: Option<String>,
+    /// Epoch milliseconds of the exchange (or key probe) that made the current grant.
+    pub exchanged_at: Option<i64>,
 }
 
 impl DynamoDbTokenStore {
@@ -164,21 +224,28 @@ impl DynamoDbTokenStore {
         Ok(scan)
     }
 
-    /// A consistent read of only [`CALLBACK_READABLE_ATTRIBUTES`]: how the callback learns
-    /// the generation it stored, or recognises its own landed write, without ever reading a
-    /// token. `None`: no such item.
-    async fn authorization_view(
+    /// A consistent read of only [`CALLBACK_READABLE_ATTRIBUTES`]: how the callback and the
+    /// operator learn what an authorization is decided on, the generation they stored, or
+    /// recognise their own landed write, without ever reading a token. `None`: no such item.
+    pub async fn read_authorization(
         &self,
         id: &ConnectionId,
     ) -> Result<Option<AuthorizationView>, StoreError> {
-        let output = self
+        let mut request = self
             .client
             .get_item()
             .table_name(&self.table)
             .key("pk", connection_key(id))
-            .consistent_read(true)
-            .projection_expression("pk, #generation, authorized_by, keap_app")
-            .expression_attribute_names("#generation", "generation")
+            .consistent_read(true);
+        // Aliases for every name: some (`generation`) are DynamoDB reserved words.
+        let mut projection = Vec::new();
+        for (i, name) in CALLBACK_READABLE_ATTRIBUTES.iter().enumerate() {
+            let alias = format!("#a{i}");
+            request = request.expression_attribute_names(&alias, *name);
+            projection.push(alias);
+        }
+        let output = request
+            .projection_expression(projection.join(", "))
             .send()
             .await
             .map_err(StoreError::from_sdk)?;
@@ -191,20 +258,25 @@ impl DynamoDbTokenStore {
                 generation: generation_of(Some(&item)),
                 authorized_by: text("authorized_by"),
                 keap_app: text("keap_app"),
+                incarnation: text("incarnation"),
+                exchanged_at: match item.get("exchanged_at") {
+                    Some(AttributeValue::N(n)) => n.parse().ok(),
+                    _ => None,
+                },
             }
         }))
     }
 
-    /// Deletes a state this callback consumed. Housekeeping only: the decision was the
-    /// consume, and a state left behind (this delete failed) is unusable and expires by TTL.
-    async fn retire_state(&self, nonce: &str, write_id: &str) {
+    /// Deletes a consumed state. Housekeeping only, done after the pair is stored: the decision
+    /// was the consume, and a state left behind (this delete failed) is unusable and expires
+    /// by TTL.
+    pub async fn retire_state(&self, nonce: &str) {
         let result = self
             .client
             .delete_item()
             .table_name(&self.table)
             .key("pk", state_key(nonce))
-            .condition_expression("consumed_by = :wid")
-            .expression_attribute_values(":wid", string(write_id))
+            .condition_expression("attribute_exists(consumed_by)")
             .send()
             .await;
         if let Err(e) = result {
@@ -258,93 +330,6 @@ impl DynamoDbTokenStore {
         Ok(scan)
     }
 
-    /// Stores a freshly authorized pair as a new generation, `active`, clearing lease, orphan
-    /// pair and last error, in one atomic update. `write_id` is the same for every retry of this
-    /// authorization: a retry neither applies twice nor overwrites a newer pair.
-    pub async fn authorize(
-        &self,
-        id: &ConnectionId,
-        issued: &IssuedTokens,
-        replace_account: bool,
-        write_id: &str,
-        now: i64,
-    ) -> Result<AuthorizeOutcome, StoreError> {
-        let mut set = vec![
-            "access_token = :access",
-            "refresh_token = :refresh",
-            "access_expires_at = :expires",
-            "#status = :active",
-            "#kind = :oauth",
-            "authorized_at = :now",
-            "authorized_by = :wid",
-            "incarnation = if_not_exists(incarnation, :inc)",
-            "updated_at = :now",
-        ];
-        // A retry of this same authorization must not apply twice, nor overwrite a pair the
-        // refresher committed after it (which leaves `authorized_by` as it is).
-        let mut condition =
-            "(attribute_not_exists(authorized_by) OR authorized_by <> :wid)".to_owned();
-        // The public callback's write returns nothing (ReturnValues NONE, and NONE on a failed
-        // condition): its role may not read tokens, so it learns what it needs (the generation,
-        // whether the write is its own, the stored account) from a projected read instead.
-        let mut request = self
-            .client
-            .update_item()
-            .table_name(&self.table)
-            .key("pk", connection_key(id))
-            .expression_attribute_names("#status", "status")
-            .expression_attribute_names("#kind", "kind")
-            .expression_attribute_values(":active", string("active"))
-            .expression_attribute_values(":oauth", string("oauth"))
-            .expression_attribute_values(":now", number(now))
-            .expression_attribute_values(":one", unsigned(1))
-            .expression_attribute_values(":wid", string(write_id))
-            .expression_attribute_values(":inc", string(new_write_id()));
-        for (name, value) in pair_values(&issued.pair) {
-            request = request.expression_attribute_values(name, value);
-        }
-        if let Some(scope) = &issued.scope {
-            set.push("keap_scope = :scope");
-            request = request.expression_attribute_values(":scope", string(scope));
-        }
-        if let Some(app) = &issued.keap_app {
-            set.push("keap_app = :app");
-            request = request.expression_attribute_values(":app", string(app));
-            if !replace_account {
-                condition.push_str(" AND (attribute_not_exists(keap_app) OR keap_app = :app)");
-            }
-        }
-        let expression = format!(
-            "SET {} ADD generation :one REMOVE lease_owner, lease_until, orphan_pair, last_error, key_secret_id, lost_responses, unauthorized_rotation_at",
-            set.join(", ")
-        );
-        let request = request
-            .update_expression(expression)
-            .condition_expression(condition);
-        let applied = matches!(send_update(request).await?, Written::Applied(_));
-        let view = self.authorization_view(id).await?;
-        let Some(view) = view else {
-            // Removed between the write and the read (or the condition failed on an item that
-            // is gone now): nothing is stored under this connection.
-            return Err(malformed_write(
-                id,
-                "the connection was removed while it was being authorized",
-            ));
-        };
-        let ours = view.authorized_by.as_deref() == Some(write_id);
-        if applied || ours {
-            // A refresh may already have committed on top of our pair (the generation is then
-            // one higher); another authorization after ours still reports its generation.
-            let generation = view
-                .generation
-                .ok_or_else(|| malformed_write(id, "stored item has no generation"))?;
-            return Ok(AuthorizeOutcome::Authorized { generation });
-        }
-        Ok(AuthorizeOutcome::AccountMismatch {
-            existing_app: view.keap_app.unwrap_or_else(|| "<unknown>".to_owned()),
-        })
-    }
-
     /// `owner` is this attempt's write id; `until` must outlive the holder's invocation.
     pub async fn take_lease(
         &self,
@@ -354,7 +339,29 @@ impl DynamoDbTokenStore {
         now: i64,
         until: i64,
     ) -> Result<LeaseOutcome, StoreError> {
-        let request = self
+        self.take_lease_for(id, version, owner, now, until, None)
+            .await
+    }
+
+    /// [`DynamoDbTokenStore::take_lease`] for an expiry-driven rotation when
+    /// `expiry_rotated_before` is set: the lease is granted only if the last expiry-driven
+    /// rotation (`expiry_rotation_at`) is absent or not later than it, so across every
+    /// container a connection rotates for expiry at most once per interval
+    /// ([`LeaseOutcome::RotationLimited`] otherwise).
+    pub async fn take_lease_for(
+        &self,
+        id: &ConnectionId,
+        version: &Version,
+        owner: &str,
+        now: i64,
+        until: i64,
+        expiry_rotated_before: Option<i64>,
+    ) -> Result<LeaseOutcome, StoreError> {
+        let mut condition =
+            "#status = :active AND (attribute_not_exists(#kind) OR #kind = :oauth) \
+             AND (attribute_not_exists(lease_until) OR lease_until < :now)"
+                .to_owned();
+        let mut request = self
             .update(connection_key(id))
             .update_expression("SET lease_owner = :owner, lease_until = :until")
             .expression_attribute_names("#status", "status")
@@ -365,12 +372,13 @@ impl DynamoDbTokenStore {
             .expression_attribute_values(":oauth", string(ConnectionKind::OAuth.as_str()))
             .expression_attribute_values(":now", number(now))
             .return_values(ReturnValue::AllNew);
-        let request = with_version(
-            request,
-            "#status = :active AND (attribute_not_exists(#kind) OR #kind = :oauth) \
-             AND (attribute_not_exists(lease_until) OR lease_until < :now)",
-            version,
-        );
+        if let Some(limit) = expiry_rotated_before {
+            condition.push_str(
+                " AND (attribute_not_exists(expiry_rotation_at) OR expiry_rotation_at <= :rotation_limit)",
+            );
+            request = request.expression_attribute_values(":rotation_limit", number(limit));
+        }
+        let request = with_version(request, &condition, version);
         match send_update(request).await? {
             Written::Applied(Some(item)) => Ok(LeaseOutcome::Acquired {
                 until,
@@ -389,12 +397,18 @@ impl DynamoDbTokenStore {
             }
             Written::ConditionFailed(Some(old)) => {
                 let current = parse_connection(&old)?;
+                let lease_free = current.lease.as_ref().is_none_or(|lease| lease.until < now);
                 Ok(if current.version() != *version {
                     LeaseOutcome::GenerationMoved
                 } else if current.status == ConnectionStatus::Active
                     && current.kind == ConnectionKind::OAuth
                 {
-                    LeaseOutcome::Held
+                    match (expiry_rotated_before, current.expiry_rotation_at) {
+                        (Some(limit), Some(rotated_at)) if lease_free && rotated_at > limit => {
+                            LeaseOutcome::RotationLimited { rotated_at }
+                        }
+                        _ => LeaseOutcome::Held,
+                    }
                 } else {
                     LeaseOutcome::NotActive
                 })
@@ -405,7 +419,9 @@ impl DynamoDbTokenStore {
 
     /// Writes the refreshed pair as `generation + 1`, conditional on generation and
     /// incarnation only (a lapsed lease does not stop it). `write_id` is the same for every
-    /// retry of this commit. A rotation for a 401 records `unauthorized_rotation_at`.
+    /// retry of this commit. A rotation for a 401 records `unauthorized_rotation_at`; a pair
+    /// that lives less than [`SHORT_EXPIRES_IN_SECS`] records `expiry_rotation_at` (any other
+    /// pair removes it).
     pub async fn commit_refresh(
         &self,
         id: &ConnectionId,
@@ -443,10 +459,15 @@ impl DynamoDbTokenStore {
         if cause == RotationCause::Unauthorized {
             set.push("unauthorized_rotation_at = :now");
         }
-        let expression = format!(
-            "SET {} REMOVE lease_owner, lease_until, last_error, lost_responses",
-            set.join(", ")
-        );
+        // A pair Keap issued short-lived arms the limit on expiry-driven rotations (checked in
+        // the next lease); a normal one disarms it.
+        let mut remove = vec!["lease_owner", "lease_until", "last_error", "lost_responses"];
+        if issued.pair.access_expires_at - now < SHORT_EXPIRES_IN_SECS {
+            set.push("expiry_rotation_at = :now");
+        } else {
+            remove.push("expiry_rotation_at");
+        }
+        let expression = format!("SET {} REMOVE {}", set.join(", "), remove.join(", "));
         let request = with_version(
             request.update_expression(expression),
             "attribute_exists(pk)",
@@ -491,33 +512,43 @@ impl DynamoDbTokenStore {
     }
 
     /// Frees the lease if `owner` still holds it at `version`; otherwise does nothing (a retry
-    /// of a release that landed finds nothing left to release).
+    /// of a release that landed finds nothing left to release). `uncount` is the write id of a
+    /// presentation that consumed nothing (a non-2xx status, a connect failure, a refused time
+    /// check): it leaves `lost_responses` in the same write.
     pub async fn release_lease(
         &self,
         id: &ConnectionId,
         version: &Version,
         owner: &str,
         last_error: Option<&str>,
+        uncount: Option<&str>,
         now: i64,
     ) -> Result<(), StoreError> {
         let mut request = self
             .update(connection_key(id))
             .expression_attribute_values(":owner", string(owner))
             .expression_attribute_values(":now", number(now));
-        let expression = match last_error {
-            Some(error) => {
-                request = request.expression_attribute_values(":error", string(error));
-                "SET updated_at = :now, last_error = :error REMOVE lease_owner, lease_until"
-            }
-            None => "SET updated_at = :now REMOVE lease_owner, lease_until",
-        };
+        let mut expression = "SET updated_at = :now".to_owned();
+        if let Some(error) = last_error {
+            request = request.expression_attribute_values(":error", string(error));
+            expression.push_str(", last_error = :error");
+        }
+        expression.push_str(" REMOVE lease_owner, lease_until");
+        if let Some(write_id) = uncount {
+            request = request.expression_attribute_values(
+                ":uncount",
+                AttributeValue::Ss(vec![write_id.to_owned()]),
+            );
+            expression.push_str(" DELETE lost_responses :uncount");
+        }
         let request = with_version(
             request.update_expression(expression),
             "lease_owner = :owner",
             version,
         );
         // Condition failed: someone else's lease or version now, or this release already landed.
-        // Either way nothing of ours is left to release.
+        // Either way nothing of ours is left to release (a presentation not uncounted because
+        // the lease was lost stays counted: the safe side).
         send_update(request).await.map(|_| ())
     }
 
@@ -551,6 +582,12 @@ impl DynamoDbTokenStore {
                 version,
             ),
             MarkGuard::GenerationOnly => with_version(request, "attribute_exists(pk)", version),
+            MarkGuard::KeyRejectedSince(since) => with_version(
+                request.expression_attribute_values(":since", number(since)),
+                "key_rejected_since = :since AND (attribute_not_exists(key_accepted_at) \
+                 OR key_accepted_at < key_rejected_since)",
+                version,
+            ),
         };
         Ok(match send_update(request).await? {
             Written::Applied(_) => MarkOutcome::Marked,
@@ -561,10 +598,65 @@ impl DynamoDbTokenStore {
         })
     }
 
-    /// Counts a refresh whose answer was lost, while `owner` holds the lease at `version`.
-    /// Returns how many this generation has had (idempotent per `write_id`), or `None` when the
-    /// lease is no longer ours.
-    pub async fn record_lost_response(
+    /// Records that Keap confirmed a rejection of this key connection's key at `now`, unless a
+    /// rejection is already recorded that is newer than `stale_before` and that no success has
+    /// answered since (repeated 401s never move the window forward). Returns the
+    /// `key_rejected_since` the item holds afterwards, or `None` when the connection moved
+    /// (another generation or incarnation, removed).
+    pub async fn record_key_rejection(
+        &self,
+        id: &ConnectionId,
+        version: &Version,
+        now: i64,
+        stale_before: i64,
+    ) -> Result<Option<i64>, StoreError> {
+        let request = self
+            .update(connection_key(id))
+            .update_expression("SET key_rejected_since = :now, updated_at = :now")
+            .expression_attribute_values(":now", number(now))
+            .expression_attribute_values(":stale", number(stale_before));
+        let request = with_version(
+            request,
+            "attribute_not_exists(key_rejected_since) OR key_rejected_since < :stale \
+             OR key_accepted_at >= key_rejected_since",
+            version,
+        );
+        Ok(match send_update(request).await? {
+            Written::Applied(_) => Some(now),
+            Written::ConditionFailed(Some(old)) => match parse_connection(&old) {
+                Ok(current) if current.version() == *version => current.key_rejected_since,
+                _ => None,
+            },
+            Written::ConditionFailed(None) => None,
+        })
+    }
+
+    /// Records that a request with this key connection's key succeeded at `now`
+    /// (`key_accepted_at`, never moved backwards). `false` when the connection moved.
+    pub async fn record_key_accepted(
+        &self,
+        id: &ConnectionId,
+        version: &Version,
+        now: i64,
+    ) -> Result<bool, StoreError> {
+        let request = self
+            .update(connection_key(id))
+            .update_expression("SET key_accepted_at = :now")
+            .expression_attribute_values(":now", number(now));
+        let request = with_version(
+            request,
+            "attribute_not_exists(key_accepted_at) OR key_accepted_at <= :now",
+            version,
+        );
+        Ok(matches!(send_update(request).await?, Written::Applied(_)))
+    }
+
+    /// Counts a presentation of the refresh token before it is made, while `owner` holds the
+    /// lease at `version`: `write_id` (this presentation's) joins the `lost_responses` set, and
+    /// stays there unless a release takes it back because the presentation consumed nothing.
+    /// Returns how many ids the set holds now (idempotent per `write_id`), or `None` when the
+    /// lease is no longer ours (nothing may be presented then).
+    pub async fn count_presentation(
         &self,
         id: &ConnectionId,
         version: &Version,
@@ -592,38 +684,69 @@ impl DynamoDbTokenStore {
         })
     }
 
-    /// Keeps a pair whose commit lost to a re-authorization, for diagnosis only.
+    /// Keeps what is left of a pair whose commit lost to a re-authorization or a removal.
+    ///
+    /// The pair itself is kept (for diagnosis only) only on the grant it belongs to: the same
+    /// incarnation, account (`keap_app`) and kind, decided by the write's condition. On a
+    /// removed and re-created connection, or one re-authorized for another account, the item
+    /// gets only fingerprints, the generation and times (a removal or a replaced account must
+    /// not keep another grant's live tokens).
     pub async fn store_orphan_pair(
         &self,
         id: &ConnectionId,
-        orphan_generation: u64,
+        owner: &OrphanOwner<'_>,
         pair: &TokenPair,
         now: i64,
-    ) -> Result<(), StoreError> {
-        let orphan = HashMap::from([
-            ("generation".to_owned(), unsigned(orphan_generation)),
-            (
-                "access_token".to_owned(),
-                string(pair.access_token.expose_secret()),
-            ),
-            (
-                "refresh_token".to_owned(),
-                string(pair.refresh_token.expose_secret()),
-            ),
-            (
-                "access_expires_at".to_owned(),
-                number(pair.access_expires_at),
-            ),
-            ("stored_at".to_owned(), number(now)),
-        ]);
+    ) -> Result<OrphanKept, StoreError> {
+        let mut full = orphan_diagnosis(owner.generation, pair, now);
+        full.insert(
+            "access_token".to_owned(),
+            string(pair.access_token.expose_secret()),
+        );
+        full.insert(
+            "refresh_token".to_owned(),
+            string(pair.refresh_token.expose_secret()),
+        );
+        let mut same_grant = vec!["(attribute_not_exists(#kind) OR #kind = :oauth)"];
+        let mut request = self
+            .update(connection_key(id))
+            .update_expression("SET orphan_pair = :orphan, updated_at = :now")
+            .expression_attribute_names("#kind", "kind")
+            .expression_attribute_values(":oauth", string(ConnectionKind::OAuth.as_str()))
+            .expression_attribute_values(":orphan", AttributeValue::M(full))
+            .expression_attribute_values(":now", number(now));
+        match owner.incarnation {
+            Some(incarnation) => {
+                same_grant.push("incarnation = :inc");
+                request = request.expression_attribute_values(":inc", string(incarnation));
+            }
+            None => same_grant.push("attribute_not_exists(incarnation)"),
+        }
+        match owner.keap_app {
+            Some(app) => {
+                same_grant.push("keap_app = :app");
+                request = request.expression_attribute_values(":app", string(app));
+            }
+            None => same_grant.push("attribute_not_exists(keap_app)"),
+        }
+        let request = request.condition_expression(same_grant.join(" AND "));
+        if let Written::Applied(_) = send_update(request).await? {
+            return Ok(OrphanKept::Pair);
+        }
         let request = self
             .update(connection_key(id))
             .update_expression("SET orphan_pair = :orphan, updated_at = :now")
             .condition_expression("attribute_exists(pk)")
-            .expression_attribute_values(":orphan", AttributeValue::M(orphan))
+            .expression_attribute_values(
+                ":orphan",
+                AttributeValue::M(orphan_diagnosis(owner.generation, pair, now)),
+            )
             .expression_attribute_values(":now", number(now));
-        // Condition failed: the connection was removed meanwhile, nothing to attach the orphan to.
-        send_update(request).await.map(|_| ())
+        Ok(match send_update(request).await? {
+            Written::Applied(_) => OrphanKept::DiagnosisOnly,
+            // The connection was removed meanwhile: nothing to attach the orphan to.
+            Written::ConditionFailed(_) => OrphanKept::Nothing,
+        })
     }
 
     pub async fn put_state(
@@ -674,105 +797,7 @@ impl DynamoDbTokenStore {
             },
             Written::ConditionFailed(None) => StateOutcome::Unknown,
         };
-        if matches!(outcome, StateOutcome::Consumed(_)) {
-            self.retire_state(nonce, &write_id).await;
-        }
         Ok(outcome)
-    }
-
-    /// Creates or replaces a service-account-key connection (a new generation, `active`); a
-    /// retry of a registration that landed is recognised, not applied twice.
-    pub async fn register_service_account_key(
-        &self,
-        id: &ConnectionId,
-        key_secret_id: &str,
-        keap_app: Option<&str>,
-        now: i64,
-    ) -> Result<u64, StoreError> {
-        let write_id = new_write_id();
-        let mut request = self
-            .update(connection_key(id))
-            .expression_attribute_names("#status", "status")
-            .expression_attribute_names("#kind", "kind")
-            .expression_attribute_values(":active", string(ConnectionStatus::Active.as_str()))
-            .expression_attribute_values(
-                ":key_kind",
-                string(ConnectionKind::ServiceAccountKey.as_str()),
-            )
-            .expression_attribute_values(":secret", string(key_secret_id))
-            .expression_attribute_values(":now", number(now))
-            .expression_attribute_values(":one", unsigned(1))
-            .expression_attribute_values(":wid", string(&write_id))
-            .expression_attribute_values(":inc", string(new_write_id()))
-            .condition_expression("attribute_not_exists(authorized_by) OR authorized_by <> :wid")
-            .return_values(ReturnValue::UpdatedNew);
-        let mut set = vec![
-            "#status = :active",
-            "#kind = :key_kind",
-            "key_secret_id = :secret",
-            "authorized_at = :now",
-            "authorized_by = :wid",
-            "incarnation = if_not_exists(incarnation, :inc)",
-            "updated_at = :now",
-        ];
-        let mut remove = vec![
-            "access_token",
-            "refresh_token",
-            "access_expires_at",
-            "lease_owner",
-            "lease_until",
-            "orphan_pair",
-            "last_error",
-            "keap_scope",
-            "refreshed_at",
-            "lost_responses",
-            "unauthorized_rotation_at",
-        ];
-        match keap_app {
-            Some(app) => {
-                set.push("keap_app = :app");
-                request = request.expression_attribute_values(":app", string(app));
-            }
-            None => remove.push("keap_app"),
-        }
-        let request = request.update_expression(format!(
-            "SET {} ADD generation :one REMOVE {}",
-            set.join(", "),
-            remove.join(", ")
-        ));
-        let attributes = match send_update(request).await? {
-            Written::Applied(attributes) => attributes,
-            // The only way this condition fails is our own landed attempt.
-            Written::ConditionFailed(old) => old,
-        };
-        generation_of(attributes.as_ref())
-            .ok_or_else(|| malformed_write(id, "update returned no generation"))
-    }
-
-    /// Removes a connection item; `true` when one existed.
-    pub async fn delete_connection(&self, id: &ConnectionId) -> Result<bool, StoreError> {
-        // A condition, not ReturnValues ALL_OLD: whether an item existed, without reading its
-        // tokens back.
-        let result = self
-            .client
-            .delete_item()
-            .table_name(&self.table)
-            .key("pk", connection_key(id))
-            .condition_expression("attribute_exists(pk)")
-            .send()
-            .await;
-        match result {
-            Ok(_) => Ok(true),
-            Err(SdkError::ServiceError(service))
-                if matches!(
-                    service.err(),
-                    DeleteItemError::ConditionalCheckFailedException(_)
-                ) =>
-            {
-                Ok(false)
-            }
-            Err(other) => Err(StoreError::from_sdk(other)),
-        }
     }
 
     /// Deletes every pending authorization (state item) that points at `id`, consumed or not;

@@ -10,11 +10,17 @@
 
 mod dynamodb;
 mod error;
+mod grants;
 mod model;
 mod write_id;
 
-pub use dynamodb::{CALLBACK_READABLE_ATTRIBUTES, DynamoDbTokenStore};
+pub use dynamodb::{
+    AuthorizationView, CALLBACK_READABLE_ATTRIBUTES, DynamoDbTokenStore, OrphanKept, OrphanOwner,
+};
 pub use error::StoreError;
+pub use grants::{
+    AuthorizationBasis, PairWrite, RegisterOutcome, TOMBSTONE_MIN_TTL_SECS, tombstone_expires_at,
+};
 pub use model::{
     Connection, ConnectionKind, ConnectionStatus, Lease, PENDING_INDEX, PendingAuthorization,
     RotationCause, STATUS_INDEX, StateOutcome,
@@ -54,6 +60,12 @@ pub enum AuthorizeOutcome {
     /// The connection belongs to another Keap account and the start request did not say
     /// `replace_account`.
     AccountMismatch { existing_app: String },
+    /// Another authorization of the connection landed after the read this one was decided on,
+    /// from a later exchange: it stays, this pair was not stored (Keap retired its grant).
+    Superseded,
+    /// The connection was removed at or after the link was started (its tombstone), or while
+    /// the pair was being stored: nothing is stored under it.
+    Removed,
 }
 
 #[derive(Debug, Clone)]
@@ -70,6 +82,9 @@ pub enum LeaseOutcome {
     GenerationMoved,
     /// The connection is gone, not active, or not an OAuth connection.
     NotActive,
+    /// An expiry-driven rotation was asked for, and the last one (`expiry_rotation_at`, epoch
+    /// seconds) is too recent (docs/design.md, "The fault model": short token lifetimes).
+    RotationLimited { rotated_at: i64 },
 }
 
 #[derive(Debug, Clone)]
@@ -99,4 +114,7 @@ pub enum MarkOutcome {
 pub enum MarkGuard<'a> {
     LeaseOwner(&'a str),
     GenerationOnly,
+    /// A key connection whose rejection was recorded at this `key_rejected_since` and not
+    /// answered by a success since (`key_accepted_at` absent or older).
+    KeyRejectedSince(i64),
 }

@@ -9,6 +9,9 @@ use crate::keap::TokenPair;
 
 pub(crate) const CONNECTION_PREFIX: &str = "conn#";
 pub(crate) const STATE_PREFIX: &str = "state#";
+/// A removed connection's tombstone: `tomb#<connection_id>`, with `removed_at` and the TTL
+/// `expires_at` (docs/design.md, "Data model"). No `status`, no `connection_id`: in neither index.
+pub(crate) const TOMBSTONE_PREFIX: &str = "tomb#";
 /// Sparse global secondary index on `status` (hash key): connection items only, all
 /// attributes. The refresher queries it instead of scanning, so it never reads a state item.
 pub const STATUS_INDEX: &str = "connections-by-status";
@@ -91,6 +94,19 @@ pub struct Connection {
     /// (epoch seconds): the bound on 401-driven rotations holds across containers because it
     /// lives in the item. Cleared by a new authorization.
     pub unauthorized_rotation_at: Option<i64>,
+    /// When a refresh last committed a pair Keap issued short-lived (under five minutes; epoch
+    /// seconds; removed by a commit of a normal pair): the lease of an expiry-driven refresh
+    /// requires it to be at least a minute old, so a Keap that issues very short-lived tokens
+    /// cannot make every call rotate, in any number of containers.
+    pub expiry_rotation_at: Option<i64>,
+    /// Key connections: when Keap first confirmed (a profile probe answering 401) that it
+    /// rejects the key, epoch seconds. The key is marked dead only by a later confirming 401
+    /// inside the window that opens the recheck interval + 30 s after it (docs/design.md,
+    /// "Connection kinds").
+    pub key_rejected_since: Option<i64>,
+    /// Key connections: when a request with the key last succeeded after a recorded rejection
+    /// (epoch seconds): a key accepted since `key_rejected_since` is not marked.
+    pub key_accepted_at: Option<i64>,
 }
 
 /// Why a pair is being rotated; a rotation for a 401 is remembered in the item.
@@ -103,6 +119,16 @@ pub enum RotationCause {
 }
 
 impl Connection {
+    /// The recorded key rejection (`key_rejected_since`) that no success has answered since:
+    /// `key_accepted_at` absent or older.
+    pub fn unanswered_key_rejection(&self) -> Option<i64> {
+        let since = self.key_rejected_since?;
+        match self.key_accepted_at {
+            Some(accepted) if accepted >= since => None,
+            _ => Some(since),
+        }
+    }
+
     /// Last time this grant was known good: its last refresh, or its authorization.
     pub fn last_success_at(&self) -> Option<i64> {
         self.refreshed_at.max(self.authorized_at)
@@ -130,6 +156,10 @@ pub(crate) type Item = HashMap<String, AttributeValue>;
 
 pub(crate) fn connection_key(id: &ConnectionId) -> AttributeValue {
     AttributeValue::S(format!("{CONNECTION_PREFIX}{id}"))
+}
+
+pub(crate) fn tombstone_key(id: &ConnectionId) -> AttributeValue {
+    AttributeValue::S(format!("{TOMBSTONE_PREFIX}{id}"))
 }
 
 pub(crate) fn state_key(nonce: &str) -> AttributeValue {
@@ -265,6 +295,9 @@ pub(crate) fn parse_connection(item: &Item) -> Result<Connection, StoreError> {
         committed_by: r.opt_s("committed_by")?,
         lost_responses: r.string_set_len("lost_responses")?,
         unauthorized_rotation_at: r.opt_n("unauthorized_rotation_at")?,
+        expiry_rotation_at: r.opt_n("expiry_rotation_at")?,
+        key_rejected_since: r.opt_n("key_rejected_since")?,
+        key_accepted_at: r.opt_n("key_accepted_at")?,
     })
 }
 

@@ -13,7 +13,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::state::Shared;
-use crate::types::{AuthKind, Consent, Endpoint, Fault, FaultKind};
+use crate::types::{AuthKind, BodyBreak, Consent, Endpoint, Fault, FaultKind};
 
 pub(crate) fn router() -> Router<Arc<Shared>> {
     Router::new()
@@ -33,6 +33,7 @@ pub(crate) fn router() -> Router<Arc<Shared>> {
         .route("/tags", post(add_tag).get(list_tags))
         .route("/contacts", get(list_contacts))
         .route("/faults", post(inject_fault))
+        .route("/faults/fired", get(fault_fired))
         .route("/latency", put(set_latency))
         .route("/requests", get(list_requests).delete(clear_requests))
 }
@@ -181,6 +182,10 @@ enum FaultKindBody {
         status: u16,
         location: String,
     },
+    StatusThenBrokenBody {
+        status: u16,
+        break_body: BodyBreak,
+    },
     DelayMs(u64),
     DropAfterProcessing,
     DropBeforeProcessing,
@@ -218,16 +223,34 @@ async fn inject_fault(State(shared): Shd, Json(body): Json<FaultBody>) -> Respon
             }
             FaultKind::Redirect { status, location }
         }
+        FaultKindBody::StatusThenBrokenBody { status, break_body } => {
+            if StatusCode::from_u16(status).is_err() {
+                return (StatusCode::BAD_REQUEST, "invalid status").into_response();
+            }
+            FaultKind::StatusThenBrokenBody { status, break_body }
+        }
         FaultKindBody::DelayMs(millis) => FaultKind::Delay(Duration::from_millis(millis)),
         FaultKindBody::DropAfterProcessing => FaultKind::DropAfterProcessing,
         FaultKindBody::DropBeforeProcessing => FaultKind::DropBeforeProcessing,
     };
-    shared.lock().inject(Fault {
+    let id = shared.lock().inject(Fault {
         endpoint: body.endpoint,
         kind,
         times: body.times,
     });
-    StatusCode::NO_CONTENT.into_response()
+    Json(json!({ "id": id })).into_response()
+}
+
+#[derive(Deserialize)]
+struct FiredQuery {
+    id: u64,
+}
+
+async fn fault_fired(State(shared): Shd, Query(query): Query<FiredQuery>) -> Response {
+    match shared.lock().fired(query.id) {
+        Some(fired) => Json(json!({ "fired": fired })).into_response(),
+        None => (StatusCode::NOT_FOUND, "no such fault").into_response(),
+    }
 }
 
 #[derive(Deserialize)]
@@ -265,6 +288,7 @@ async fn list_requests(State(shared): Shd) -> Json<Value> {
                 "basic_client_id": basic_client_id,
                 "grant_type": r.grant_type,
                 "form_client_id": r.form_client_id,
+                "presentation": r.presentation,
                 "status": r.status,
                 "handling_ms": r.handling.as_secs_f64() * 1000.0,
                 "app": r.app,

@@ -13,7 +13,9 @@ use axum::response::{IntoResponse, Response};
 use crate::credentials::{self, Authorization};
 use crate::respond::{gateway_fault, message};
 use crate::state::{RouteClass, Shared, State as SandboxState};
-use crate::types::{AuthKind, Consent, FaultKind, RecordedRequest};
+use futures_util::StreamExt;
+
+use crate::types::{AuthKind, BodyBreak, Consent, FaultKind, RecordedRequest};
 
 pub(crate) const CONTROL_PREFIX: &str = "/_sandbox";
 /// Token requests are a few hundred bytes; anything near this is a client bug.
@@ -33,6 +35,7 @@ struct Arrival {
     auth: AuthKind,
     grant_type: Option<String>,
     form_client_id: Option<String>,
+    presentation: Option<u32>,
     app: Option<String>,
 }
 
@@ -49,6 +52,7 @@ impl Arrival {
             auth: self.auth,
             grant_type: self.grant_type,
             form_client_id: self.form_client_id,
+            presentation: self.presentation,
             status,
             app: self.app,
         };
@@ -95,6 +99,12 @@ pub(crate) async fn gate(
     let (arrival, fault, latency) = {
         let mut sandbox = shared.lock();
         let app = tenant_hint(&sandbox, class, &request, &form_value);
+        let presentation = match (class, form_value("grant_type").as_deref()) {
+            (RouteClass::Token, Some("refresh_token")) => {
+                form_value("refresh_token").map(|token| sandbox.count_presentation(&token))
+            }
+            _ => None,
+        };
         let arrival = Arrival {
             seq: sandbox.next_request_seq(),
             method: request.method().to_string(),
@@ -104,6 +114,7 @@ pub(crate) async fn gate(
             auth: credentials::auth_kind(request.headers()),
             grant_type: form_value("grant_type"),
             form_client_id: form_value("client_id"),
+            presentation,
             app,
         };
         (
@@ -122,6 +133,11 @@ pub(crate) async fn gate(
             retry_after_secs,
         }) => {
             let response = injected_status(*status, *retry_after_secs);
+            arrival.finish(&shared, response.status().as_u16());
+            return response;
+        }
+        Some(FaultKind::StatusThenBrokenBody { status, break_body }) => {
+            let response = broken_body(injected_status(*status, None), *break_body).await;
             arrival.finish(&shared, response.status().as_u16());
             return response;
         }
@@ -201,6 +217,29 @@ fn injected_status(status: u16, retry_after_secs: Option<u64>) -> Response {
             .insert(header::RETRY_AFTER, HeaderValue::from(secs));
     }
     response
+}
+
+/// `response` with its full `Content-Length` announced but only the first half of its body sent,
+/// then the connection cut or silent.
+async fn broken_body(response: Response, break_body: BodyBreak) -> Response {
+    let (mut parts, body) = response.into_parts();
+    let bytes = to_bytes(body, usize::MAX).await.unwrap_or_default();
+    let half = bytes.slice(..bytes.len() / 2);
+    parts
+        .headers
+        .insert(header::CONTENT_LENGTH, HeaderValue::from(bytes.len()));
+    let first = futures_util::stream::once(async move { Ok::<_, std::io::Error>(half) });
+    let body = match break_body {
+        // An error from the body stream makes hyper abort the connection mid-body.
+        // The pause lets hyper flush the status line and the first half before the cut (an
+        // immediate error aborts the connection before anything was written).
+        BodyBreak::Cut => Body::from_stream(first.chain(futures_util::stream::once(async {
+            tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+            Err(std::io::Error::other("injected: body cut off"))
+        }))),
+        BodyBreak::Stall => Body::from_stream(first.chain(futures_util::stream::pending())),
+    };
+    Response::from_parts(parts, body)
 }
 
 fn dropped() -> Response {

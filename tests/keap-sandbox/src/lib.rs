@@ -54,12 +54,15 @@
 //! | `POST /_sandbox/tags` | `{"app","name"}` | `{"id"}` |
 //! | `GET /_sandbox/tags?app=` | — | `[{"id","name"}]` |
 //! | `GET /_sandbox/contacts?app=` | — | the stored contacts |
-//! | `POST /_sandbox/faults` | `{"endpoint":"token"\|"api"\|"authorize"\|"any","times":1,"kind":K}` | 204 |
+//! | `POST /_sandbox/faults` | `{"endpoint":"token"\|"api"\|"authorize"\|"any","times":1,"kind":K}` | `{"id"}` |
+//! | `GET /_sandbox/faults/fired?id=` | — | `{"fired"}`: requests fault `id` answered (404 for an unknown id) |
 //! | `PUT /_sandbox/latency` | `{"endpoint","millis"}` | 204 |
-//! | `GET /_sandbox/requests` | — | `[{"method","path","query","at_ms","auth","basic_client_id","grant_type","form_client_id","status","handling_ms","app"}]` |
+//! | `GET /_sandbox/requests` | — | `[{"method","path","query","at_ms","auth","basic_client_id","grant_type","form_client_id","presentation","status","handling_ms","app"}]` |
 //! | `DELETE /_sandbox/requests` | — | 204 |
 //!
 //! `K` is `{"status":{"status":429,"retry_after_secs":3}}`, `{"delay_ms":5000}`,
+//! `{"status_then_broken_body":{"status":503,"break_body":"cut"}}` (or `"stall"`: the status line
+//! and half the body, then the connection is closed or goes silent),
 //! `"drop_after_processing"` or `"drop_before_processing"` (see [`FaultKind`]). `at_ms` counts
 //! from the sandbox's start; `auth` is `basic`, `bearer`, `api_key` or `none`.
 
@@ -91,7 +94,8 @@ use tokio::task::JoinHandle;
 
 use state::Shared;
 pub use types::{
-    AuthKind, Consent, Endpoint, Fault, FaultKind, IssuedPair, RecordedRequest, most_in_flight,
+    AuthKind, BodyBreak, Consent, Endpoint, Fault, FaultKind, IssuedPair, RecordedRequest,
+    most_in_flight,
 };
 
 /// The app (tenant) the default consent approves.
@@ -238,9 +242,19 @@ impl Sandbox {
 
     // ---- Faults, latency, request log ----
 
-    /// Faults queue in order; a request takes the first one that matches its endpoint.
-    pub fn inject(&self, fault: Fault) {
-        self.shared.lock().inject(fault);
+    /// Faults queue in order; a request takes the first one that matches its endpoint. The
+    /// returned handle counts the requests the fault answered, so a test can prove it fired.
+    pub fn inject(&self, fault: Fault) -> FaultHandle {
+        let id = self.shared.lock().inject(fault);
+        FaultHandle {
+            id,
+            shared: self.shared.clone(),
+        }
+    }
+
+    /// Drops every fault still queued; what the used ones answered is still counted.
+    pub fn clear_faults(&self) {
+        self.shared.lock().clear_faults();
     }
 
     /// Added to every matching request (settings for `Any` and a specific endpoint add up);
@@ -256,6 +270,38 @@ impl Sandbox {
 
     pub fn clear_requests(&self) {
         self.shared.lock().clear_requests();
+    }
+}
+
+/// A fault [`Sandbox::inject`] queued (or queued once: the count outlives the fault).
+#[derive(Clone)]
+pub struct FaultHandle {
+    id: u64,
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for FaultHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FaultHandle").field("id", &self.id).finish()
+    }
+}
+
+impl FaultHandle {
+    /// Requests this fault answered so far.
+    pub fn fired(&self) -> u64 {
+        self.shared.lock().fired(self.id).unwrap_or(0)
+    }
+
+    /// Panics unless this fault answered at least `at_least` requests: a fault test whose fault
+    /// never matched a request would otherwise pass without testing anything.
+    #[track_caller]
+    pub fn assert_fired(&self, at_least: u64) {
+        let fired = self.fired();
+        assert!(
+            fired >= at_least,
+            "the injected Keap sandbox fault fired {fired} time(s), expected at least \
+             {at_least}: it never matched the request the test meant to fault"
+        );
     }
 }
 

@@ -167,7 +167,13 @@ pub(crate) struct State {
     access_tokens: HashMap<String, AccessToken>,
     service_account_keys: HashMap<String, ServiceAccountKey>,
     apps: HashMap<String, AppData>,
-    faults: VecDeque<Fault>,
+    /// Queued faults with their ids (see [`State::inject`]).
+    faults: VecDeque<(u64, Fault)>,
+    /// Requests each fault answered, by id; kept after the fault is used up.
+    fired: HashMap<u64, u64>,
+    next_fault_id: u64,
+    /// Presentations of each refresh token so far (I1: at most one, two after a lost answer).
+    presentations: HashMap<String, u32>,
     latency: HashMap<Endpoint, Duration>,
     requests: Vec<(u64, RecordedRequest)>,
     next_request_seq: u64,
@@ -188,6 +194,9 @@ impl Default for State {
             service_account_keys: HashMap::new(),
             apps: HashMap::new(),
             faults: VecDeque::new(),
+            fired: HashMap::new(),
+            next_fault_id: 0,
+            presentations: HashMap::new(),
             latency: HashMap::new(),
             requests: Vec::new(),
             next_request_seq: 0,
@@ -497,21 +506,53 @@ impl State {
 
     // ---- Faults, latency, request log ----
 
-    pub(crate) fn inject(&mut self, fault: Fault) {
+    /// Queues `fault` and returns its id, under which [`State::fired`] counts the requests it
+    /// answered.
+    pub(crate) fn inject(&mut self, fault: Fault) -> u64 {
+        self.next_fault_id += 1;
+        let id = self.next_fault_id;
+        self.fired.insert(id, 0);
         if fault.times > 0 {
-            self.faults.push_back(fault);
+            self.faults.push_back((id, fault));
         }
+        id
     }
 
     pub(crate) fn take_fault(&mut self, class: RouteClass) -> Option<FaultKind> {
-        let index = self.faults.iter().position(|f| class.matches(f.endpoint))?;
-        let fault = self.faults.get_mut(index)?;
+        let index = self
+            .faults
+            .iter()
+            .position(|(_, f)| class.matches(f.endpoint))?;
+        let (id, fault) = self.faults.get_mut(index)?;
+        let id = *id;
         fault.times -= 1;
         let kind = fault.kind.clone();
         if fault.times == 0 {
             self.faults.remove(index);
         }
+        *self.fired.entry(id).or_default() += 1;
         Some(kind)
+    }
+
+    /// Drops every queued fault (their fired counts stay).
+    pub(crate) fn clear_faults(&mut self) {
+        self.faults.clear();
+    }
+
+    /// Requests fault `id` answered; `None` for an id never handed out.
+    pub(crate) fn fired(&self, id: u64) -> Option<u64> {
+        self.fired.get(&id).copied()
+    }
+
+    /// Counts one presentation of `refresh_token` and returns how many there were, this one
+    /// included.
+    pub(crate) fn count_presentation(&mut self, refresh_token: &str) -> u32 {
+        let count = self
+            .presentations
+            .entry(refresh_token.to_owned())
+            .or_default();
+        *count += 1;
+        *count
     }
 
     pub(crate) fn set_latency(&mut self, endpoint: Endpoint, latency: Duration) {

@@ -72,6 +72,11 @@ pub enum FaultKind {
         status: u16,
         retry_after_secs: Option<u64>,
     },
+    /// Answer this status line and headers (with the full `Content-Length`) without
+    /// processing the request, then send only half the gateway's error body and `break_body`
+    /// it: what a client sees when a 429 or 503 from Keap's gateway is cut off by a proxy or a
+    /// dying connection. The status line arrived, so nothing was consumed.
+    StatusThenBrokenBody { status: u16, break_body: BodyBreak },
     /// Answer this 3xx with `Location` set, without processing: a misrouted or hijacked
     /// endpoint. A client that follows it delivers its request (and credential) to `location`.
     Redirect { status: u16, location: String },
@@ -82,6 +87,16 @@ pub enum FaultKind {
     DropAfterProcessing,
     /// Close the TCP connection without processing.
     DropBeforeProcessing,
+}
+
+/// How [`FaultKind::StatusThenBrokenBody`] ends the body after its first half.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BodyBreak {
+    /// Close the connection: the client reads a truncated body.
+    Cut,
+    /// Send nothing more until the client gives up (its timeout).
+    Stall,
 }
 
 /// How a request authenticated, without the secret itself.
@@ -111,6 +126,9 @@ pub struct RecordedRequest {
     pub grant_type: Option<String>,
     /// For `/token`: the `client_id` sent in the form body (client_secret_post), if any.
     pub form_client_id: Option<String>,
+    /// For a `refresh_token` grant: how many times this refresh token had been presented, this
+    /// request included (I1: 1, or 2 for the retry after a lost answer).
+    pub presentation: Option<u32>,
     /// 0 when the connection was dropped instead of answered.
     pub status: u16,
     /// The server's own handling time, including injected latency and delays.

@@ -452,7 +452,7 @@ async fn throttling_is_waited_out_within_budget_and_reported_beyond_it() {
     let container = container(&fx, &[]);
     let request = json!({"contact": {"email": "slow@buttonpush.example"}});
 
-    fx.sandbox.inject(Fault {
+    let fault = fx.sandbox.inject(Fault {
         endpoint: Endpoint::Api,
         kind: FaultKind::Status {
             status: 429,
@@ -462,12 +462,13 @@ async fn throttling_is_waited_out_within_budget_and_reported_beyond_it() {
     });
     let started = Instant::now();
     upsert(&container.service, request.clone()).await.unwrap();
+    fault.assert_fired(1);
     assert!(
         started.elapsed() >= Duration::from_secs(1),
         "Retry-After honoured"
     );
 
-    fx.sandbox.inject(Fault {
+    let fault2 = fx.sandbox.inject(Fault {
         endpoint: Endpoint::Api,
         kind: FaultKind::Status {
             status: 429,
@@ -479,6 +480,7 @@ async fn throttling_is_waited_out_within_budget_and_reported_beyond_it() {
     let error = upsert(&container.service, request.clone())
         .await
         .unwrap_err();
+    fault2.assert_fired(1);
     assert_eq!(error.error_type(), "RateLimited", "{error}");
     // Far below the 30 s Keap asked for: the upsert gave up instead of waiting hopelessly.
     assert!(
@@ -487,7 +489,7 @@ async fn throttling_is_waited_out_within_budget_and_reported_beyond_it() {
     );
 
     // 5xx: one retry, then Unavailable.
-    fx.sandbox.inject(Fault {
+    let fault3 = fx.sandbox.inject(Fault {
         endpoint: Endpoint::Api,
         kind: FaultKind::Status {
             status: 503,
@@ -498,8 +500,9 @@ async fn throttling_is_waited_out_within_budget_and_reported_beyond_it() {
     let error = upsert(&container.service, request.clone())
         .await
         .unwrap_err();
+    fault3.assert_fired(2);
     assert_eq!(error.error_type(), "Unavailable", "{error}");
-    fx.sandbox.inject(Fault {
+    let fault4 = fx.sandbox.inject(Fault {
         endpoint: Endpoint::Api,
         kind: FaultKind::Status {
             status: 502,
@@ -508,6 +511,7 @@ async fn throttling_is_waited_out_within_budget_and_reported_beyond_it() {
         times: 1,
     });
     upsert(&container.service, request).await.unwrap();
+    fault4.assert_fired(1);
 }
 
 fn good(email: &str) -> String {
@@ -529,7 +533,7 @@ async fn sqs_batch_dead_letters_permanent_failures_and_retries_transient_ones() 
         ("good", &good("good@buttonpush.example")),
     ];
 
-    fx.sandbox.inject(Fault {
+    let fault = fx.sandbox.inject(Fault {
         endpoint: Endpoint::Api,
         kind: FaultKind::Status {
             status: 503,
@@ -538,6 +542,7 @@ async fn sqs_batch_dead_letters_permanent_failures_and_retries_transient_ones() 
         times: 2,
     });
     let failed = run_batch(&with_dlq, &records).await;
+    fault.assert_fired(2);
     assert_eq!(failed, vec!["transient"]);
     let dead = drain_queue(&fx.sdk, &queue).await;
     assert_eq!(dead.len(), 1);
@@ -549,7 +554,7 @@ async fn sqs_batch_dead_letters_permanent_failures_and_retries_transient_ones() 
 
     // Without a dead-letter queue, both failures stay with SQS.
     let without_dlq = sequential(&fx, None);
-    fx.sandbox.inject(Fault {
+    let fault2 = fx.sandbox.inject(Fault {
         endpoint: Endpoint::Api,
         kind: FaultKind::Status {
             status: 503,
@@ -558,6 +563,7 @@ async fn sqs_batch_dead_letters_permanent_failures_and_retries_transient_ones() 
         times: 2,
     });
     let failed = run_batch(&without_dlq, &records).await;
+    fault2.assert_fired(2);
     assert_eq!(failed, vec!["invalid", "transient"]);
 
     // A dead-letter queue that cannot be written to: the record is not acknowledged.
@@ -1210,4 +1216,299 @@ async fn the_binaries_work_under_an_emulators_relative_deadline_and_honour_a_rea
         "answered within the deadline: {took:?}"
     );
     function.kill().await;
+}
+
+// ------------------------------------------------------- write brownout (issue 22, point 5)
+
+/// A commit that DynamoDB throttles, for every connection of `fx`'s table.
+async fn throttle_commits(fx: &Fixture) -> keapalive_tests::emulator::InjectedFault {
+    Emulator::shared()
+        .inject_dynamodb_fault(
+            keapalive_tests::emulator::DynamoDbFault::new(
+                "UpdateItem",
+                "ProvisionedThroughputExceededException",
+            )
+            .body_contains(&fx.table)
+            .body_contains(":next")
+            .times(10_000),
+        )
+        .await
+}
+
+fn upsert_for(connection: &str, email: &str) -> Value {
+    json!({"connection_id": connection, "contact": {"email": email}})
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_throttled_commit_stops_other_upserts_presenting_tokens_until_it_lands() {
+    let fx = Fixture::new().await;
+    let expired = Some(now_epoch_secs() - 10);
+    fx.seed_connection("c1", "brownup1", expired).await;
+    fx.seed_connection("c2", "brownup2", expired).await;
+    let container = Arc::new(container(&fx, &[]));
+    let throttle = throttle_commits(&fx).await;
+
+    let holder = {
+        let container = container.clone();
+        tokio::spawn(async move {
+            upsert(
+                &container.service,
+                upsert_for("c1", "one@buttonpush.example"),
+            )
+            .await
+        })
+    };
+    // One SDK call makes at most 5 attempts: a sixth throttled attempt means the commit failed
+    // once and is being retried, so the container is in brownout.
+    let waited = Instant::now();
+    while throttle.fired().await < 6 {
+        assert!(
+            waited.elapsed() < Duration::from_secs(25),
+            "the commit was never retried"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(refresh_requests(&fx), 1, "c1's token was presented");
+    let refused = upsert(
+        &container.service,
+        upsert_for("c2", "two@buttonpush.example"),
+    )
+    .await
+    .expect_err("no new token is requested while commits fail");
+    assert_eq!(refused.error_type(), "Unavailable", "{refused}");
+    assert_eq!(refresh_requests(&fx), 1, "c2's token was not presented");
+
+    Emulator::shared().clear_faults_for(&fx.table).await;
+    holder
+        .await
+        .unwrap()
+        .expect("c1's commit lands once the throttling ends");
+    // The landed commit ended the brownout: c2 refreshes at once, long before 30 s.
+    let ended = Instant::now();
+    upsert(
+        &container.service,
+        upsert_for("c2", "two@buttonpush.example"),
+    )
+    .await
+    .expect("the brownout ended with the first successful commit");
+    assert!(ended.elapsed() < Duration::from_secs(10));
+    assert_eq!(refresh_requests(&fx), 2);
+    throttle.assert_fired(6).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_brownout_ends_after_30_seconds_without_a_successful_commit() {
+    let fx = Fixture::new().await;
+    let expired = Some(now_epoch_secs() - 10);
+    fx.seed_connection("c1", "brownend1", expired).await;
+    fx.seed_connection("c2", "brownend2", expired).await;
+    let container = container(&fx, &[]);
+    let throttle = throttle_commits(&fx).await;
+
+    let started = Instant::now();
+    let failed = container
+        .service
+        .handle(
+            upsert_for("c1", "one@buttonpush.example")
+                .to_string()
+                .as_bytes(),
+            keapalive::deadline::Deadline::after(Duration::from_secs(22)),
+        )
+        .await
+        .expect_err("the commit never lands before the deadline");
+    assert_eq!(failed.error_type(), "Unavailable", "{failed}");
+    throttle.assert_fired(2).await;
+    Emulator::shared().clear_faults_for(&fx.table).await;
+
+    // Writes work again, but nothing has proven it: no token is presented for 30 s.
+    let refused = upsert(
+        &container.service,
+        upsert_for("c2", "two@buttonpush.example"),
+    )
+    .await
+    .expect_err("still in brownout");
+    assert_eq!(refused.error_type(), "Unavailable", "{refused}");
+    assert_eq!(refresh_requests(&fx), 1, "c2's token was not presented");
+
+    let answer = loop {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        match upsert(
+            &container.service,
+            upsert_for("c2", "two@buttonpush.example"),
+        )
+        .await
+        {
+            Ok(answer) => break answer,
+            Err(error) => {
+                assert_eq!(error.error_type(), "Unavailable", "{error}");
+                assert_eq!(refresh_requests(&fx), 1);
+                assert!(
+                    started.elapsed() < Duration::from_secs(50),
+                    "the brownout never ended"
+                );
+            }
+        }
+    };
+    assert!(answer.created);
+    assert!(
+        started.elapsed() >= Duration::from_secs(30),
+        "ended {:?} after the first upsert began",
+        started.elapsed()
+    );
+    assert_eq!(refresh_requests(&fx), 2);
+}
+
+// ------------------------------------------------------- SQS order (issue 22, point 6)
+
+#[tokio::test]
+async fn a_failed_record_fails_the_later_records_of_its_contact_in_the_batch() {
+    let fx = Fixture::new().await;
+    fx.seed_connection("default", APP, None).await;
+    let service = sequential(&fx, None);
+    let first = json!({"contact": {"email": "Order@Buttonpush.example", "given_name": "Old"}});
+    let second = json!({"contact": {"email": "order@buttonpush.example", "given_name": "New"}});
+    let other = good("other@buttonpush.example");
+    // The first record's PUT and its one retry fail: it goes back to SQS.
+    fx.sandbox.inject(Fault {
+        endpoint: Endpoint::Api,
+        kind: FaultKind::Status {
+            status: 503,
+            retry_after_secs: None,
+        },
+        times: 2,
+    });
+    let failed = run_batch(
+        &service,
+        &[
+            ("m0", &first.to_string()),
+            ("m1", &second.to_string()),
+            ("m2", &other),
+        ],
+    )
+    .await;
+    assert_eq!(
+        failed,
+        vec!["m0", "m1"],
+        "the newer record waits for the older one"
+    );
+    assert!(
+        contact_with_email(&fx, APP, "order@buttonpush.example").is_none(),
+        "the newer record was not applied ahead of the older one"
+    );
+    assert!(contact_with_email(&fx, APP, "other@buttonpush.example").is_some());
+}
+
+/// An SQS event whose records carry a `MessageGroupId` (a FIFO queue's).
+fn fifo_event(records: &[(&str, &str, Option<&str>)]) -> aws_lambda_events::sqs::SqsEvent {
+    let plain: Vec<(&str, &str)> = records.iter().map(|(id, body, _)| (*id, *body)).collect();
+    let mut event = sqs_event(&plain);
+    for (record, (_, _, group)) in event["Records"]
+        .as_array_mut()
+        .unwrap()
+        .iter_mut()
+        .zip(records)
+    {
+        if let Some(group) = group {
+            record["attributes"]["MessageGroupId"] = json!(group);
+        }
+    }
+    serde_json::from_value(event).expect("SqsEvent")
+}
+
+async fn create_fifo_queue(fx: &Fixture) -> String {
+    let name = format!(
+        "{}.fifo",
+        keapalive_tests::aws::unique_name("keapalive-dlq")
+    );
+    aws_sdk_sqs::Client::new(&fx.sdk)
+        .create_queue()
+        .queue_name(&name)
+        .attributes(aws_sdk_sqs::types::QueueAttributeName::FifoQueue, "true")
+        .send()
+        .await
+        .expect("create a FIFO queue")
+        .queue_url
+        .expect("queue URL")
+}
+
+#[tokio::test]
+async fn a_fifo_dead_letter_queue_gets_the_contacts_message_group() {
+    let fx = Fixture::new().await;
+    fx.seed_connection("default", APP, None).await;
+    let queue = create_fifo_queue(&fx).await;
+    let service = sequential(&fx, Some(&queue));
+    let locked = fx.sandbox.add_tag(APP, "locked");
+    fx.sandbox
+        .set_tag_apply_outcome(APP, locked, Some("NO_PERMISSION"));
+    let refused =
+        json!({"contact": {"email": "Refused@Buttonpush.example", "tags": [locked]}}).to_string();
+    let event = fifo_event(&[
+        ("from-fifo", &refused, Some("caller-group-0001")),
+        ("from-standard", &refused, None),
+    ]);
+    let response = service
+        .handle_batch(event, deadline())
+        .await
+        .expect("answered");
+    assert!(response.batch_item_failures.is_empty());
+
+    let dead = drain_queue(&fx.sdk, &queue).await;
+    let mut groups: Vec<String> = dead
+        .iter()
+        .map(|m| {
+            m.attributes()
+                .and_then(|a| {
+                    a.get(&aws_sdk_sqs::types::MessageSystemAttributeName::MessageGroupId)
+                })
+                .cloned()
+                .expect("a FIFO message has a group")
+        })
+        .collect();
+    groups.sort();
+    // The record's own group is reused; without one, the documented hash:
+    // printf 'default\nrefused@buttonpush.example' | sha256sum
+    assert_eq!(
+        groups,
+        vec![
+            "37c651fc63decbad53d73c4e82fd75fd1f9a1bfcbaa76246a2c802314ed5b830".to_owned(),
+            "caller-group-0001".to_owned(),
+        ]
+    );
+}
+
+#[tokio::test]
+async fn a_failed_record_holds_back_the_later_records_of_its_fifo_message_group() {
+    let fx = Fixture::new().await;
+    fx.seed_connection("default", APP, None).await;
+    let service = sequential(&fx, None);
+    let first = good("first@buttonpush.example");
+    let second = good("second@buttonpush.example");
+    let other = good("third@buttonpush.example");
+    fx.sandbox.inject(Fault {
+        endpoint: Endpoint::Api,
+        kind: FaultKind::Status {
+            status: 503,
+            retry_after_secs: None,
+        },
+        times: 2,
+    });
+    // Two contacts the caller put in one message group, and a third in a group of its own.
+    let event = fifo_event(&[
+        ("m0", &first, Some("one-group")),
+        ("m1", &second, Some("one-group")),
+        ("m2", &other, Some("another-group")),
+    ]);
+    let response = service
+        .handle_batch(event, deadline())
+        .await
+        .expect("answered");
+    let mut failed: Vec<String> = response
+        .batch_item_failures
+        .into_iter()
+        .map(|f| f.item_identifier)
+        .collect();
+    failed.sort();
+    assert_eq!(failed, vec!["m0", "m1"]);
+    assert!(contact_with_email(&fx, APP, "second@buttonpush.example").is_none());
+    assert!(contact_with_email(&fx, APP, "third@buttonpush.example").is_some());
 }

@@ -106,7 +106,7 @@ async fn keap_answering_401_to_everything_rotates_at_most_once_across_two_proces
     fx.seed_connection("default", APP, None).await;
     let (first, _first_process) = upsert_binary(&fx, &[]).await;
     let (second, _second_process) = upsert_binary(&fx, &[]).await;
-    fx.sandbox.inject(Fault {
+    let fault = fx.sandbox.inject(Fault {
         endpoint: Endpoint::Api,
         kind: FaultKind::Status {
             status: 401,
@@ -120,10 +120,14 @@ async fn keap_answering_401_to_everything_rotates_at_most_once_across_two_proces
     for answer in a.iter().chain(b.iter()) {
         assert_eq!(answer, &Err("Unavailable".to_owned()));
     }
-    assert!(
-        refresh_requests(&fx) <= 1,
-        "{} rotations for 20 upserts",
-        refresh_requests(&fx)
+    fault.assert_fired(1);
+    // Exactly one: the first 401 on a token rotates it once (a 401 may mean only that token
+    // died), every later one finds the rotated token rejected too and rotates no more. Zero
+    // would mean a 401 never rotates: a bound of "at most one" cannot tell that apart.
+    assert_eq!(
+        refresh_requests(&fx),
+        1,
+        "rotations for 20 upserts that all got 401"
     );
     let connection = fx
         .store()
@@ -132,7 +136,7 @@ async fn keap_answering_401_to_everything_rotates_at_most_once_across_two_proces
         .unwrap()
         .unwrap();
     assert_eq!(connection.status, ConnectionStatus::Active);
-    assert!(connection.generation <= 2);
+    assert_eq!(connection.generation, 2, "seeded at 1, rotated once");
 }
 
 #[tokio::test]
@@ -140,7 +144,7 @@ async fn one_spurious_401_on_a_key_leaves_the_connection_active() {
     let fx = Fixture::new().await;
     seed_key_connection(&fx, "default", APP).await;
     let warm = container(&fx, &[]);
-    fx.sandbox.inject(Fault {
+    let fault = fx.sandbox.inject(Fault {
         endpoint: Endpoint::Api,
         kind: FaultKind::Status {
             status: 401,
@@ -153,6 +157,7 @@ async fn one_spurious_401_on_a_key_leaves_the_connection_active() {
         .await
         .expect("the probe succeeds, so the request is retried");
 
+    fault.assert_fired(1);
     assert!(created.created);
     let connection = fx
         .store()
@@ -179,8 +184,10 @@ async fn many_keys_rejected_at_once_is_an_incident_not_many_revocations() {
         keys.push(seed_key_connection(&fx, id, APP).await.0);
     }
     let warm = container(&fx, &[]);
-    for key in &keys {
+    for (key, id) in keys.iter().zip(["k1", "k2", "k3"]) {
         fx.sandbox.revoke_service_account_key(key);
+        // Each rejection already in its marking window (docs/design.md, "Connection kinds").
+        key_rejected_since_secs_ago(&fx, id, 100).await;
     }
 
     let mut answers = Vec::new();

@@ -10,6 +10,7 @@ use keapalive::clock::now_epoch_secs;
 use keapalive::deadline::Deadline;
 use keapalive::refresh::{LEASE_CLOCK_SKEW_SECS, RefreshOutcome, RunGuard};
 use keapalive::token_store::{Connection, ConnectionStatus};
+use keapalive::wiring::AWS_ATTEMPT_TIMEOUT;
 use keapalive_tests::aws::scan_all;
 use keapalive_tests::emulator::{DynamoDbFault, Emulator, FaultMode};
 use keapalive_tests::fixture::{Fixture, connection_id};
@@ -75,7 +76,7 @@ fn update_fault(fx: &Fixture, needle: &str) -> DynamoDbFault {
 async fn landed_lease_whose_answer_is_lost_is_recognised() {
     let fx = Fixture::new().await;
     fx.seed_connection("default", APP, due_soon()).await;
-    Emulator::shared()
+    let fault = Emulator::shared()
         .inject_dynamodb_fault(update_fault(&fx, "lease_owner = :owner, lease_until"))
         .await;
 
@@ -86,6 +87,7 @@ async fn landed_lease_whose_answer_is_lost_is_recognised() {
         .await
         .unwrap();
 
+    fault.assert_fired(1).await;
     assert_eq!(run.summary.refreshed, 1, "{:?}", run.summary);
     assert_eq!(
         run.summary.skipped_locked, 0,
@@ -103,7 +105,7 @@ async fn landed_commit_whose_answer_is_lost_is_recognised() {
     let mark = log_mark();
     let fx = Fixture::new().await;
     fx.seed_connection("default", APP, due_soon()).await;
-    Emulator::shared()
+    let fault = Emulator::shared()
         .inject_dynamodb_fault(update_fault(&fx, ":next"))
         .await;
 
@@ -114,6 +116,7 @@ async fn landed_commit_whose_answer_is_lost_is_recognised() {
         .await
         .unwrap();
 
+    fault.assert_fired(1).await;
     assert_eq!(run.summary.refreshed, 1, "{:?}", run.summary);
     assert_eq!(run.summary.orphaned, 0);
     assert_eq!(run.summary.unknown, 0);
@@ -136,7 +139,7 @@ async fn landed_mark_whose_answer_is_lost_is_recognised() {
     let fx = Fixture::new().await;
     fx.seed_connection("default", APP, due_soon()).await;
     fx.sandbox.revoke_grant(APP);
-    Emulator::shared()
+    let fault = Emulator::shared()
         .inject_dynamodb_fault(update_fault(&fx, ":dead"))
         .await;
 
@@ -147,6 +150,7 @@ async fn landed_mark_whose_answer_is_lost_is_recognised() {
         .await
         .unwrap();
 
+    fault.assert_fired(1).await;
     assert_eq!(
         run.summary.newly_needs_reauthorization, 1,
         "{:?}",
@@ -162,7 +166,7 @@ async fn landed_mark_whose_answer_is_lost_is_recognised() {
 async fn landed_key_registration_whose_answer_is_lost_is_recognised() {
     let fx = Fixture::new().await;
     let id = connection_id("reports");
-    Emulator::shared()
+    let fault = Emulator::shared()
         .inject_dynamodb_fault(update_fault(&fx, ":key_kind"))
         .await;
 
@@ -172,6 +176,7 @@ async fn landed_key_registration_whose_answer_is_lost_is_recognised() {
         .await
         .unwrap();
 
+    fault.assert_fired(1).await;
     assert_eq!(generation, 1, "applied once, and the retry says so");
     assert_eq!(read(&fx, "reports").await.generation, 1);
 }
@@ -183,7 +188,7 @@ async fn hung_commit_attempt_is_abandoned_and_the_pair_committed_within_30s() {
     let fx = Fixture::new().await;
     fx.seed_connection("default", APP, due_soon()).await;
     // Nothing applied, no answer for 100 s: only an attempt timeout gets past it.
-    Emulator::shared()
+    let fault = Emulator::shared()
         .inject_dynamodb_fault(
             DynamoDbFault::new("UpdateItem", "InternalServerError")
                 .status(500)
@@ -202,6 +207,12 @@ async fn hung_commit_attempt_is_abandoned_and_the_pair_committed_within_30s() {
         .await
         .unwrap();
 
+    fault.assert_fired(1).await;
+    assert!(
+        started.elapsed() >= AWS_ATTEMPT_TIMEOUT,
+        "the hung attempt was waited out: {:?}",
+        started.elapsed()
+    );
     assert_eq!(run.summary.refreshed, 1, "{:?}", run.summary);
     assert!(
         started.elapsed() < Duration::from_secs(30),
@@ -215,7 +226,7 @@ async fn hung_commit_attempt_is_abandoned_and_the_pair_committed_within_30s() {
 async fn commit_that_lands_then_hangs_is_recognised_after_the_attempt_timeout() {
     let fx = Fixture::new().await;
     fx.seed_connection("default", APP, due_soon()).await;
-    Emulator::shared()
+    let fault = Emulator::shared()
         .inject_dynamodb_fault(
             update_fault(&fx, ":next")
                 .mode(FaultMode::ApplyThenHang)
@@ -223,6 +234,7 @@ async fn commit_that_lands_then_hangs_is_recognised_after_the_attempt_timeout() 
         )
         .await;
 
+    let started = Instant::now();
     let run = fx
         .clients(&[])
         .refresher()
@@ -230,6 +242,12 @@ async fn commit_that_lands_then_hangs_is_recognised_after_the_attempt_timeout() 
         .await
         .unwrap();
 
+    fault.assert_fired(1).await;
+    assert!(
+        started.elapsed() >= AWS_ATTEMPT_TIMEOUT,
+        "the hung answer was waited out: {:?}",
+        started.elapsed()
+    );
     assert_eq!(run.summary.refreshed, 1, "{:?}", run.summary);
     assert_eq!(run.summary.orphaned + run.summary.unknown, 0);
     assert_eq!(read(&fx, "default").await.generation, 2);
@@ -242,7 +260,7 @@ async fn commit_that_lands_then_hangs_is_recognised_after_the_attempt_timeout() 
 async fn lease_ends_no_earlier_than_the_holders_deadline_plus_skew() {
     let fx = Fixture::new().await;
     fx.seed_connection("default", APP, due_soon()).await;
-    fx.sandbox.inject(Fault {
+    let fault = fx.sandbox.inject(Fault {
         endpoint: Endpoint::Token,
         kind: FaultKind::Delay(Duration::from_millis(1_500)),
         times: 1,
@@ -260,6 +278,7 @@ async fn lease_ends_no_earlier_than_the_holders_deadline_plus_skew() {
     let (run, lease) = tokio::join!(refresh, peek);
 
     let lease = lease.expect("the lease is held while Keap answers");
+    fault.assert_fired(1);
     assert!(
         lease.until >= expected - 1,
         "lease until {} < deadline + skew {expected}",
@@ -306,7 +325,7 @@ async fn refresh_decided_on_a_removed_connection_never_touches_its_successor() {
 async fn refresh_racing_remove_and_reauthorize_orphans_only_the_old_pair() {
     let fx = Fixture::new().await;
     fx.seed_connection("default", APP, due_soon()).await;
-    fx.sandbox.inject(Fault {
+    let fault = fx.sandbox.inject(Fault {
         endpoint: Endpoint::Token,
         kind: FaultKind::Delay(Duration::from_millis(2_000)),
         times: 1,
@@ -327,6 +346,7 @@ async fn refresh_racing_remove_and_reauthorize_orphans_only_the_old_pair() {
     let (run, newer) = tokio::join!(refresh, replace);
 
     let summary = run.unwrap().summary;
+    fault.assert_fired(1);
     assert_eq!(summary.orphaned, 1, "{summary:?}");
     assert_eq!(summary.refreshed, 0);
     let connection = read(&fx, "default").await;
@@ -380,7 +400,7 @@ async fn write_brownout_presents_at_most_one_token_per_commit_slot() {
             .await;
     }
     // Every commit fails (throttled) for the whole run: no new pair can be stored.
-    Emulator::shared()
+    let fault = Emulator::shared()
         .inject_dynamodb_fault(
             DynamoDbFault::new("UpdateItem", "ProvisionedThroughputExceededException")
                 .body_contains(&fx.table)
@@ -402,6 +422,7 @@ async fn write_brownout_presents_at_most_one_token_per_commit_slot() {
         .into_iter()
         .filter(|r| r.grant_type.as_deref() == Some("refresh_token"))
         .count();
+    fault.assert_fired(1).await;
     assert!(
         presented <= CONCURRENCY,
         "{presented} tokens presented with {CONCURRENCY} commit slots: {:?}",
@@ -423,7 +444,7 @@ async fn second_lost_response_marks_lost_response_and_never_presents_again() {
     let fx = Fixture::new().await;
     fx.seed_connection("default", APP, due_soon()).await;
     // Both the first request and its one retry get no answer.
-    fx.sandbox.inject(Fault {
+    let fault = fx.sandbox.inject(Fault {
         endpoint: Endpoint::Token,
         kind: FaultKind::DropBeforeProcessing,
         times: 2,
@@ -432,6 +453,7 @@ async fn second_lost_response_marks_lost_response_and_never_presents_again() {
 
     let run = refresher.run_scheduled(deadline(), 8).await.unwrap();
 
+    fault.assert_fired(2);
     assert_eq!(
         run.summary.newly_needs_reauthorization, 1,
         "{:?}",

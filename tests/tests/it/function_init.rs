@@ -90,3 +90,23 @@ async fn every_function_names_a_malformed_variable_in_one_line_and_exits() {
         assert_eq!(requests, 0, "{function} never asked for an event");
     }
 }
+
+/// Issue 21, point 5: a Keap URL or AWS endpoint in plain http to anything but a loopback
+/// literal would carry the client secret, tokens or signed requests in clear text.
+#[tokio::test]
+async fn every_function_refuses_plain_http_to_another_host_in_one_line_and_exits() {
+    for (variable, url) in [
+        ("KEAP_TOKEN_URL", "http://api.infusionsoft.com/token"),
+        ("AWS_ENDPOINT_URL_DYNAMODB", "http://dynamodb.example.test"),
+    ] {
+        for function in FUNCTIONS {
+            let mut env = environment("");
+            env.push((variable, url));
+            let (code, output, requests) = init_failure(function, &env).await;
+            assert_eq!(code, Some(1), "{function} exits 1 on {variable}: {output}");
+            assert_one_line_naming(function, variable, &output);
+            assert!(!output.contains(url), "{function} echoed the URL: {output}");
+            assert_eq!(requests, 0, "{function} never asked for an event");
+        }
+    }
+}

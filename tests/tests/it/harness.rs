@@ -192,7 +192,7 @@ async fn injected_fault_reaches_the_sdk_as_a_typed_error_and_is_counted() {
             .send()
     };
 
-    emulator
+    let fault = emulator
         .inject_dynamodb_fault(
             DynamoDbFault::new("UpdateItem", "ProvisionedThroughputExceededException")
                 .body_contains(&table),
@@ -202,6 +202,7 @@ async fn injected_fault_reaches_the_sdk_as_a_typed_error_and_is_counted() {
         .await
         .expect_err("the fault answers")
         .into_service_error();
+    fault.assert_fired(1).await;
     assert!(
         error.is_provisioned_throughput_exceeded_exception(),
         "unexpected error: {error:?}"
@@ -226,7 +227,7 @@ async fn default_retries_ride_out_a_short_throttle_burst() {
     let emulator = Emulator::shared();
     let sdk = emulator.sdk_config();
     let table = create_table(&sdk).await;
-    emulator
+    let fault = emulator
         .inject_dynamodb_fault(
             DynamoDbFault::new("GetItem", "ProvisionedThroughputExceededException")
                 .times(2)
@@ -235,6 +236,7 @@ async fn default_retries_ride_out_a_short_throttle_burst() {
         .await;
 
     assert!(get_item(&sdk, &table, "conn#absent").await.is_none());
+    fault.assert_fired(2).await;
     let counts = emulator.request_counts_for(&table).await;
     assert_eq!(
         counts.get("DynamoDB_20120810.GetItem"),
@@ -253,7 +255,7 @@ async fn server_errors_can_be_injected_and_cleared() {
             .retry_config(RetryConfig::disabled())
             .build(),
     );
-    emulator
+    let fault = emulator
         .inject_dynamodb_fault(
             DynamoDbFault::new("GetItem", "InternalServerError")
                 .status(500)
@@ -269,6 +271,7 @@ async fn server_errors_can_be_injected_and_cleared() {
             .send()
     };
     let error = get().await.expect_err("fault").into_service_error();
+    fault.assert_fired(1).await;
     assert!(
         error.is_internal_server_error(),
         "unexpected error: {error:?}"
@@ -350,23 +353,114 @@ async fn log_capture_sees_events_and_redaction_check_catches_leaks() {
     logs::assert_logs_never_contain(&["value-that-was-never-logged"]);
 }
 
-#[tokio::test]
-async fn sdk_debug_logs_do_not_carry_item_values() {
-    logs::capture_logs();
+/// Puts an item holding `token` with the SDK and reads it back while a subscriber of this thread only, holding
+/// every dependency at `dependencies` (keapalive's own cap, `telemetry::dependency_cap`),
+/// records the logs; returns them. The capture's global filter cannot be used: it holds the SDK
+/// at INFO, below any level that could carry a body.
+async fn sdk_logs_of_a_put_item(
+    dependencies: tracing::level_filters::LevelFilter,
+    token: &str,
+) -> String {
+    use tracing_subscriber::layer::SubscriberExt;
+    let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::<u8>::new()));
+    let writer = {
+        let lines = lines.clone();
+        move || SharedLines(lines.clone())
+    };
+    let subscriber = tracing_subscriber::registry()
+        .with(keapalive::telemetry::dependency_cap(dependencies))
+        .with(tracing_subscriber::fmt::layer().json().with_writer(writer));
+    let _scope = tracing::subscriber::set_default(subscriber);
     let emulator = Emulator::shared();
     let sdk = emulator.sdk_config();
     let table = create_table(&sdk).await;
-    let token = format!("tok-{}-not-for-logs", std::process::id());
     aws_sdk_dynamodb::Client::new(&sdk)
         .put_item()
         .table_name(&table)
         .item("pk", AttributeValue::S("conn#default".into()))
-        .item("access_token", AttributeValue::S(token.clone()))
+        .item("access_token", AttributeValue::S(token.to_owned()))
         .send()
         .await
         .unwrap();
-    // Otherwise every log assertion on our code would fail for the SDK's reason.
-    logs::assert_logs_never_contain(&[&token]);
+    // And read back: the answer carries the item, as a connection read does.
+    aws_sdk_dynamodb::Client::new(&sdk)
+        .get_item()
+        .table_name(&table)
+        .key("pk", AttributeValue::S("conn#default".into()))
+        .consistent_read(true)
+        .send()
+        .await
+        .unwrap();
+    String::from_utf8_lossy(&lines.lock().unwrap()).into_owned()
+}
+
+struct SharedLines(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for SharedLines {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+// Current-thread runtime: the scoped subscriber sees every task the SDK and hyper spawn.
+#[tokio::test]
+async fn sdk_debug_logs_do_not_carry_item_values() {
+    let token = format!("tok-{}-not-for-logs", std::process::id());
+    // DEBUG is the most a deployment lets a dependency log (KEAPALIVE_DEPENDENCY_LOG_LEVEL).
+    let debug = sdk_logs_of_a_put_item(tracing::level_filters::LevelFilter::DEBUG, &token).await;
+    assert!(
+        debug.contains("aws_smithy_runtime"),
+        "the SDK logged nothing at DEBUG: the check would see nothing"
+    );
+    assert!(
+        !debug.contains(&token),
+        "the SDK logs an item value at DEBUG: every log assertion on our code would fail for the SDK's reason"
+    );
+    // The same capture at TRACE (refused in a deployment) does see the body: this check can fail.
+    let trace = sdk_logs_of_a_put_item(tracing::level_filters::LevelFilter::TRACE, &token).await;
+    assert!(
+        trace.contains(&token),
+        "at TRACE the SDK is expected to log the item it read; if it no longer does, this test \
+         cannot tell a leak from silence"
+    );
+}
+
+/// A function's last words reach the capture before `kill` returns: a process tree whose last
+/// output arrives after the kill (a background writer holds the pipes) is read to the end.
+#[tokio::test]
+async fn kill_waits_until_the_output_is_copied() {
+    logs::capture_logs();
+    let dir = std::env::temp_dir().join(format!("keapalive-kill-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let script = dir.join("late-writer");
+    std::fs::write(
+        &script,
+        "#!/bin/sh\n(sleep 0.5; echo \"last words $MARK\") &\necho started\nexec sleep 60\n",
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let mark = format!("mark-{}-{}", std::process::id(), line!());
+    let runtime = RuntimeApi::start().await;
+    let mut process = spawn_function(&script, &[("MARK", &mark)], &runtime);
+    while !process.output().contains("started") {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+
+    process.kill().await;
+
+    assert!(
+        process.output().contains(&format!("last words {mark}")),
+        "kill returned before the output was copied: {:?}",
+        process.output()
+    );
+    assert!(logs::captured_logs().contains(&format!("last words {mark}")));
+    let _ = std::fs::remove_dir_all(dir);
 }
 
 #[tokio::test]

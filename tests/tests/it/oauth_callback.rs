@@ -776,7 +776,7 @@ async fn a_code_keap_rejects_is_a_400_page_and_spends_the_state() {
 #[tokio::test]
 async fn keap_down_is_a_502_page_and_spends_the_state() {
     let world = World::with(&[("KEAPALIVE_KEAP_TIMEOUT_SECS", "1")]).await;
-    world.fixture.sandbox.inject(Fault {
+    let fault = world.fixture.sandbox.inject(Fault {
         endpoint: Endpoint::Token,
         kind: FaultKind::Status {
             status: 503,
@@ -786,18 +786,26 @@ async fn keap_down_is_a_502_page_and_spends_the_state() {
     });
     let mark = log_mark();
     let (unavailable, _) = world.authorize("default", false).await;
+    fault.assert_fired(1);
     assert_page(&unavailable, 502);
     assert!(body(&unavailable).contains("start again"));
     assert_eq!(world.connection_count().await, 0);
     assert_eq!(world.state_count().await, 0);
     assert!(captured_logs_since(mark).contains("\"reason\":\"keap_unavailable\""));
 
-    world.fixture.sandbox.inject(Fault {
+    let fault2 = world.fixture.sandbox.inject(Fault {
         endpoint: Endpoint::Token,
         kind: FaultKind::Delay(Duration::from_secs(3)),
         times: 1,
     });
+    let started = std::time::Instant::now();
     let (timed_out, query) = world.authorize("default", false).await;
+    fault2.assert_fired(1);
+    assert!(
+        started.elapsed() >= Duration::from_secs(1),
+        "the exchange waited out the 1 s Keap timeout: {:?}",
+        started.elapsed()
+    );
     assert_page(&timed_out, 502);
     assert_eq!(world.connection_count().await, 0);
     assert_eq!(world.state_count().await, 0);
@@ -815,23 +823,28 @@ async fn a_throttled_table_is_retried_then_a_503_page() {
     // More throttles than one SDK call retries through: only the callback's own retry of the
     // pair's write gets it stored.
     let throttle = |times| {
-        DynamoDbFault::new("UpdateItem", "ProvisionedThroughputExceededException")
-            .body_contains(&world.fixture.table)
-            // The pair's write, not the state consume (also an UpdateItem).
-            .body_contains("authorized_by")
-            .times(times)
+        // The pair's write: a transaction with the removal tombstone's check.
+        DynamoDbFault::new(
+            "TransactWriteItems",
+            "ProvisionedThroughputExceededException",
+        )
+        .body_contains(&world.fixture.table)
+        .body_contains("authorized_by")
+        .times(times)
     };
-    emulator.inject_dynamodb_fault(throttle(4)).await;
+    let fault = emulator.inject_dynamodb_fault(throttle(4)).await;
     let stored = world.callback(&query).await;
+    fault.assert_fired(4).await;
     assert_page(&stored, 200);
     assert_eq!(
         n(&world.connection("default").await.unwrap(), "generation"),
         Some(1)
     );
 
-    emulator.inject_dynamodb_fault(throttle(1_000)).await;
+    let fault2 = emulator.inject_dynamodb_fault(throttle(1_000)).await;
     let mark = log_mark();
     let (unavailable, _) = world.authorize("default", false).await;
+    fault2.assert_fired(1).await;
     assert_page(&unavailable, 503);
     assert!(body(&unavailable).contains("start again"));
     assert_eq!(
@@ -985,7 +998,7 @@ async fn landed_state_consume_whose_answer_is_lost_is_recognised() {
     let world = World::new().await;
     let started = world.start("default", false).await;
     let query = world.consent(&started.authorize_url).await;
-    Emulator::shared()
+    let fault = Emulator::shared()
         .inject_dynamodb_fault(
             DynamoDbFault::applied_then_lost("UpdateItem")
                 .body_contains(&world.fixture.table)
@@ -995,6 +1008,7 @@ async fn landed_state_consume_whose_answer_is_lost_is_recognised() {
 
     let response = world.callback(&query).await;
 
+    fault.assert_fired(1).await;
     assert_page(&response, 200);
     let item = world.connection("default").await.expect("pair stored");
     assert_eq!(n(&item, "generation"), Some(1));
@@ -1009,9 +1023,9 @@ async fn landed_first_pair_write_whose_answer_is_lost_is_recognised() {
     let world = World::new().await;
     let started = world.start("default", false).await;
     let query = world.consent(&started.authorize_url).await;
-    Emulator::shared()
+    let fault = Emulator::shared()
         .inject_dynamodb_fault(
-            DynamoDbFault::applied_then_lost("UpdateItem")
+            DynamoDbFault::applied_then_lost("TransactWriteItems")
                 .body_contains(&world.fixture.table)
                 .body_contains("authorized_by"),
         )
@@ -1019,6 +1033,7 @@ async fn landed_first_pair_write_whose_answer_is_lost_is_recognised() {
 
     let response = world.callback(&query).await;
 
+    fault.assert_fired(1).await;
     assert_page(&response, 200);
     let item = world.connection("default").await.expect("pair stored");
     assert_eq!(n(&item, "generation"), Some(1), "applied exactly once");
@@ -1033,7 +1048,7 @@ async fn a_redirected_code_exchange_delivers_nothing_and_is_not_retried() {
     let query = world.consent(&started.authorize_url).await;
     let code = param(&query, "code");
     let capture = crate::support::CaptureServer::start().await;
-    world.fixture.sandbox.inject(Fault {
+    let fault = world.fixture.sandbox.inject(Fault {
         endpoint: Endpoint::Token,
         kind: FaultKind::Redirect {
             status: 308,
@@ -1044,6 +1059,7 @@ async fn a_redirected_code_exchange_delivers_nothing_and_is_not_retried() {
 
     let response = world.callback(&query).await;
 
+    fault.assert_fired(1);
     assert!(
         response.status_code >= 500,
         "Keap unavailable: {}",

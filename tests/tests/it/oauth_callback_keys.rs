@@ -198,7 +198,7 @@ async fn a_missing_secret_or_keap_outage_stores_nothing() {
 
     let key = world.fixture.sandbox.issue_service_account_key("sandbox01");
     let (name, _) = world.secret(&world.prefix, &key).await;
-    world.fixture.sandbox.inject(Fault {
+    let fault = world.fixture.sandbox.inject(Fault {
         endpoint: Endpoint::Api,
         kind: FaultKind::Status {
             status: 503,
@@ -207,6 +207,7 @@ async fn a_missing_secret_or_keap_outage_stores_nothing() {
         times: 1,
     });
     let error = world.register("keys", &name).await.unwrap_err();
+    fault.assert_fired(1);
     assert_eq!(error.error_type, "Unavailable");
     assert!(world.connection("keys").await.is_none());
 

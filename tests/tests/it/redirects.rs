@@ -37,7 +37,8 @@ async fn a_redirected_refresh_delivers_nothing_and_releases_the_lease() {
         )
         .await;
     let capture = CaptureServer::start().await;
-    fx.sandbox
+    let fault = fx
+        .sandbox
         .inject(redirect_to(&capture, Endpoint::Token, "/token"));
     let refresher = fx.clients(&[]).refresher();
     let id = connection_id("default");
@@ -56,6 +57,7 @@ async fn a_redirected_refresh_delivers_nothing_and_releases_the_lease() {
     let RefreshOutcome::FailedTransient { reason } = &outcome else {
         panic!("a redirect is a transient failure: {outcome:?}");
     };
+    fault.assert_fired(1);
     assert!(reason.contains("redirect"), "{reason}");
     assert!(
         reason.contains("127.0.0.1"),
@@ -97,7 +99,7 @@ async fn a_redirected_rest_call_carries_neither_key_nor_token_and_is_not_retried
 
     for (connection, credential) in [("keyed", &key), ("default", &issued.access_token)] {
         let capture = CaptureServer::start().await;
-        fx.sandbox.inject(redirect_to(
+        let fault = fx.sandbox.inject(redirect_to(
             &capture,
             Endpoint::Api,
             "/crm/rest/v1/contacts",
@@ -111,6 +113,7 @@ async fn a_redirected_rest_call_carries_neither_key_nor_token_and_is_not_retried
         .await
         .unwrap_err();
 
+        fault.assert_fired(1);
         assert!(matches!(answer, UpsertError::Unavailable(_)), "{answer:?}");
         assert!(answer.to_string().contains("redirect"), "{answer}");
         assert_eq!(

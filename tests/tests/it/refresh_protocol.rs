@@ -131,7 +131,7 @@ async fn commit_retries_through_throttling_and_never_represents_the_token() {
     let refresher = fx.clients(&[]).refresher();
     // Every UpdateItem that commits a refreshed pair (it carries :next) fails 7 times: more
     // than the SDK's own three attempts, so the protocol's retry loop must carry it.
-    Emulator::shared()
+    let fault = Emulator::shared()
         .inject_dynamodb_fault(
             DynamoDbFault::new("UpdateItem", "ProvisionedThroughputExceededException")
                 .body_contains(&fx.table)
@@ -142,6 +142,7 @@ async fn commit_retries_through_throttling_and_never_represents_the_token() {
 
     let run = refresher.run_scheduled(deadline(), 8).await.unwrap();
 
+    fault.assert_fired(7).await;
     assert_eq!(run.summary.refreshed, 1, "{:?}", run.summary);
     let connection = read(&fx, "default").await;
     assert_eq!(connection.generation, 2);
@@ -160,7 +161,7 @@ async fn keap_5xx_and_429_release_the_lease_and_the_next_run_succeeds() {
     let refresher = fx.clients(&[]).refresher();
 
     for (status, retry_after_secs) in [(503, None), (429, Some(30))] {
-        fx.sandbox.inject(Fault {
+        let fault = fx.sandbox.inject(Fault {
             endpoint: Endpoint::Token,
             kind: FaultKind::Status {
                 status,
@@ -169,6 +170,7 @@ async fn keap_5xx_and_429_release_the_lease_and_the_next_run_succeeds() {
             times: 1,
         });
         let failed = refresher.run_scheduled(deadline(), 8).await.unwrap();
+        fault.assert_fired(1);
         assert_eq!(failed.summary.failed_transient, 1, "{status}");
         let connection = read(&fx, "default").await;
         assert_eq!(connection.status, ConnectionStatus::Active);
@@ -270,7 +272,7 @@ async fn dead_grant_marked_after_one_call_then_left_alone() {
 async fn lost_response_retries_once_then_marks() {
     let fx = Fixture::new().await;
     fx.seed_connection("default", APP, due_soon()).await;
-    fx.sandbox.inject(Fault {
+    let fault = fx.sandbox.inject(Fault {
         endpoint: Endpoint::Token,
         kind: FaultKind::DropAfterProcessing,
         times: 1,
@@ -279,6 +281,7 @@ async fn lost_response_retries_once_then_marks() {
 
     let run = refresher.run_scheduled(deadline(), 8).await.unwrap();
 
+    fault.assert_fired(1);
     assert_eq!(
         run.summary.newly_needs_reauthorization, 1,
         "{:?}",
@@ -296,7 +299,7 @@ async fn lost_response_whose_retry_succeeds_keeps_the_grant() {
     let fx = Fixture::new().await;
     fx.seed_connection("default", APP, due_soon()).await;
     // Dropped before Keap processed it: the token is still good, so the retry succeeds.
-    fx.sandbox.inject(Fault {
+    let fault = fx.sandbox.inject(Fault {
         endpoint: Endpoint::Token,
         kind: FaultKind::DropBeforeProcessing,
         times: 1,
@@ -305,6 +308,7 @@ async fn lost_response_whose_retry_succeeds_keeps_the_grant() {
 
     let run = refresher.run_scheduled(deadline(), 8).await.unwrap();
 
+    fault.assert_fired(1);
     assert_eq!(run.summary.refreshed, 1, "{:?}", run.summary);
     let connection = read(&fx, "default").await;
     assert_stored_pair_is_keaps_latest(&fx, &connection, APP);
@@ -316,7 +320,7 @@ async fn commit_after_lease_expiry_lands() {
     let fx = Fixture::new().await;
     fx.seed_connection("default", APP, due_soon()).await;
     // Keap answers after 2.5 s; the lease is 1 s: it lapses before the commit.
-    fx.sandbox.inject(Fault {
+    let fault = fx.sandbox.inject(Fault {
         endpoint: Endpoint::Token,
         kind: FaultKind::Delay(Duration::from_millis(2_500)),
         times: 1,
@@ -325,6 +329,7 @@ async fn commit_after_lease_expiry_lands() {
 
     let run = refresher.run_scheduled(deadline(), 8).await.unwrap();
 
+    fault.assert_fired(1);
     assert_eq!(run.summary.refreshed, 1);
     let connection = read(&fx, "default").await;
     assert_eq!(connection.status, ConnectionStatus::Active);
@@ -342,7 +347,7 @@ async fn mark_racing_a_commit_leaves_connection_active() {
     // lease_until in the past), B takes the lease, presents the same (now spent) token, is
     // rejected and marks the grant dead. A's commit then lands and must leave the connection
     // active (I6): the pair is Keap's newest.
-    fx.sandbox.inject(Fault {
+    let fault = fx.sandbox.inject(Fault {
         endpoint: Endpoint::Token,
         kind: FaultKind::Delay(Duration::from_millis(4_500)),
         times: 1,
@@ -370,6 +375,7 @@ async fn mark_racing_a_commit_leaves_connection_active() {
     };
     let (run_a, run_b) = tokio::join!(run_a, run_b);
 
+    fault.assert_fired(1);
     assert_eq!(run_b.unwrap().summary.newly_needs_reauthorization, 1);
     assert_eq!(run_a.unwrap().summary.refreshed, 1);
     let connection = read(&fx, "default").await;
@@ -412,7 +418,7 @@ async fn reauthorization_during_refresh_orphans_the_pair() {
     let mark = log_mark();
     let fx = Fixture::new().await;
     fx.seed_connection("default", APP, due_soon()).await;
-    fx.sandbox.inject(Fault {
+    let fault = fx.sandbox.inject(Fault {
         endpoint: Endpoint::Token,
         kind: FaultKind::Delay(Duration::from_millis(2_000)),
         times: 1,
@@ -426,6 +432,7 @@ async fn reauthorization_during_refresh_orphans_the_pair() {
     };
     let (run, newer) = tokio::join!(refresh, reauthorize);
 
+    fault.assert_fired(1);
     assert_eq!(run.unwrap().summary.orphaned, 1);
     let connection = read(&fx, "default").await;
     assert_eq!(

@@ -77,16 +77,19 @@ async fn race_in_process(lost_answer_probability: Option<f64>) {
     const ROUNDS: u64 = 100;
     let fx = Fixture::new().await;
     let seeded = fx.seed_connection("default", APP, None).await;
+    let mut fault = None;
     if let Some(probability) = lost_answer_probability {
-        Emulator::shared()
-            .inject_dynamodb_fault(
-                DynamoDbFault::applied_then_lost("UpdateItem")
-                    .body_contains(&fx.table)
-                    .body_contains("ConditionExpression")
-                    .probability(probability)
-                    .times(1_000_000),
-            )
-            .await;
+        fault = Some(
+            Emulator::shared()
+                .inject_dynamodb_fault(
+                    DynamoDbFault::applied_then_lost("UpdateItem")
+                        .body_contains(&fx.table)
+                        .body_contains("ConditionExpression")
+                        .probability(probability)
+                        .times(1_000_000),
+                )
+                .await,
+        );
     }
     // Separate clients per refresher: separate HTTP pools and SDK clients, like separate
     // Lambda containers.
@@ -141,6 +144,9 @@ async fn race_in_process(lost_answer_probability: Option<f64>) {
         );
     }
     assert_final_state(&fx, "default", ROUNDS + 1).await;
+    if let Some(fault) = fault {
+        fault.assert_fired(1).await;
+    }
     assert_logs_never_contain(&[&seeded.refresh_token, &seeded.access_token]);
 }
 

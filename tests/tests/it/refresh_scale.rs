@@ -67,6 +67,25 @@ async fn thousand_due_connections_refresh_within_the_concurrency_bound() {
     // Generous: the serialized emulator, not the protocol, dominates on this machine (the
     // bench reports the real figure against the ideal).
     assert!(elapsed < Duration::from_secs(240), "{elapsed:?}");
+    // The bound itself, measured where it matters: how many refreshes Keap was answering at
+    // once (each held 50 ms by the sandbox). Elapsed time alone passes an unbounded refresher.
+    let refreshes: Vec<_> = fx
+        .sandbox
+        .requests()
+        .into_iter()
+        .filter(|r| r.grant_type.as_deref() == Some("refresh_token"))
+        .collect();
+    assert_eq!(refreshes.len(), CONNECTIONS);
+    let in_flight = keap_sandbox::most_in_flight(&refreshes);
+    println!("at most {in_flight} refreshes in flight at Keap (bound {CONCURRENCY})");
+    assert!(
+        in_flight <= CONCURRENCY,
+        "{in_flight} refreshes in flight at once, bound {CONCURRENCY}"
+    );
+    assert!(
+        in_flight > 1,
+        "the refreshes were serialized: the concurrency is not used"
+    );
     // A cold container refreshing 32 connections at once reads the client secret once.
     let secret_reads = Emulator::shared()
         .request_counts_for(&fx.secret_id)

@@ -76,6 +76,9 @@ async fn revoked_key_marks_the_connection_and_raises_the_metric() {
         .unwrap();
 
     fx.sandbox.revoke_service_account_key(&key);
+    // A rejection first confirmed 100 s ago: the window opened at the recheck interval (60 s)
+    // + 30 s (the window itself: `key_rejection::*`).
+    key_rejected_since_secs_ago(&fx, "default", 100).await;
     let error = upsert(&container.service, json!({"contact": {"email": email}}))
         .await
         .unwrap_err();
@@ -225,6 +228,7 @@ async fn the_real_binary_reports_a_revoked_key() {
     assert_eq!(created["created"], true);
 
     fx.sandbox.revoke_service_account_key(&key);
+    key_rejected_since_secs_ago(&fx, "default", 100).await;
     let error = runtime
         .invoke(
             json!({"contact": {"email": "bk@buttonpush.example"}}),

@@ -247,3 +247,22 @@ pub async fn upsert_binary(
     );
     (runtime, function)
 }
+
+/// Records on `id`'s item that Keap first confirmed rejecting its key `secs_ago` seconds ago
+/// (`key_rejected_since`): how a test moves a key rejection into its marking window (the
+/// recheck interval + 30 s to 10 minutes after it) without waiting for it.
+pub async fn key_rejected_since_secs_ago(fx: &Fixture, id: &str, secs_ago: i64) {
+    use aws_sdk_dynamodb::types::AttributeValue;
+    aws_sdk_dynamodb::Client::new(&fx.sdk)
+        .update_item()
+        .table_name(&fx.table)
+        .key("pk", AttributeValue::S(format!("conn#{id}")))
+        .update_expression("SET key_rejected_since = :since")
+        .expression_attribute_values(
+            ":since",
+            AttributeValue::N((now_epoch_secs() - secs_ago).to_string()),
+        )
+        .send()
+        .await
+        .expect("set key_rejected_since");
+}

@@ -20,8 +20,9 @@ usage: keapalive-admin [--table NAME] status [--json]
            last successful refresh, last error (never a token); --json for scripts
   remove   deletes one connection after asking (--yes skips the question; without a terminal
            --yes is required). Upserts through it then fail with NotAuthorized; a warm
-           contact-upsert may keep using its cached access token until Keap rejects it
-           (revoke the app's access in Keap to cut it off at once).
+           contact-upsert may keep using its cached token or key until it re-checks the
+           connection (KEAPALIVE_CONNECTION_RECHECK_SECS, default 60 s; revoke the app's
+           access in Keap to cut it off at once).
 
 The table is KEAPALIVE_TABLE (or --table): the stack's TableName output. AWS access comes
 from the standard environment (AWS_PROFILE, AWS_REGION, AWS_ENDPOINT_URL, ...).";

@@ -251,7 +251,13 @@ fn admin_on_a_terminal(table: &str, args: &str, answer: &str) -> Option<Output> 
         .output()
         .is_ok_and(|o| o.status.success());
     if !script_available {
-        eprintln!("SKIPPED: util-linux `script` is not available to provide a terminal");
+        let reason = "util-linux `script` is not available to provide a terminal";
+        if keapalive_tests::workspace::in_ci() {
+            panic!(
+                "{reason}: CI=true, so this test must run (apt-get install util-linux / bsdutils)"
+            );
+        }
+        eprintln!("SKIPPED: {reason}");
         return None;
     }
     let command = format!("{} {args}", env!("CARGO_BIN_EXE_keapalive-admin"));

@@ -69,15 +69,31 @@ async fn binary_serves_the_sandbox_and_its_control_api() {
     assert_eq!(pair["scope"], "full|demo.infusionsoft.com");
     let refresh_token = pair["refresh_token"].as_str().unwrap();
 
-    let status = client
+    let injected: Value = client
         .post(control("/faults"))
         .json(&json!({"endpoint": "token", "times": 1,
                       "kind": {"status": {"status": 429, "retry_after_secs": 2}}}))
         .send()
         .await
         .unwrap()
-        .status();
-    assert_eq!(status, 204);
+        .error_for_status()
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let fired_url = format!("{}?id={}", control("/faults/fired"), injected["id"]);
+    let fired = || async {
+        let answer: Value = client
+            .get(&fired_url)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        answer["fired"].as_u64().unwrap()
+    };
+    assert_eq!(fired().await, 0, "nothing has matched it yet");
     let refresh = || {
         client
             .post(format!("{base}/token"))
@@ -91,6 +107,18 @@ async fn binary_serves_the_sandbox_and_its_control_api() {
     let throttled = refresh().await.unwrap();
     assert_eq!(throttled.status(), 429);
     assert_eq!(throttled.headers()["retry-after"], "2");
+    assert_eq!(
+        fired().await,
+        1,
+        "the control API counts the fault's one answer"
+    );
+    let unknown = client
+        .get(format!("{}?id=999999", control("/faults/fired")))
+        .send()
+        .await
+        .unwrap()
+        .status();
+    assert_eq!(unknown, 404);
     let rotated: Value = refresh().await.unwrap().json().await.unwrap();
     let live: Value = client
         .get(control("/refresh-token?app=demo"))

@@ -301,3 +301,58 @@ async fn dropping_the_sandbox_stops_the_server() {
     let after = client.get(url).bearer_auth(&pair.access_token).send().await;
     assert!(after.is_err(), "{after:?}");
 }
+
+#[tokio::test]
+async fn each_fault_counts_the_requests_it_answered() {
+    let (sandbox, client) = start().await;
+    let pair = grant(&sandbox);
+    let api = sandbox.inject(fault(
+        Endpoint::Api,
+        FaultKind::Status {
+            status: 503,
+            retry_after_secs: None,
+        },
+        1,
+    ));
+    let token = sandbox.inject(fault(
+        Endpoint::Token,
+        FaultKind::Status {
+            status: 429,
+            retry_after_secs: None,
+        },
+        2,
+    ));
+    assert_eq!((api.fired(), token.fired()), (0, 0));
+
+    assert_eq!(
+        refresh(&sandbox, &client, &pair.refresh_token)
+            .await
+            .status(),
+        429
+    );
+    assert_eq!(
+        (api.fired(), token.fired()),
+        (0, 1),
+        "only the matching fault"
+    );
+    assert_eq!(
+        refresh(&sandbox, &client, &pair.refresh_token)
+            .await
+            .status(),
+        429
+    );
+    let rotated = refresh(&sandbox, &client, &pair.refresh_token).await;
+    assert_eq!(rotated.status(), 200);
+    assert_eq!(token.fired(), 2, "used up, and its count kept");
+    token.assert_fired(2);
+    let unfired = std::panic::catch_unwind(|| api.assert_fired(1));
+    assert!(
+        unfired.is_err(),
+        "a fault that never fired fails its assertion"
+    );
+
+    // Each refresh-token presentation is numbered per token (I1's evidence).
+    let presentations: Vec<Option<u32>> =
+        sandbox.requests().iter().map(|r| r.presentation).collect();
+    assert_eq!(presentations, [Some(1), Some(2), Some(3)]);
+}

@@ -1,0 +1,158 @@
+"""Deploy rehearsal, step 2 (the emulator venv's Python: the same moto as the tests): create the
+transformed stack in moto's CloudFormation, then check what the created stack gives each
+function: its environment names only variables `Config` knows and carries the ones it requires,
+and its table, index, secret and queue names resolve to resources the stack (or the overlay)
+created, with the indexes the Rust code queries.
+
+Usage: python infra/checks/rehearse_stack.py STACK.json OUT-ENV.json
+Writes {function name: environment} for the walk through the binaries.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+import sys
+import zipfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import rust_names  # noqa: E402
+
+import boto3  # noqa: E402
+from moto import mock_aws  # noqa: E402
+
+REGION = "us-east-1"
+STACK = "keapalive-rehearsal"
+STAGE = "rehearsal"
+ENDPOINT = "http://127.0.0.1:8787"  # the local HTTP front standing in for the callback API
+CODE_BUCKET = "keapalive-rehearsal-code"
+MODEL_RS = "shared/src/token_store/model.rs"
+
+
+def rust_indexes(sources: dict[str, str]) -> dict[str, str]:
+    model = sources[MODEL_RS]
+    found = dict(re.findall(r'pub const (STATUS_INDEX|PENDING_INDEX): &str = "([^"]+)"', model))
+    assert set(found) == {"STATUS_INDEX", "PENDING_INDEX"}, f"index names not found in {MODEL_RS}"
+    return found
+
+
+def create(template: dict) -> dict[str, dict[str, str]]:
+    session = boto3.session.Session(region_name=REGION)
+    s3, secrets = session.client("s3"), session.client("secretsmanager")
+    cfn, lam = session.client("cloudformation"), session.client("lambda")
+    ddb, sqs = session.client("dynamodb"), session.client("sqs")
+    s3.create_bucket(Bucket=CODE_BUCKET)
+    zipped = io.BytesIO()
+    with zipfile.ZipFile(zipped, "w") as z:
+        z.writestr("bootstrap", "#!/bin/sh\n")
+    for r in template["Resources"].values():
+        if r["Type"] == "AWS::Lambda::Function":
+            s3.put_object(Bucket=CODE_BUCKET, Key=r["Properties"]["Code"]["S3Key"], Body=zipped.getvalue())
+    # The overlay: the secret the stack would create, pre-created and passed by ARN.
+    secret_arn = secrets.create_secret(
+        Name=f"keapalive-{STAGE}-client", SecretString='{"client_id":"","client_secret":""}'
+    )["ARN"]
+    cfn.create_stack(
+        StackName=STACK,
+        TemplateBody=json.dumps(template),
+        Capabilities=["CAPABILITY_IAM"],
+        Parameters=[
+            {"ParameterKey": "Stage", "ParameterValue": STAGE},
+            {"ParameterKey": "Architecture", "ParameterValue": "x86_64"},
+            {"ParameterKey": "RehearsalClientSecretArn", "ParameterValue": secret_arn},
+            {"ParameterKey": "RehearsalCallbackEndpoint", "ParameterValue": ENDPOINT},
+        ],
+    )
+    stack = cfn.describe_stacks(StackName=STACK)["Stacks"][0]
+    assert stack["StackStatus"] == "CREATE_COMPLETE", f"stack {stack['StackStatus']}: {stack.get('StackStatusReason')}"
+    created = cfn.list_stack_resources(StackName=STACK)["StackResourceSummaries"]
+    print(f"created {len(created)} resources in moto's CloudFormation")
+
+    sources = rust_names.rust_sources()
+    known, required = rust_names.rust_env_names(sources), rust_names.rust_required_env(sources)
+    indexes = rust_indexes(sources)
+    tables = {r["PhysicalResourceId"] for r in created if r["ResourceType"] == "AWS::DynamoDB::Table"}
+    envs: dict[str, dict[str, str]] = {}
+    for r in created:
+        if r["ResourceType"] != "AWS::Lambda::Function":
+            continue
+        config = lam.get_function_configuration(FunctionName=r["PhysicalResourceId"])
+        name = config["FunctionName"].removeprefix(f"keapalive-{STAGE}-")
+        env = config.get("Environment", {}).get("Variables", {})
+        unknown = set(env) - known
+        assert not unknown, f"{name}: the stack sets {sorted(unknown)}, which Config does not know"
+        missing = required - set(env)
+        assert not missing, f"{name}: the stack does not set {sorted(missing)}, which Config requires"
+        assert env["KEAPALIVE_TABLE"] in tables, f"{name}: KEAPALIVE_TABLE {env['KEAPALIVE_TABLE']} is no table of the stack"
+        assert env["KEAPALIVE_CLIENT_SECRET_ID"] == secret_arn, f"{name}: KEAPALIVE_CLIENT_SECRET_ID"
+        table = ddb.describe_table(TableName=env["KEAPALIVE_TABLE"])["Table"]
+        have = {g["IndexName"] for g in table.get("GlobalSecondaryIndexes", [])}
+        lacking = set(indexes.values()) - have
+        assert not lacking, f"{name}: table {table['TableName']} lacks the index(es) {sorted(lacking)} the Rust code queries"
+        if "KEAPALIVE_DEAD_LETTER_QUEUE_URL" in env:
+            url = env["KEAPALIVE_DEAD_LETTER_QUEUE_URL"]
+            assert url in sqs.list_queues().get("QueueUrls", []), f"{name}: no queue {url}"
+        if "KEAPALIVE_REDIRECT_URI" in env:
+            assert env["KEAPALIVE_REDIRECT_URI"] == f"{ENDPOINT}/oauth/callback", env["KEAPALIVE_REDIRECT_URI"]
+        envs[name] = env
+        print(f"ok   {name}: {len(env)} variables, all known to Config, table {table['TableName']} with {sorted(have)}")
+    assert set(envs) == {"oauth-callback", "operator", "token-refresher", "contact-upsert"}, sorted(envs)
+    return envs
+
+
+def _function(t: dict, logical_id: str) -> dict:
+    return t["Resources"][logical_id]["Properties"]
+
+
+def _misnamed_variable(t: dict) -> None:
+    env = _function(t, "ContactUpsertFunction")["Environment"]["Variables"]
+    env["KEAPALIVE_LEASE_SEC"] = env.pop("KEAPALIVE_LEASE_SECS")
+
+
+def _missing_index(t: dict) -> None:
+    indexes = _function(t, "ConnectionsTable")["GlobalSecondaryIndexes"]
+    indexes[:] = [i for i in indexes if i["IndexName"] != "pending-by-connection"]
+
+
+def _missing_required_variable(t: dict) -> None:
+    del _function(t, "TokenRefresherFunction")["Environment"]["Variables"]["KEAPALIVE_TABLE"]
+
+
+# Each broken copy of the transformed template must fail the rehearsal.
+MUTANTS = [_misnamed_variable, _missing_index, _missing_required_variable]
+
+
+def rehearse(template: dict) -> tuple[dict | None, str | None]:
+    with mock_aws():
+        try:
+            return create(template), None
+        except AssertionError as err:
+            return None, str(err)
+
+
+def main(argv: list[str]) -> int:
+    template = json.loads(Path(argv[1]).read_text())
+    envs, error = rehearse(template)
+    if error:
+        print(f"FAIL rehearsal: {error}")
+        return 1
+    Path(argv[2]).write_text(json.dumps(envs, indent=1, sort_keys=True))
+    print(f"rehearsal stack ok; the environments are in {argv[2]}")
+    failed = 0
+    for mutant in MUTANTS:
+        broken = json.loads(json.dumps(template))
+        mutant(broken)
+        _, error = rehearse(broken)
+        name = mutant.__name__.lstrip("_")
+        if error:
+            print(f"ok   mutant {name} caught: {error}")
+        else:
+            failed += 1
+            print(f"FAIL mutant {name}: the rehearsal passes on the broken stack")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))
