@@ -352,7 +352,7 @@ impl<'a> KeapSession<'a> {
     /// A request with a key succeeded while the item holds a rejection no success has answered:
     /// record `key_accepted_at` (at most once per recheck interval per container), so the key
     /// is not marked. A failed write only costs that proof; the request itself succeeded.
-    async fn answer_key_rejection(&mut self) {
+    pub(crate) async fn answer_key_rejection(&mut self) {
         let AccessCredential::ApiKey(_) = self.grant.credential else {
             return;
         };

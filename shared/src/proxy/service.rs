@@ -72,6 +72,7 @@ impl ProxyService {
                 secrets,
                 metrics: MetricSink::stdout(),
                 stage: settings.stage.clone(),
+                key_vouches: Default::default(),
             },
             deadlines: DeadlinePolicy::new(settings.function_timeout),
             settings,
@@ -146,7 +147,11 @@ impl ProxyService {
             }
             sends += 1;
             let error = match self.send_once(session.credential(), call, deadline).await {
-                Ok(answer) => return Ok((ProxyAnswer::shape(&call.path, answer)?, sends)),
+                Ok(answer) => {
+                    // Keap accepted the credential: a key rejection on record is answered.
+                    session.answer_key_rejection().await;
+                    return Ok((ProxyAnswer::shape(&call.path, answer)?, sends));
+                }
                 Err(error) => error,
             };
             match error {
