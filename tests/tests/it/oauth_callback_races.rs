@@ -586,7 +586,12 @@ async fn a_slow_clean_up_and_a_slow_exchange_still_store_the_pair_inside_the_tim
 #[tokio::test]
 async fn a_timeout_below_the_keap_timeout_plus_the_commit_budget_fails_init() {
     logs::capture_logs();
-    for function in ["oauth-callback", "token-refresher", "contact-upsert"] {
+    for function in [
+        "oauth-callback",
+        "token-refresher",
+        "contact-upsert",
+        "keap-proxy",
+    ] {
         let runtime = RuntimeApi::start_named(function).await;
         let env = [
             ("KEAPALIVE_TABLE", "keapalive-test"),
