@@ -96,6 +96,7 @@ pub fn init_logging() {
 pub enum Unit {
     Count,
     Seconds,
+    Milliseconds,
 }
 
 impl Unit {
@@ -103,19 +104,28 @@ impl Unit {
         match self {
             Self::Count => "Count",
             Self::Seconds => "Seconds",
+            Self::Milliseconds => "Milliseconds",
         }
     }
 }
 
-/// A set of metric values sharing one `Stage` dimension, rendered as one EMF line.
+/// A set of metric values sharing one `Stage` dimension (and, for per-function metrics, a
+/// `Function` dimension), rendered as one EMF line.
 #[derive(Debug, Clone, Default)]
 pub struct Metrics {
     values: Vec<(&'static str, f64, Unit)>,
+    function: Option<&'static str>,
 }
 
 impl Metrics {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// These values are one function's (its binary name): dimensions `Stage` and `Function`.
+    pub fn with_function(mut self, function: &'static str) -> Self {
+        self.function = Some(function);
+        self
     }
 
     pub fn put(&mut self, name: &'static str, value: f64, unit: Unit) -> &mut Self {
@@ -145,6 +155,10 @@ impl Metrics {
             .iter()
             .map(|(name, _, unit)| json!({"Name": name, "Unit": unit.as_str()}))
             .collect();
+        let dimensions: Vec<&str> = ["Stage"]
+            .into_iter()
+            .chain(self.function.map(|_| "Function"))
+            .collect();
         let mut document = Map::new();
         document.insert(
             "_aws".to_owned(),
@@ -152,12 +166,15 @@ impl Metrics {
                 "Timestamp": timestamp,
                 "CloudWatchMetrics": [{
                     "Namespace": METRICS_NAMESPACE,
-                    "Dimensions": [["Stage"]],
+                    "Dimensions": [dimensions],
                     "Metrics": definitions,
                 }],
             }),
         );
         document.insert("Stage".to_owned(), Value::String(stage.to_owned()));
+        if let Some(function) = self.function {
+            document.insert("Function".to_owned(), Value::String(function.to_owned()));
+        }
         for (name, value, _) in &self.values {
             document.insert((*name).to_owned(), json!(value));
         }

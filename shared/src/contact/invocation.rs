@@ -11,6 +11,9 @@ use super::request::UpsertRequest;
 use super::service::UpsertService;
 use crate::deadline::Deadline;
 
+/// The `Function` dimension of contact-upsert's Keap usage metrics (its binary name).
+const FUNCTION_NAME: &str = "contact-upsert";
+
 #[derive(Deserialize)]
 struct Probe {
     #[serde(rename = "Records")]
@@ -47,6 +50,13 @@ impl UpsertService {
 
     /// The function's handler: the raw payload in, the JSON answer out.
     pub async fn handle(&self, payload: &[u8], deadline: Deadline) -> Result<Value, UpsertError> {
+        let answer = self.answer(payload, deadline).await;
+        // Once per invocation, whatever the outcome: Keap requests, 429s, throttle waits.
+        self.keap.flush_usage(FUNCTION_NAME);
+        answer
+    }
+
+    async fn answer(&self, payload: &[u8], deadline: Deadline) -> Result<Value, UpsertError> {
         let answer = if is_sqs_event(payload) {
             let event: SqsEvent = serde_json::from_slice(payload).map_err(|e| {
                 UpsertError::Validation(format!(

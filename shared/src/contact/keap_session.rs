@@ -72,6 +72,15 @@ pub(crate) struct KeapAccess {
     pub(crate) key_vouches: KeyVouches,
 }
 
+impl KeapAccess {
+    /// Emits this invocation's Keap usage (requests, 429s, throttle waits) for `function`.
+    pub(crate) fn flush_usage(&self, function: &'static str) {
+        self.rest
+            .usage()
+            .flush(&self.metrics, &self.stage, function);
+    }
+}
+
 pub(crate) struct KeapSession<'a> {
     access: &'a KeapAccess,
     id: &'a ConnectionId,
@@ -166,6 +175,7 @@ impl<'a> KeapSession<'a> {
                     }
                     info!(connection = %self.id, wait_ms = wait.as_millis() as u64, "Keap throttled; waiting");
                     self.throttled_for += wait;
+                    self.access.rest.usage().waited(wait);
                     tokio::time::sleep(wait).await;
                 }
                 // Asking again gets the same redirect, which is never followed.

@@ -66,7 +66,7 @@ impl UpsertSettings {
 
 /// Built once per container; every field is shared by concurrent upserts.
 pub struct UpsertService {
-    keap: KeapAccess,
+    pub(super) keap: KeapAccess,
     pub(crate) sqs: LazySqs,
     pub(crate) settings: UpsertSettings,
     pub(crate) deadlines: DeadlinePolicy,

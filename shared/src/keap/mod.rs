@@ -6,6 +6,7 @@ pub(crate) mod http;
 pub(crate) mod model;
 pub(crate) mod oauth;
 pub(crate) mod path;
+pub(crate) mod quota;
 pub(crate) mod rate_limit;
 pub(crate) mod rest;
 pub(crate) mod tags;
@@ -13,5 +14,6 @@ pub(crate) mod tokens;
 
 pub use oauth::{OAuthClient, SHORT_EXPIRES_IN_SECS, TokenError};
 pub use path::{KeapPath, MAX_PATH_BYTES, PathError};
+pub use quota::{KeapUsage, QuotaHolds};
 pub use rest::{KeapAnswer, KeapCall, KeapError, RestClient};
 pub use tokens::{AccessCredential, IssuedTokens, TokenPair, keap_app_from_scope};

@@ -19,6 +19,7 @@ use url::Url;
 
 use super::http::{never_sent, redirect_target, retry_after};
 use super::path::KeapPath;
+use super::quota::{KeapUsage, QuotaHolds};
 use super::rate_limit::{KEY_REQUESTS_PER_SECOND, KeyRateLimiter, RateLimiter};
 use super::tokens::AccessCredential;
 use crate::config::KeapEndpoints;
@@ -149,6 +150,9 @@ pub struct RestClient {
     limiter: Arc<RateLimiter>,
     key_limiters: Arc<Mutex<HashMap<u64, Arc<KeyRateLimiter>>>>,
     key_rate_per_sec: u32,
+    /// Credentials whose quota Keap reported spent ([`QuotaHolds`]).
+    holds: Arc<QuotaHolds>,
+    usage: Arc<KeapUsage>,
 }
 
 impl RestClient {
@@ -167,7 +171,14 @@ impl RestClient {
             limiter,
             key_limiters: Arc::new(Mutex::new(HashMap::new())),
             key_rate_per_sec: KEY_REQUESTS_PER_SECOND,
+            holds: Arc::new(QuotaHolds::default()),
+            usage: Arc::new(KeapUsage::default()),
         }
+    }
+
+    /// This container's Keap requests, 429s and throttle waits (the function's metrics).
+    pub fn usage(&self) -> &KeapUsage {
+        &self.usage
     }
 
     /// Each key's requests per second (`KEAPALIVE_KEY_RATE_PER_SEC`).
@@ -212,9 +223,10 @@ impl RestClient {
         }
         builder = with_credential(builder, credential)?;
 
-        self.wait_for_limiters(credential).await;
+        self.wait_for_limiters(credential).await?;
         let response = builder.send().await.map_err(transport_error)?;
         let status = response.status().as_u16();
+        self.answered(credential, status, response.headers());
         if response.status().is_redirection() {
             let target = redirect_target(response.headers());
             tracing::warn!(status, location_host = %target, path = %request.path, "Keap answered with a redirect; not followed");
@@ -253,10 +265,11 @@ impl RestClient {
         }
         builder = with_credential(builder, credential)?;
 
-        self.wait_for_limiters(credential).await;
+        self.wait_for_limiters(credential).await?;
         let mut response = builder.send().await.map_err(transport_error)?;
         let status = response.status().as_u16();
         let headers = std::mem::take(response.headers_mut());
+        self.answered(credential, status, &headers);
         let declared_len = response.content_length();
         let mut body = Vec::new();
         let mut over_limit = declared_len.is_some_and(|n| n > max_body as u64);
@@ -310,11 +323,38 @@ impl RestClient {
         Ok(url)
     }
 
-    async fn wait_for_limiters(&self, credential: &AccessCredential) {
+    /// Waits for the container's and the key's limiters. A credential Keap reported spent is
+    /// not sent at all (before or after the wait): `RateLimited` with the time left. Once this
+    /// returns `Ok`, the request counts as sent.
+    async fn wait_for_limiters(&self, credential: &AccessCredential) -> Result<(), KeapError> {
+        self.not_held(credential)?;
         if let AccessCredential::ApiKey(key) = credential {
             self.key_limiter(key.expose_secret()).acquire().await;
         }
         self.limiter.acquire().await;
+        self.not_held(credential)?;
+        self.usage.sent();
+        Ok(())
+    }
+
+    fn not_held(&self, credential: &AccessCredential) -> Result<(), KeapError> {
+        match self.holds.held_for(credential) {
+            Some(left) => {
+                self.usage.throttled();
+                Err(KeapError::RateLimited {
+                    retry_after: Some(Duration::from_secs(left.as_secs_f64().ceil() as u64)),
+                })
+            }
+            None => Ok(()),
+        }
+    }
+
+    /// Keap answered: its quota headers, and a 429 counted.
+    fn answered(&self, credential: &AccessCredential, status: u16, headers: &HeaderMap) {
+        self.holds.observe(credential, headers);
+        if status == 429 {
+            self.usage.throttled();
+        }
     }
 
     /// One limiter per key (Keap counts per key), found by a hash so the map never holds the key.

@@ -28,6 +28,9 @@ use crate::refresh::OnDemandRefresher;
 use crate::secrets::SecretsSource;
 use crate::telemetry::MetricSink;
 
+/// The `Function` dimension of keap-proxy's Keap usage metrics (its binary name).
+const FUNCTION_NAME: &str = "keap-proxy";
+
 #[derive(Debug, Clone)]
 pub struct ProxySettings {
     /// `KEAPALIVE_PROXY_CONNECTIONS`; `None`: every connection.
@@ -105,6 +108,8 @@ impl ProxyService {
                 warn!(connection = %request.connection_id, method = %call.method, path = %call.path, error_type = %error.kind(), duration_ms, "keap-proxy failed");
             }
         }
+        // Once per invocation: Keap requests, 429s (and held requests), throttle waits.
+        self.keap.flush_usage(FUNCTION_NAME);
         let (answer, _) = outcome?;
         serde_json::to_value(answer)
             .map_err(|_| ProxyError::Unavailable("could not encode Keap's answer".to_owned()))
@@ -168,6 +173,7 @@ impl ProxyService {
                             info!(connection = %id, wait_ms = wait.as_millis() as u64, "Keap throttled; waiting");
                             throttles += 1;
                             throttled_for += wait;
+                            self.keap.rest.usage().waited(wait);
                             tokio::time::sleep(wait).await;
                         }
                         Throttle::GiveUp { retry_after_secs } => {

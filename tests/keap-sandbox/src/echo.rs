@@ -83,10 +83,6 @@ fn echo(
         }),
     );
     let out = response.headers_mut();
-    out.insert(
-        "x-keap-product-throttle-available",
-        HeaderValue::from_static("1499"),
-    );
     if let Ok(value) = HeaderValue::from_str(&format!("{}.infusionsoft.com", tenant.app)) {
         out.insert("x-keap-tenant-id", value);
     }

@@ -11,6 +11,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
 use crate::credentials::{self, Authorization};
+use crate::quota::Bucket;
 use crate::respond::{gateway_fault, message};
 use crate::state::{RouteClass, Shared, State as SandboxState};
 use futures_util::StreamExt;
@@ -96,7 +97,7 @@ pub(crate) async fn gate(
             .map(|(_, value)| value.clone())
     };
 
-    let (arrival, fault, latency) = {
+    let (arrival, fault, latency, admission) = {
         let mut sandbox = shared.lock();
         let app = tenant_hint(&sandbox, class, &request, &form_value);
         let presentation = match (class, form_value("grant_type").as_deref()) {
@@ -117,11 +118,17 @@ pub(crate) async fn gate(
             presentation,
             app,
         };
-        (
-            arrival,
-            sandbox.take_fault(class),
-            sandbox.latency_for(class),
-        )
+        let fault = sandbox.take_fault(class);
+        // Faults answer from the gateway's front, before any quota is counted.
+        let admission = match (&fault, quota_bucket(&sandbox, class, &request)) {
+            (None, Some(bucket)) => Some(sandbox.product_quota.admit(
+                bucket,
+                Instant::now(),
+                crate::clock::now_millis(),
+            )),
+            _ => None,
+        };
+        (arrival, fault, sandbox.latency_for(class), admission)
     };
 
     if !latency.is_zero() {
@@ -157,7 +164,17 @@ pub(crate) async fn gate(
         _ => {}
     }
 
-    let response = next.run(request).await;
+    if let Some(refused) = admission.as_ref().filter(|a| a.refused) {
+        let mut response = injected_status(429, None);
+        with_quota_headers(&mut response, &refused.headers);
+        arrival.finish(&shared, 429);
+        return response;
+    }
+
+    let mut response = next.run(request).await;
+    if let Some(admission) = &admission {
+        with_quota_headers(&mut response, &admission.headers);
+    }
 
     match fault {
         Some(FaultKind::Delay(delay)) => tokio::time::sleep(delay).await,
@@ -192,6 +209,27 @@ fn tenant_hint(
             Consent::Deny => None,
         },
         RouteClass::Other => None,
+    }
+}
+
+/// Whose product quota a REST request spends: only a credential the sandbox issued counts.
+fn quota_bucket(sandbox: &SandboxState, class: RouteClass, request: &Request) -> Option<Bucket> {
+    if class != RouteClass::Api {
+        return None;
+    }
+    match credentials::authorization(request.headers()) {
+        Authorization::Bearer(token) => sandbox.access_token_app(&token).map(|_| Bucket::OAuth),
+        _ => credentials::api_key(request.headers())
+            .filter(|key| sandbox.service_account_key_app(key).is_some())
+            .map(Bucket::Key),
+    }
+}
+
+fn with_quota_headers(response: &mut Response, headers: &[(&'static str, String)]) {
+    for (name, value) in headers {
+        if let Ok(value) = HeaderValue::from_str(value) {
+            response.headers_mut().insert(*name, value);
+        }
     }
 }
 

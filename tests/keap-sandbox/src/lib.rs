@@ -74,6 +74,7 @@ mod credentials;
 mod echo;
 mod gate;
 mod oauth;
+mod quota;
 mod random;
 mod respond;
 mod server;
@@ -92,6 +93,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+pub use quota::ProductLimits;
 use state::Shared;
 pub use types::{
     AuthKind, BodyBreak, Consent, Endpoint, Fault, FaultKind, IssuedPair, RecordedRequest,
@@ -255,6 +257,13 @@ impl Sandbox {
     /// Drops every fault still queued; what the used ones answered is still counted.
     pub fn clear_faults(&self) {
         self.shared.lock().clear_faults();
+    }
+
+    /// Lowers (or restores, with the default) Keap's product throttle and daily quota; usage
+    /// so far is forgotten. Every REST answer reports them in `x-keap-product-*` headers, and a
+    /// request made with nothing available is refused with a 429 ([`ProductLimits`]).
+    pub fn set_product_limits(&self, limits: ProductLimits) {
+        self.shared.lock().product_quota.set_limits(limits);
     }
 
     /// Added to every matching request (settings for `Any` and a specific endpoint add up);

@@ -7,6 +7,7 @@ use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use crate::contacts::Contact;
+use crate::quota::ProductQuota;
 use crate::types::{Consent, Endpoint, Fault, FaultKind, IssuedPair, RecordedRequest};
 use crate::{clock, random};
 
@@ -179,6 +180,7 @@ pub(crate) struct State {
     next_request_seq: u64,
     next_grant_seq: u64,
     last_timestamp_millis: i64,
+    pub(crate) product_quota: ProductQuota,
 }
 
 impl Default for State {
@@ -202,6 +204,7 @@ impl Default for State {
             next_request_seq: 0,
             next_grant_seq: 0,
             last_timestamp_millis: 0,
+            product_quota: ProductQuota::default(),
         }
     }
 }

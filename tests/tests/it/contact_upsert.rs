@@ -1512,3 +1512,41 @@ async fn a_failed_record_holds_back_the_later_records_of_its_fifo_message_group(
     assert!(contact_with_email(&fx, APP, "second@buttonpush.example").is_none());
     assert!(contact_with_email(&fx, APP, "third@buttonpush.example").is_some());
 }
+
+/// Each invocation reports its Keap usage once, under `Function: contact-upsert`: the requests
+/// it sent, the 429s it met and how long it waited them out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_invocation_reports_its_keap_requests_throttles_and_waits() {
+    let fx = Fixture::new().await;
+    fx.seed_connection("default", APP, None).await;
+    let container = container(&fx, &[]);
+    let throttled = fx.sandbox.inject(Fault {
+        endpoint: Endpoint::Api,
+        kind: FaultKind::Status {
+            status: 429,
+            retry_after_secs: Some(1),
+        },
+        times: 1,
+    });
+    upsert(
+        &container.service,
+        json!({"contact": {"email": "usage@buttonpush.example"}}),
+    )
+    .await
+    .unwrap();
+    throttled.assert_fired(1);
+    let sent = api_requests(&fx).len() as f64;
+    assert_eq!(container.metric_total("KeapRequests"), sent);
+    assert_eq!(container.metric_total("KeapThrottled"), 1.0);
+    assert!(container.metric_total("KeapThrottleWaitMs") >= 1_000.0);
+    let usage: Vec<Value> = container
+        .metrics
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|doc| doc.get("KeapRequests").is_some())
+        .cloned()
+        .collect();
+    assert_eq!(usage.len(), 1, "one usage document per invocation");
+    assert_eq!(usage[0]["Function"], "contact-upsert");
+}

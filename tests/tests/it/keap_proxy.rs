@@ -8,7 +8,7 @@
 use std::time::Duration;
 
 use crate::support::*;
-use keap_sandbox::{AuthKind, Endpoint, Fault, FaultKind};
+use keap_sandbox::{AuthKind, Endpoint, Fault, FaultKind, ProductLimits};
 use keapalive::clock::now_epoch_secs;
 use keapalive::deadline::Deadline;
 use keapalive::proxy::{ProxyError, ProxyService};
@@ -239,7 +239,17 @@ async fn the_real_binary_sends_every_method_and_answers_verbatim() {
             names,
             [
                 "content-type",
+                "x-keap-product-quota-available",
+                "x-keap-product-quota-expiry-time",
+                "x-keap-product-quota-interval",
+                "x-keap-product-quota-limit",
+                "x-keap-product-quota-time-unit",
+                "x-keap-product-quota-used",
                 "x-keap-product-throttle-available",
+                "x-keap-product-throttle-interval",
+                "x-keap-product-throttle-limit",
+                "x-keap-product-throttle-time-unit",
+                "x-keap-product-throttle-used",
                 "x-keap-tenant-id"
             ]
         );
@@ -583,4 +593,173 @@ async fn only_the_listed_connections_are_served() {
     call(&served, json!({"method": "GET", "path": "/v1/_echo/notes"}))
         .await
         .unwrap();
+}
+
+/// Keap's answer says the OAuth app's per-minute throttle is spent
+/// (`x-keap-product-throttle-available: 0`): no further request with it inside the interval —
+/// not even one Keap would refuse — while a key, with its own quota, still goes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_spent_throttle_holds_the_credential_without_asking_keap() {
+    let fx = Fixture::new().await;
+    fx.seed_connection("default", APP, None).await;
+    seed_key_connection(&fx, "sales", APP).await;
+    fx.sandbox.set_product_limits(ProductLimits {
+        throttle_per_minute: Some(2),
+        quota_per_day: None,
+    });
+    let service = proxy_service(&fx, &[]);
+    let get = json!({"method": "GET", "path": "/v1/_echo/notes"});
+    let first = call(&service, get.clone()).await.unwrap();
+    assert_eq!(first["headers"]["x-keap-product-throttle-available"], "1");
+    let second = call(&service, get.clone()).await.unwrap();
+    assert_eq!(second["headers"]["x-keap-product-throttle-available"], "0");
+
+    let error = call(&service, get.clone()).await.unwrap_err();
+    let ProxyError::RateLimited(message) = &error else {
+        panic!("{error:?}");
+    };
+    let secs: u64 = message
+        .rsplit("retry_after_secs=")
+        .next()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{message}"));
+    assert!(
+        (50..=60).contains(&secs),
+        "held for one interval: {message}"
+    );
+    assert_eq!(requests_to(&fx, ECHO), 2, "the held request reached Keap");
+    assert!(
+        api_requests(&fx).iter().all(|r| r.status != 429),
+        "Keap had to refuse a request"
+    );
+
+    let by_key = call(
+        &service,
+        json!({"connection_id": "sales", "method": "GET", "path": "/v1/_echo/notes"}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(by_key["body"]["auth"], "api_key", "a key has its own quota");
+}
+
+/// A spent daily quota (`x-keap-product-quota-available: 0`) holds the credential until
+/// `x-keap-product-quota-expiry-time` (epoch milliseconds: the next 00:00 UTC).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_spent_daily_quota_holds_the_credential_until_its_expiry() {
+    let fx = Fixture::new().await;
+    fx.seed_connection("default", APP, None).await;
+    fx.sandbox.set_product_limits(ProductLimits {
+        throttle_per_minute: None,
+        quota_per_day: Some(1),
+    });
+    let service = proxy_service(&fx, &[]);
+    let get = json!({"method": "GET", "path": "/v1/_echo/notes"});
+    let spent = call(&service, get.clone()).await.unwrap();
+    let expiry_ms: i64 = spent["headers"]["x-keap-product-quota-expiry-time"]
+        .as_str()
+        .and_then(|v| v.parse().ok())
+        .expect("the quota's expiry");
+    let error = call(&service, get).await.unwrap_err();
+    let ProxyError::RateLimited(message) = &error else {
+        panic!("{error:?}");
+    };
+    let secs: i64 = message
+        .rsplit("retry_after_secs=")
+        .next()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{message}"));
+    let until_expiry = expiry_ms / 1000 - now_epoch_secs();
+    assert!(
+        (secs - until_expiry).abs() <= 2,
+        "held until the expiry ({until_expiry} s), said {secs} s"
+    );
+    assert_eq!(requests_to(&fx, ECHO), 1, "the held request reached Keap");
+}
+
+/// The real binary at TRACE, through either log variable: a refresh, a query, a body and a
+/// key connection, and none of the token pairs, the key, the query value or the body in its
+/// output.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_binary_at_trace_logs_no_token_key_query_value_or_body() {
+    for variable in ["AWS_LAMBDA_LOG_LEVEL", "RUST_LOG"] {
+        let fx = Fixture::new().await;
+        let issued = fx
+            .seed_connection("default", APP, Some(now_epoch_secs() - 10))
+            .await;
+        let (key, _) = seed_key_connection(&fx, "sales", APP).await;
+        let (runtime, mut function) = proxy_binary(&fx, &[(variable, "trace")]).await;
+        let limit = Duration::from_secs(30);
+        let email = "grace.tracelog@example.com";
+        let body_text = "a-note-body-that-must-not-be-logged";
+        runtime
+            .invoke(
+                json!({"method": "GET", "path": "/v1/contacts", "query": {"email": email}}),
+                limit,
+            )
+            .await
+            .unwrap();
+        runtime
+            .invoke(
+                json!({"method": "POST", "path": "/v1/_echo/notes", "body": {"body": body_text}}),
+                limit,
+            )
+            .await
+            .unwrap();
+        runtime
+            .invoke(
+                json!({"connection_id": "sales", "method": "GET", "path": "/v1/_echo/notes"}),
+                limit,
+            )
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        function.kill().await;
+        let item = keapalive_tests::aws::get_item(&fx.sdk, &fx.table, "conn#default")
+            .await
+            .expect("the connection item");
+        assert_eq!(
+            item.get("generation"),
+            Some(&aws_sdk_dynamodb::types::AttributeValue::N("2".into())),
+            "the expired token was refreshed first"
+        );
+        let mut secrets = vec![
+            issued.access_token.clone(),
+            issued.refresh_token.clone(),
+            key.clone(),
+            email.to_owned(),
+            "grace.tracelog".to_owned(),
+            body_text.to_owned(),
+            keapalive_tests::fixture::CLIENT_SECRET.to_owned(),
+        ];
+        for attribute in ["access_token", "refresh_token"] {
+            if let Some(aws_sdk_dynamodb::types::AttributeValue::S(token)) = item.get(attribute) {
+                secrets.push(token.clone());
+            }
+        }
+        let output = function.output();
+        assert!(
+            output
+                .lines()
+                .any(|l| l.contains("\"TRACE\"") || l.contains("\"DEBUG\"")),
+            "{variable}=trace: the binary logged below INFO"
+        );
+        for secret in &secrets {
+            assert!(
+                !output.contains(secret.as_str()),
+                "{variable}=trace: a secret, query value or body reached the output:\n{output}"
+            );
+        }
+        // One EMF line per invocation: Keap requests (and 429s, waits) by function.
+        let usage: Vec<Value> = output
+            .lines()
+            .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+            .filter(|line| line["Function"] == "keap-proxy")
+            .collect();
+        assert_eq!(usage.len(), 3, "{variable}: one usage line per invocation");
+        assert!(usage.iter().all(|line| line["KeapRequests"] == 1.0));
+        assert_eq!(
+            usage[0]["_aws"]["CloudWatchMetrics"][0]["Dimensions"][0],
+            json!(["Stage", "Function"])
+        );
+    }
 }
