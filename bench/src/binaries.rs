@@ -1,4 +1,4 @@
-//! The binaries under test: the three functions and the hello-world baseline, found next to
+//! The binaries under test: the functions and the hello-world baseline, found next to
 //! the bench's own executable (one `cargo build --bins` puts them all in `target/<profile>/`).
 //!
 //! Deliberately not `keapalive_tests::runtime_api::binary_path`: that rebuilds each function
@@ -11,6 +11,7 @@ pub const HELLO: &str = "hello-lambda";
 pub const REFRESHER: &str = "token-refresher";
 pub const UPSERT: &str = "contact-upsert";
 pub const CALLBACK: &str = "oauth-callback";
+pub const PROXY: &str = "keap-proxy";
 
 pub fn locate(name: &str) -> Result<PathBuf, String> {
     let exe = std::env::current_exe().map_err(|e| format!("cannot find the bench's path: {e}"))?;
@@ -22,7 +23,7 @@ pub fn locate(name: &str) -> Result<PathBuf, String> {
         Ok(path)
     } else {
         Err(format!(
-            "{} is missing: build it with the bench (`make bench` runs `cargo build --release --bins -p oauth-callback -p token-refresher -p contact-upsert -p keapalive-bench`)",
+            "{} is missing: build it with the bench (`make bench` runs `cargo build --release --bins -p oauth-callback -p token-refresher -p contact-upsert -p keap-proxy -p keapalive-bench`)",
             path.display()
         ))
     }

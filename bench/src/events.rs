@@ -35,6 +35,12 @@ pub fn upsert(email: &str, tags: &[&str]) -> Value {
     json!({ "connection_id": "default", "contact": contact, "match_on": "email" })
 }
 
+/// A direct invocation of keap-proxy: look a contact up by email.
+pub fn proxy_get(email: &str) -> Value {
+    json!({ "connection_id": "default", "method": "GET", "path": "/v1/contacts",
+            "query": { "email": email } })
+}
+
 /// API Gateway HTTP API (payload 2.0): Keap's redirect to `GET /oauth/callback?code&state`.
 pub fn callback(raw_query: &str) -> Value {
     json!({

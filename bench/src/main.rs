@@ -1,5 +1,5 @@
 //! `make bench`: cold start, memory, requests per operation and refresher throughput of the
-//! three functions, measured side by side in one run through the local Lambda Runtime API host,
+//! functions, measured side by side in one run through the local Lambda Runtime API host,
 //! against the Keap sandbox and the AWS emulator. Prints one table, writes it as JSON, and
 //! exits non-zero (naming the operation) when an operation costs more requests than its floor.
 //! Timing targets are reported, never enforced: these machines are noisy.
@@ -94,6 +94,11 @@ async fn run(options: &Options) -> Result<Report, String> {
                 warm::REFRESH_COLD,
                 "scheduled run, 1 due: status-index query + lease + commit, secret read",
             ),
+            binaries::PROXY => (
+                "cold proxy GET",
+                warm::PROXY_COLD,
+                "first invocation: reads the connection once",
+            ),
             binaries::CALLBACK => (
                 "callback, cold container",
                 warm::CALLBACK_COLD,
@@ -120,6 +125,12 @@ async fn run(options: &Options) -> Result<Report, String> {
     );
     let upsert = warm::upsert(&world, options.warm_invocations).await?;
     operations.extend(upsert.operations);
+    eprintln!(
+        "==> warm proxy overhead: {} invocations each of keap-proxy and hello-lambda",
+        options.warm_invocations
+    );
+    let proxy = warm::proxy(&world, options.warm_invocations).await?;
+    operations.extend(proxy.operations);
     // By function (a stable sort keeps cold before warm), for a table that reads top to bottom.
     operations.sort_by_key(|op| function_group(&op.operation));
     drop(world);
@@ -150,6 +161,7 @@ async fn run(options: &Options) -> Result<Report, String> {
         cold,
         operations,
         overhead: upsert.overhead,
+        proxy_overhead: proxy.overhead,
         throughput,
         targets: Vec::new(),
         floor_violations: Vec::new(),
@@ -161,9 +173,11 @@ async fn run(options: &Options) -> Result<Report, String> {
 fn function_group(operation: &str) -> u8 {
     if operation.contains("upsert") {
         0
-    } else if operation.contains("refresh") {
+    } else if operation.contains("proxy") {
         1
-    } else {
+    } else if operation.contains("refresh") {
         2
+    } else {
+        3
     }
 }

@@ -84,6 +84,9 @@ pub const UPSERT_WARM: Floor = Floor {
     dynamodb_writes: 0,
     secrets: 0,
 };
+/// keap-proxy sends the caller's one request; cold, it reads the connection once.
+pub const PROXY_COLD: Floor = UPSERT_COLD;
+pub const PROXY_WARM: Floor = UPSERT_WARM;
 
 /// Starts a container, does the operation once (cold), then measures it a second time.
 async fn second_operation(world: &World, subject: Subject) -> Result<Measured, String> {
@@ -146,7 +149,6 @@ pub async fn upsert(world: &World, invocations: usize) -> Result<UpsertResults, 
     let env = world.env(Subject::Upsert, &[("KEAPALIVE_KEAP_RATE_PER_SEC", &rate)]);
     let upsert = Container::start(&upsert_path, &env).await?;
     let hello = Container::start(&hello_path, &world.env(Subject::Hello, &[])).await?;
-    let sandbox = &world.upsert.sandbox;
     let mut operations = Vec::new();
 
     // Cold: reads the connection; warm from here on.
@@ -180,28 +182,74 @@ pub async fn upsert(world: &World, invocations: usize) -> Result<UpsertResults, 
         note: "PUT contact + one POST applying all tags".to_owned(),
     });
 
-    let mut upsert_ms = Vec::with_capacity(invocations);
+    let looped = overhead_loop(world, Subject::Upsert, &upsert, &hello, invocations, |i| {
+        events::upsert(&format!("warm{}@example.com", i % 100), &[])
+    })
+    .await?;
+    operations.insert(
+        0,
+        warm_loop_count(
+            "warm upsert, no tags",
+            binaries::UPSERT,
+            &looped,
+            UPSERT_WARM,
+            invocations,
+        ),
+    );
+    upsert.stop().await;
+    hello.stop().await;
+
+    Ok(UpsertResults {
+        operations,
+        overhead: looped.overhead,
+    })
+}
+
+/// What [`overhead_loop`] measured.
+pub struct Looped {
+    pub overhead: Overhead,
+    /// The most Keap requests any one invocation made, and which.
+    worst_keap: Measured,
+    /// AWS requests over the whole loop.
+    aws: Measured,
+    took: Duration,
+}
+
+/// `invocations` warm invocations of `subject` (events from `event`) interleaved with as many
+/// hello-world invocations; each one's time minus the sandbox's handling of its Keap requests.
+async fn overhead_loop(
+    world: &World,
+    subject: Subject,
+    container: &Container,
+    hello: &Container,
+    invocations: usize,
+    event: impl Fn(usize) -> serde_json::Value,
+) -> Result<Looped, String> {
+    let sandbox = &world
+        .fixture(subject)
+        .ok_or_else(|| format!("{} has no fixture", subject.binary()))?
+        .sandbox;
+    let mut invoke_ms = Vec::with_capacity(invocations);
     let mut handling_ms = Vec::with_capacity(invocations);
     let mut overhead_ms = Vec::with_capacity(invocations);
     let mut hello_ms = Vec::with_capacity(invocations);
     let mut worst_keap = Measured::default();
-    let before = world.snapshot(Subject::Upsert).await;
-    let loop_started = std::time::Instant::now();
-    let mut last_upsert = Instant::now();
+    let before = world.snapshot(subject).await;
+    let loop_started = Instant::now();
+    let mut last_invocation = Instant::now();
     for i in 0..invocations {
         // Alternate which goes first, so neither always follows the other's wake-up.
         let hello_first = i % 2 == 0;
         if hello_first {
-            hello_ms.push(ms(invoke_hello(&hello).await?));
+            hello_ms.push(ms(invoke_hello(hello).await?));
         }
-        while last_upsert.elapsed() < UPSERT_SPACING {
+        while last_invocation.elapsed() < UPSERT_SPACING {
             tokio::task::yield_now().await;
         }
-        last_upsert = Instant::now();
+        last_invocation = Instant::now();
         sandbox.clear_requests();
-        let event = events::upsert(&format!("warm{}@example.com", i % 100), &[]);
-        let (answer, took) = upsert.invoke(event, INVOKE_DEADLINE).await?;
-        world.check(Subject::Upsert, &answer)?;
+        let (answer, took) = container.invoke(event(i), INVOKE_DEADLINE).await?;
+        world.check(subject, &answer)?;
         let requests = sandbox.requests();
         let handling: Duration = requests.iter().map(|r| r.handling).sum();
         if requests.len() as u64 > worst_keap.keap {
@@ -214,54 +262,89 @@ pub async fn upsert(world: &World, invocations: usize) -> Result<UpsertResults, 
                 ..Measured::default()
             };
         }
-        upsert_ms.push(ms(took));
+        invoke_ms.push(ms(took));
         handling_ms.push(ms(handling));
         overhead_ms.push(ms(took.saturating_sub(handling)));
         if !hello_first {
-            hello_ms.push(ms(invoke_hello(&hello).await?));
+            hello_ms.push(ms(invoke_hello(hello).await?));
         }
     }
-    let after = world.snapshot(Subject::Upsert).await;
-    // AWS requests over the whole loop (the floor is zero, so the total is what counts).
-    let loop_aws = Measured::between(&before, &after, sandbox);
-    operations.insert(
-        0,
-        OperationCount {
-            operation: "warm upsert, no tags".to_owned(),
-            measured_through: binaries::UPSERT.to_owned(),
-            samples: invocations,
-            measured: Measured {
-                dynamodb: loop_aws.dynamodb,
-                secrets: loop_aws.secrets,
-                ..worst_keap
-            },
-            // A warm container re-checks its credential once per recheck interval (60 s).
-            floor: Floor {
-                dynamodb_reads: loop_started.elapsed().as_secs() / CONNECTION_RECHECK_SECS,
-                ..UPSERT_WARM
-            },
-            note: format!(
-                "Keap: most in any of {invocations} invocations; AWS: total over all of them \
-                 (≤ 1 read per {CONNECTION_RECHECK_SECS} s)"
-            ),
-        },
-    );
-    upsert.stop().await;
-    hello.stop().await;
-
+    let after = world.snapshot(subject).await;
     let overhead = Summary::of(&overhead_ms);
     let hello = Summary::of(&hello_ms);
-    Ok(UpsertResults {
-        operations,
+    Ok(Looped {
         overhead: Overhead {
             invocations,
             keap_rate_per_sec: OVERHEAD_KEAP_RATE_PER_SEC,
-            upsert_ms: Summary::of(&upsert_ms),
+            upsert_ms: Summary::of(&invoke_ms),
             keap_handling_ms: Summary::of(&handling_ms),
             overhead_ms: overhead,
             hello_ms: hello,
             net_overhead_ms: overhead.median - hello.median,
         },
+        worst_keap,
+        aws: Measured::between(&before, &after, sandbox),
+        took: loop_started.elapsed(),
+    })
+}
+
+/// The loop's requests as an operation: Keap the most in any invocation, AWS the total, which a
+/// warm container keeps to one connection read per recheck interval.
+fn warm_loop_count(
+    operation: &str,
+    function: &str,
+    looped: &Looped,
+    floor: Floor,
+    invocations: usize,
+) -> OperationCount {
+    OperationCount {
+        operation: operation.to_owned(),
+        measured_through: function.to_owned(),
+        samples: invocations,
+        measured: Measured {
+            dynamodb: looped.aws.dynamodb.clone(),
+            secrets: looped.aws.secrets,
+            ..looped.worst_keap.clone()
+        },
+        floor: Floor {
+            dynamodb_reads: looped.took.as_secs() / CONNECTION_RECHECK_SECS,
+            ..floor
+        },
+        note: format!(
+            "Keap: most in any of {invocations} invocations; AWS: total over all of them \
+             (≤ 1 read per {CONNECTION_RECHECK_SECS} s)"
+        ),
+    }
+}
+
+/// keap-proxy warm: `invocations` contact lookups (`GET /v1/contacts?email=`) interleaved with
+/// hello-world, as the upsert's loop.
+pub async fn proxy(world: &World, invocations: usize) -> Result<UpsertResults, String> {
+    let proxy_path = binaries::locate(binaries::PROXY)?;
+    let hello_path = binaries::locate(binaries::HELLO)?;
+    let rate = OVERHEAD_KEAP_RATE_PER_SEC.to_string();
+    let env = world.env(Subject::Proxy, &[("KEAPALIVE_KEAP_RATE_PER_SEC", &rate)]);
+    let proxy = Container::start(&proxy_path, &env).await?;
+    let hello = Container::start(&hello_path, &world.env(Subject::Hello, &[])).await?;
+    // Cold: reads the connection; warm from here on.
+    let first = world.prepare(Subject::Proxy, "proxy-warm").await?;
+    let (answer, _) = proxy.invoke(first, INVOKE_DEADLINE).await?;
+    world.check(Subject::Proxy, &answer)?;
+    let looped = overhead_loop(world, Subject::Proxy, &proxy, &hello, invocations, |_| {
+        events::proxy_get("proxy-warm@example.com")
+    })
+    .await?;
+    proxy.stop().await;
+    hello.stop().await;
+    Ok(UpsertResults {
+        operations: vec![warm_loop_count(
+            "warm proxy GET",
+            binaries::PROXY,
+            &looped,
+            PROXY_WARM,
+            invocations,
+        )],
+        overhead: looped.overhead,
     })
 }
 

@@ -23,14 +23,16 @@ pub enum Subject {
     Refresher,
     Upsert,
     Callback,
+    Proxy,
 }
 
 impl Subject {
-    pub const ALL: [Subject; 4] = [
+    pub const ALL: [Subject; 5] = [
         Subject::Hello,
         Subject::Refresher,
         Subject::Upsert,
         Subject::Callback,
+        Subject::Proxy,
     ];
 
     pub fn binary(self) -> &'static str {
@@ -39,6 +41,7 @@ impl Subject {
             Subject::Refresher => binaries::REFRESHER,
             Subject::Upsert => binaries::UPSERT,
             Subject::Callback => binaries::CALLBACK,
+            Subject::Proxy => binaries::PROXY,
         }
     }
 
@@ -49,6 +52,7 @@ impl Subject {
             Subject::Refresher => "scheduled run, 1 due connection",
             Subject::Upsert => "upsert 1 contact, no tags",
             Subject::Callback => "finish 1 authorization",
+            Subject::Proxy => "GET /v1/contacts?email=",
         }
     }
 }
@@ -100,7 +104,8 @@ impl World {
         match subject {
             Subject::Hello => None,
             Subject::Refresher => Some(&self.refresher),
-            Subject::Upsert => Some(&self.upsert),
+            // The proxy calls Keap with the upsert's connection.
+            Subject::Upsert | Subject::Proxy => Some(&self.upsert),
             Subject::Callback => Some(&self.callback),
         }
     }
@@ -142,6 +147,7 @@ impl World {
             }
             Subject::Upsert => events::upsert(&format!("{run}@example.com"), &[]),
             Subject::Callback => events::callback(&self.authorization_redirect().await?),
+            Subject::Proxy => events::proxy_get(&format!("{run}@example.com")),
         };
         if let Some(fixture) = self.fixture(subject) {
             fixture.sandbox.clear_requests();
@@ -198,6 +204,7 @@ impl World {
             }
             Subject::Upsert => answer.get("contact_id").and_then(Value::as_i64).is_some(),
             Subject::Callback => answer.get("statusCode").and_then(Value::as_u64) == Some(200),
+            Subject::Proxy => answer.get("status").and_then(Value::as_u64) == Some(200),
         };
         if ok {
             Ok(())

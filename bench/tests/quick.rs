@@ -9,7 +9,12 @@ use keapalive_tests::runtime_api::binary_path;
 #[test]
 fn quick_bench_prints_the_table_and_keeps_every_request_floor() {
     // The bench finds the functions next to itself; make sure they are built and current.
-    for function in ["token-refresher", "contact-upsert", "oauth-callback"] {
+    for function in [
+        "token-refresher",
+        "contact-upsert",
+        "oauth-callback",
+        "keap-proxy",
+    ] {
         binary_path(function);
     }
     let json =
@@ -42,6 +47,8 @@ fn quick_bench_prints_the_table_and_keeps_every_request_floor() {
         "Init phases",
         "Requests per operation",
         "Warm upsert overhead",
+        "Warm proxy overhead",
+        "keap-proxy cold init, ratio to contact-upsert's",
         "Refresher throughput",
         "Request floors: all kept.",
     ] {
@@ -52,6 +59,7 @@ fn quick_bench_prints_the_table_and_keeps_every_request_floor() {
         "token-refresher",
         "contact-upsert",
         "oauth-callback",
+        "keap-proxy",
     ] {
         assert!(
             stdout.contains(function),
