@@ -7,7 +7,7 @@ pub const USAGE: &str = "usage: keapalive-bench [--quick] [--rounds N] [--warm N
 [--connections N[,N...]] [--concurrency L] [--rate R] [--json PATH]
 
   --quick          smoke run: 3 cold rounds, 100 warm invocations, 50 connections
-  --rounds N       measured cold-start rounds per function (default 15, at least 10 for the README)
+  --rounds N       measured cold-start rounds per function (default 20: keap-proxy's cold init is judged on medians of at least 20 interleaved runs)
   --warm N         warm upserts (and hello-world invocations) for the overhead (default 1000)
   --connections    refresher throughput runs (default 1000,10000)
   --concurrency L  refresher concurrency (default 8, KEAPALIVE_REFRESH_CONCURRENCY's default)
@@ -34,7 +34,7 @@ impl Options {
         let root = keapalive_tests::workspace::root();
         let mut options = Self {
             quick,
-            rounds: if quick { 3 } else { 15 },
+            rounds: if quick { 3 } else { 20 },
             warmup_rounds: 1,
             warm_invocations: if quick { 100 } else { 1_000 },
             connections: if quick { vec![50] } else { vec![1_000, 10_000] },
