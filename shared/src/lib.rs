@@ -13,8 +13,10 @@
 //! - `tls`: the trust roots, built once per container for Keap's and the AWS clients.
 //! - [`ErrorType`]: the `errorType` strings every function's Lambda errors carry.
 //! - [`proxy`]: keap-proxy (any Keap REST request through the connection's credential).
+//! - [`access_token`]: access-token (a short-lived Keap token for a service with its own SDK).
 //! - [`authorization`]: oauth-callback (callback pages) and operator (start, key registration, remove).
 
+pub mod access_token;
 pub mod authorization;
 pub mod clock;
 pub mod config;

@@ -3,8 +3,8 @@
 //! function hands its events to.
 //!
 //! Each `functions/*/src/main.rs` calls one of [`oauth_callback`], [`operator`],
-//! [`token_refresher`], [`contact_upsert`], [`keap_proxy`], then runs the returned service's `handle`. Any init
-//! failure prints one line naming the problem (the variable, usually) to stderr and exits
+//! [`token_refresher`], [`contact_upsert`], [`keap_proxy`], [`access_token`], then runs the
+//! returned service's `handle`. Any init failure prints one line naming the problem (the variable, usually) to stderr and exits
 //! non-zero, the same way for every function: Lambda reports the failed init and the line is in
 //! the function's log. Nothing here runs per invocation. Domain modules never import this one.
 
@@ -19,6 +19,7 @@ use aws_config::BehaviorVersion;
 use aws_config::retry::RetryConfig;
 use aws_config::timeout::TimeoutConfig;
 
+use crate::access_token::{AccessTokenService, AccessTokenSettings};
 use crate::authorization::AuthorizationService;
 use crate::config::{Config, Requirements};
 use crate::contact::{LazySqs, UpsertService, UpsertSettings};
@@ -112,6 +113,13 @@ pub async fn contact_upsert() -> UpsertService {
     init_or_exit(Requirements::default(), PresentsToKeap::Yes)
         .await
         .upsert_service()
+}
+
+/// access-token's init.
+pub async fn access_token() -> AccessTokenService {
+    init_or_exit(Requirements::default(), PresentsToKeap::Yes)
+        .await
+        .access_token_service()
 }
 
 /// keap-proxy's init.
@@ -301,6 +309,15 @@ impl Clients {
             Arc::new(self.on_demand()),
             self.secrets.clone(),
             ProxySettings::from_config(&self.config),
+        )
+    }
+
+    pub fn access_token_service(&self) -> AccessTokenService {
+        AccessTokenService::new(
+            self.rest.clone(),
+            Arc::new(self.on_demand()),
+            self.secrets.clone(),
+            AccessTokenSettings::from_config(&self.config),
         )
     }
 

@@ -45,7 +45,9 @@ impl UpsertService {
         event: LambdaEvent<Box<RawValue>>,
     ) -> Result<Value, UpsertError> {
         let deadline = self.deadlines.deadline(event.context.deadline);
-        self.handle(event.payload.get().as_bytes(), deadline).await
+        // Boxed: the handler's future is deeply nested (batch → session → refresh protocol),
+        // and inlined into the binary's `main` it overflows the compiler's layout query depth.
+        Box::pin(self.handle(event.payload.get().as_bytes(), deadline)).await
     }
 
     /// The function's handler: the raw payload in, the JSON answer out.

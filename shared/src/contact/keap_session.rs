@@ -228,6 +228,11 @@ impl<'a> KeapSession<'a> {
         self.deadline.remaining() > wait + DEADLINE_MARGIN * 2
     }
 
+    /// The grant requests are sent with now (access-token hands its token out).
+    pub(crate) fn grant(&self) -> &Grant {
+        &self.grant
+    }
+
     /// The credential requests are sent with now (keap-proxy sends its own requests).
     pub(crate) fn credential(&self) -> &AccessCredential {
         &self.grant.credential

@@ -21,7 +21,7 @@ mod service;
 mod translate;
 
 pub use error::UpsertError;
-pub(crate) use keap_session::{DEADLINE_MARGIN, KeapAccess, KeapSession};
+pub(crate) use keap_session::{DEADLINE_MARGIN, KeapAccess, KeapSession, grant_error};
 pub use keap_session::{
     METRIC_NEEDS_REAUTHORIZATION, METRIC_SPURIOUS_UNAUTHORIZED, METRIC_UNAUTHORIZED_INCIDENT,
     REASON_KEY_REJECTED,

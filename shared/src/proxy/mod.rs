@@ -19,4 +19,5 @@ mod service;
 pub use answer::{BodyEncoding, ProxyAnswer};
 pub use error::ProxyError;
 pub use request::ProxyRequest;
+pub(crate) use service::check_served;
 pub use service::{ProxyService, ProxySettings};

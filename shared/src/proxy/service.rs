@@ -88,7 +88,8 @@ impl ProxyService {
         event: LambdaEvent<Box<RawValue>>,
     ) -> Result<Value, ProxyError> {
         let deadline = self.deadlines.deadline(event.context.deadline);
-        self.handle(event.payload.get().as_bytes(), deadline).await
+        // Boxed, as contact-upsert's: the handler's future is deeply nested.
+        Box::pin(self.handle(event.payload.get().as_bytes(), deadline)).await
     }
 
     /// The raw payload in, the caller's answer out. One log line per request: method, masked
@@ -116,14 +117,8 @@ impl ProxyService {
     }
 
     fn check_served(&self, id: &ConnectionId) -> Result<(), ProxyError> {
-        match &self.settings.connections {
-            Some(served) if !served.contains(id) => Err(ProxyError::Validation(format!(
-                "connection {id} is not served by this deployment's keap-proxy \
-                 ({PROXY_CONNECTIONS_VARIABLE} lists the connections it serves); use another \
-                 connection or ask the operator to add it"
-            ))),
-            _ => Ok(()),
-        }
+        check_served(self.settings.connections.as_deref(), id, "keap-proxy")
+            .map_err(ProxyError::Validation)
     }
 
     /// Sends until Keap answers with data or the rules give up; the answer and how many
@@ -230,6 +225,24 @@ impl ProxyService {
         tokio::time::timeout_at(stop_at, sending)
             .await
             .unwrap_or(Err(KeapError::NoAnswer { timed_out: true }))
+    }
+}
+
+/// `KEAPALIVE_PROXY_CONNECTIONS` (`served`; `None`: every connection) as keap-proxy and
+/// access-token apply it: IAM decides who may invoke the function, this which connections it
+/// serves. The message names the variable.
+pub(crate) fn check_served(
+    served: Option<&[ConnectionId]>,
+    id: &ConnectionId,
+    function: &str,
+) -> Result<(), String> {
+    match served {
+        Some(served) if !served.contains(id) => Err(format!(
+            "connection {id} is not served by this deployment's {function} \
+             ({PROXY_CONNECTIONS_VARIABLE} lists the connections it serves); use another \
+             connection or ask the operator to add it"
+        )),
+        _ => Ok(()),
     }
 }
 

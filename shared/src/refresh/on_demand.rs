@@ -11,7 +11,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 use tracing::{info, warn};
 
-use super::protocol::{RefreshOutcome, Refresher};
+use super::protocol::{EXPIRY_ROTATION_INTERVAL_SECS, RefreshOutcome, Refresher};
 use super::recheck_clock::ClockReading;
 use super::rejection_breaker::RejectionBreaker;
 use super::write_brownout::WriteBrownout;
@@ -76,6 +76,8 @@ pub struct Grant {
     /// success had answered when the item was last read (docs/design.md, "Connection kinds").
     /// A request with this key that succeeds answers it (`key_accepted_at`).
     pub key_rejected_since: Option<i64>,
+    /// The access token's expiry as stored (epoch seconds); `None` for a key.
+    pub expires_at: Option<i64>,
     /// Epoch seconds after which the credential must not be used without re-checking.
     valid_until: i64,
     /// When it was last checked against the connection item (generation, incarnation,
@@ -168,12 +170,29 @@ impl OnDemandRefresher {
 
     /// A credential usable now. `rejected` is one Keap just answered 401 for: it is never
     /// handed out again, and an OAuth connection still holding it is refreshed.
-    pub async fn grant(
+    pub fn grant(
         &self,
         id: &ConnectionId,
         deadline: Deadline,
         rejected: Option<&Grant>,
+    ) -> impl std::future::Future<Output = Result<Grant, OnDemandError>> + Send {
+        // Not an `async fn` of its own: one more layer of future nesting overflows the
+        // compiler's layout query depth in the functions' `main`.
+        self.grant_valid_for(id, deadline, rejected, MIN_VALIDITY_SECS)
+    }
+
+    /// Like [`grant`](Self::grant), for an access token still valid for at least
+    /// `min_validity_secs` (access-token's `min_valid_secs`): a stored token expiring sooner is
+    /// refreshed first, through the same lease protocol and the same expiry-rotation limit; if
+    /// Keap's fresh token is itself shorter, it is returned as it is (its `expires_at` tells).
+    pub async fn grant_valid_for(
+        &self,
+        id: &ConnectionId,
+        deadline: Deadline,
+        rejected: Option<&Grant>,
+        min_validity_secs: i64,
     ) -> Result<Grant, OnDemandError> {
+        let min_validity_secs = min_validity_secs.max(MIN_VALIDITY_SECS);
         let is_rejected =
             |g: &Grant| rejected.is_some_and(|r| r.credential.same_secret(&g.credential));
         // A cached credential that is still valid but due for its re-check is kept only if the
@@ -182,7 +201,13 @@ impl OnDemandRefresher {
         // (`Unavailable`): sending a credential nobody can vouch for could put contacts into an
         // account the operator has just disconnected.
         let recheck_candidate = match self.cached(id) {
-            Some(cached) if !is_rejected(&cached) && cached.valid_until > now_epoch_secs() => {
+            Some(cached)
+                if !is_rejected(&cached)
+                    && cached.valid_until > now_epoch_secs()
+                    && cached
+                        .expires_at
+                        .is_none_or(|at| at - min_validity_secs > now_epoch_secs()) =>
+            {
                 if !cached
                     .checked_at
                     .has_passed(self.recheck, ClockReading::now())
@@ -232,13 +257,21 @@ impl OnDemandRefresher {
                     incarnation: connection.incarnation.clone(),
                     authorized_by: connection.authorized_by.clone(),
                     key_rejected_since: None,
+                    expires_at: Some(pair.access_expires_at),
                     valid_until: pair.access_expires_at - MIN_VALIDITY_SECS,
                     checked_at: ClockReading::now(),
                 };
                 if grant.valid_until > now {
-                    if !is_rejected(&grant) {
+                    // Valid for what the caller asked, or Keap's newest pair (issued within the
+                    // expiry-rotation interval) is simply shorter: rotating again would not help.
+                    let issued_at = connection.refreshed_at.max(connection.authorized_at);
+                    let long_enough = pair.access_expires_at - min_validity_secs > now
+                        || issued_at.is_some_and(|at| now - at < EXPIRY_ROTATION_INTERVAL_SECS);
+                    if !is_rejected(&grant) && long_enough {
                         return Ok(self.remember(id, grant));
                     }
+                }
+                if grant.valid_until > now && is_rejected(&grant) {
                     // Keap refused the token the item still holds, before its expiry. One
                     // rotation may cure it (Keap lost track of the token); a second within the
                     // interval would only spend the client id's quota, so the caller is told to
@@ -284,6 +317,7 @@ impl OnDemandRefresher {
                             authorized_by: connection.authorized_by.clone(),
                             valid_until: pair.access_expires_at - 1,
                             key_rejected_since: None,
+                            expires_at: Some(pair.access_expires_at),
                             checked_at: ClockReading::now(),
                         };
                         (grant.valid_until > now_epoch_secs() && !is_rejected(&grant))
@@ -310,6 +344,7 @@ impl OnDemandRefresher {
                         incarnation: connection.incarnation.clone(),
                         authorized_by: connection.authorized_by.clone(),
                         key_rejected_since: None,
+                        expires_at: Some(pair.access_expires_at),
                         valid_until: pair.access_expires_at - MIN_VALIDITY_SECS,
                         checked_at: ClockReading::now(),
                     };
@@ -405,6 +440,7 @@ impl OnDemandRefresher {
             incarnation: connection.incarnation.clone(),
             authorized_by: connection.authorized_by.clone(),
             key_rejected_since: connection.unanswered_key_rejection(),
+            expires_at: None,
             valid_until: now_epoch_secs() + KEY_CACHE_TTL_SECS,
             checked_at: ClockReading::now(),
         };
