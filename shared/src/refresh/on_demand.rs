@@ -262,11 +262,13 @@ impl OnDemandRefresher {
                     checked_at: ClockReading::now(),
                 };
                 if grant.valid_until > now {
-                    // Valid for what the caller asked, or Keap's newest pair (issued within the
-                    // expiry-rotation interval) is simply shorter: rotating again would not help.
-                    let issued_at = connection.refreshed_at.max(connection.authorized_at);
+                    // Valid for what the caller asked, or Keap's newest pair (a refresh
+                    // committed within the expiry-rotation interval) is simply shorter:
+                    // rotating again would not help.
                     let long_enough = pair.access_expires_at - min_validity_secs > now
-                        || issued_at.is_some_and(|at| now - at < EXPIRY_ROTATION_INTERVAL_SECS);
+                        || connection
+                            .refreshed_at
+                            .is_some_and(|at| now - at < EXPIRY_ROTATION_INTERVAL_SECS);
                     if !is_rejected(&grant) && long_enough {
                         return Ok(self.remember(id, grant));
                     }

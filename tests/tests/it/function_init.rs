@@ -7,12 +7,13 @@ use std::time::Duration;
 use keapalive_tests::runtime_api::{RuntimeApi, binary_path, spawn_function};
 
 const INIT_TIMEOUT: Duration = Duration::from_secs(120);
-const FUNCTIONS: [&str; 5] = [
+const FUNCTIONS: [&str; 6] = [
     "oauth-callback",
     "operator",
     "token-refresher",
     "contact-upsert",
     "keap-proxy",
+    "access-token",
 ];
 
 /// What a deployed function's environment holds, minus `without`. TRACE: the most any

@@ -12,10 +12,9 @@ use keap_sandbox::{AuthKind, Endpoint, Fault, FaultKind, ProductLimits};
 use keapalive::clock::now_epoch_secs;
 use keapalive::deadline::Deadline;
 use keapalive::proxy::{ProxyError, ProxyService};
-use keapalive_tests::emulator::Emulator;
 use keapalive_tests::fixture::Fixture;
 use keapalive_tests::logs::{assert_logs_never_contain, capture_logs};
-use keapalive_tests::runtime_api::{RuntimeApi, binary_path, spawn_function};
+use keapalive_tests::runtime_api::RuntimeApi;
 use serde_json::{Value, json};
 
 const APP: &str = "proxy01";
@@ -109,27 +108,7 @@ async fn proxy_binary(
     fx: &Fixture,
     extra: &[(&str, &str)],
 ) -> (RuntimeApi, keapalive_tests::runtime_api::FunctionProcess) {
-    let runtime = RuntimeApi::start_named("keap-proxy").await;
-    let mut env = fx.env(&[]);
-    env.retain(|(k, _)| k != "KEAPALIVE_REDIRECT_URI");
-    env.extend(Emulator::shared().process_env());
-    env.extend(
-        extra
-            .iter()
-            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned())),
-    );
-    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-    let function = spawn_function(&binary_path("keap-proxy"), &env, &runtime);
-    assert!(
-        runtime
-            .wait_until_ready(Duration::from_secs(120))
-            .await
-            .is_some(),
-        "init failed: {:?}\n{}",
-        runtime.init_error(),
-        function.output()
-    );
-    (runtime, function)
+    function_binary(fx, "keap-proxy", extra).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -7,6 +7,7 @@
 
 mod support;
 
+mod access_token;
 mod contact_upsert;
 mod containment;
 mod docs_examples;

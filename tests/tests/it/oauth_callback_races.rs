@@ -591,6 +591,7 @@ async fn a_timeout_below_the_keap_timeout_plus_the_commit_budget_fails_init() {
         "token-refresher",
         "contact-upsert",
         "keap-proxy",
+        "access-token",
     ] {
         let runtime = RuntimeApi::start_named(function).await;
         let env = [

@@ -224,8 +224,21 @@ pub async fn upsert_binary(
     keapalive_tests::runtime_api::RuntimeApi,
     keapalive_tests::runtime_api::FunctionProcess,
 ) {
+    function_binary(fx, "contact-upsert", extra).await
+}
+
+/// A warm binary of one of the directly invoked functions (`contact-upsert`, `keap-proxy`,
+/// `access-token`) against `fx`, as [`upsert_binary`].
+pub async fn function_binary(
+    fx: &Fixture,
+    name: &str,
+    extra: &[(&str, &str)],
+) -> (
+    keapalive_tests::runtime_api::RuntimeApi,
+    keapalive_tests::runtime_api::FunctionProcess,
+) {
     use keapalive_tests::runtime_api::{RuntimeApi, binary_path, spawn_function};
-    let runtime = RuntimeApi::start_named("contact-upsert").await;
+    let runtime = RuntimeApi::start_named(name).await;
     let mut env = fx.env(&[]);
     env.retain(|(k, _)| k != "KEAPALIVE_REDIRECT_URI");
     env.extend(keapalive_tests::emulator::Emulator::shared().process_env());
@@ -235,10 +248,10 @@ pub async fn upsert_binary(
             .map(|(k, v)| ((*k).to_owned(), (*v).to_owned())),
     );
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-    let function = spawn_function(&binary_path("contact-upsert"), &env, &runtime);
+    let function = spawn_function(&binary_path(name), &env, &runtime);
     assert!(
         runtime
-            .wait_until_ready(Duration::from_secs(60))
+            .wait_until_ready(Duration::from_secs(120))
             .await
             .is_some(),
         "init failed: {:?}\n{}",
