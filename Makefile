@@ -131,5 +131,5 @@ BENCH_ARGS ?=
 .PHONY: bench
 bench: venv
 	@echo "==> building release binaries (LTO, one codegen unit: ~10 min cold on 2 cores)…"
-	@$(CARGO) build --release --bins --locked -p oauth-callback -p token-refresher -p contact-upsert -p keap-proxy -p keapalive-bench
+	@$(CARGO) build --release --bins --locked -p oauth-callback -p token-refresher -p contact-upsert -p keap-proxy -p access-token -p keapalive-bench
 	@"$${CARGO_TARGET_DIR:-target}/release/keapalive-bench" $(BENCH_ARGS)

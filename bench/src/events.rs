@@ -41,6 +41,11 @@ pub fn proxy_get(email: &str) -> Value {
             "query": { "email": email } })
 }
 
+/// A direct invocation of access-token: the default connection's token, 5 minutes valid.
+pub fn access_token() -> Value {
+    json!({ "connection_id": "default", "min_valid_secs": 300 })
+}
+
 /// API Gateway HTTP API (payload 2.0): Keap's redirect to `GET /oauth/callback?code&state`.
 pub fn callback(raw_query: &str) -> Value {
     json!({

@@ -94,6 +94,11 @@ async fn run(options: &Options) -> Result<Report, String> {
                 warm::REFRESH_COLD,
                 "scheduled run, 1 due: status-index query + lease + commit, secret read",
             ),
+            binaries::ACCESS_TOKEN => (
+                "cold access-token",
+                warm::ACCESS_TOKEN_COLD,
+                "first invocation: reads the connection once, no Keap request",
+            ),
             binaries::PROXY => (
                 "cold proxy GET",
                 warm::PROXY_COLD,
@@ -131,6 +136,12 @@ async fn run(options: &Options) -> Result<Report, String> {
     );
     let proxy = warm::proxy(&world, options.warm_invocations).await?;
     operations.extend(proxy.operations);
+    eprintln!(
+        "==> warm access-token latency: {} invocations each of access-token and hello-lambda",
+        options.warm_invocations
+    );
+    let vending = warm::access_token(&world, options.warm_invocations).await?;
+    operations.extend(vending.operations);
     // By function (a stable sort keeps cold before warm), for a table that reads top to bottom.
     operations.sort_by_key(|op| function_group(&op.operation));
     drop(world);
@@ -162,6 +173,7 @@ async fn run(options: &Options) -> Result<Report, String> {
         operations,
         overhead: upsert.overhead,
         proxy_overhead: proxy.overhead,
+        access_token_latency: vending.overhead,
         throughput,
         targets: Vec::new(),
         floor_violations: Vec::new(),
@@ -173,7 +185,7 @@ async fn run(options: &Options) -> Result<Report, String> {
 fn function_group(operation: &str) -> u8 {
     if operation.contains("upsert") {
         0
-    } else if operation.contains("proxy") {
+    } else if operation.contains("proxy") || operation.contains("access-token") {
         1
     } else if operation.contains("refresh") {
         2

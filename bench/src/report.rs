@@ -65,6 +65,8 @@ pub struct Report {
     pub operations: Vec<OperationCount>,
     pub overhead: Overhead,
     pub proxy_overhead: Overhead,
+    /// access-token warm: no Keap request, so its invocation time is its latency.
+    pub access_token_latency: Overhead,
     pub throughput: Vec<ThroughputRun>,
     pub targets: Vec<Target>,
     pub floor_violations: Vec<String>,
@@ -377,6 +379,13 @@ impl Report {
     fn overhead_table(&self, out: &mut String) {
         self.one_overhead_table(out, "4.", "upsert", "PUT", &self.overhead);
         self.one_overhead_table(out, "4b.", "proxy", "GET", &self.proxy_overhead);
+        self.one_overhead_table(
+            out,
+            "4c.",
+            "access-token",
+            "(none: a cached token)",
+            &self.access_token_latency,
+        );
     }
 
     fn one_overhead_table(

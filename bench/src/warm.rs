@@ -84,6 +84,15 @@ pub const UPSERT_WARM: Floor = Floor {
     dynamodb_writes: 0,
     secrets: 0,
 };
+/// access-token hands out the stored token: cold, one connection read; warm, nothing at all.
+pub const ACCESS_TOKEN_COLD: Floor = Floor {
+    keap: 0,
+    ..UPSERT_COLD
+};
+pub const ACCESS_TOKEN_WARM: Floor = Floor {
+    keap: 0,
+    ..UPSERT_WARM
+};
 /// keap-proxy sends the caller's one request; cold, it reads the connection once.
 pub const PROXY_COLD: Floor = UPSERT_COLD;
 pub const PROXY_WARM: Floor = UPSERT_WARM;
@@ -315,6 +324,38 @@ fn warm_loop_count(
              (≤ 1 read per {CONNECTION_RECHECK_SECS} s)"
         ),
     }
+}
+
+/// access-token warm: `invocations` requests for the cached token interleaved with hello-world.
+pub async fn access_token(world: &World, invocations: usize) -> Result<UpsertResults, String> {
+    let path = binaries::locate(binaries::ACCESS_TOKEN)?;
+    let hello_path = binaries::locate(binaries::HELLO)?;
+    let vending = Container::start(&path, &world.env(Subject::AccessToken, &[])).await?;
+    let hello = Container::start(&hello_path, &world.env(Subject::Hello, &[])).await?;
+    let first = world.prepare(Subject::AccessToken, "vend-warm").await?;
+    let (answer, _) = vending.invoke(first, INVOKE_DEADLINE).await?;
+    world.check(Subject::AccessToken, &answer)?;
+    let looped = overhead_loop(
+        world,
+        Subject::AccessToken,
+        &vending,
+        &hello,
+        invocations,
+        |_| events::access_token(),
+    )
+    .await?;
+    vending.stop().await;
+    hello.stop().await;
+    Ok(UpsertResults {
+        operations: vec![warm_loop_count(
+            "warm access-token",
+            binaries::ACCESS_TOKEN,
+            &looped,
+            ACCESS_TOKEN_WARM,
+            invocations,
+        )],
+        overhead: looped.overhead,
+    })
 }
 
 /// keap-proxy warm: `invocations` contact lookups (`GET /v1/contacts?email=`) interleaved with

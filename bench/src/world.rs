@@ -24,15 +24,17 @@ pub enum Subject {
     Upsert,
     Callback,
     Proxy,
+    AccessToken,
 }
 
 impl Subject {
-    pub const ALL: [Subject; 5] = [
+    pub const ALL: [Subject; 6] = [
         Subject::Hello,
         Subject::Refresher,
         Subject::Upsert,
         Subject::Callback,
         Subject::Proxy,
+        Subject::AccessToken,
     ];
 
     pub fn binary(self) -> &'static str {
@@ -42,6 +44,7 @@ impl Subject {
             Subject::Upsert => binaries::UPSERT,
             Subject::Callback => binaries::CALLBACK,
             Subject::Proxy => binaries::PROXY,
+            Subject::AccessToken => binaries::ACCESS_TOKEN,
         }
     }
 
@@ -53,6 +56,7 @@ impl Subject {
             Subject::Upsert => "upsert 1 contact, no tags",
             Subject::Callback => "finish 1 authorization",
             Subject::Proxy => "GET /v1/contacts?email=",
+            Subject::AccessToken => "hand out the current token",
         }
     }
 }
@@ -104,8 +108,8 @@ impl World {
         match subject {
             Subject::Hello => None,
             Subject::Refresher => Some(&self.refresher),
-            // The proxy calls Keap with the upsert's connection.
-            Subject::Upsert | Subject::Proxy => Some(&self.upsert),
+            // The proxy and access-token use the upsert's connection.
+            Subject::Upsert | Subject::Proxy | Subject::AccessToken => Some(&self.upsert),
             Subject::Callback => Some(&self.callback),
         }
     }
@@ -148,6 +152,7 @@ impl World {
             Subject::Upsert => events::upsert(&format!("{run}@example.com"), &[]),
             Subject::Callback => events::callback(&self.authorization_redirect().await?),
             Subject::Proxy => events::proxy_get(&format!("{run}@example.com")),
+            Subject::AccessToken => events::access_token(),
         };
         if let Some(fixture) = self.fixture(subject) {
             fixture.sandbox.clear_requests();
@@ -205,6 +210,7 @@ impl World {
             Subject::Upsert => answer.get("contact_id").and_then(Value::as_i64).is_some(),
             Subject::Callback => answer.get("statusCode").and_then(Value::as_u64) == Some(200),
             Subject::Proxy => answer.get("status").and_then(Value::as_u64) == Some(200),
+            Subject::AccessToken => answer.get("access_token").is_some_and(Value::is_string),
         };
         if ok {
             Ok(())

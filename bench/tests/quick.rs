@@ -14,6 +14,7 @@ fn quick_bench_prints_the_table_and_keeps_every_request_floor() {
         "contact-upsert",
         "oauth-callback",
         "keap-proxy",
+        "access-token",
     ] {
         binary_path(function);
     }
@@ -48,6 +49,7 @@ fn quick_bench_prints_the_table_and_keeps_every_request_floor() {
         "Requests per operation",
         "Warm upsert overhead",
         "Warm proxy overhead",
+        "Warm access-token overhead",
         "keap-proxy cold init, ratio to contact-upsert's",
         "Refresher throughput",
         "Request floors: all kept.",
@@ -60,6 +62,7 @@ fn quick_bench_prints_the_table_and_keeps_every_request_floor() {
         "contact-upsert",
         "oauth-callback",
         "keap-proxy",
+        "access-token",
     ] {
         assert!(
             stdout.contains(function),
