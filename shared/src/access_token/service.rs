@@ -30,7 +30,7 @@ use crate::contact::{KeapAccess, KeapSession, UpsertError, grant_error};
 use crate::deadline::{Deadline, DeadlinePolicy};
 use crate::keap::{AccessCredential, KeapError, RestClient};
 use crate::proxy::check_served;
-use crate::refresh::{Grant, OnDemandRefresher};
+use crate::refresh::{Grant, Kinds, OnDemandRefresher};
 use crate::secrets::SecretsSource;
 use crate::telemetry::MetricSink;
 
@@ -166,7 +166,7 @@ impl AccessTokenService {
         let min_valid = i64::try_from(request.min_valid_secs).unwrap_or(i64::MAX);
         let grants = &self.keap.grants;
         let mut grant = grants
-            .grant_valid_for(id, deadline, None, min_valid)
+            .grant_valid_for(id, deadline, None, min_valid, Kinds::OAuthOnly)
             .await
             .map_err(|e| from_upsert(grant_error(id, e)))?;
         refuse_keys(id, &grant)?;
@@ -177,7 +177,7 @@ impl AccessTokenService {
             // This container's copy is older than the caller's: read the item again.
             grants.forget(id);
             grant = grants
-                .grant_valid_for(id, deadline, None, min_valid)
+                .grant_valid_for(id, deadline, None, min_valid, Kinds::OAuthOnly)
                 .await
                 .map_err(|e| from_upsert(grant_error(id, e)))?;
             refuse_keys(id, &grant)?;

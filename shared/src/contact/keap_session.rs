@@ -550,6 +550,10 @@ pub(crate) fn grant_error(id: &ConnectionId, error: OnDemandError) -> UpsertErro
         e @ (OnDemandError::RotationSuppressed { .. } | OnDemandError::Incident { .. }) => {
             UpsertError::Unavailable(e.to_string())
         }
+        OnDemandError::KeyConnection { .. } => UpsertError::Validation(format!(
+            "connection {id} uses a Service Account Key, which never leaves keapalive; call Keap \
+             with it through keap-proxy instead"
+        )),
         OnDemandError::Store(error) => UpsertError::Unavailable(format!(
             "the token store is unavailable ({error}); retry later"
         )),

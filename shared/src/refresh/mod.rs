@@ -30,7 +30,9 @@ mod scheduled;
 mod write_brownout;
 
 pub use invocation::{RefresherError, RefresherEvent, RefresherFunction};
-pub use on_demand::{Grant, OnDemandError, OnDemandRefresher, UNAUTHORIZED_ROTATION_INTERVAL_SECS};
+pub use on_demand::{
+    Grant, Kinds, OnDemandError, OnDemandRefresher, UNAUTHORIZED_ROTATION_INTERVAL_SECS,
+};
 pub use protocol::{
     COMMIT_BUDGET, EXPIRY_ROTATION_INTERVAL_SECS, LEASE_CLOCK_SKEW_SECS, PendingMark,
     REASON_LOST_RESPONSE, REASON_REFRESH_TOKEN_REJECTED, RefreshOutcome, Refresher,

@@ -115,6 +115,19 @@ pub enum OnDemandError {
     Incident { id: ConnectionId },
     #[error("the token store is unavailable: {0}")]
     Store(#[from] StoreError),
+    /// Asked for an OAuth token ([`Kinds::OAuthOnly`]) of a Service Account Key connection: the
+    /// key is not read.
+    #[error("connection {id} uses a Service Account Key, not an OAuth grant")]
+    KeyConnection { id: ConnectionId },
+}
+
+/// Which connections a caller can use.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kinds {
+    /// OAuth grants and Service Account Keys (contact-upsert, keap-proxy).
+    Any,
+    /// OAuth grants only (access-token): a key connection is refused before its secret is read.
+    OAuthOnly,
 }
 
 pub struct OnDemandRefresher {
@@ -178,7 +191,7 @@ impl OnDemandRefresher {
     ) -> impl std::future::Future<Output = Result<Grant, OnDemandError>> + Send {
         // Not an `async fn` of its own: one more layer of future nesting overflows the
         // compiler's layout query depth in the functions' `main`.
-        self.grant_valid_for(id, deadline, rejected, MIN_VALIDITY_SECS)
+        self.grant_valid_for(id, deadline, rejected, MIN_VALIDITY_SECS, Kinds::Any)
     }
 
     /// Like [`grant`](Self::grant), for an access token still valid for at least
@@ -191,6 +204,7 @@ impl OnDemandRefresher {
         deadline: Deadline,
         rejected: Option<&Grant>,
         min_validity_secs: i64,
+        kinds: Kinds,
     ) -> Result<Grant, OnDemandError> {
         let min_validity_secs = min_validity_secs.max(MIN_VALIDITY_SECS);
         let is_rejected =
@@ -201,6 +215,12 @@ impl OnDemandRefresher {
         // (`Unavailable`): sending a credential nobody can vouch for could put contacts into an
         // account the operator has just disconnected.
         let recheck_candidate = match self.cached(id) {
+            Some(cached)
+                if kinds == Kinds::OAuthOnly
+                    && matches!(cached.credential, AccessCredential::ApiKey(_)) =>
+            {
+                return Err(OnDemandError::KeyConnection { id: id.clone() });
+            }
             Some(cached)
                 if !is_rejected(&cached)
                     && cached.valid_until > now_epoch_secs()
@@ -246,6 +266,9 @@ impl OnDemandRefresher {
                 return Ok(self.remember(id, confirmed));
             }
             if connection.kind == ConnectionKind::ServiceAccountKey {
+                if kinds == Kinds::OAuthOnly {
+                    return Err(OnDemandError::KeyConnection { id: id.clone() });
+                }
                 return self.key_grant(id, &connection).await;
             }
             let now = now_epoch_secs();

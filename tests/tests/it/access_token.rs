@@ -221,7 +221,13 @@ async fn a_reported_rejection_is_probed_before_anything_rotates() {
 async fn a_key_connection_is_refused_and_the_key_appears_nowhere() {
     capture_logs();
     let fx = Fixture::new().await;
-    let (key, _) = seed_key_connection(&fx, "sales", APP).await;
+    let (key, key_secret) = seed_key_connection(&fx, "sales", APP).await;
+    let emulator = keapalive_tests::emulator::Emulator::shared();
+    let key_reads_before: u64 = emulator
+        .request_counts_for(&key_secret)
+        .await
+        .values()
+        .sum();
     let service = service(&fx, &[]);
     let error = vend(&service, json!({"connection_id": "sales"}))
         .await
@@ -232,6 +238,15 @@ async fn a_key_connection_is_refused_and_the_key_appears_nowhere() {
     assert!(message.contains("keap-proxy"), "{message}");
     assert!(!message.contains(&key));
     assert!(fx.sandbox.requests().is_empty(), "no Keap request");
+    let key_reads: u64 = emulator
+        .request_counts_for(&key_secret)
+        .await
+        .values()
+        .sum();
+    assert_eq!(
+        key_reads, key_reads_before,
+        "the key's secret was read (access-token's role may not read key secrets)"
+    );
     assert_logs_never_contain(&[&key]);
 }
 
