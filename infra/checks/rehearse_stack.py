@@ -98,7 +98,9 @@ def create(template: dict) -> dict[str, dict[str, str]]:
             assert env["KEAPALIVE_REDIRECT_URI"] == f"{ENDPOINT}/oauth/callback", env["KEAPALIVE_REDIRECT_URI"]
         envs[name] = env
         print(f"ok   {name}: {len(env)} variables, all known to Config, table {table['TableName']} with {sorted(have)}")
-    assert set(envs) == {"oauth-callback", "operator", "token-refresher", "contact-upsert"}, sorted(envs)
+    assert set(envs) == {
+        "oauth-callback", "operator", "token-refresher", "contact-upsert", "keap-proxy", "access-token",
+    }, sorted(envs)
     return envs
 
 

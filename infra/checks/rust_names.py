@@ -49,7 +49,8 @@ def rust_env_names(sources: dict[str, str]) -> set[str]:
     block = re.search(r"KNOWN_VARIABLES: &\[&str\] = &\[(.*?)\];", config, re.S)
     assert block, f"KNOWN_VARIABLES not found in {CONFIG_RS}"
     names = set(re.findall(r'"([A-Z0-9_]+)"', block.group(1)))
-    for constant in re.findall(r"crate::\w+::([A-Z0-9_]+)", block.group(1)):
+    # Constants, by path (`crate::telemetry::X`) or declared in config.rs itself (`X`).
+    for constant in re.findall(r"(?:crate::\w+::)?\b([A-Z][A-Z0-9_]+_VARIABLE)\b", block.group(1)):
         value = re.search(rf'const {constant}: &str = "([A-Z0-9_]+)"', "\n".join(sources.values()))
         assert value, f"{constant} (in KNOWN_VARIABLES) not found"
         names.add(value.group(1))

@@ -31,8 +31,10 @@ FUNCTIONS = {
     "TokenRefresherFunction": "token-refresher",
     "ContactUpsertFunction": "contact-upsert",
     "OperatorFunction": "operator",
+    "KeapProxyFunction": "keap-proxy",
+    "AccessTokenFunction": "access-token",
 }
-CALLBACK, REFRESHER, UPSERT, OPERATOR = FUNCTIONS
+CALLBACK, REFRESHER, UPSERT, OPERATOR, PROXY, VENDING = FUNCTIONS
 
 # Which function needs which variable (issue 7 / docs/design.md, "Configuration").
 REQUIRED_ENV = {
@@ -56,6 +58,19 @@ REQUIRED_ENV = {
         "KEAPALIVE_FUNCTION_TIMEOUT_SECS", "KEAPALIVE_KEY_RATE_PER_SEC",
         "KEAPALIVE_CONNECTION_RECHECK_SECS",
     },
+    PROXY: {
+        "KEAPALIVE_TABLE", "KEAPALIVE_CLIENT_SECRET_ID", "KEAPALIVE_REFRESH_WINDOW_SECS",
+        "KEAPALIVE_LEASE_SECS", "KEAPALIVE_KEAP_RATE_PER_SEC", "KEAPALIVE_STAGE",
+        "KEAPALIVE_KEY_SECRET_PREFIX", "KEAPALIVE_FUNCTION_TIMEOUT_SECS",
+        "KEAPALIVE_KEY_RATE_PER_SEC", "KEAPALIVE_CONNECTION_RECHECK_SECS",
+        "KEAPALIVE_PROXY_CONNECTIONS",
+    },
+    VENDING: {
+        "KEAPALIVE_TABLE", "KEAPALIVE_CLIENT_SECRET_ID", "KEAPALIVE_REFRESH_WINDOW_SECS",
+        "KEAPALIVE_LEASE_SECS", "KEAPALIVE_KEAP_RATE_PER_SEC", "KEAPALIVE_STAGE",
+        "KEAPALIVE_FUNCTION_TIMEOUT_SECS", "KEAPALIVE_CONNECTION_RECHECK_SECS",
+        "KEAPALIVE_PROXY_CONNECTIONS",
+    },
 }
 # What Config accepts, read from shared/src/config.rs (one source: infra/checks/rust_names.py).
 KNOWN_ENV = rust_names.rust_env_names(rust_names.rust_sources())
@@ -65,6 +80,8 @@ EXPECTED_SIZING = {  # memory MB, timeout s
     REFRESHER: (256, 300),
     UPSERT: (128, 30),
     OPERATOR: (128, 15),
+    PROXY: (128, 30),
+    VENDING: (128, 25),
 }
 
 # Resource "*" is allowed only where AWS offers no narrower resource. None is needed today;
@@ -91,12 +108,13 @@ REQUIRED_METRIC_ALARMS = {
     "SpuriousUnauthorized": ("GreaterThanOrEqualToThreshold", 10),
 }
 # Functions that take refresh leases: the refresher, and contact-upsert (on-demand refresh).
-LEASE_TAKERS = (REFRESHER, UPSERT)
+LEASE_TAKERS = (REFRESHER, UPSERT, PROXY, VENDING)
 
 REQUIRED_OUTPUTS = {
     "CallbackUrl", "ContactUpsertFunctionArn", "ContactUpsertFunctionName",
     "OAuthCallbackFunctionName", "OperatorFunctionName", "UpsertQueueUrl", "TableName",
-    "ClientSecretId",
+    "ClientSecretId", "KeapProxyFunctionName", "KeapProxyFunctionArn",
+    "AccessTokenFunctionName", "AccessTokenFunctionArn",
 }
 
 KEY_PREFIX_ARN = (
@@ -116,6 +134,9 @@ PENDING_INDEX_ARN = "${ConnectionsTable.Arn}/index/pending-by-connection"
 TOKEN_ATTRIBUTES = {"access_token", "refresh_token", "orphan_pair"}
 # Keap's per-client-id limits (docs/connections.md, quota budget; Keap: 1,500 a minute; spikes of 25 a second).
 KEAP_CLIENT_REQUESTS_PER_SEC = 25
+# A Service Account Key's quota (docs/connections.md): 240 a minute; 5/s spike arrest observed.
+KEY_REQUESTS_PER_MINUTE = 240
+KEY_SPIKE_PER_SEC = 5
 
 
 # --------------------------------------------------------------------------- template helpers
@@ -503,6 +524,41 @@ def upsert_permissions(t: dict) -> None:
 
 
 @check
+def proxy_and_vending_permissions(t: dict) -> None:
+    """keap-proxy and access-token (docs/design.md, "Containment"): contact-upsert's item rights
+    and nothing more — GetItem/UpdateItem on conn#* items, the client secret; keap-proxy also the
+    Stage's key secrets, access-token none (it refuses key connections before reading one). No
+    queue, no other table, no index, no event source, no public route."""
+    for fid, secrets in ((PROXY, 2), (VENDING, 1)):
+        name = FUNCTIONS[fid]
+        role = role_of(t, fid)
+        acts = allowed_actions(t, role)
+        assert acts == {
+            "logs:createlogstream", "logs:putlogevents", "dynamodb:getitem", "dynamodb:updateitem",
+            "secretsmanager:getsecretvalue",
+        }, f"{name} actions: {sorted(acts)}"
+        for st in dynamodb_statements(t, role):
+            assert st.get("Condition") == CONN_CONDITION, f"{name} {sorted(actions(st))} lacks conn#*"
+            assert as_list(st["Resource"]) == [{"Fn::GetAtt": ["ConnectionsTable", "Arn"]}], (
+                f"{name}: the table itself, no index"
+            )
+        secret_resources = [
+            r for st in statements(t, role) if "secretsmanager:getsecretvalue" in actions(st)
+            for r in as_list(st["Resource"])
+        ]
+        assert len(secret_resources) == secrets and {"Ref": "OAuthClientSecret"} in secret_resources, (
+            f"{name} secrets: {secret_resources}"
+        )
+        if secrets == 2:
+            assert any(sub_string(r) == KEY_PREFIX_ARN for r in secret_resources), f"{name}: key prefix"
+        assert not props(t, fid).get("Events"), f"{name}: direct invocation only, no event source"
+        for pid, perm in resources(t, "AWS::Lambda::Permission").items():
+            assert fid not in referenced_ids(perm["Properties"].get("FunctionName")), (
+                f"{pid}: a resource policy on {name}"
+            )
+
+
+@check
 def only_upsert_sends_to_sqs(t: dict) -> None:
     upsert_role = role_of(t, UPSERT)
     for holder, st in all_identity_statements(t):
@@ -528,9 +584,14 @@ def environment_contract(t: dict) -> None:
     upsert_env = merged_function_props(t, UPSERT)["Environment"]["Variables"]
     assert is_ref(upsert_env["KEAPALIVE_DEAD_LETTER_QUEUE_URL"], "UpsertDeadLetterQueue")
     assert is_ref(upsert_env["KEAPALIVE_KEY_RATE_PER_SEC"], "KeyRatePerSec")
-    assert parameter_default(t, "KeyRatePerSec") == 5, "Keap's observed per-key spike limit"
     assert is_ref(upsert_env["KEAPALIVE_CONNECTION_RECHECK_SECS"], "ConnectionRecheckSecs")
     assert parameter_default(t, "ConnectionRecheckSecs") == 60, "the documented recheck bound"
+    for fid in (PROXY, VENDING):
+        served = merged_function_props(t, fid)["Environment"]["Variables"]["KEAPALIVE_PROXY_CONNECTIONS"]
+        assert served == {"Fn::If": ["ServesEveryConnection", {"Ref": "AWS::NoValue"}, {"Ref": "ProxyConnections"}]}, (
+            f"{FUNCTIONS[fid]}: KEAPALIVE_PROXY_CONNECTIONS must come from ProxyConnections, unset when empty "
+            f"(Config refuses an empty list): {served}"
+        )
     redirect = sub_string(merged_function_props(t, CALLBACK)["Environment"]["Variables"]["KEAPALIVE_REDIRECT_URI"])
     assert redirect == "${CallbackApi.ApiEndpoint}/oauth/callback", f"redirect URI {redirect}"
 
@@ -567,7 +628,7 @@ def default_keap_timeout_secs() -> int:
 
 
 # Functions that present a refresh token or an authorization code to Keap (issue 21).
-PRESENTERS = (CALLBACK, REFRESHER, UPSERT)
+PRESENTERS = (CALLBACK, REFRESHER, UPSERT, PROXY, VENDING)
 
 
 @check
@@ -884,18 +945,53 @@ def keap_quota_is_budgeted(t: dict) -> None:
     assert is_ref(upsert.get("ReservedConcurrentExecutions"), "UpsertReservedConcurrency"), (
         "contact-upsert's concurrency must be bounded (UpsertReservedConcurrency)"
     )
+    proxy, vending = props(t, PROXY), props(t, VENDING)
+    assert is_ref(proxy["Environment"]["Variables"].get("KEAPALIVE_KEAP_RATE_PER_SEC"), "ProxyKeapRatePerSec")
+    assert is_ref(proxy.get("ReservedConcurrentExecutions"), "ProxyReservedConcurrency"), (
+        "keap-proxy's concurrency must be bounded (ProxyReservedConcurrency)"
+    )
+    assert is_ref(vending.get("ReservedConcurrentExecutions"), "AccessTokenReservedConcurrency"), (
+        "access-token's concurrency must be bounded (AccessTokenReservedConcurrency)"
+    )
+    vending_rate = vending["Environment"]["Variables"].get("KEAPALIVE_KEAP_RATE_PER_SEC")
+    assert isinstance(vending_rate, (str, int)) and str(vending_rate).isdigit(), (
+        f"access-token's Keap rate must be a literal: {vending_rate!r}"
+    )
     callback_burst = props(t, "CallbackStage")["DefaultRouteSettings"]["ThrottlingBurstLimit"]
     assert isinstance(callback_burst, int), "the callback route's burst must be a literal"
     for where, values in stage_parameters(t).items():
-        total = (
-            number_of(values["RefresherKeapRatePerSec"]) * 1
-            + number_of(values["KeapRatePerSec"]) * number_of(values["UpsertReservedConcurrency"])
-            + callback_burst
-        )
+        shares = [
+            ("token-refresher", number_of(values["RefresherKeapRatePerSec"]) * 1),
+            ("contact-upsert", number_of(values["KeapRatePerSec"]) * number_of(values["UpsertReservedConcurrency"])),
+            ("keap-proxy", number_of(values["ProxyKeapRatePerSec"]) * number_of(values["ProxyReservedConcurrency"])),
+            ("access-token", number_of(vending_rate) * number_of(values["AccessTokenReservedConcurrency"])),
+            ("oauth-callback", callback_burst),
+        ]
+        total = sum(share for _, share in shares)
         assert total <= KEAP_CLIENT_REQUESTS_PER_SEC, (
-            f"{where}: {values['RefresherKeapRatePerSec']} + {values['KeapRatePerSec']} x "
-            f"{values['UpsertReservedConcurrency']} + {callback_burst} = {total:g} Keap requests/s "
+            f"{where}: " + " + ".join(f"{n} {v:g}" for n, v in shares) + f" = {total:g} Keap requests/s "
             f"> {KEAP_CLIENT_REQUESTS_PER_SEC} (1,500 a minute per client id)"
+        )
+
+
+@check
+def key_quota_is_budgeted(t: dict) -> None:
+    """A key's quota is 240 a minute (a spike arrest of 5/s observed): the functions that call
+    Keap with keys (contact-upsert, keap-proxy) hold each key to KeyRatePerSec per container, so
+    KeyRatePerSec x their reserved concurrencies x 60 must stay within 240 a minute."""
+    for fid in (UPSERT, PROXY):
+        env = props(t, fid)["Environment"]["Variables"]
+        assert is_ref(env.get("KEAPALIVE_KEY_RATE_PER_SEC"), "KeyRatePerSec"), f"{FUNCTIONS[fid]}: key rate"
+    assert "KEAPALIVE_KEY_RATE_PER_SEC" not in props(t, VENDING)["Environment"]["Variables"], (
+        "access-token never calls Keap with a key"
+    )
+    for where, values in stage_parameters(t).items():
+        containers = number_of(values["UpsertReservedConcurrency"]) + number_of(values["ProxyReservedConcurrency"])
+        per_second = number_of(values["KeyRatePerSec"]) * containers
+        assert per_second * 60 <= KEY_REQUESTS_PER_MINUTE and per_second <= KEY_SPIKE_PER_SEC, (
+            f"{where}: KeyRatePerSec {values['KeyRatePerSec']} x {containers:g} containers = "
+            f"{per_second:g}/s, {per_second * 60:g} a minute per key (Keap: {KEY_REQUESTS_PER_MINUTE} "
+            f"a minute, spikes of {KEY_SPIKE_PER_SEC}/s)"
         )
 
 
@@ -1171,6 +1267,64 @@ def _mutate_callback_writes_tombstones(t: dict) -> None:
     ]
 
 
+def _mutate_proxy_gets_sqs(t: dict) -> None:
+    _role_statements(t, "KeapProxyRole").append({
+        "Sid": "Queue", "Effect": "Allow", "Action": "sqs:SendMessage",
+        "Resource": {"Fn::GetAtt": ["UpsertDeadLetterQueue", "Arn"]},
+    })
+
+
+def _mutate_proxy_loses_leading_keys(t: dict) -> None:
+    del _sid(t, "KeapProxyRole", "ConnectionItemsOnly")["Condition"]
+
+
+def _mutate_vending_reads_key_secrets(t: dict) -> None:
+    _sid(t, "AccessTokenRole", "ClientSecret")["Resource"] = [
+        {"Ref": "OAuthClientSecret"},
+        {"Fn::Sub": KEY_PREFIX_ARN},
+    ]
+
+
+def _mutate_vending_queries_the_index(t: dict) -> None:
+    _sid(t, "AccessTokenRole", "ConnectionItemsOnly")["Action"].append("dynamodb:Query")
+
+
+def _mutate_proxy_on_a_schedule(t: dict) -> None:
+    t["Resources"][PROXY]["Properties"]["Events"] = {
+        "Tick": {"Type": "Schedule", "Properties": {"Schedule": "rate(1 hour)"}}
+    }
+
+
+def _mutate_proxy_quota_overspent(t: dict) -> None:
+    t["Parameters"]["ProxyReservedConcurrency"]["Default"] = 3
+
+
+def _mutate_proxy_unbounded(t: dict) -> None:
+    del t["Resources"][PROXY]["Properties"]["ReservedConcurrentExecutions"]
+
+
+def _mutate_vending_rate_raised(t: dict) -> None:
+    t["Resources"][VENDING]["Properties"]["Environment"]["Variables"]["KEAPALIVE_KEAP_RATE_PER_SEC"] = "5"
+
+
+def _mutate_key_quota_overspent(t: dict) -> None:
+    t["Parameters"]["KeyRatePerSec"]["Default"] = 5
+
+
+def _mutate_proxy_allowlist_always_set(t: dict) -> None:
+    t["Resources"][PROXY]["Properties"]["Environment"]["Variables"]["KEAPALIVE_PROXY_CONNECTIONS"] = {
+        "Ref": "ProxyConnections"}
+
+
+def _mutate_vending_timeout_below_floor(t: dict) -> None:
+    t["Resources"][VENDING]["Properties"]["Timeout"] = 15
+    t["Resources"][VENDING]["Properties"]["Environment"]["Variables"]["KEAPALIVE_FUNCTION_TIMEOUT_SECS"] = "15"
+
+
+def _mutate_proxy_alarm_missing(t: dict) -> None:
+    del t["Resources"]["KeapProxyErrorsAlarm"]
+
+
 # mutant -> the check that must fail on it (other checks may fail too)
 MUTANTS: dict[Callable[[dict], None], Callable[[dict], None]] = {
     _mutate_wildcard_action: no_wildcard_actions_or_resources,
@@ -1224,6 +1378,18 @@ MUTANTS: dict[Callable[[dict], None], Callable[[dict], None]] = {
     _mutate_operator_write_returns_values: operator_permissions,
     _mutate_operator_reads_tokens: operator_permissions,
     _mutate_callback_writes_tombstones: callback_permissions,
+    _mutate_proxy_gets_sqs: proxy_and_vending_permissions,
+    _mutate_proxy_loses_leading_keys: proxy_and_vending_permissions,
+    _mutate_vending_reads_key_secrets: proxy_and_vending_permissions,
+    _mutate_vending_queries_the_index: proxy_and_vending_permissions,
+    _mutate_proxy_on_a_schedule: proxy_and_vending_permissions,
+    _mutate_proxy_quota_overspent: keap_quota_is_budgeted,
+    _mutate_proxy_unbounded: keap_quota_is_budgeted,
+    _mutate_vending_rate_raised: keap_quota_is_budgeted,
+    _mutate_key_quota_overspent: key_quota_is_budgeted,
+    _mutate_proxy_allowlist_always_set: environment_contract,
+    _mutate_vending_timeout_below_floor: presenters_have_time_to_store,
+    _mutate_proxy_alarm_missing: alarms_watch_functions_and_dead_letters,
 }
 
 
