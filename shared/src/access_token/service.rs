@@ -32,7 +32,6 @@ use crate::keap::{AccessCredential, KeapError, RestClient};
 use crate::proxy::check_served;
 use crate::refresh::{Grant, Kinds, OnDemandRefresher};
 use crate::secrets::SecretsSource;
-use crate::telemetry::MetricSink;
 
 /// The `Function` dimension of access-token's Keap usage metrics (its binary name).
 const FUNCTION_NAME: &str = "access-token";
@@ -97,14 +96,7 @@ impl AccessTokenService {
         settings: AccessTokenSettings,
     ) -> Self {
         Self {
-            keap: KeapAccess {
-                rest,
-                grants,
-                secrets,
-                metrics: MetricSink::stdout(),
-                stage: settings.stage.clone(),
-                key_vouches: Default::default(),
-            },
+            keap: KeapAccess::new(rest, grants, secrets, settings.stage.clone()),
             deadlines: DeadlinePolicy::new(settings.function_timeout),
             settings,
         }

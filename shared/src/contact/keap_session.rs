@@ -73,6 +73,24 @@ pub(crate) struct KeapAccess {
 }
 
 impl KeapAccess {
+    /// Built once per container by each service that talks to Keap on a connection's behalf
+    /// (contact-upsert, keap-proxy, access-token); metrics go to stdout (EMF).
+    pub(crate) fn new(
+        rest: RestClient,
+        grants: Arc<OnDemandRefresher>,
+        secrets: Arc<SecretsSource>,
+        stage: String,
+    ) -> Self {
+        Self {
+            rest,
+            grants,
+            secrets,
+            metrics: MetricSink::stdout(),
+            stage,
+            key_vouches: KeyVouches::default(),
+        }
+    }
+
     /// Emits this invocation's Keap usage (requests, 429s, throttle waits) for `function`.
     pub(crate) fn flush_usage(&self, function: &'static str) {
         self.rest

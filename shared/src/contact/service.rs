@@ -85,14 +85,7 @@ impl UpsertService {
         Self {
             models: TtlCache::new(settings.model_cache_ttl),
             tag_ids: TtlCache::new(settings.model_cache_ttl),
-            keap: KeapAccess {
-                rest,
-                grants,
-                secrets,
-                metrics: MetricSink::stdout(),
-                stage: settings.stage.clone(),
-                key_vouches: Default::default(),
-            },
+            keap: KeapAccess::new(rest, grants, secrets, settings.stage.clone()),
             sqs,
             deadlines: DeadlinePolicy::new(settings.function_timeout),
             settings,

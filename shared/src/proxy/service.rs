@@ -26,7 +26,6 @@ use crate::deadline::{Deadline, DeadlinePolicy};
 use crate::keap::{AccessCredential, KeapAnswer, KeapCall, KeapError, RestClient};
 use crate::refresh::OnDemandRefresher;
 use crate::secrets::SecretsSource;
-use crate::telemetry::MetricSink;
 
 /// The `Function` dimension of keap-proxy's Keap usage metrics (its binary name).
 const FUNCTION_NAME: &str = "keap-proxy";
@@ -69,14 +68,7 @@ impl ProxyService {
         settings: ProxySettings,
     ) -> Self {
         Self {
-            keap: KeapAccess {
-                rest,
-                grants,
-                secrets,
-                metrics: MetricSink::stdout(),
-                stage: settings.stage.clone(),
-                key_vouches: Default::default(),
-            },
+            keap: KeapAccess::new(rest, grants, secrets, settings.stage.clone()),
             deadlines: DeadlinePolicy::new(settings.function_timeout),
             settings,
         }
