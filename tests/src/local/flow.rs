@@ -133,7 +133,7 @@ pub async fn run(
 
     run.begin(
         Step::Functions,
-        "Starting oauth-callback, token-refresher, contact-upsert and operator (the real binaries, each behind a local Lambda Runtime API)",
+        "Starting oauth-callback, token-refresher, contact-upsert, operator and keap-proxy (the real binaries, each behind a local Lambda Runtime API)",
     )
     .await;
     let listener = CallbackListener::bind(real.map(|r| r.callback_port).unwrap_or(0))
@@ -152,7 +152,13 @@ pub async fn run(
                 .map_err(at(Step::Functions))?,
         );
     }
-    let [oauth_callback, token_refresher, contact_upsert, operator]: [LocalFunction; 4] = started
+    let [
+        oauth_callback,
+        token_refresher,
+        contact_upsert,
+        operator,
+        keap_proxy,
+    ]: [LocalFunction; 5] = started
         .try_into()
         .map_err(|_| at(Step::Functions)("not every function started".to_owned()))?;
     let callback_port = listener.port();
@@ -290,6 +296,23 @@ pub async fn run(
         "contact {contact_id} {}; answer {answer}",
         if created { "created" } else { "updated" }
     ));
+
+    let path = format!("/v1/contacts/{contact_id}");
+    run.begin(
+        Step::Proxy,
+        &format!(
+            "Reading the contact back through keap-proxy: invoke keap-proxy \
+             {{\"connection_id\": \"default\", \"method\": \"GET\", \"path\": \"{path}\"}}"
+        ),
+    )
+    .await;
+    let answer = invoke(
+        &keap_proxy,
+        json!({"connection_id": CONNECTION, "method": "GET", "path": path}),
+    )
+    .await
+    .map_err(at(Step::Proxy))?;
+    progress.ok(&proxy_summary(&answer, contact_id).map_err(at(Step::Proxy))?);
 
     run.begin(Step::Status, "Connections (keapalive-admin status)")
         .await;
@@ -519,6 +542,40 @@ fn redacted_request(request: &Value) -> Value {
     shown
 }
 
+/// keap-proxy's answer to `GET /v1/contacts/{id}` as a progress line: Keap's status and the
+/// contact it found, its email redacted (a real run's is a person's). `Err` unless Keap answered
+/// 200 with that contact.
+fn proxy_summary(answer: &Value, contact_id: i64) -> Result<String, String> {
+    let status = answer.get("status").and_then(Value::as_u64);
+    let contact = answer.get("body").unwrap_or(&Value::Null);
+    if status != Some(200) || contact.get("id").and_then(Value::as_i64) != Some(contact_id) {
+        return Err(format!(
+            "expected Keap's 200 with contact {contact_id}; keap-proxy answered status {}",
+            status.map_or_else(|| "none".to_owned(), |s| s.to_string())
+        ));
+    }
+    let text = |pointer: &str| contact.pointer(pointer).and_then(Value::as_str);
+    let name = [text("/given_name"), text("/family_name")]
+        .into_iter()
+        .flatten()
+        .collect::<Vec<_>>()
+        .join(" ");
+    let email = text("/email_addresses/0/email")
+        .map(keapalive::redact::email)
+        .unwrap_or_else(|| "no email".to_owned());
+    let tags = contact
+        .get("tag_ids")
+        .and_then(Value::as_array)
+        .map_or(0, Vec::len);
+    Ok(format!(
+        "Keap answered 200 (body_encoding {}): contact {contact_id} found, \"{name}\", {email}, {tags} tag(s)",
+        answer
+            .get("body_encoding")
+            .and_then(Value::as_str)
+            .unwrap_or("?")
+    ))
+}
+
 /// The sandbox holds the contact with its email, custom field and tag.
 fn verify_contact(sandbox: &Sandbox, contact_id: i64) -> Result<(), String> {
     let contacts = sandbox.contacts(DEFAULT_APP);
@@ -596,6 +653,24 @@ mod tests {
         );
         let shown = redacted_request(&upsert_request(None));
         assert_eq!(shown["contact"]["email"], "a***@example.com");
+    }
+
+    #[test]
+    fn the_proxy_line_redacts_the_email_and_needs_the_contact() {
+        let answer = json!({"status": 200, "body_encoding": "json", "headers": {},
+            "body": {"id": 7, "given_name": "Ada", "family_name": "Lovelace",
+                     "email_addresses": [{"email": "ada@example.com", "field": "EMAIL1"}],
+                     "tag_ids": [90]}});
+        let line = proxy_summary(&answer, 7).unwrap();
+        assert!(line.contains("contact 7 found, \"Ada Lovelace\", a***@example.com, 1 tag(s)"));
+        assert!(!line.contains("ada@example.com"), "{line}");
+        assert!(proxy_summary(&answer, 8).is_err());
+        let missing = json!({"status": 404, "body": {"message": "Contact with id 7 not found"}});
+        assert!(
+            proxy_summary(&missing, 7)
+                .unwrap_err()
+                .contains("status 404")
+        );
     }
 
     #[test]

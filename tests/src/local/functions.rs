@@ -16,7 +16,15 @@ pub const TOKEN_REFRESHER: &str = "token-refresher";
 pub const CONTACT_UPSERT: &str = "contact-upsert";
 /// The non-public function that takes the operator commands (start, register, remove).
 pub const OPERATOR: &str = "operator";
-pub const ALL: [&str; 4] = [OAUTH_CALLBACK, TOKEN_REFRESHER, CONTACT_UPSERT, OPERATOR];
+/// Any Keap REST request with a connection's credential (docs/keap-proxy.md).
+pub const KEAP_PROXY: &str = "keap-proxy";
+pub const ALL: [&str; 5] = [
+    OAUTH_CALLBACK,
+    TOKEN_REFRESHER,
+    CONTACT_UPSERT,
+    OPERATOR,
+    KEAP_PROXY,
+];
 
 /// The template's timeouts are 30 s or less; an invocation gets this much time.
 pub const INVOKE_DEADLINE: Duration = Duration::from_secs(30);

@@ -7,6 +7,7 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
 
 use axum::Router;
 use axum::body::{Body, Bytes};
@@ -24,6 +25,7 @@ use crate::runtime_api::ACCOUNT_ID;
 pub struct InvokeApi {
     address: SocketAddr,
     server: JoinHandle<()>,
+    lost_answers: Arc<AtomicU32>,
 }
 
 impl Drop for InvokeApi {
@@ -32,7 +34,12 @@ impl Drop for InvokeApi {
     }
 }
 
-type Functions = Arc<HashMap<String, LocalFunction>>;
+#[derive(Clone)]
+struct Served {
+    functions: Arc<HashMap<String, LocalFunction>>,
+    /// How many of the next RequestResponse invocations lose their answer.
+    lost_answers: Arc<AtomicU32>,
+}
 
 impl InvokeApi {
     /// Serves `functions` under the names given (e.g. `keapalive-local-contact-upsert`) on a
@@ -40,14 +47,37 @@ impl InvokeApi {
     pub async fn start(functions: Vec<(String, LocalFunction)>) -> std::io::Result<Self> {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let address = listener.local_addr()?;
-        let functions: Functions = Arc::new(functions.into_iter().collect());
+        let lost_answers = Arc::new(AtomicU32::new(0));
+        let served = Served {
+            functions: Arc::new(functions.into_iter().collect()),
+            lost_answers: lost_answers.clone(),
+        };
         let app = Router::new()
             .route("/2015-03-31/functions/{function}/invocations", post(invoke))
-            .with_state(functions);
+            .with_state(served);
         let server = tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;
         });
-        Ok(Self { address, server })
+        Ok(Self {
+            address,
+            server,
+            lost_answers,
+        })
+    }
+
+    /// The next `n` RequestResponse invocations run the function to the end, then answer
+    /// `502 Bad Gateway` instead of its result: the function's answer is lost on its way to
+    /// the caller (a proxy or a dropped connection in between). The SDKs treat a 502 as they
+    /// treat a read timeout — transient, retried unless retries are off — so a caller that
+    /// retries invokes the function a second time.
+    pub fn lose_answers(&self, n: u32) {
+        self.lost_answers.store(n, Ordering::SeqCst);
+    }
+
+    /// How many answers [`lose_answers`](Self::lose_answers) still has to lose (0: the fault
+    /// fired as often as asked).
+    pub fn answers_left_to_lose(&self) -> u32 {
+        self.lost_answers.load(Ordering::SeqCst)
     }
 
     /// For `AWS_ENDPOINT_URL_LAMBDA`, `--endpoint-url`, `endpoint_url=`, `endpoint:`.
@@ -57,13 +87,13 @@ impl InvokeApi {
 }
 
 async fn invoke(
-    State(functions): State<Functions>,
+    State(served): State<Served>,
     Path(function): Path<String>,
     headers: HeaderMap,
     payload: Bytes,
 ) -> Response {
     let name = function_name(&function);
-    let Some(target) = functions.get(name) else {
+    let Some(target) = served.functions.get(name) else {
         return aws_error(
             StatusCode::NOT_FOUND,
             "ResourceNotFoundException",
@@ -99,7 +129,19 @@ async fn invoke(
         "DryRun" => return respond(StatusCode::NO_CONTENT, None, Vec::new()),
         _ => {}
     }
-    match target.invoke(event).await {
+    let answer = target.invoke(event).await;
+    let lose = served
+        .lost_answers
+        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+        .is_ok();
+    if lose {
+        return Response::builder()
+            .status(StatusCode::BAD_GATEWAY)
+            .header("content-type", "text/plain")
+            .body(Body::from("the function's answer was lost"))
+            .unwrap_or_else(|_| Response::new(Body::empty()));
+    }
+    match answer {
         Ok(answer) => respond(StatusCode::OK, None, answer.to_string().into_bytes()),
         // Lambda reports a function's error with status 200 and this header; the body is the
         // error object the runtime posted.

@@ -3,7 +3,7 @@
 //! `--real-keap`, the real Keap) for Keap.
 //!
 //! start authorization → consent → callback stores generation 1 → forced refresh → generation
-//! 2 → upsert the ButtonPush contact → status table.
+//! 2 → upsert the ButtonPush contact → read it back through keap-proxy → status table.
 //!
 //! The pieces are reusable: [`invoke_api::InvokeApi`] (a local Lambda Invoke API that the AWS
 //! CLI and SDKs can call), [`callback_server`] (an HTTP API stand-in for the callback route),
@@ -42,11 +42,12 @@ pub enum Step {
     Callback,
     Refresh,
     Upsert,
+    Proxy,
     Status,
 }
 
 impl Step {
-    pub const ALL: [Step; 11] = [
+    pub const ALL: [Step; 12] = [
         Step::Build,
         Step::Emulator,
         Step::Sandbox,
@@ -57,6 +58,7 @@ impl Step {
         Step::Callback,
         Step::Refresh,
         Step::Upsert,
+        Step::Proxy,
         Step::Status,
     ];
 
@@ -72,6 +74,7 @@ impl Step {
             Step::Callback => "callback",
             Step::Refresh => "refresh",
             Step::Upsert => "upsert",
+            Step::Proxy => "proxy",
             Step::Status => "status",
         }
     }

@@ -1,6 +1,7 @@
-//! The caller examples of docs/calling.md (`docs/examples/`) run as written against a local Lambda Invoke
-//! API in front of the real contact-upsert binary: the AWS CLI, Python (boto3), Node (AWS SDK v3)
-//! and Rust (`aws-sdk-lambda`), plus the SQS path and the re-authorization command.
+//! The caller examples of docs/calling.md and docs/keap-proxy.md (`docs/examples/`) run as
+//! written against a local Lambda Invoke API in front of the real contact-upsert and keap-proxy
+//! binaries: the AWS CLI, Python (boto3), Node (AWS SDK v3) and Rust (`aws-sdk-lambda`), plus
+//! the SQS path and the re-authorization command.
 //!
 //! Python and the AWS CLI come from `docs/examples/requirements.txt`, installed into
 //! `target/docs-examples/venv`; Node's SDK from `docs/examples/package-lock.json` (`npm ci`).
@@ -15,11 +16,13 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use aws_sdk_sqs::types::Message;
-use keap_sandbox::DEFAULT_APP;
+use keap_sandbox::{DEFAULT_APP, Endpoint, Fault, FaultKind};
 use keapalive_tests::aws::{create_queue, drain_queue};
 use keapalive_tests::emulator::{Emulator, REGION};
 use keapalive_tests::fixture::Fixture;
-use keapalive_tests::local::functions::{self, CONTACT_UPSERT, LocalFunction, OPERATOR};
+use keapalive_tests::local::functions::{
+    self, CONTACT_UPSERT, KEAP_PROXY, LocalFunction, OPERATOR,
+};
 use keapalive_tests::local::invoke_api::InvokeApi;
 use keapalive_tests::local::supervisor::Supervisor;
 use keapalive_tests::runtime_api::{ACCOUNT_ID, binary_path};
@@ -29,6 +32,7 @@ use tokio::process::Command;
 
 const UPSERT_FUNCTION: &str = "keapalive-local-contact-upsert";
 const OPERATOR_FUNCTION: &str = "keapalive-local-operator";
+const PROXY_FUNCTION: &str = "keapalive-local-keap-proxy";
 const EXAMPLE_TIMEOUT: Duration = Duration::from_secs(120);
 
 // ------------------------------------------------------------------ the world
@@ -41,10 +45,10 @@ struct World {
 }
 
 /// A sandbox with the ButtonPush account's field and tag, the connection `default` authorized
-/// (unless `authorized` is false), contact-upsert and operator running behind a local
-/// Invoke API.
+/// (unless `authorized` is false), contact-upsert, operator and keap-proxy running behind a
+/// local Invoke API.
 async fn world(authorized: bool, extra_env: &[(&str, &str)]) -> World {
-    for name in [CONTACT_UPSERT, OPERATOR] {
+    for name in [CONTACT_UPSERT, OPERATOR, KEAP_PROXY] {
         binary_path(name);
     }
     let fixture = Fixture::new().await;
@@ -64,9 +68,13 @@ async fn world(authorized: bool, extra_env: &[(&str, &str)]) -> World {
     let operator = functions::start(OPERATOR, &env, &supervisor)
         .await
         .expect("operator starts");
+    let proxy = functions::start(KEAP_PROXY, &env, &supervisor)
+        .await
+        .expect("keap-proxy starts");
     let invoke_api = InvokeApi::start(vec![
         (UPSERT_FUNCTION.to_owned(), upsert.clone()),
         (OPERATOR_FUNCTION.to_owned(), operator),
+        (PROXY_FUNCTION.to_owned(), proxy),
     ])
     .await
     .expect("invoke API starts");
@@ -94,6 +102,7 @@ impl World {
             ("AWS_PAGER", ""),
             ("CONTACT_UPSERT_FUNCTION", UPSERT_FUNCTION),
             ("OPERATOR_FUNCTION", OPERATOR_FUNCTION),
+            ("KEAP_PROXY_FUNCTION", PROXY_FUNCTION),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_owned(), v.to_owned()))
@@ -259,29 +268,33 @@ fn node_with_sdk() -> Result<(), String> {
 /// docs_examples` builds only this test, not the package's examples).
 fn rust_example() -> PathBuf {
     static BUILT: OnceLock<PathBuf> = OnceLock::new();
-    BUILT
-        .get_or_init(|| {
-            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
-            let mut command = std::process::Command::new(cargo);
-            command.current_dir(workspace::root()).args([
-                "build",
-                "--quiet",
-                "-p",
-                "keapalive-tests",
-                "--example",
-                "invoke_upsert",
-            ]);
-            if !cfg!(debug_assertions) {
-                command.arg("--release");
-            }
-            let status = command.status().expect("run cargo");
-            assert!(
-                status.success(),
-                "building the invoke_upsert example failed"
-            );
-            functions::binary_dir().join("examples/invoke_upsert")
-        })
-        .clone()
+    BUILT.get_or_init(|| build_example("invoke_upsert")).clone()
+}
+
+/// `target/<profile>/examples/invoke_proxy`, built on first use.
+fn rust_proxy_example() -> PathBuf {
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    BUILT.get_or_init(|| build_example("invoke_proxy")).clone()
+}
+
+/// Builds the package's example `name` and returns its path.
+fn build_example(name: &str) -> PathBuf {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
+    let mut command = std::process::Command::new(cargo);
+    command.current_dir(workspace::root()).args([
+        "build",
+        "--quiet",
+        "-p",
+        "keapalive-tests",
+        "--example",
+        name,
+    ]);
+    if !cfg!(debug_assertions) {
+        command.arg("--release");
+    }
+    let status = command.status().expect("run cargo");
+    assert!(status.success(), "building the {name} example failed");
+    functions::binary_dir().join("examples").join(name)
 }
 
 async fn run_example(program: &Path, args: &[&str], env: &[(String, String)]) -> Output {
@@ -675,6 +688,222 @@ async fn reauthorize_command_prints_a_fresh_authorize_link() {
             .unwrap()
             .contains("code=")
     );
+    world.stop().await;
+}
+
+// ------------------------------------------------------------------ keap-proxy callers
+
+/// The example's `answer: {...}` line, parsed.
+fn proxy_answer(output: &Output) -> Value {
+    let stdout = text(&output.stdout);
+    let line = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("answer: "))
+        .unwrap_or_else(|| panic!("no answer line:\n{stdout}"));
+    serde_json::from_str(line).expect("the answer is JSON")
+}
+
+/// POSTs that reached the sandbox's echo route.
+fn echoed_posts(world: &World) -> usize {
+    world
+        .fixture
+        .sandbox
+        .requests()
+        .iter()
+        .filter(|r| r.method == "POST" && r.path == "/crm/rest/v1/_echo/notes")
+        .count()
+}
+
+/// One keap-proxy example (`call` runs it with a proxy request as JSON text) through the real
+/// keap-proxy binary: a GET of a contact the test upserted, a GET by email, a POST whose answer
+/// is lost after it reached Keap (the example must not send it again: the SDK's retries are
+/// off), a throttle beyond the proxy's wait, a hostile path and a revoked grant.
+async fn proxy_round_trip(email: &str, call: impl AsyncFn(&World, &str) -> Output) {
+    let world = world(true, &[]).await;
+    let upserted = world
+        .upsert
+        .invoke(json!({"contact": {"email": email, "given_name": "Ada"}}))
+        .await
+        .expect("the contact is upserted");
+    let id = upserted["contact_id"].as_i64().expect("contact_id");
+
+    let one = call(
+        &world,
+        &json!({"method": "GET", "path": format!("/v1/contacts/{id}")}).to_string(),
+    )
+    .await;
+    assert_exit(&one, 0);
+    let answer = proxy_answer(&one);
+    assert_eq!(answer["status"], 200, "{answer}");
+    assert_eq!(answer["body_encoding"], "json");
+    assert_eq!(answer["body"]["id"], id, "{answer}");
+    assert_eq!(answer["body"]["given_name"], "Ada", "{answer}");
+
+    let found = call(
+        &world,
+        &json!({"method": "GET", "path": "/v1/contacts", "query": {"email": email}}).to_string(),
+    )
+    .await;
+    assert_exit(&found, 0);
+    let answer = proxy_answer(&found);
+    assert_eq!(answer["body"]["count"], 1, "{answer}");
+    assert_eq!(answer["body"]["contacts"][0]["id"], id, "{answer}");
+
+    // A Keap 404 is data, not an error.
+    let missing = call(
+        &world,
+        &json!({"method": "GET", "path": "/v1/contacts/999999"}).to_string(),
+    )
+    .await;
+    assert_exit(&missing, 0);
+    assert_eq!(proxy_answer(&missing)["status"], 404);
+
+    // The POST reaches Keap, then its answer is lost between Lambda and the caller: an SDK
+    // with its retries on would invoke the function again and Keap would get a second POST.
+    world.invoke_api.lose_answers(1);
+    let posted = call(
+        &world,
+        &json!({"method": "POST", "path": "/v1/_echo/notes",
+                "body": {"contact_id": id, "title": "Called"}})
+        .to_string(),
+    )
+    .await;
+    assert_eq!(
+        world.invoke_api.answers_left_to_lose(),
+        0,
+        "the fault fired"
+    );
+    assert_exit(&posted, 5);
+    assert!(
+        text(&posted.stderr).contains("check before sending it again"),
+        "{}",
+        text(&posted.stderr)
+    );
+    assert_eq!(
+        echoed_posts(&world),
+        1,
+        "the POST reached Keap exactly once"
+    );
+
+    // Keap asks for 30 s: more than the proxy waits (5 s) and the example waits (10 s).
+    let throttle = world.fixture.sandbox.inject(Fault {
+        endpoint: Endpoint::Api,
+        kind: FaultKind::Status {
+            status: 429,
+            retry_after_secs: Some(30),
+        },
+        times: 1,
+    });
+    let throttled = call(
+        &world,
+        &json!({"method": "GET", "path": format!("/v1/contacts/{id}")}).to_string(),
+    )
+    .await;
+    assert_exit(&throttled, 4);
+    assert!(
+        text(&throttled.stderr).contains("retry in 30 s"),
+        "{}",
+        text(&throttled.stderr)
+    );
+    throttle.assert_fired(1);
+
+    let hostile = call(
+        &world,
+        &json!({"method": "GET", "path": "/v1/../token"}).to_string(),
+    )
+    .await;
+    assert_exit(&hostile, 2);
+    assert!(text(&hostile.stderr).contains("ValidationError"));
+
+    world.fixture.sandbox.revoke_grant(DEFAULT_APP);
+    let revoked = call(
+        &world,
+        &json!({"method": "GET", "path": format!("/v1/contacts/{id}")}).to_string(),
+    )
+    .await;
+    assert_exit(&revoked, 3);
+    assert!(text(&revoked.stderr).contains("NotAuthorized"));
+    assert_eq!(echoed_posts(&world), 1);
+    world.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_proxy_example_calls_keap_and_never_repeats_a_post() {
+    let venv = match python_venv() {
+        Ok(venv) => venv,
+        Err(reason) => return skip(&format!("python proxy example: {reason}")),
+    };
+    let python = venv.join("bin/python");
+    proxy_round_trip("proxy.python@example.com", async |world, request| {
+        let env = with_venv_path(world.caller_env(), &venv);
+        run_example(&python, &["invoke_proxy.py", request], &env).await
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_proxy_example_calls_keap_and_never_repeats_a_post() {
+    if let Err(reason) = node_with_sdk() {
+        return skip(&format!("node proxy example: {reason}"));
+    }
+    let node = PathBuf::from("node");
+    proxy_round_trip("proxy.node@example.com", async |world, request| {
+        run_example(&node, &["invoke_proxy.mjs", request], &world.caller_env()).await
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rust_proxy_example_calls_keap_and_never_repeats_a_post() {
+    let example = rust_proxy_example();
+    proxy_round_trip("proxy.rust@example.com", async |world, request| {
+        run_example(&example, &[request], &world.caller_env()).await
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cli_proxy_example_calls_keap_and_never_repeats_a_post() {
+    let venv = match python_venv() {
+        Ok(venv) => venv,
+        Err(reason) => return skip(&format!("AWS CLI proxy example: {reason}")),
+    };
+    let script = examples_dir().join("invoke_proxy.sh");
+    proxy_round_trip("proxy.cli@example.com", async |world, request| {
+        let file = tempfile_path::TempPath::with_contents(request);
+        let env = with_venv_path(world.caller_env(), &venv);
+        run_example(&script, &[file.as_str()], &env).await
+    })
+    .await;
+}
+
+/// proxy_request.json, the CLI example's default request, is a valid keap-proxy request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_default_proxy_request_finds_a_contact_by_email() {
+    let world = world(true, &[]).await;
+    world
+        .upsert
+        .invoke(json!({"contact": {"email": "ada@example.com"}}))
+        .await
+        .expect("upserted");
+    let request: Value = serde_json::from_str(
+        &std::fs::read_to_string(examples_dir().join("proxy_request.json")).unwrap(),
+    )
+    .unwrap();
+    let proxy = world.invoke_api.endpoint_url();
+    let answer: Value = reqwest::Client::new()
+        .post(format!(
+            "{proxy}/2015-03-31/functions/{PROXY_FUNCTION}/invocations"
+        ))
+        .body(request.to_string())
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(answer["status"], 200, "{answer}");
+    assert_eq!(answer["body"]["count"], 1, "{answer}");
     world.stop().await;
 }
 

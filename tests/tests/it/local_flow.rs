@@ -31,6 +31,7 @@ fn function_binaries_built() {
         "token-refresher",
         "contact-upsert",
         "operator",
+        "keap-proxy",
     ] {
         binary_path(name);
     }
@@ -182,6 +183,7 @@ fn assert_every_process_announced(children: &[(i32, String)]) {
         "token-refresher",
         "contact-upsert",
         "operator",
+        "keap-proxy",
     ] {
         assert!(
             names.contains(&expected),
@@ -212,6 +214,19 @@ async fn the_whole_flow_holds_and_leaves_nothing_running() {
     assert!(stdout.contains("generation 2"), "{stdout}");
     assert!(
         stdout.contains("\"created\":true") && stdout.contains("\"tags_applied\":["),
+        "{stdout}"
+    );
+    // The proxy step read the upserted contact back from the sandbox, through the real
+    // keap-proxy binary, and printed it with the email redacted.
+    assert!(
+        stdout.contains("Reading the contact back through keap-proxy")
+            && stdout.contains("\"method\": \"GET\", \"path\": \"/v1/contacts/1\""),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains(
+            "Keap answered 200 (body_encoding json): contact 1 found, \"Ada Lovelace\", a***@example.com, 1 tag(s)"
+        ),
         "{stdout}"
     );
     // The admin tool's table, with the refreshed connection.
