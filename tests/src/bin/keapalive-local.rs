@@ -22,13 +22,14 @@ usage: keapalive-local [--no-build] [--print-pids] [--pause-before STEP]
 Runs moto (DynamoDB, Secrets Manager, SQS), the Keap sandbox (or the real Keap with
 --real-keap) and the function binaries on 127.0.0.1, then: start authorization -> consent
 -> callback (generation 1) -> forced refresh (generation 2) -> upsert a contact -> read it back
-through keap-proxy -> status table.
+through keap-proxy -> a token from access-token used against
+Keap directly -> status table.
 
   --no-build            use the binaries in target/ as they are (make local builds them first)
   --print-pids          print CHILD_PID=<pid> <name> for every child process
   --pause-before STEP   stop before STEP and wait for Ctrl-C (for tests); steps: build,
                         emulator, sandbox, resources, functions, start-authorization, consent,
-                        callback, refresh, upsert, proxy, status
+                        callback, refresh, upsert, proxy, vend, status
   --real-keap           talk to Keap itself: your developer app's client id, a file holding its
                         client secret, and the HTTPS redirect URI registered with the app, which
                         must reach 127.0.0.1:<callback-port> (an HTTPS tunnel; see docs/deploy.md)";
@@ -230,6 +231,7 @@ fn report_function_logs(supervisor: &Supervisor, step: Step) {
         Step::Refresh => functions::TOKEN_REFRESHER,
         Step::Upsert => functions::CONTACT_UPSERT,
         Step::Proxy => functions::KEAP_PROXY,
+        Step::Vend => functions::ACCESS_TOKEN,
         _ => "",
     };
     if let Some(output) = supervisor.function_output(function)

@@ -133,7 +133,7 @@ pub async fn run(
 
     run.begin(
         Step::Functions,
-        "Starting oauth-callback, token-refresher, contact-upsert, operator and keap-proxy (the real binaries, each behind a local Lambda Runtime API)",
+        "Starting oauth-callback, token-refresher, contact-upsert, operator, keap-proxy and access-token (the real binaries, each behind a local Lambda Runtime API)",
     )
     .await;
     let listener = CallbackListener::bind(real.map(|r| r.callback_port).unwrap_or(0))
@@ -158,7 +158,8 @@ pub async fn run(
         contact_upsert,
         operator,
         keap_proxy,
-    ]: [LocalFunction; 5] = started
+        access_token,
+    ]: [LocalFunction; 6] = started
         .try_into()
         .map_err(|_| at(Step::Functions)("not every function started".to_owned()))?;
     let callback_port = listener.port();
@@ -313,6 +314,24 @@ pub async fn run(
     .await
     .map_err(at(Step::Proxy))?;
     progress.ok(&proxy_summary(&answer, contact_id).map_err(at(Step::Proxy))?);
+
+    run.begin(
+        Step::Vend,
+        &format!(
+            "A token for your own SDK: invoke access-token {{\"connection_id\": \"default\", \
+             \"min_valid_secs\": 300}}, then GET {path} at Keap with it directly"
+        ),
+    )
+    .await;
+    let vended = invoke(
+        &access_token,
+        json!({"connection_id": CONNECTION, "min_valid_secs": 300}),
+    )
+    .await
+    .map_err(at(Step::Vend))?;
+    progress.ok(&use_vended_token(&vended, &path)
+        .await
+        .map_err(at(Step::Vend))?);
 
     run.begin(Step::Status, "Connections (keapalive-admin status)")
         .await;
@@ -540,6 +559,41 @@ fn redacted_request(request: &Value) -> Value {
         *email = Value::String(keapalive::redact::email(text));
     }
     shown
+}
+
+/// Uses access-token's answer the way a caller's SDK would: `GET {api_base_url}{path}` with the
+/// bearer token. The line says the generation, how long the token lives and Keap's status;
+/// never the token. `Err` unless Keap answered 200.
+async fn use_vended_token(vended: &Value, path: &str) -> Result<String, String> {
+    let field = |name: &str| vended.get(name).and_then(Value::as_str);
+    let (Some(token), Some(base)) = (field("access_token"), field("api_base_url")) else {
+        return Err("access-token's answer lacks access_token or api_base_url".to_owned());
+    };
+    let generation = vended
+        .get("generation")
+        .and_then(Value::as_u64)
+        .unwrap_or(0);
+    let expires_in = vended
+        .get("expires_at")
+        .and_then(Value::as_i64)
+        .unwrap_or(0)
+        - now_epoch_secs();
+    let status = reqwest::Client::new()
+        .get(format!("{base}{path}"))
+        .bearer_auth(token)
+        .header(reqwest::header::ACCEPT, "application/json")
+        .send()
+        .await
+        .map_err(|e| format!("Keap did not answer the vended token's request: {e}"))?
+        .status();
+    if status != reqwest::StatusCode::OK {
+        return Err(format!("Keap answered {status} to the vended token"));
+    }
+    Ok(format!(
+        "token of generation {generation}, valid {} h {} min more; Keap answered 200 to GET {path} with it",
+        expires_in / 3600,
+        expires_in % 3600 / 60
+    ))
 }
 
 /// keap-proxy's answer to `GET /v1/contacts/{id}` as a progress line: Keap's status and the

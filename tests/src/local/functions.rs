@@ -18,12 +18,15 @@ pub const CONTACT_UPSERT: &str = "contact-upsert";
 pub const OPERATOR: &str = "operator";
 /// Any Keap REST request with a connection's credential (docs/keap-proxy.md).
 pub const KEAP_PROXY: &str = "keap-proxy";
-pub const ALL: [&str; 5] = [
+/// A short-lived token for a service with its own Keap SDK (docs/access-token.md).
+pub const ACCESS_TOKEN: &str = "access-token";
+pub const ALL: [&str; 6] = [
     OAUTH_CALLBACK,
     TOKEN_REFRESHER,
     CONTACT_UPSERT,
     OPERATOR,
     KEAP_PROXY,
+    ACCESS_TOKEN,
 ];
 
 /// The template's timeouts are 30 s or less; an invocation gets this much time.

@@ -43,11 +43,12 @@ pub enum Step {
     Refresh,
     Upsert,
     Proxy,
+    Vend,
     Status,
 }
 
 impl Step {
-    pub const ALL: [Step; 12] = [
+    pub const ALL: [Step; 13] = [
         Step::Build,
         Step::Emulator,
         Step::Sandbox,
@@ -59,6 +60,7 @@ impl Step {
         Step::Refresh,
         Step::Upsert,
         Step::Proxy,
+        Step::Vend,
         Step::Status,
     ];
 
@@ -75,6 +77,7 @@ impl Step {
             Step::Refresh => "refresh",
             Step::Upsert => "upsert",
             Step::Proxy => "proxy",
+            Step::Vend => "vend",
             Step::Status => "status",
         }
     }

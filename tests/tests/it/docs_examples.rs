@@ -21,7 +21,7 @@ use keapalive_tests::aws::{create_queue, drain_queue};
 use keapalive_tests::emulator::{Emulator, REGION};
 use keapalive_tests::fixture::Fixture;
 use keapalive_tests::local::functions::{
-    self, CONTACT_UPSERT, KEAP_PROXY, LocalFunction, OPERATOR,
+    self, ACCESS_TOKEN, CONTACT_UPSERT, KEAP_PROXY, LocalFunction, OPERATOR,
 };
 use keapalive_tests::local::invoke_api::InvokeApi;
 use keapalive_tests::local::supervisor::Supervisor;
@@ -33,6 +33,7 @@ use tokio::process::Command;
 const UPSERT_FUNCTION: &str = "keapalive-local-contact-upsert";
 const OPERATOR_FUNCTION: &str = "keapalive-local-operator";
 const PROXY_FUNCTION: &str = "keapalive-local-keap-proxy";
+const ACCESS_TOKEN_FUNCTION: &str = "keapalive-local-access-token";
 const EXAMPLE_TIMEOUT: Duration = Duration::from_secs(120);
 
 // ------------------------------------------------------------------ the world
@@ -48,7 +49,7 @@ struct World {
 /// (unless `authorized` is false), contact-upsert, operator and keap-proxy running behind a
 /// local Invoke API.
 async fn world(authorized: bool, extra_env: &[(&str, &str)]) -> World {
-    for name in [CONTACT_UPSERT, OPERATOR, KEAP_PROXY] {
+    for name in [CONTACT_UPSERT, OPERATOR, KEAP_PROXY, ACCESS_TOKEN] {
         binary_path(name);
     }
     let fixture = Fixture::new().await;
@@ -71,10 +72,14 @@ async fn world(authorized: bool, extra_env: &[(&str, &str)]) -> World {
     let proxy = functions::start(KEAP_PROXY, &env, &supervisor)
         .await
         .expect("keap-proxy starts");
+    let vending = functions::start(ACCESS_TOKEN, &env, &supervisor)
+        .await
+        .expect("access-token starts");
     let invoke_api = InvokeApi::start(vec![
         (UPSERT_FUNCTION.to_owned(), upsert.clone()),
         (OPERATOR_FUNCTION.to_owned(), operator),
         (PROXY_FUNCTION.to_owned(), proxy),
+        (ACCESS_TOKEN_FUNCTION.to_owned(), vending),
     ])
     .await
     .expect("invoke API starts");
@@ -103,6 +108,7 @@ impl World {
             ("CONTACT_UPSERT_FUNCTION", UPSERT_FUNCTION),
             ("OPERATOR_FUNCTION", OPERATOR_FUNCTION),
             ("KEAP_PROXY_FUNCTION", PROXY_FUNCTION),
+            ("ACCESS_TOKEN_FUNCTION", ACCESS_TOKEN_FUNCTION),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_owned(), v.to_owned()))
@@ -269,6 +275,14 @@ fn node_with_sdk() -> Result<(), String> {
 fn rust_example() -> PathBuf {
     static BUILT: OnceLock<PathBuf> = OnceLock::new();
     BUILT.get_or_init(|| build_example("invoke_upsert")).clone()
+}
+
+/// `target/<profile>/examples/invoke_access_token`, built on first use.
+fn rust_access_token_example() -> PathBuf {
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    BUILT
+        .get_or_init(|| build_example("invoke_access_token"))
+        .clone()
 }
 
 /// `target/<profile>/examples/invoke_proxy`, built on first use.
@@ -824,6 +838,166 @@ async fn proxy_round_trip(email: &str, call: impl AsyncFn(&World, &str) -> Outpu
     assert_exit(&revoked, 3);
     assert!(text(&revoked.stderr).contains("NotAuthorized"));
     assert_eq!(echoed_posts(&world), 1);
+    world.stop().await;
+}
+
+/// One access-token example (`call` runs it with Keap paths and extra environment) against the
+/// real access-token binary: Keap no longer accepts the stored token (it expired at Keap, not
+/// in the table), so the example's first request meets a 401; it reports the generation, gets
+/// the rotated token, sends the request once more, and serves the second path from its cache.
+/// A connection that does not exist is `NotAuthorized` (exit 3).
+async fn vending_round_trip(call: impl AsyncFn(&World, &[&str], &[(&str, &str)]) -> Output) {
+    let world = world(true, &[]).await;
+    world.fixture.sandbox.expire_access_tokens();
+    world.fixture.sandbox.clear_requests();
+    let output = call(
+        &world,
+        &["/v1/contacts?limit=1", "/v1/account/profile"],
+        &[],
+    )
+    .await;
+    assert_exit(&output, 0);
+    let stdout = text(&output.stdout);
+    for line in [
+        "GET /v1/contacts: status 200",
+        "GET /v1/account/profile: status 200",
+    ] {
+        assert!(stdout.contains(line), "no {line:?} in:\n{stdout}");
+    }
+    let requests = world.fixture.sandbox.requests();
+    let refreshes = requests
+        .iter()
+        .filter(|r| r.grant_type.as_deref() == Some("refresh_token"))
+        .count();
+    assert_eq!(refreshes, 1, "the reported 401 rotated the grant once");
+    let to = |path: &str, status: u16| {
+        requests
+            .iter()
+            .filter(|r| r.path == path && r.status == status)
+            .count()
+    };
+    assert_eq!(
+        to("/crm/rest/v1/contacts", 401),
+        1,
+        "the stale token's request"
+    );
+    assert_eq!(
+        to("/crm/rest/v1/contacts", 200),
+        1,
+        "sent once more, with the new token"
+    );
+    assert_eq!(
+        to("/crm/rest/v1/account/profile", 401),
+        1,
+        "keapalive probed the reported token before rotating"
+    );
+    assert_eq!(to("/crm/rest/v1/account/profile", 200), 1);
+
+    let absent = call(
+        &world,
+        &["/v1/contacts"],
+        &[("KEAP_CONNECTION_ID", "absent")],
+    )
+    .await;
+    assert_exit(&absent, 3);
+    assert!(text(&absent.stderr).contains("NotAuthorized"));
+    for output in [&output, &absent] {
+        let printed = format!("{}{}", text(&output.stdout), text(&output.stderr));
+        assert!(
+            !printed.contains("access_token\""),
+            "an example printed the token:\n{printed}"
+        );
+    }
+    world.stop().await;
+}
+
+fn with_extra(mut env: Vec<(String, String)>, extra: &[(&str, &str)]) -> Vec<(String, String)> {
+    env.extend(
+        extra
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned())),
+    );
+    env
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_access_token_example_caches_and_reports_a_401() {
+    let venv = match python_venv() {
+        Ok(venv) => venv,
+        Err(reason) => return skip(&format!("python access-token example: {reason}")),
+    };
+    let python = venv.join("bin/python");
+    vending_round_trip(async |world, paths, extra| {
+        let env = with_extra(with_venv_path(world.caller_env(), &venv), extra);
+        let mut args = vec!["invoke_access_token.py"];
+        args.extend(paths);
+        run_example(&python, &args, &env).await
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_access_token_example_caches_and_reports_a_401() {
+    if let Err(reason) = node_with_sdk() {
+        return skip(&format!("node access-token example: {reason}"));
+    }
+    let node = PathBuf::from("node");
+    vending_round_trip(async |world, paths, extra| {
+        let mut args = vec!["invoke_access_token.mjs"];
+        args.extend(paths);
+        run_example(&node, &args, &with_extra(world.caller_env(), extra)).await
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rust_access_token_example_caches_and_reports_a_401() {
+    let example = rust_access_token_example();
+    vending_round_trip(async |world, paths, extra| {
+        run_example(&example, paths, &with_extra(world.caller_env(), extra)).await
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cli_access_token_example_reports_a_401() {
+    let venv = match python_venv() {
+        Ok(venv) => venv,
+        Err(reason) => return skip(&format!("CLI access-token example: {reason}")),
+    };
+    let bash = PathBuf::from("bash");
+    // One path per run: a shell script keeps no token between runs (see its header).
+    let world = world(true, &[]).await;
+    world.fixture.sandbox.expire_access_tokens();
+    world.fixture.sandbox.clear_requests();
+    let env = with_venv_path(world.caller_env(), &venv);
+    let output = run_example(
+        &bash,
+        &["invoke_access_token.sh", "/v1/contacts?limit=1"],
+        &env,
+    )
+    .await;
+    assert_exit(&output, 0);
+    assert!(
+        text(&output.stdout).contains("GET /v1/contacts: status 200"),
+        "{}",
+        text(&output.stdout)
+    );
+    let refreshes = world
+        .fixture
+        .sandbox
+        .requests()
+        .iter()
+        .filter(|r| r.grant_type.as_deref() == Some("refresh_token"))
+        .count();
+    assert_eq!(refreshes, 1, "the reported 401 rotated the grant once");
+    let absent = run_example(
+        &bash,
+        &["invoke_access_token.sh", "/v1/contacts"],
+        &with_extra(env, &[("KEAP_CONNECTION_ID", "absent")]),
+    )
+    .await;
+    assert_exit(&absent, 3);
     world.stop().await;
 }
 

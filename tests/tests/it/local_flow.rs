@@ -32,6 +32,7 @@ fn function_binaries_built() {
         "contact-upsert",
         "operator",
         "keap-proxy",
+        "access-token",
     ] {
         binary_path(name);
     }
@@ -184,6 +185,7 @@ fn assert_every_process_announced(children: &[(i32, String)]) {
         "contact-upsert",
         "operator",
         "keap-proxy",
+        "access-token",
     ] {
         assert!(
             names.contains(&expected),
@@ -227,6 +229,13 @@ async fn the_whole_flow_holds_and_leaves_nothing_running() {
         stdout.contains(
             "Keap answered 200 (body_encoding json): contact 1 found, \"Ada Lovelace\", a***@example.com, 1 tag(s)"
         ),
+        "{stdout}"
+    );
+    // The vend step used access-token's token against the sandbox directly.
+    assert!(
+        stdout.contains("A token for your own SDK: invoke access-token")
+            && stdout.contains("token of generation 2, valid 23 h")
+            && stdout.contains("Keap answered 200 to GET /v1/contacts/1 with it"),
         "{stdout}"
     );
     // The admin tool's table, with the refreshed connection.
