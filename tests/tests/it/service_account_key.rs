@@ -97,7 +97,14 @@ async fn revoked_key_marks_the_connection_and_raises_the_metric() {
     assert_eq!(connection.status, ConnectionStatus::NeedsReauthorization);
     assert_eq!(connection.last_error.as_deref(), Some(REASON_KEY_REJECTED));
     assert_eq!(container.metric_total(METRIC_NEEDS_REAUTHORIZATION), 1.0);
-    let doc = container.metrics.lock().unwrap()[0].clone();
+    let doc = container
+        .metrics
+        .lock()
+        .unwrap()
+        .iter()
+        .find(|doc| doc.get("NeedsReauthorization").is_some())
+        .cloned()
+        .expect("a NeedsReauthorization document");
     assert_eq!(doc["Stage"], "test");
     assert_eq!(
         doc["_aws"]["CloudWatchMetrics"][0]["Metrics"][0]["Name"],
