@@ -9,8 +9,9 @@ Writes {function name: environment}, then runs the mutants (each broken copy mus
 
 Walk mode (tests/tests/it/rehearsal_walk.rs): the same stack created in a running moto server
 (the test emulator), whose CloudFormation creates it in the same backends the functions then
-call (moto's server mode serves every service, CloudFormation included, from one process:
-docs.getmoto.org, "Non-Python SDK's / Server Mode"):
+call (moto's server mode serves every service, CloudFormation included, from one process and
+one state: moto's docs/docs/server_mode.rst; moto/moto_server/werkzeug_app.py dispatches each
+request to its service's backend):
   python infra/checks/rehearse_stack.py --endpoint URL --stage STAGE --callback-endpoint URL \
       STACK.json OUT.json
 Writes {"stage", "functions": {name: {"function_name", "env"}}, "resources": {logical id:
