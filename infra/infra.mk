@@ -64,13 +64,21 @@ infra-test: infra-venv
 # Deploy rehearsal (docs/deploy.md, "Deploy rehearsal"): the SAM transform of the template with
 # the overlay for what moto cannot create, the stack created in moto's CloudFormation (the
 # emulator venv's moto), and each function's environment as the created stack gives it checked
-# against Config's names and the Rust code's indexes; broken copies must fail it.
+# against Config's names and the Rust code's indexes; broken copies must fail it. The walk
+# through the binaries (tests/tests/it/rehearsal_walk.rs, in cargo-test, after this) creates the
+# same stack in the test emulator and checks every recorded request against the roles
+# (infra/checks/rehearse_iam.py).
 REHEARSE_DIR := target/rehearse
 .PHONY: rehearse
 rehearse: sam-venv venv
 	@mkdir -p $(REHEARSE_DIR)
 	$(SAM_OFFLINE_ENV) $(SAM_VENV)/bin/python infra/checks/rehearse_transform.py $(INFRA_TEMPLATE) $(REHEARSE_DIR)/stack.json
 	$(SAM_OFFLINE_ENV) $(VENV_PYTHON) -W ignore infra/checks/rehearse_stack.py $(REHEARSE_DIR)/stack.json $(REHEARSE_DIR)/env.json
+	@# The walk (cargo test's rehearsal_walk, which needs stack.json) records requests.json and
+	@# evaluates it against the roles; here the last walk's log meets the current template.
+	@if [ -f $(REHEARSE_DIR)/requests.json ]; then \
+	  $(VENV_PYTHON) infra/checks/rehearse_iam.py $(INFRA_TEMPLATE) $(REHEARSE_DIR)/requests.json; \
+	else echo "no $(REHEARSE_DIR)/requests.json yet: the walk (cargo test rehearsal_walk) writes it and checks the roles"; fi
 
 # Not part of `make test`: release builds of the three functions (3-6 min cold on 2 cores).
 package: $(SAM_VENV)/.stamp-build

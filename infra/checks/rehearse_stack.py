@@ -5,7 +5,17 @@ and its table, index, secret and queue names resolve to resources the stack (or 
 created, with the indexes the Rust code queries.
 
 Usage: python infra/checks/rehearse_stack.py STACK.json OUT-ENV.json
-Writes {function name: environment} for the walk through the binaries.
+Writes {function name: environment}, then runs the mutants (each broken copy must fail).
+
+Walk mode (tests/tests/it/rehearsal_walk.rs): the same stack created in a running moto server
+(the test emulator), whose CloudFormation creates it in the same backends the functions then
+call (moto's server mode serves every service, CloudFormation included, from one process and
+one state: moto's docs/docs/server_mode.rst; moto/moto_server/werkzeug_app.py dispatches each
+request to its service's backend):
+  python infra/checks/rehearse_stack.py --endpoint URL --stage STAGE --callback-endpoint URL \
+      STACK.json OUT.json
+Writes {"stage", "functions": {name: {"function_name", "env"}}, "resources": {logical id:
+{"ref", "arn"}}} for the walk and for infra/checks/rehearse_iam.py.
 """
 
 from __future__ import annotations
@@ -24,7 +34,6 @@ import boto3  # noqa: E402
 from moto import mock_aws  # noqa: E402
 
 REGION = "us-east-1"
-STACK = "keapalive-rehearsal"
 STAGE = "rehearsal"
 ENDPOINT = "http://127.0.0.1:8787"  # the local HTTP front standing in for the callback API
 CODE_BUCKET = "keapalive-rehearsal-code"
@@ -38,8 +47,27 @@ def rust_indexes(sources: dict[str, str]) -> dict[str, str]:
     return found
 
 
-def create(template: dict) -> dict[str, dict[str, str]]:
-    session = boto3.session.Session(region_name=REGION)
+class Session:
+    """boto3 clients: in-process moto (mock_aws), or a moto server at `endpoint`."""
+
+    def __init__(self, endpoint: str | None = None) -> None:
+        self.endpoint = endpoint
+        self.session = boto3.session.Session(
+            region_name=REGION,
+            aws_access_key_id="keapalive-test" if endpoint else None,
+            aws_secret_access_key="keapalive-test" if endpoint else None,
+        )
+
+    def client(self, service: str):
+        return self.session.client(service, endpoint_url=self.endpoint)
+
+
+def create(
+    template: dict, session: Session | None = None, stage: str = STAGE, endpoint: str = ENDPOINT
+) -> tuple[dict[str, dict[str, str]], dict]:
+    """Creates the stack; returns ({function: environment}, what the walk needs)."""
+    session = session or Session()
+    stack_name = f"keapalive-{stage}"
     s3, secrets = session.client("s3"), session.client("secretsmanager")
     cfn, lam = session.client("cloudformation"), session.client("lambda")
     ddb, sqs = session.client("dynamodb"), session.client("sqs")
@@ -52,22 +80,22 @@ def create(template: dict) -> dict[str, dict[str, str]]:
             s3.put_object(Bucket=CODE_BUCKET, Key=r["Properties"]["Code"]["S3Key"], Body=zipped.getvalue())
     # The overlay: the secret the stack would create, pre-created and passed by ARN.
     secret_arn = secrets.create_secret(
-        Name=f"keapalive-{STAGE}-client", SecretString='{"client_id":"","client_secret":""}'
+        Name=f"keapalive-{stage}-client", SecretString='{"client_id":"","client_secret":""}'
     )["ARN"]
     cfn.create_stack(
-        StackName=STACK,
+        StackName=stack_name,
         TemplateBody=json.dumps(template),
         Capabilities=["CAPABILITY_IAM"],
         Parameters=[
-            {"ParameterKey": "Stage", "ParameterValue": STAGE},
+            {"ParameterKey": "Stage", "ParameterValue": stage},
             {"ParameterKey": "Architecture", "ParameterValue": "x86_64"},
             {"ParameterKey": "RehearsalClientSecretArn", "ParameterValue": secret_arn},
-            {"ParameterKey": "RehearsalCallbackEndpoint", "ParameterValue": ENDPOINT},
+            {"ParameterKey": "RehearsalCallbackEndpoint", "ParameterValue": endpoint},
         ],
     )
-    stack = cfn.describe_stacks(StackName=STACK)["Stacks"][0]
+    stack = cfn.describe_stacks(StackName=stack_name)["Stacks"][0]
     assert stack["StackStatus"] == "CREATE_COMPLETE", f"stack {stack['StackStatus']}: {stack.get('StackStatusReason')}"
-    created = cfn.list_stack_resources(StackName=STACK)["StackResourceSummaries"]
+    created = cfn.list_stack_resources(StackName=stack_name)["StackResourceSummaries"]
     print(f"created {len(created)} resources in moto's CloudFormation")
 
     sources = rust_names.rust_sources()
@@ -75,11 +103,13 @@ def create(template: dict) -> dict[str, dict[str, str]]:
     indexes = rust_indexes(sources)
     tables = {r["PhysicalResourceId"] for r in created if r["ResourceType"] == "AWS::DynamoDB::Table"}
     envs: dict[str, dict[str, str]] = {}
+    function_names: dict[str, str] = {}
     for r in created:
         if r["ResourceType"] != "AWS::Lambda::Function":
             continue
         config = lam.get_function_configuration(FunctionName=r["PhysicalResourceId"])
-        name = config["FunctionName"].removeprefix(f"keapalive-{STAGE}-")
+        name = config["FunctionName"].removeprefix(f"keapalive-{stage}-")
+        function_names[name] = config["FunctionName"]
         env = config.get("Environment", {}).get("Variables", {})
         unknown = set(env) - known
         assert not unknown, f"{name}: the stack sets {sorted(unknown)}, which Config does not know"
@@ -93,15 +123,40 @@ def create(template: dict) -> dict[str, dict[str, str]]:
         assert not lacking, f"{name}: table {table['TableName']} lacks the index(es) {sorted(lacking)} the Rust code queries"
         if "KEAPALIVE_DEAD_LETTER_QUEUE_URL" in env:
             url = env["KEAPALIVE_DEAD_LETTER_QUEUE_URL"]
-            assert url in sqs.list_queues().get("QueueUrls", []), f"{name}: no queue {url}"
+            # By name: a moto server answers URLs with its own host, the stack's Ref with SQS's.
+            queues = {u.rsplit("/", 1)[-1] for u in sqs.list_queues().get("QueueUrls", [])}
+            assert url.rsplit("/", 1)[-1] in queues, f"{name}: no queue {url}"
         if "KEAPALIVE_REDIRECT_URI" in env:
-            assert env["KEAPALIVE_REDIRECT_URI"] == f"{ENDPOINT}/oauth/callback", env["KEAPALIVE_REDIRECT_URI"]
+            assert env["KEAPALIVE_REDIRECT_URI"] == f"{endpoint}/oauth/callback", env["KEAPALIVE_REDIRECT_URI"]
         envs[name] = env
         print(f"ok   {name}: {len(env)} variables, all known to Config, table {table['TableName']} with {sorted(have)}")
     assert set(envs) == {
         "oauth-callback", "operator", "token-refresher", "contact-upsert", "keap-proxy", "access-token",
     }, sorted(envs)
-    return envs
+    return envs, {
+        "stage": stage,
+        "functions": {n: {"function_name": function_names[n], "env": e} for n, e in envs.items()},
+        "resources": resolved_resources(session, created, secret_arn),
+    }
+
+
+def resolved_resources(session: Session, created: list[dict], secret_arn: str) -> dict:
+    """Ref and Arn of the resources the roles name, as the created stack (or overlay) has them."""
+    ddb, sqs, logs = session.client("dynamodb"), session.client("sqs"), session.client("logs")
+    out = {"OAuthClientSecret": {"ref": secret_arn, "arn": secret_arn}}
+    for r in created:
+        physical, kind = r["PhysicalResourceId"], r["ResourceType"]
+        if kind == "AWS::DynamoDB::Table":
+            arn = ddb.describe_table(TableName=physical)["Table"]["TableArn"]
+        elif kind == "AWS::SQS::Queue":
+            arn = sqs.get_queue_attributes(QueueUrl=physical, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+        elif kind == "AWS::Logs::LogGroup":
+            groups = logs.describe_log_groups(logGroupNamePrefix=physical)["logGroups"]
+            arn = next(g["arn"] for g in groups if g["logGroupName"] == physical)
+        else:
+            continue
+        out[r["LogicalResourceId"]] = {"ref": physical, "arn": arn}
+    return out
 
 
 def _function(t: dict, logical_id: str) -> dict:
@@ -129,12 +184,30 @@ MUTANTS = [_misnamed_variable, _missing_index, _missing_required_variable]
 def rehearse(template: dict) -> tuple[dict | None, str | None]:
     with mock_aws():
         try:
-            return create(template), None
+            return create(template)[0], None
         except AssertionError as err:
             return None, str(err)
 
 
+def walk_mode(argv: list[str]) -> int:
+    """Creates the stack in the moto server the walk's functions call (no mutants here)."""
+    options = dict(zip(argv[0::2], argv[1::2]))
+    template = json.loads(Path(argv[-2]).read_text())
+    session = Session(options["--endpoint"])
+    # The walk plays Lambda's SQS poller itself, signing as contact-upsert (the function's role
+    # is what the poller uses): moto's own poller would run the function in Docker.
+    _, walk = create(template, session, options["--stage"], options["--callback-endpoint"])
+    lam = session.client("lambda")
+    for mapping in lam.list_event_source_mappings()["EventSourceMappings"]:
+        if mapping["FunctionArn"].endswith(f":keapalive-{options['--stage']}-contact-upsert"):
+            lam.update_event_source_mapping(UUID=mapping["UUID"], Enabled=False)
+    Path(argv[-1]).write_text(json.dumps(walk, indent=1, sort_keys=True))
+    return 0
+
+
 def main(argv: list[str]) -> int:
+    if "--endpoint" in argv:
+        return walk_mode(argv[1:])
     template = json.loads(Path(argv[1]).read_text())
     envs, error = rehearse(template)
     if error:

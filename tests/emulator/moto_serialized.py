@@ -27,10 +27,11 @@ Control endpoints on the same port (never forwarded to moto):
   GET    /_keapalive/requests/log   [{"caller", "service", "action", "table", "index", "key_prefixes",
                                       "projection", "select", "return_values",
                                       "return_values_on_condition_check_failure", "bus",
-                                      "secret", "queue"}, ...] every request in order, with
+                                      "secret", "queue", "items"?}, ...] every request in order, with
                                    what an IAM policy's resources and condition keys see
                                    (infra/checks evaluates it against a function's role);
-                                   caller = the access key id that signed it
+                                   caller = the access key id that signed it; items = a
+                                   TransactWriteItems' items, each as its own action
 """
 
 import argparse
@@ -158,7 +159,9 @@ def leading_key_prefix(item_key):
     """`conn#` of {"pk": {"S": "conn#default"}}: what dynamodb:LeadingKeys patterns match."""
     if not isinstance(item_key, dict):
         return None
-    for value in item_key.values():
+    # The partition key is `pk` in keapalive's table; an Item has other string attributes too.
+    values = [item_key["pk"]] if "pk" in item_key else item_key.values()
+    for value in values:
         if isinstance(value, dict) and isinstance(value.get("S"), str):
             text = value["S"]
             return text.split("#", 1)[0] + "#" if "#" in text else text
@@ -216,7 +219,34 @@ def request_record(environ, target, body):
         "secret": payload.get("SecretId"),
         "queue": payload.get("QueueUrl"),
     })
+    if action == "TransactWriteItems":
+        # IAM has no action of that name: it authorizes each item as its own action
+        # (PutItem, UpdateItem, DeleteItem, ConditionCheckItem) on its own key.
+        record["items"] = [transact_item(item) for item in payload.get("TransactItems") or []]
     return record
+
+
+TRANSACT_ACTIONS = {
+    "Put": "PutItem", "Update": "UpdateItem", "Delete": "DeleteItem",
+    "ConditionCheck": "ConditionCheckItem",
+}
+
+
+def transact_item(item):
+    """One item of a transaction as IAM sees it: its action, table and leading key."""
+    if not isinstance(item, dict) or len(item) != 1:
+        return {"action": None}
+    kind, operation = next(iter(item.items()))
+    operation = operation if isinstance(operation, dict) else {}
+    key = operation.get("Key") if kind != "Put" else operation.get("Item")
+    prefix = leading_key_prefix(key)
+    return {
+        "action": TRANSACT_ACTIONS.get(kind, kind),
+        "table": operation.get("TableName"),
+        "key_prefixes": [prefix] if prefix else [],
+        "return_values_on_condition_check_failure":
+            operation.get("ReturnValuesOnConditionCheckFailure"),
+    }
 
 
 def json_response(start_response, status, payload, content_type="application/json"):

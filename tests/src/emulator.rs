@@ -307,6 +307,17 @@ impl Emulator {
             .expect("request counts are JSON")
     }
 
+    /// Every request since the emulator started (or [`Emulator::reset_request_counts`]), in
+    /// order, as IAM would see it: the caller (the access key id that signed it), action,
+    /// resources and condition-key values (`tests/emulator/moto_serialized.py`).
+    pub async fn request_log(&self) -> Vec<serde_json::Value> {
+        self.control(self.http.get(self.control_url("requests/log")))
+            .await
+            .json()
+            .await
+            .expect("the request log is JSON")
+    }
+
     pub async fn reset_request_counts(&self) {
         self.control(self.http.delete(self.control_url("requests")))
             .await;
@@ -381,6 +392,11 @@ fn control_client() -> reqwest::Client {
         .pool_max_idle_per_host(0)
         .build()
         .expect("reqwest client")
+}
+
+/// The Python that runs moto (and the infra checks the tests call, which need its boto3).
+pub fn python() -> PathBuf {
+    python_path(&workspace::root())
 }
 
 fn python_path(root: &Path) -> PathBuf {

@@ -28,5 +28,6 @@ mod refresh_presentation;
 mod refresh_protocol;
 mod refresh_race;
 mod refresh_scale;
+mod rehearsal_walk;
 mod service_account_key;
 mod soak;
