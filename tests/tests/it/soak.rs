@@ -271,7 +271,8 @@ fn predicted_reason(presentations: &[&RecordedRequest]) -> Option<&'static str> 
         // The same token presented again after a lost answer, or after a 200 whose commit never
         // landed (a commit outage beyond the budget: the answer is lost to the protocol, its
         // presentation id stays on the item), then rejected: two ids left, `lost_response`.
-        400 => match latest.next() {
+        // 429 and 503 consumed nothing (their presentation ids were taken back): skipped.
+        400 => match latest.find(|r| !matches!(r.status, 429 | 503)) {
             Some(previous)
                 if matches!(previous.status, 0 | 200) && last.presentation != Some(1) =>
             {
@@ -279,6 +280,19 @@ fn predicted_reason(presentations: &[&RecordedRequest]) -> Option<&'static str> 
             }
             _ => Some(REFRESH_TOKEN_REJECTED),
         },
+        // A 200 ended the token's presentations yet the connection died: the outage swallowed
+        // its commit, so the item holds that presentation's id beside the earlier lost one.
+        200 => {
+            let token_start = presentations
+                .iter()
+                .rposition(|r| r.presentation == Some(1))
+                .unwrap_or(0);
+            let lost = presentations[token_start..]
+                .iter()
+                .filter(|r| matches!(r.status, 0 | 200))
+                .count();
+            (lost >= 2).then_some(LOST_RESPONSE)
+        }
         _ => None,
     }
 }
@@ -1123,6 +1137,17 @@ fn predicted_reasons_follow_the_design() {
         ),
         (vec![request(0, 1), request(400, 2)], Some(LOST_RESPONSE)),
         (vec![request(200, 1), request(400, 2)], Some(LOST_RESPONSE)),
+        (vec![request(0, 1), request(200, 2)], Some(LOST_RESPONSE)),
+        (
+            vec![
+                request(503, 1),
+                request(0, 2),
+                request(429, 3),
+                request(503, 4),
+                request(400, 5),
+            ],
+            Some(LOST_RESPONSE),
+        ),
         (
             vec![request(200, 1), request(400, 1)],
             Some(REFRESH_TOKEN_REJECTED),
@@ -1146,7 +1171,7 @@ fn predicted_reasons_follow_the_design() {
         (&twice_after_200[..], 1, 0),
         (&lost_then_retried[..], 0, 0),
         (&three_after_losses[..], 1, 1),
-        (&three_after_a_swallowed_commit[..], 1, 1),
+        (&three_after_a_swallowed_commit[..], 2, 1),
     ] {
         let map = BTreeMap::from([("a".to_owned(), list.iter().collect())]);
         assert_eq!(
