@@ -33,14 +33,15 @@ impl RateLimiter {
     }
 
     /// Waits for this caller's slot.
+    ///
+    /// The lock is held through the wait and the next slot counted from when this caller really
+    /// woke: slots reserved ahead of time would all fall due together after a stall (a throttled
+    /// Lambda vCPU, a busy runtime) and their requests leave as one burst. Waiters queue fairly
+    /// on tokio's FIFO mutex, so the order is still first come, first served.
     pub async fn acquire(&self) {
-        let slot = {
-            let mut next = self.next_slot.lock().await;
-            let slot = (*next).max(Instant::now());
-            *next = slot + self.interval;
-            slot
-        };
-        wait_until(slot).await;
+        let mut next = self.next_slot.lock().await;
+        wait_until(*next).await;
+        *next = Instant::now() + self.interval;
     }
 }
 
@@ -86,25 +87,23 @@ impl KeyRateLimiter {
         }
     }
 
-    /// Waits for this caller's slot.
+    /// Waits for this caller's slot; held and counted from the real wake time, as in
+    /// [`RateLimiter::acquire`].
     pub async fn acquire(&self) {
-        let slot = {
-            let mut state = self.state.lock().await;
-            let mut slot = state.next_slot.max(Instant::now());
-            if state.recent.len() >= self.per_window
-                && let Some(oldest_in_window) =
-                    state.recent.get(state.recent.len() - self.per_window)
-            {
-                slot = slot.max(*oldest_in_window + self.window);
-            }
-            state.recent.push_back(slot);
-            while state.recent.len() > self.per_window {
-                state.recent.pop_front();
-            }
-            state.next_slot = slot + self.interval;
-            slot
-        };
+        let mut state = self.state.lock().await;
+        let mut slot = state.next_slot;
+        if state.recent.len() >= self.per_window
+            && let Some(oldest_in_window) = state.recent.get(state.recent.len() - self.per_window)
+        {
+            slot = slot.max(*oldest_in_window + self.window);
+        }
         wait_until(slot).await;
+        let started = Instant::now();
+        state.recent.push_back(started);
+        while state.recent.len() > self.per_window {
+            state.recent.pop_front();
+        }
+        state.next_slot = started + self.interval;
     }
 }
 
@@ -161,6 +160,74 @@ mod tests {
         }
         // And it is not needlessly slow: 100 requests at 20/s take 99 × 52.5 ms ≈ 5.2 s.
         assert!(times[99] - start <= Duration::from_millis(5_250));
+    }
+
+    /// Most acquisitions that fall within any one second.
+    fn busiest_second(times: &[Instant]) -> usize {
+        (0..times.len())
+            .map(|i| {
+                times[i..]
+                    .iter()
+                    .take_while(|u| **u < times[i] + Duration::from_secs(1))
+                    .count()
+            })
+            .max()
+            .unwrap_or(0)
+    }
+
+    /// Queues `count` waiters on `acquire`, lets the first few through, then stalls the runtime
+    /// for `stall` (the clock jumps while no task runs, as on a throttled vCPU) and returns when
+    /// each got through, sorted.
+    async fn acquisition_times_across_a_stall<F, Fut>(
+        count: usize,
+        stall: Duration,
+        acquire: F,
+    ) -> Vec<Instant>
+    where
+        F: Fn() -> Fut,
+        Fut: std::future::Future<Output = ()> + Send + 'static,
+    {
+        let handles: Vec<_> = (0..count)
+            .map(|_| {
+                let acquired = acquire();
+                tokio::spawn(async move {
+                    acquired.await;
+                    Instant::now()
+                })
+            })
+            .collect();
+        tokio::time::sleep(Duration::from_millis(120)).await;
+        tokio::time::advance(stall).await;
+        let mut times = Vec::new();
+        for handle in handles {
+            times.push(handle.await.unwrap());
+        }
+        times.sort();
+        times
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stalled_runtime_does_not_release_its_waiters_as_one_burst() {
+        let limiter = std::sync::Arc::new(RateLimiter::per_second(20));
+        let times = acquisition_times_across_a_stall(60, Duration::from_millis(600), move || {
+            let limiter = limiter.clone();
+            async move { limiter.acquire().await }
+        })
+        .await;
+        let busiest = busiest_second(&times);
+        assert!(busiest <= 20, "{busiest} requests in one second");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stalled_runtime_does_not_release_key_waiters_as_one_burst() {
+        let limiter = std::sync::Arc::new(KeyRateLimiter::service_account_key(10));
+        let times = acquisition_times_across_a_stall(40, Duration::from_millis(900), move || {
+            let limiter = limiter.clone();
+            async move { limiter.acquire().await }
+        })
+        .await;
+        let busiest = busiest_second(&times);
+        assert!(busiest <= 10, "{busiest} requests in one second");
     }
 
     #[tokio::test(start_paused = true)]
