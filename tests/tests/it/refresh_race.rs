@@ -7,6 +7,8 @@ use std::time::Duration;
 use aws_sdk_dynamodb::types::AttributeValue;
 use keapalive::clock::now_epoch_secs;
 use keapalive::deadline::Deadline;
+use keapalive::refresh::RunError;
+use keapalive::token_store::StoreError;
 use keapalive_tests::emulator::{DynamoDbFault, Emulator};
 use keapalive_tests::fixture::{Fixture, connection_id};
 use keapalive_tests::logs::{assert_logs_never_contain, capture_logs};
@@ -98,6 +100,7 @@ async fn race_in_process(lost_answer_probability: Option<f64>) {
         .collect();
     let id = connection_id("default");
 
+    let mut total_refreshed = 0;
     for round in 1..=ROUNDS {
         make_due(&fx, "default").await;
         let barrier = Arc::new(Barrier::new(REFRESHERS));
@@ -110,28 +113,43 @@ async fn race_in_process(lost_answer_probability: Option<f64>) {
                     refresher
                         .run_one(&id, Deadline::after(Duration::from_secs(60)), false)
                         .await
-                        .unwrap()
-                        .summary
                 })
             })
             .collect();
         let mut refreshed = 0;
+        let mut store_unavailable = 0;
         for task in tasks {
-            let summary = task.await.unwrap();
+            let summary = match task.await.unwrap() {
+                Ok(run) => run.summary,
+                // Every attempt of one write lost its answer (p = 10⁻⁵ with five attempts, some
+                // 3,500 writes a run): that refresher presents nothing and says so.
+                Err(RunError::Store(StoreError::Unavailable { .. }))
+                    if lost_answer_probability.is_some() =>
+                {
+                    store_unavailable += 1;
+                    continue;
+                }
+                Err(e) => panic!("round {round}: {e}"),
+            };
             assert_eq!(summary.failed_transient, 0, "round {round}: {summary:?}");
             assert_eq!(summary.newly_needs_reauthorization, 0, "round {round}");
             assert_eq!(summary.orphaned, 0, "round {round}: {summary:?}");
             assert_eq!(summary.unknown, 0, "round {round}: {summary:?}");
             refreshed += summary.refreshed;
         }
-        assert_eq!(
-            refreshed, 1,
-            "round {round}: exactly one refresher refreshed"
-        );
+        if store_unavailable == 0 {
+            assert_eq!(
+                refreshed, 1,
+                "round {round}: exactly one refresher refreshed"
+            );
+        } else {
+            assert!(refreshed <= 1, "round {round}: {refreshed} refreshed");
+        }
+        total_refreshed += refreshed;
         assert_eq!(
             refresh_presentations(&fx),
-            (round as usize, 0),
-            "round {round}: one Keap refresh per round, no invalid_grant"
+            (total_refreshed, 0),
+            "round {round}: one Keap refresh per refresh, no invalid_grant"
         );
         let connection = fx.store().get(&id).await.unwrap().unwrap();
         assert!(
@@ -143,7 +161,11 @@ async fn race_in_process(lost_answer_probability: Option<f64>) {
             "round {round}: no orphan_pair"
         );
     }
-    assert_final_state(&fx, "default", ROUNDS + 1).await;
+    assert!(
+        total_refreshed as u64 >= ROUNDS - 2,
+        "{total_refreshed} of {ROUNDS} rounds refreshed"
+    );
+    assert_final_state(&fx, "default", total_refreshed as u64 + 1).await;
     if let Some(fault) = fault {
         fault.assert_fired(1).await;
     }
