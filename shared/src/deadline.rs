@@ -41,6 +41,14 @@ impl Deadline {
     pub fn instant(&self) -> Instant {
         self.0
     }
+
+    /// Runs `work` until `margin` before the deadline at the latest: `None` when it was still
+    /// running then. For a call whose own timeouts (the SDK's operation timeout, 10 s) can
+    /// outlast the invocation: Lambda would end it mid-call, with nothing reported.
+    pub async fn cut<F: Future>(&self, margin: Duration, work: F) -> Option<F::Output> {
+        let until = self.0.checked_sub(margin).unwrap_or(self.0);
+        tokio::time::timeout_at(until, work).await.ok()
+    }
 }
 
 /// Built once per container; `deadline` is called per invocation.

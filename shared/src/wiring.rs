@@ -25,7 +25,7 @@ use crate::config::{Config, Requirements};
 use crate::contact::{LazySqs, UpsertService, UpsertSettings};
 use crate::keap::http::build_client;
 use crate::keap::rate_limit::RateLimiter;
-use crate::keap::{OAuthClient, RestClient};
+use crate::keap::{KeapUsage, OAuthClient, RestClient};
 use crate::proxy::{ProxyService, ProxySettings};
 use crate::refresh::{
     COMMIT_BUDGET, OnDemandRefresher, Refresher, RefresherFunction, RefresherSettings,
@@ -237,10 +237,13 @@ impl Clients {
         roots: &TlsRoots,
     ) -> Result<Self, InitError> {
         let http = build_client(config.keap_timeout, roots.reqwest_tls()?)?;
-        let oauth = OAuthClient::new(http.clone(), &config.keap);
+        // One count of Keap requests per container: token and REST requests alike.
+        let usage = Arc::new(KeapUsage::default());
+        let oauth = OAuthClient::new(http.clone(), &config.keap).with_usage(usage.clone());
         let keap_limiter = Arc::new(RateLimiter::per_second(config.keap_rate_per_sec));
         let rest = RestClient::new(http.clone(), &config.keap, keap_limiter.clone())
-            .with_key_rate_per_sec(config.key_rate_per_sec);
+            .with_key_rate_per_sec(config.key_rate_per_sec)
+            .with_usage(usage);
         Ok(Self {
             store: DynamoDbTokenStore::new(
                 aws_sdk_dynamodb::Client::from_conf(

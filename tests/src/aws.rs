@@ -156,6 +156,20 @@ pub async fn create_queue(sdk: &SdkConfig) -> String {
         .expect("create_queue returns the queue URL")
 }
 
+/// A fresh FIFO queue (no content-based deduplication, as the stack makes them); its URL.
+pub async fn create_fifo_queue(sdk: &SdkConfig) -> String {
+    let name = format!("{}.fifo", unique_name("keapalive-fifo"));
+    aws_sdk_sqs::Client::new(sdk)
+        .create_queue()
+        .queue_name(&name)
+        .attributes(aws_sdk_sqs::types::QueueAttributeName::FifoQueue, "true")
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("create queue {name}: {e:?}"))
+        .queue_url
+        .expect("create_queue returns the queue URL")
+}
+
 /// Every message currently in the queue, with all message attributes, removed from it.
 pub async fn drain_queue(sdk: &SdkConfig, queue_url: &str) -> Vec<Message> {
     let client = aws_sdk_sqs::Client::new(sdk);

@@ -42,6 +42,7 @@ use crate::error_type::ErrorType;
 use crate::keap::rate_limit::RateLimiter;
 use crate::keap::{OAuthClient, RestClient};
 use crate::secrets::SecretsSource;
+use crate::telemetry::MetricSink;
 use crate::token_store::DynamoDbTokenStore;
 
 /// What oauth-callback and operator use, built once per container.
@@ -83,12 +84,24 @@ impl AuthorizationService {
     /// One invocation of oauth-callback: see [`answer_public`].
     pub async fn handle_public(&self, event: LambdaEvent<Value>) -> Result<Value, Diagnostic> {
         let deadline = self.deadlines.deadline(event.context.deadline);
-        Box::pin(answer_public_until(self, event.payload, deadline)).await
+        let answer = Box::pin(answer_public_until(self, event.payload, deadline)).await;
+        self.flush_keap_usage("oauth-callback");
+        answer
     }
 
     /// One invocation of operator: see [`answer_operator`].
     pub async fn handle_operator(&self, event: LambdaEvent<Value>) -> Result<Value, Diagnostic> {
-        Box::pin(answer_operator(self, event.payload)).await
+        let answer = Box::pin(answer_operator(self, event.payload)).await;
+        self.flush_keap_usage("operator");
+        answer
+    }
+
+    /// Emits the invocation's Keap requests (code exchanges, key probes) for `function`; the
+    /// token and REST clients share one count.
+    fn flush_keap_usage(&self, function: &'static str) {
+        self.oauth
+            .usage()
+            .flush(&MetricSink::stdout(), &self.config.stage, function);
     }
 }
 

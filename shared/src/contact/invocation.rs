@@ -1,5 +1,7 @@
 //! One contact-upsert invocation: a direct request, or an SQS batch of requests.
 
+use std::time::Duration;
+
 use aws_lambda_events::sqs::SqsEvent;
 use lambda_runtime::LambdaEvent;
 use serde::Deserialize;
@@ -13,6 +15,9 @@ use crate::deadline::Deadline;
 
 /// The `Function` dimension of contact-upsert's Keap usage metrics (its binary name).
 const FUNCTION_NAME: &str = "contact-upsert";
+
+/// What a direct answer keeps of the invocation: time for the runtime to post it.
+const ANSWER_MARGIN: Duration = Duration::from_millis(100);
 
 #[derive(Deserialize)]
 struct Probe {
@@ -69,7 +74,21 @@ impl UpsertService {
             serde_json::to_value(self.handle_batch(event, deadline).await?)
         } else {
             let request = UpsertRequest::parse(payload)?;
-            serde_json::to_value(self.upsert(&request, deadline).await?)
+            // Every step checks the time before it starts, but a store or Keap call can run
+            // past the deadline on its own timeouts; Lambda would then end the invocation with
+            // no answer. Cut here instead, with one.
+            let upserted = deadline
+                .cut(ANSWER_MARGIN, self.upsert(&request, deadline))
+                .await
+                .ok_or_else(|| {
+                    UpsertError::Unavailable(
+                        "the invocation's deadline came before Keap or the token store answered; \
+                         the contact may or may not have been written: retry (an upsert by \
+                         email is idempotent)"
+                            .to_owned(),
+                    )
+                })??;
+            serde_json::to_value(upserted)
         };
         answer.map_err(|e| UpsertError::Unavailable(format!("could not encode the answer: {e}")))
     }

@@ -4,12 +4,14 @@
 //! as HTTP Basic, as Keap's own SDK does. Every answer is classified into [`TokenError`] the way
 //! the refresh protocol needs it (docs/design.md, "Refresh protocol", step 5).
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use secrecy::{ExposeSecret, SecretString};
 use url::Url;
 
 use super::http::{never_sent, redirect_target, retry_after};
+use super::quota::KeapUsage;
 use super::tokens::{IssuedTokens, TokenPair, keap_app_from_scope};
 use crate::clock::now_epoch_secs;
 use crate::config::KeapEndpoints;
@@ -95,6 +97,8 @@ pub struct OAuthClient {
     http: reqwest::Client,
     authorize_url: Url,
     token_url: Url,
+    /// Token requests count toward the container's Keap usage, beside its REST requests.
+    usage: Arc<KeapUsage>,
 }
 
 impl OAuthClient {
@@ -103,7 +107,19 @@ impl OAuthClient {
             http,
             authorize_url: endpoints.authorize_url.clone(),
             token_url: endpoints.token_url.clone(),
+            usage: Arc::new(KeapUsage::default()),
         }
+    }
+
+    /// Counts into `usage` (the container's, shared with its [`RestClient`](super::RestClient)).
+    pub fn with_usage(mut self, usage: Arc<KeapUsage>) -> Self {
+        self.usage = usage;
+        self
+    }
+
+    /// The token requests and 429s counted so far (the function's metrics).
+    pub fn usage(&self) -> &KeapUsage {
+        &self.usage
     }
 
     /// The URL an operator opens to grant access; `state` is the single-use nonce.
@@ -160,8 +176,12 @@ impl OAuthClient {
         request: reqwest::RequestBuilder,
         grant: Grant,
     ) -> Result<IssuedTokens, TokenError> {
+        self.usage.sent();
         let response = request.send().await.map_err(transport_error)?;
         let status = response.status().as_u16();
+        if status == 429 {
+            self.usage.throttled();
+        }
         if response.status().is_redirection() {
             let target = redirect_target(response.headers());
             tracing::warn!(status, location_host = %target, "Keap's token endpoint answered with a redirect; not followed");

@@ -181,6 +181,12 @@ impl RestClient {
         &self.usage
     }
 
+    /// Counts into `usage` (the container's, shared with its [`OAuthClient`](super::OAuthClient)).
+    pub fn with_usage(mut self, usage: Arc<KeapUsage>) -> Self {
+        self.usage = usage;
+        self
+    }
+
     /// Each key's requests per second (`KEAPALIVE_KEY_RATE_PER_SEC`).
     pub fn with_key_rate_per_sec(mut self, per_second: u32) -> Self {
         self.key_rate_per_sec = per_second;

@@ -10,6 +10,10 @@ use super::scheduled::{RefreshRun, RefreshSummary, RunError, ScheduledRequest};
 use crate::config::Config;
 use crate::deadline::{Deadline, DeadlinePolicy};
 use crate::error_type::ErrorType;
+use crate::telemetry::MetricSink;
+
+/// The `Function` dimension of the refresher's Keap usage metrics (its binary name).
+const FUNCTION_NAME: &str = "token-refresher";
 
 #[derive(Debug)]
 pub enum RefresherEvent {
@@ -110,7 +114,12 @@ impl RefresherFunction {
         let run = self
             .refresher
             .handle(request, deadline, self.concurrency)
-            .await?;
+            .await;
+        // Whatever the outcome: the token requests it made spent the client id's quota.
+        self.refresher
+            .keap_usage()
+            .flush(&MetricSink::stdout(), &self.stage, FUNCTION_NAME);
+        let run = run?;
         run.metrics.emit(&self.stage);
         Ok(run.summary)
     }

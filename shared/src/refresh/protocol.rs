@@ -175,6 +175,11 @@ impl Refresher {
         &self.store
     }
 
+    /// The token requests this container sent, and the 429s they met.
+    pub fn keap_usage(&self) -> &crate::keap::KeapUsage {
+        self.oauth.usage()
+    }
+
     /// Whether the connection's access token expires within the refresh window.
     pub fn is_due(&self, connection: &Connection, now: i64) -> bool {
         let window = i64::try_from(self.settings.refresh_window.as_secs()).unwrap_or(i64::MAX);
@@ -491,17 +496,18 @@ impl Refresher {
         let mut backoff = COMMIT_BACKOFF_START;
         let mut attempt = 1u32;
         loop {
-            let outcome = self
-                .store
-                .commit_refresh(
-                    held.id,
-                    &held.version,
-                    &write_id,
-                    issued,
-                    held.cause,
-                    now_epoch_secs(),
-                )
-                .await;
+            let commit = self.store.commit_refresh(
+                held.id,
+                &held.version,
+                &write_id,
+                issued,
+                held.cause,
+                now_epoch_secs(),
+            );
+            let outcome = deadline
+                .cut(DEADLINE_SAFETY, commit)
+                .await
+                .unwrap_or_else(|| Err(cut_at_deadline()));
             match outcome {
                 Ok(CommitOutcome::Committed {
                     generation,
@@ -602,17 +608,18 @@ impl Refresher {
     ) -> Result<(), StoreError> {
         let mut backoff = COMMIT_BACKOFF_START;
         loop {
-            let released = self
-                .store
-                .release_lease(
-                    held.id,
-                    &held.version,
-                    held.owner,
-                    Some(note),
-                    uncount,
-                    now_epoch_secs(),
-                )
-                .await;
+            let release = self.store.release_lease(
+                held.id,
+                &held.version,
+                held.owner,
+                Some(note),
+                uncount,
+                now_epoch_secs(),
+            );
+            let released = deadline
+                .cut(DEADLINE_SAFETY, release)
+                .await
+                .unwrap_or_else(|| Err(cut_at_deadline()));
             match released {
                 Err(e) if e.is_retryable() && deadline.remaining() > backoff + DEADLINE_SAFETY => {
                     warn!(connection = %held.id, error = %e, "releasing the lease failed; retrying");
@@ -622,6 +629,14 @@ impl Refresher {
                 other => return other,
             }
         }
+    }
+}
+
+/// A store call still running [`DEADLINE_SAFETY`] before the deadline: abandoned (it may
+/// still land), so the invocation ends in time and reports it.
+fn cut_at_deadline() -> StoreError {
+    StoreError::Unavailable {
+        reason: "no answer before the invocation's deadline".to_owned(),
     }
 }
 

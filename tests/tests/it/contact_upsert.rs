@@ -1415,27 +1415,11 @@ fn fifo_event(records: &[(&str, &str, Option<&str>)]) -> aws_lambda_events::sqs:
     serde_json::from_value(event).expect("SqsEvent")
 }
 
-async fn create_fifo_queue(fx: &Fixture) -> String {
-    let name = format!(
-        "{}.fifo",
-        keapalive_tests::aws::unique_name("keapalive-dlq")
-    );
-    aws_sdk_sqs::Client::new(&fx.sdk)
-        .create_queue()
-        .queue_name(&name)
-        .attributes(aws_sdk_sqs::types::QueueAttributeName::FifoQueue, "true")
-        .send()
-        .await
-        .expect("create a FIFO queue")
-        .queue_url
-        .expect("queue URL")
-}
-
 #[tokio::test]
 async fn a_fifo_dead_letter_queue_gets_the_contacts_message_group() {
     let fx = Fixture::new().await;
     fx.seed_connection("default", APP, None).await;
-    let queue = create_fifo_queue(&fx).await;
+    let queue = keapalive_tests::aws::create_fifo_queue(&fx.sdk).await;
     let service = sequential(&fx, Some(&queue));
     let locked = fx.sandbox.add_tag(APP, "locked");
     fx.sandbox

@@ -15,7 +15,7 @@ use std::process::{Output, Stdio};
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use aws_sdk_sqs::types::Message;
+use aws_sdk_sqs::types::{Message, MessageSystemAttributeName};
 use keap_sandbox::{DEFAULT_APP, Endpoint, Fault, FaultKind};
 use keapalive_tests::aws::{create_queue, drain_queue};
 use keapalive_tests::emulator::{Emulator, REGION};
@@ -1184,6 +1184,60 @@ async fn cli_queue_example_reaches_the_function() {
         |world| with_venv_path(world.caller_env(), &venv),
     )
     .await;
+}
+
+/// docs/calling.md's FIFO sender: every message about one contact carries the documented
+/// group (the hex SHA-256 of connection id, newline, lower-cased email), never the email, and
+/// a deduplication id of its own; the queued messages upsert the contact in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_fifo_queue_example_groups_each_contact() {
+    let venv = match python_venv() {
+        Ok(venv) => venv,
+        Err(reason) => return skip(&format!("python FIFO queue example: {reason}")),
+    };
+    let python = venv.join("bin/python");
+    let sdk = Emulator::shared().sdk_config();
+    let queue = keapalive_tests::aws::create_fifo_queue(&sdk).await;
+    let world = world(true, &[]).await;
+    let mut env = with_venv_path(world.caller_env(), &venv);
+    env.push(("UPSERT_QUEUE_URL".into(), queue.clone()));
+
+    for (email, name) in [("Ada@Example.com", "First"), ("Ada@Example.com", "Second")] {
+        let output = run_example(&python, &["send_to_fifo_queue.py", email, name], &env).await;
+        assert_exit(&output, 0);
+    }
+
+    let messages = drain_queue(&sdk, &queue).await;
+    assert_eq!(messages.len(), 2, "{messages:?}");
+    for message in &messages {
+        let attributes = message.attributes().expect("system attributes");
+        // printf 'default\nada@example.com' | sha256sum (docs/calling.md)
+        assert_eq!(
+            attributes
+                .get(&MessageSystemAttributeName::MessageGroupId)
+                .map(String::as_str),
+            Some("c37cf89631c4bce21c17dbcc30063d67a75a264b33f037e5e6d9e7aafc7db33e")
+        );
+        assert!(
+            attributes.contains_key(&MessageSystemAttributeName::MessageDeduplicationId),
+            "{attributes:?}"
+        );
+    }
+    let answer = world
+        .upsert
+        .invoke(sqs_event(&queue, &messages))
+        .await
+        .expect("the batch is handled");
+    assert_eq!(answer, json!({"batchItemFailures": []}));
+    let contact = world
+        .contact("Ada@Example.com")
+        .or_else(|| world.contact("ada@example.com"))
+        .expect("upserted");
+    assert_eq!(
+        contact["given_name"], "Second",
+        "the later message wins: {contact}"
+    );
+    world.stop().await;
 }
 
 // ------------------------------------------------------------------ README quotes

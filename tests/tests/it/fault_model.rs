@@ -254,6 +254,46 @@ async fn commit_that_lands_then_hangs_is_recognised_after_the_attempt_timeout() 
     assert!(!has_orphan_pair(&fx).await);
 }
 
+/// A commit outage that outlasts the commit budget: every commit attempt hangs until the SDK's
+/// operation timeout (10 s). Started with just enough time, the refresh may present the token
+/// (its budget says a commit fits) but no store call may run past the invocation's deadline —
+/// Lambda would end the invocation mid-call. The soak's deadline overrun (docs/development.md).
+#[tokio::test]
+async fn a_commit_outage_never_holds_the_refresh_past_its_deadline() {
+    let fx = Fixture::new().await;
+    fx.seed_connection("default", APP, due_soon()).await;
+    let fault = Emulator::shared()
+        .inject_dynamodb_fault(
+            DynamoDbFault::new("UpdateItem", "InternalServerError")
+                .status(500)
+                .mode(FaultMode::Hang)
+                .hang(Duration::from_secs(100))
+                .body_contains(&fx.table)
+                .body_contains(":next")
+                .times(10_000),
+        )
+        .await;
+    let clients = fx.clients(&[]);
+    let budget =
+        clients.config.keap_timeout + keapalive::refresh::COMMIT_BUDGET + Duration::from_secs(3);
+
+    let started = Instant::now();
+    let run = clients
+        .refresher()
+        .run_scheduled(Deadline::after(budget), 1)
+        .await
+        .unwrap();
+
+    fault.assert_fired(1).await;
+    assert!(
+        started.elapsed() <= budget,
+        "the refresh ran {:?} past its deadline",
+        started.elapsed() - budget
+    );
+    assert_eq!(refresh_calls(&fx), (1, 0), "the token was presented once");
+    assert_eq!(run.summary.commit_failed, 1, "{:?}", run.summary);
+}
+
 // ------------------------------------------------------- the lease outlives its holder
 
 #[tokio::test]

@@ -160,6 +160,21 @@ async fn the_binary_authorizes_through_the_runtime_api() {
     );
     assert!(output.contains("\"reason\":\"authorized\""), "{output}");
     assert!(output.contains("\"reason\":\"unknown_state\""), "{output}");
+    // Its Keap requests (the code exchange, any account read) are counted under its name, once
+    // per invocation that made any: the client id's quota is the one every function spends.
+    let sent = fixture
+        .sandbox
+        .requests()
+        .iter()
+        .filter(|r| !r.path.ends_with("/authorize"))
+        .count();
+    let usage: Vec<serde_json::Value> = output
+        .lines()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .filter(|line| line["Function"] == "oauth-callback")
+        .collect();
+    assert_eq!(usage.len(), 1, "{output}");
+    assert_eq!(usage[0]["KeapRequests"], json!(sent as f64), "{output}");
     // The function's output is part of the capture, with every other test's logs.
     assert_logs_never_contain(&[&access, &refresh, &code, CLIENT_SECRET]);
 }

@@ -234,6 +234,24 @@ async fn refresh_race_across_processes() {
     ] {
         assert!(summary.get(key).is_some(), "summary has {key}: {summary}");
     }
+    // Every token request is counted under the refresher's name: the quota is the client id's.
+    // (The line is printed before the answer; its copy from the pipe may trail it a little.)
+    let presented = refresh_presentations(&fx).0;
+    let mut counted = 0;
+    for _ in 0..50 {
+        let output: String = functions.iter().map(|(_, p)| p.output()).collect();
+        counted = output
+            .lines()
+            .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+            .filter(|line| line["Function"] == "token-refresher")
+            .filter_map(|line| line["KeapRequests"].as_f64())
+            .sum::<f64>() as usize;
+        if counted >= presented {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(counted, presented, "token requests counted in KeapRequests");
     let output: String = functions.iter().map(|(_, p)| p.output()).collect();
     assert!(
         output.contains("\"CloudWatchMetrics\""),
