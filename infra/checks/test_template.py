@@ -127,6 +127,7 @@ STATE_KEYS = {"ForAllValues:StringLike": {"dynamodb:LeadingKeys": ["state#*"]}}
 INDEXES = {
     "connections-by-status": ("status", "ALL"),
     "pending-by-connection": ("connection_id", "KEYS_ONLY"),
+    "hooks-by-connection": ("hook_connection_id", "KEYS_ONLY"),
 }
 STATUS_INDEX_ARN = "${ConnectionsTable.Arn}/index/connections-by-status"
 PENDING_INDEX_ARN = "${ConnectionsTable.Arn}/index/pending-by-connection"
@@ -747,7 +748,8 @@ def table_is_safe(t: dict) -> None:
 def indexes_are_sparse_as_designed(t: dict) -> None:
     """The refresher reads connections through `connections-by-status` (keyed on `status`, which
     only connection items carry); remove finds links through `pending-by-connection` (keyed on
-    `connection_id`, which only state items carry). Another key would put the other kind of
+    `connection_id`, which only state items carry); hook subscriptions are listed through
+    `hooks-by-connection` (keyed on `hook_connection_id`, which only hook items carry). Another key would put the other kind of
     item into the index, and the IAM separation above would be gone."""
     p = props(t, "ConnectionsTable")
     found = {
@@ -762,7 +764,7 @@ def indexes_are_sparse_as_designed(t: dict) -> None:
         assert schema == [{"AttributeName": key, "KeyType": "HASH"}], f"{name}: key {schema}"
         assert kind == projection, f"{name}: projection {kind}"
     defined = {d["AttributeName"]: d["AttributeType"] for d in p["AttributeDefinitions"]}
-    assert defined == {"pk": "S", "status": "S", "connection_id": "S"}, defined
+    assert defined == {"pk": "S", "status": "S", "connection_id": "S", "hook_connection_id": "S"}, defined
 
 
 @check

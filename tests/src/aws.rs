@@ -6,13 +6,14 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use aws_config::SdkConfig;
+use aws_sdk_dynamodb::error::DisplayErrorContext;
 use aws_sdk_dynamodb::types::{
     AttributeDefinition, AttributeValue, BillingMode, GlobalSecondaryIndex, KeySchemaElement,
     KeyType, Projection, ProjectionType, ScalarAttributeType, SseSpecification,
     TimeToLiveSpecification,
 };
 use aws_sdk_sqs::types::{Message, MessageSystemAttributeName};
-use keapalive::token_store::{PENDING_INDEX, STATUS_INDEX};
+use keapalive::token_store::{HOOK_INDEX, PENDING_INDEX, STATUS_INDEX};
 
 pub const PARTITION_KEY: &str = "pk";
 pub const TTL_ATTRIBUTE: &str = "expires_at";
@@ -31,97 +32,85 @@ pub fn unique_name(prefix: &str) -> String {
     )
 }
 
-/// The connections table as docs/design.md ("Data model") describes it: partition key `pk`
-/// (string), no sort key, on-demand, server-side encryption, TTL on `expires_at`.
+/// The connections table as docs/design.md ("Data model") and the SAM template describe it:
+/// partition key `pk` (string), no sort key, the sparse indexes, on-demand, server-side
+/// encryption, TTL on `expires_at`. A fresh uniquely named one per call.
 pub async fn create_table(sdk: &SdkConfig) -> String {
-    let client = aws_sdk_dynamodb::Client::new(sdk);
     let name = unique_name("keapalive-test");
-    client
+    create_connections_table(sdk, &name)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    name
+}
+
+/// The sparse indexes: (name, hash key, projection). Every one is keyed on an attribute that
+/// only one kind of item carries (docs/design.md, "Data model").
+const INDEXES: [(&str, &str, ProjectionType); 3] = [
+    (STATUS_INDEX, "status", ProjectionType::All),
+    (PENDING_INDEX, "connection_id", ProjectionType::KeysOnly),
+    (HOOK_INDEX, "hook_connection_id", ProjectionType::KeysOnly),
+];
+
+/// Creates the connections table `name` (see [`create_table`]).
+pub async fn create_connections_table(sdk: &SdkConfig, name: &str) -> Result<(), String> {
+    let client = aws_sdk_dynamodb::Client::new(sdk);
+    let built = |e: aws_sdk_dynamodb::error::BuildError| format!("table definition: {e}");
+    let string_attribute = |attribute: &str| {
+        AttributeDefinition::builder()
+            .attribute_name(attribute)
+            .attribute_type(ScalarAttributeType::S)
+            .build()
+            .map_err(built)
+    };
+    let mut request = client
         .create_table()
-        .table_name(&name)
-        .attribute_definitions(
-            AttributeDefinition::builder()
-                .attribute_name(PARTITION_KEY)
-                .attribute_type(ScalarAttributeType::S)
-                .build()
-                .expect("attribute definition"),
-        )
-        .attribute_definitions(
-            AttributeDefinition::builder()
-                .attribute_name("status")
-                .attribute_type(ScalarAttributeType::S)
-                .build()
-                .expect("attribute definition"),
-        )
-        .attribute_definitions(
-            AttributeDefinition::builder()
-                .attribute_name("connection_id")
-                .attribute_type(ScalarAttributeType::S)
-                .build()
-                .expect("attribute definition"),
-        )
+        .table_name(name)
+        .attribute_definitions(string_attribute(PARTITION_KEY)?)
         .key_schema(
             KeySchemaElement::builder()
                 .attribute_name(PARTITION_KEY)
                 .key_type(KeyType::Hash)
                 .build()
-                .expect("key schema"),
-        )
-        .global_secondary_indexes(
-            GlobalSecondaryIndex::builder()
-                .index_name(STATUS_INDEX)
-                .key_schema(
-                    KeySchemaElement::builder()
-                        .attribute_name("status")
-                        .key_type(KeyType::Hash)
-                        .build()
-                        .expect("index key schema"),
-                )
-                .projection(
-                    Projection::builder()
-                        .projection_type(ProjectionType::All)
-                        .build(),
-                )
-                .build()
-                .expect("index"),
-        )
-        .global_secondary_indexes(
-            GlobalSecondaryIndex::builder()
-                .index_name(PENDING_INDEX)
-                .key_schema(
-                    KeySchemaElement::builder()
-                        .attribute_name("connection_id")
-                        .key_type(KeyType::Hash)
-                        .build()
-                        .expect("index key schema"),
-                )
-                .projection(
-                    Projection::builder()
-                        .projection_type(ProjectionType::KeysOnly)
-                        .build(),
-                )
-                .build()
-                .expect("index"),
+                .map_err(built)?,
         )
         .billing_mode(BillingMode::PayPerRequest)
-        .sse_specification(SseSpecification::builder().enabled(true).build())
+        .sse_specification(SseSpecification::builder().enabled(true).build());
+    for (index, key, projection) in INDEXES {
+        request = request
+            .attribute_definitions(string_attribute(key)?)
+            .global_secondary_indexes(
+                GlobalSecondaryIndex::builder()
+                    .index_name(index)
+                    .key_schema(
+                        KeySchemaElement::builder()
+                            .attribute_name(key)
+                            .key_type(KeyType::Hash)
+                            .build()
+                            .map_err(built)?,
+                    )
+                    .projection(Projection::builder().projection_type(projection).build())
+                    .build()
+                    .map_err(built)?,
+            );
+    }
+    request
         .send()
         .await
-        .unwrap_or_else(|e| panic!("create table {name}: {e:?}"));
+        .map_err(|e| format!("create table {name}: {}", DisplayErrorContext(&e)))?;
     client
         .update_time_to_live()
-        .table_name(&name)
+        .table_name(name)
         .time_to_live_specification(
             TimeToLiveSpecification::builder()
                 .enabled(true)
                 .attribute_name(TTL_ATTRIBUTE)
                 .build()
-                .expect("ttl specification"),
+                .map_err(built)?,
         )
         .send()
         .await
-        .unwrap_or_else(|e| panic!("enable TTL on {name}: {e:?}"));
-    name
+        .map_err(|e| format!("enable TTL on {name}: {}", DisplayErrorContext(&e)))?;
+    Ok(())
 }
 
 /// Stores `{"client_id": .., "client_secret": ..}` as the Keap client secret; returns its id.

@@ -38,7 +38,7 @@ impl DynamoDbTokenStore {
     }
 
     /// An `UpdateItem` on `key` that, when its condition fails, returns the item that failed it.
-    fn update(&self, key: AttributeValue) -> UpdateItemFluentBuilder {
+    pub(super) fn update(&self, key: AttributeValue) -> UpdateItemFluentBuilder {
         self.client
             .update_item()
             .table_name(&self.table)

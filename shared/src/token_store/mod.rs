@@ -11,6 +11,7 @@
 mod dynamodb;
 mod error;
 mod grants;
+mod hooks;
 mod model;
 mod write_id;
 
@@ -21,6 +22,7 @@ pub use error::StoreError;
 pub use grants::{
     AuthorizationBasis, PairWrite, RegisterOutcome, TOMBSTONE_MIN_TTL_SECS, tombstone_expires_at,
 };
+pub use hooks::{HOOK_INDEX, HookSubscription, HookToken, HookTokenHash};
 pub use model::{
     Connection, ConnectionKind, ConnectionStatus, Lease, PENDING_INDEX, PendingAuthorization,
     RotationCause, STATUS_INDEX, StateOutcome,

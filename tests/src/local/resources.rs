@@ -3,15 +3,8 @@
 
 use aws_config::SdkConfig;
 use aws_sdk_dynamodb::error::DisplayErrorContext;
-use aws_sdk_dynamodb::types::{
-    AttributeDefinition, BillingMode, GlobalSecondaryIndex, KeySchemaElement, KeyType, Projection,
-    ProjectionType, ScalarAttributeType, SseSpecification, TimeToLiveSpecification,
-};
 use secrecy::{ExposeSecret, SecretString};
 
-use keapalive::token_store::{PENDING_INDEX, STATUS_INDEX};
-
-use crate::aws::{PARTITION_KEY, TTL_ATTRIBUTE};
 use crate::emulator::{ACCESS_KEY_ID, REGION, SECRET_ACCESS_KEY};
 
 pub const TABLE: &str = "keapalive-local-connections";
@@ -31,96 +24,9 @@ pub fn aws_env(endpoint_url: &str) -> Vec<(String, String)> {
     .collect()
 }
 
-/// Partition key `pk`, on-demand, encrypted, TTL on `expires_at` (docs/design.md, "Data model").
+/// The connections table as the SAM template declares it ([`crate::aws::create_connections_table`]).
 pub async fn create_table(sdk: &SdkConfig) -> Result<(), String> {
-    let client = aws_sdk_dynamodb::Client::new(sdk);
-    let built = |e: aws_sdk_dynamodb::error::BuildError| format!("table definition: {e}");
-    client
-        .create_table()
-        .table_name(TABLE)
-        .attribute_definitions(
-            AttributeDefinition::builder()
-                .attribute_name(PARTITION_KEY)
-                .attribute_type(ScalarAttributeType::S)
-                .build()
-                .map_err(built)?,
-        )
-        .attribute_definitions(
-            AttributeDefinition::builder()
-                .attribute_name("status")
-                .attribute_type(ScalarAttributeType::S)
-                .build()
-                .map_err(built)?,
-        )
-        .attribute_definitions(
-            AttributeDefinition::builder()
-                .attribute_name("connection_id")
-                .attribute_type(ScalarAttributeType::S)
-                .build()
-                .map_err(built)?,
-        )
-        .key_schema(
-            KeySchemaElement::builder()
-                .attribute_name(PARTITION_KEY)
-                .key_type(KeyType::Hash)
-                .build()
-                .map_err(built)?,
-        )
-        .global_secondary_indexes(
-            GlobalSecondaryIndex::builder()
-                .index_name(STATUS_INDEX)
-                .key_schema(
-                    KeySchemaElement::builder()
-                        .attribute_name("status")
-                        .key_type(KeyType::Hash)
-                        .build()
-                        .map_err(built)?,
-                )
-                .projection(
-                    Projection::builder()
-                        .projection_type(ProjectionType::All)
-                        .build(),
-                )
-                .build()
-                .map_err(built)?,
-        )
-        .global_secondary_indexes(
-            GlobalSecondaryIndex::builder()
-                .index_name(PENDING_INDEX)
-                .key_schema(
-                    KeySchemaElement::builder()
-                        .attribute_name("connection_id")
-                        .key_type(KeyType::Hash)
-                        .build()
-                        .map_err(built)?,
-                )
-                .projection(
-                    Projection::builder()
-                        .projection_type(ProjectionType::KeysOnly)
-                        .build(),
-                )
-                .build()
-                .map_err(built)?,
-        )
-        .billing_mode(BillingMode::PayPerRequest)
-        .sse_specification(SseSpecification::builder().enabled(true).build())
-        .send()
-        .await
-        .map_err(|e| format!("create table {TABLE}: {}", DisplayErrorContext(&e)))?;
-    client
-        .update_time_to_live()
-        .table_name(TABLE)
-        .time_to_live_specification(
-            TimeToLiveSpecification::builder()
-                .enabled(true)
-                .attribute_name(TTL_ATTRIBUTE)
-                .build()
-                .map_err(built)?,
-        )
-        .send()
-        .await
-        .map_err(|e| format!("enable TTL on {TABLE}: {}", DisplayErrorContext(&e)))?;
-    Ok(())
+    crate::aws::create_connections_table(sdk, TABLE).await
 }
 
 /// `{"client_id", "client_secret"}` under [`CLIENT_SECRET_ID`], exactly what docs/deploy.md tells

@@ -15,6 +15,7 @@ mod docs_truth;
 mod fault_model;
 mod function_init;
 mod harness;
+mod hook_store;
 mod keap_proxy;
 mod key_rejection;
 mod local_flow;
