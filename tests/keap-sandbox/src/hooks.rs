@@ -219,7 +219,10 @@ async fn delayed_verify(
         .get(SECRET_HEADER)
         .and_then(|value| value.to_str().ok())
         .unwrap_or_default();
-    let outcome = shared.lock().hooks.delayed_verify(&tenant.app, &key, secret);
+    let outcome = shared
+        .lock()
+        .hooks
+        .delayed_verify(&tenant.app, &key, secret);
     match outcome {
         DelayedVerify::Verified(hook) => hook_response(&hook),
         DelayedVerify::NotFound => not_found(&key),
