@@ -102,10 +102,11 @@ async fn post(url: &str, body: &Value, secret: Option<&str>, timeout: Duration) 
         }
         Err(error) => Answer {
             status: None,
+            // The URL is in the attempt already (and may hold the receiver's secret token).
             error: Some(if error.is_timeout() {
                 "timeout".to_owned()
             } else {
-                error.to_string()
+                error.without_url().to_string()
             }),
             echoed_secret: None,
         },
