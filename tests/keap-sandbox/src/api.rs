@@ -1,4 +1,5 @@
-//! Keap REST v1 under `/crm/rest/v1`: authentication, account profile, contacts.
+//! Keap REST v1 under `/crm/rest/v1`: authentication, account profile, contacts (tags and REST
+//! Hooks have modules of their own).
 
 use std::sync::Arc;
 
@@ -27,6 +28,7 @@ pub(crate) fn router() -> Router<Arc<Shared>> {
         .route("/tags", get(tags::list).post(tags::create))
         .route("/tags/{id}", get(tags::get))
         .route("/_echo/{*rest}", any(crate::echo::echo_v1))
+        .merge(crate::hooks::router())
 }
 
 /// REST v2: only the sandbox's echo route (see `echo`); anything else is the usual 404.

@@ -36,6 +36,7 @@ pub(crate) fn router() -> Router<Arc<Shared>> {
         .route("/faults/fired", get(fault_fired))
         .route("/latency", put(set_latency))
         .route("/requests", get(list_requests).delete(clear_requests))
+        .merge(crate::hook_control::router())
 }
 
 type Shd = State<Arc<Shared>>;

@@ -27,6 +27,21 @@
 //!   `"Invalid ApiKey"` / `oauth.v2.InvalidApiKey` for keys). Shape errors in request bodies are
 //!   `400 {"message":"Input could not be converted to a valid request"}`.
 //!
+//! - REST Hooks (see `hooks`, `hook_delivery`): `GET hooks/event_keys` (a JSON array of
+//!   strings), `POST hooks {"eventKey","hookUrl"}` (Keap POSTs `[]` with a fresh `X-Hook-Secret`
+//!   to `hookUrl` during the call: a `200` echoing the header makes it `Verified`, anything else
+//!   `Unverified`; answers `200 {"key","eventKey","hookUrl","status"}`; an unknown event key or a
+//!   non-http(s) URL → `400 {"message"}`), `GET hooks` (the app's hooks, every integration's),
+//!   `GET|DELETE hooks/{key}` (`204`; unknown → `404`), `POST hooks/{key}/verify` (a new
+//!   handshake now: an echo makes even an `Inactive` hook `Verified`; a failure leaves
+//!   `Inactive` as it is, anything else `Unverified`), `POST hooks/{key}/delayedVerify` with
+//!   the latest handshake's `X-Hook-Secret` (→ `Verified`; a wrong one → `400`). Deliveries
+//!   (started with `POST /_sandbox/hook-events`) go only to `Verified` hooks of the app and key:
+//!   `{"event_key","object_type","object_keys"}`, ≤ 1,000 objects each, four attempts after
+//!   30–60 s, 30–60 s, 5 min, 30 min (× the delay scale); an attempt fails on no answer in
+//!   30 s (× the timeout scale) or a status < 200 or ≥ 400 but 410; the fourth failure, or any
+//!   410, makes the hook `Inactive`. Redirects are not followed. The hooks endpoints are `api`
+//!   endpoints for faults, latency, quotas and the request log.
 //! - Sandbox-only, for keap-proxy's tests: `ANY /crm/rest/{v1,v2}/_echo/{*rest}` answers what
 //!   arrived (method, path, query, JSON body, auth kind) with two `x-keap-*` headers and a
 //!   `set-cookie` (see `echo`). A redirect is [`FaultKind::Redirect`]; any unrouted path is 404.
@@ -59,6 +74,13 @@
 //! | `PUT /_sandbox/latency` | `{"endpoint","millis"}` | 204 |
 //! | `GET /_sandbox/requests` | — | `[{"method","path","query","at_ms","auth","basic_client_id","grant_type","form_client_id","presentation","status","handling_ms","app"}]` |
 //! | `DELETE /_sandbox/requests` | — | 204 |
+//! | `GET /_sandbox/hooks?app=` | — | `[{"key","eventKey","hookUrl","status"}]` |
+//! | `PUT /_sandbox/hook-status` | `{"key","status":"Inactive"}` (or `"Verified"`, `"Unverified"`) | 204 (404 for an unknown key) |
+//! | `POST /_sandbox/hook-events` | `{"app","event_key","object_keys":[{"id","apiUrl","timestamp"}],"object_type"?}` | `{"hooks":[key]}`: the hooks it goes to (400 for an unknown event key) |
+//! | `PUT /_sandbox/hook-delay-scale` | `{"scale":0.001,"timeout_scale"?:0.1}` (`timeout_scale` defaults to `scale`) | 204 |
+//! | `GET /_sandbox/hook-deliveries` | — | `[{"kind":"verification"\|"delivery","hook_key","hook_url","app","event_key","delivery","attempt","status","error","succeeded","body","at_ms"}]` |
+//! | `DELETE /_sandbox/hook-deliveries` | — | 204 |
+//! | `GET /_sandbox/hook-deliveries/in-flight` | — | `{"in_flight"}`: deliveries still retrying |
 //!
 //! `K` is `{"status":{"status":429,"retry_after_secs":3}}`, `{"delay_ms":5000}`,
 //! `{"status_then_broken_body":{"status":503,"break_body":"cut"}}` (or `"stall"`: the status line
@@ -73,6 +95,10 @@ mod control;
 mod credentials;
 mod echo;
 mod gate;
+mod hook_control;
+mod hook_delivery;
+mod hook_store;
+mod hooks;
 mod oauth;
 mod quota;
 mod random;
@@ -96,8 +122,8 @@ use tokio::task::JoinHandle;
 pub use quota::ProductLimits;
 use state::Shared;
 pub use types::{
-    AuthKind, BodyBreak, Consent, Endpoint, Fault, FaultKind, IssuedPair, RecordedRequest,
-    most_in_flight,
+    AuthKind, BodyBreak, Consent, Endpoint, Fault, FaultKind, Hook, HookAttempt, HookEvent,
+    HookRequestKind, HookStatus, IssuedPair, ObjectKey, RecordedRequest, most_in_flight,
 };
 
 /// The app (tenant) the default consent approves.
@@ -115,6 +141,8 @@ pub struct Sandbox {
 impl Drop for Sandbox {
     fn drop(&mut self) {
         self.accept_task.abort();
+        // A delivery may wait 36 minutes between its attempts: it must not outlive the sandbox.
+        self.shared.lock().hooks.abort_deliveries();
     }
 }
 
@@ -125,7 +153,7 @@ impl std::fmt::Debug for Sandbox {
 }
 
 impl Sandbox {
-    /// Binds 127.0.0.1 on a free port.
+    /// Binds 127.0.0.1 on a free port. Hook deliveries run on the runtime this is called on.
     pub async fn start() -> std::io::Result<Sandbox> {
         Self::start_on(SocketAddr::from((Ipv4Addr::LOCALHOST, 0))).await
     }
@@ -240,6 +268,68 @@ impl Sandbox {
 
     pub fn tags(&self, app: &str) -> Vec<(i64, String)> {
         self.shared.lock().tag_list(app)
+    }
+
+    // ---- REST Hooks ----
+
+    /// `app`'s hook subscriptions, as `GET /v1/hooks` answers them.
+    pub fn hooks(&self, app: &str) -> Vec<Hook> {
+        self.shared.lock().hooks.list(app)
+    }
+
+    /// Sets any app's hook `key` to `status` at once (e.g. `Inactive`, as four failed deliveries
+    /// would); false for an unknown key.
+    pub fn set_hook_status(&self, key: &str, status: HookStatus) -> bool {
+        self.shared.lock().hooks.set_status(key, status)
+    }
+
+    /// Multiplies Keap's retry delays (30–60 s, 30–60 s, 5 min, 30 min) and the 30 s it waits
+    /// for an answer (deliveries and handshakes) by `scale` (default 1). Panics unless `scale`
+    /// is finite and positive.
+    pub fn set_hook_delay_scale(&self, scale: f64) {
+        assert!(hook_control::valid_scale(scale, false), "bad scale {scale}");
+        let mut sandbox = self.shared.lock();
+        sandbox.hooks.delay_scale = scale;
+        sandbox.hooks.timeout_scale = scale;
+    }
+
+    /// Multiplies only the 30 s answer timeout (set after [`Sandbox::set_hook_delay_scale`]): a
+    /// loaded test machine may need more than 30 ms to answer while delays stay short. Panics
+    /// unless `scale` is finite and positive.
+    pub fn set_hook_timeout_scale(&self, scale: f64) {
+        assert!(hook_control::valid_scale(scale, false), "bad scale {scale}");
+        self.shared.lock().hooks.timeout_scale = scale;
+    }
+
+    /// The change happened in Keap: every `Verified` hook of `app` for `event.event_key` gets
+    /// it (in payloads of at most 1,000 objects), in the background, with Keap's retries.
+    /// Answers the keys of those hooks; an event key Keap does not list is an error.
+    pub fn deliver_hook_event(&self, app: &str, event: HookEvent) -> Result<Vec<String>, String> {
+        hook_control::deliver(&self.shared, app, event)
+    }
+
+    /// Every handshake and delivery attempt so far, in the order they were answered.
+    pub fn hook_attempts(&self) -> Vec<HookAttempt> {
+        self.shared.lock().hooks.attempts()
+    }
+
+    pub fn clear_hook_attempts(&self) {
+        self.shared.lock().hooks.clear_attempts();
+    }
+
+    /// Waits until no delivery is pending (delivered, given up, or the hook went `Inactive`);
+    /// false if some still are after `timeout`.
+    pub async fn wait_for_hook_deliveries(&self, timeout: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            if self.shared.lock().hooks.in_flight() == 0 {
+                return true;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     }
 
     // ---- Faults, latency, request log ----

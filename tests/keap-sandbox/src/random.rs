@@ -17,3 +17,11 @@ pub(crate) fn alphanumeric(len: usize) -> String {
     }
     out
 }
+
+/// Uniform in [0, 1): where in Keap's documented ranges a retry delay falls.
+pub(crate) fn unit() -> f64 {
+    let mut buf = [0u8; 8];
+    getrandom::fill(&mut buf).expect("the operating system's random source failed");
+    // 53 random bits: every value is exactly representable as an f64.
+    (u64::from_le_bytes(buf) >> 11) as f64 / (1u64 << 53) as f64
+}

@@ -7,6 +7,7 @@ use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use crate::contacts::Contact;
+use crate::hook_store::HookStore;
 use crate::quota::ProductQuota;
 use crate::types::{Consent, Endpoint, Fault, FaultKind, IssuedPair, RecordedRequest};
 use crate::{clock, random};
@@ -18,13 +19,17 @@ pub(crate) const DEFAULT_ACCESS_TOKEN_LIFETIME_SECS: u64 = 86_400;
 pub(crate) struct Shared {
     state: Mutex<State>,
     pub started: Instant,
+    /// Where hook deliveries run: a `Sandbox` method may be called from outside any runtime.
+    pub runtime: tokio::runtime::Handle,
 }
 
 impl Shared {
+    /// Must be called within a Tokio runtime (the one hook deliveries will run on).
     pub(crate) fn new() -> Self {
         Shared {
             state: Mutex::new(State::default()),
             started: Instant::now(),
+            runtime: tokio::runtime::Handle::current(),
         }
     }
 
@@ -181,6 +186,7 @@ pub(crate) struct State {
     next_grant_seq: u64,
     last_timestamp_millis: i64,
     pub(crate) product_quota: ProductQuota,
+    pub(crate) hooks: HookStore,
 }
 
 impl Default for State {
@@ -205,6 +211,7 @@ impl Default for State {
             next_grant_seq: 0,
             last_timestamp_millis: 0,
             product_quota: ProductQuota::default(),
+            hooks: HookStore::default(),
         }
     }
 }

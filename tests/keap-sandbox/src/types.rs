@@ -157,3 +157,84 @@ pub fn most_in_flight(requests: &[RecordedRequest]) -> usize {
     }
     most
 }
+
+/// A REST Hook subscription's status, as Keap spells it in `status`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum HookStatus {
+    /// Created, but the receiver has not (yet) proved it controls `hookUrl`: no deliveries.
+    Unverified,
+    /// The only status that receives deliveries.
+    Verified,
+    /// Four failed attempts, or a 410: no deliveries until a successful `verify`.
+    Inactive,
+}
+
+impl HookStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HookStatus::Unverified => "Unverified",
+            HookStatus::Verified => "Verified",
+            HookStatus::Inactive => "Inactive",
+        }
+    }
+}
+
+/// A REST Hook subscription as Keap answers it (`{key, eventKey, hookUrl, status}`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Hook {
+    pub key: String,
+    pub event_key: String,
+    pub hook_url: String,
+    pub status: HookStatus,
+}
+
+/// One changed object in a delivery: Keap's `{id, apiUrl, timestamp}`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ObjectKey {
+    pub id: i64,
+    #[serde(rename = "apiUrl", default)]
+    pub api_url: String,
+    pub timestamp: String,
+}
+
+/// A change in the simulated Keap that [`crate::Sandbox::deliver_hook_event`] sends to every
+/// `Verified` hook of the app subscribed to `event_key`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HookEvent {
+    pub event_key: String,
+    /// `None`: what precedes the event key's last dot (`contact.add` → `contact`).
+    pub object_type: Option<String>,
+    pub object_keys: Vec<ObjectKey>,
+}
+
+/// What the sandbox sent to a hook's URL.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HookRequestKind {
+    /// The `X-Hook-Secret` handshake of a create or a `verify`.
+    Verification,
+    /// An event delivery (numbered attempts).
+    Delivery,
+}
+
+/// One outgoing POST to a hook's URL and how the receiver answered it.
+#[derive(Clone, Debug)]
+pub struct HookAttempt {
+    pub kind: HookRequestKind,
+    pub hook_key: String,
+    pub hook_url: String,
+    pub app: String,
+    pub event_key: String,
+    /// Numbers the deliveries the sandbox made (each one up to four attempts); 0 for handshakes.
+    pub delivery: u64,
+    /// 1 to 4 for a delivery; 1 for a handshake.
+    pub attempt: u32,
+    /// The receiver's status; `None` when it did not answer in time or the connection failed.
+    pub status: Option<u16>,
+    /// Why the attempt failed without a status (timeout, connection refused).
+    pub error: Option<String>,
+    /// Whether Keap counts the answer as a success (see `hook_delivery`).
+    pub succeeded: bool,
+    /// The JSON body sent (`[]` for a handshake).
+    pub body: serde_json::Value,
+    pub at: Instant,
+}

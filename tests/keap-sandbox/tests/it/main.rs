@@ -5,5 +5,6 @@ mod support;
 mod binary;
 mod contacts;
 mod faults;
+mod hooks;
 mod oauth;
 mod tags;
