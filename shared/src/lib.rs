@@ -24,6 +24,7 @@ mod connection_id;
 pub mod contact;
 pub mod deadline;
 mod error_type;
+pub mod hooks;
 pub mod keap;
 pub mod proxy;
 pub mod redact;
