@@ -5,12 +5,15 @@ use secrecy::SecretString;
 
 use super::StoreError;
 use crate::connection_id::ConnectionId;
+use crate::events::LifecycleEvent;
 use crate::keap::TokenPair;
 
 pub(crate) const CONNECTION_PREFIX: &str = "conn#";
 pub(crate) const STATE_PREFIX: &str = "state#";
-/// A removed connection's tombstone: `tomb#<connection_id>`, with `removed_at` and the TTL
-/// `expires_at` (docs/design.md, "Data model"). No `status`, no `connection_id`: in neither index.
+/// A removed connection's tombstone: `tomb#<connection_id>`, with `removed_at`, its pending
+/// lifecycle events and, once they are published, the TTL `expires_at` (docs/design.md, "Data
+/// model"). While events are pending its `status` is `removed` (in the status index, where the
+/// refresher finds it); never a `connection_id`: never in the pending index.
 pub(crate) const TOMBSTONE_PREFIX: &str = "tomb#";
 /// Sparse global secondary index on `status` (hash key): connection items only, all
 /// attributes. The refresher queries it instead of scanning, so it never reads a state item.
@@ -107,6 +110,9 @@ pub struct Connection {
     /// Key connections: when a request with the key last succeeded after a recorded rejection
     /// (epoch seconds): a key accepted since `key_rejected_since` is not marked.
     pub key_accepted_at: Option<i64>,
+    /// Lifecycle events recorded by a change and not yet known to be published (the outbox,
+    /// docs/design.md, "Lifecycle events"): what the scheduled run publishes.
+    pub pending_events: Vec<LifecycleEvent>,
 }
 
 /// Why a pair is being rotated; a rotation for a 401 is remembered in the item.
@@ -276,7 +282,6 @@ pub(crate) fn parse_connection(item: &Item) -> Result<Connection, StoreError> {
         _ => None,
     };
     Ok(Connection {
-        id,
         kind,
         tokens,
         key_secret_id: r.opt_s("key_secret_id")?,
@@ -298,6 +303,11 @@ pub(crate) fn parse_connection(item: &Item) -> Result<Connection, StoreError> {
         expiry_rotation_at: r.opt_n("expiry_rotation_at")?,
         key_rejected_since: r.opt_n("key_rejected_since")?,
         key_accepted_at: r.opt_n("key_accepted_at")?,
+        pending_events: super::outbox::parse_pending(item)
+            .iter()
+            .map(|recorded| recorded.event(&id, kind, generation))
+            .collect(),
+        id,
     })
 }
 
