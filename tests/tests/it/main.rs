@@ -17,6 +17,7 @@ mod function_init;
 mod harness;
 mod keap_proxy;
 mod key_rejection;
+mod lifecycle_events;
 mod local_flow;
 mod log_cap;
 mod oauth_callback;
