@@ -150,6 +150,13 @@ def resolved_resources(session: Session, created: list[dict], secret_arn: str) -
             arn = ddb.describe_table(TableName=physical)["Table"]["TableArn"]
         elif kind == "AWS::SQS::Queue":
             arn = sqs.get_queue_attributes(QueueUrl=physical, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+        elif kind == "AWS::Events::EventBus":
+            # moto's CloudFormation gives a bus no physical id: it is the stage's one keapalive bus.
+            events = session.client("events")
+            physical = physical or next(
+                b["Name"] for b in events.list_event_buses()["EventBuses"] if b["Name"].startswith("keapalive-")
+            )
+            arn = events.describe_event_bus(Name=physical)["Arn"]
         elif kind == "AWS::Logs::LogGroup":
             groups = logs.describe_log_groups(logGroupNamePrefix=physical)["logGroups"]
             arn = next(g["arn"] for g in groups if g["logGroupName"] == physical)

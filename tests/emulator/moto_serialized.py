@@ -32,11 +32,12 @@ Control endpoints on the same port (never forwarded to moto):
   GET    /_keapalive/requests/log   [{"caller", "service", "action", "table", "index", "key_prefixes",
                                       "projection", "select", "return_values",
                                       "return_values_on_condition_check_failure", "bus",
-                                      "secret", "queue", "items"?}, ...] every request in order, with
+                                      "secret", "queue", "items"?, "entries"?}, ...] every request in order, with
                                    what an IAM policy's resources and condition keys see
                                    (infra/checks evaluates it against a function's role);
                                    caller = the access key id that signed it; items = a
-                                   TransactWriteItems' items, each as its own action
+                                   TransactWriteItems' items, each as its own action;
+                                   entries = a PutEvents' entries (bus, source, detail_type)
 """
 
 import argparse
@@ -224,6 +225,12 @@ def request_record(environ, target, body):
         "secret": payload.get("SecretId"),
         "queue": payload.get("QueueUrl"),
     })
+    if action == "PutEvents":
+        # IAM authorizes each entry with its events:source and events:detail-type.
+        record["entries"] = [
+            {"bus": e.get("EventBusName"), "source": e.get("Source"), "detail_type": e.get("DetailType")}
+            for e in payload.get("Entries") or [] if isinstance(e, dict)
+        ]
     if action == "TransactWriteItems":
         # IAM has no action of that name: it authorizes each item as its own action
         # (PutItem, UpdateItem, DeleteItem, ConditionCheckItem) on its own key.
