@@ -1100,7 +1100,7 @@ def _mutate_callback_puts_any_lifecycle_event(t: dict) -> None:
 
 
 def _mutate_refresher_puts_other_detail_types(t: dict) -> None:
-    st = _sid(t, "TokenRefresherRole", "PublishLifecycleEvents")
+    st = _sid(t, "TokenRefresherRole", "PublishMarks")
     st["Condition"]["StringLike"]["events:detail-type"] = "keap.*"
 
 
@@ -1109,7 +1109,7 @@ def _mutate_operator_puts_any_source(t: dict) -> None:
 
 
 def _mutate_upsert_puts_without_detail_type(t: dict) -> None:
-    del _sid(t, "ContactUpsertRole", "PublishLifecycleEvents")["Condition"]["StringLike"]
+    del _sid(t, "ContactUpsertRole", "PublishMarks")["Condition"]["StringLike"]
 
 
 def _mutate_wildcard_action(t: dict) -> None:
