@@ -12,10 +12,10 @@ use secrecy::ExposeSecret;
 use tracing::warn;
 
 use super::model::{
-    CONNECTION_PREFIX, Item, PENDING_INDEX, STATE_PREFIX, STATUS_INDEX, connection_key, number,
-    parse_connection, parse_state, state_consumed_by, state_key, string, unsigned,
+    CONNECTION_PREFIX, Item, PENDING_EVENTS, PENDING_INDEX, Recorded, STATE_PREFIX, STATUS_INDEX,
+    connection_key, empty_list, number, parse_connection, parse_state, state_consumed_by,
+    state_key, string, unsigned,
 };
-use super::outbox::{PENDING_EVENTS, Recorded, empty_list};
 use super::write_id::new_write_id;
 use super::{
     CommitOutcome, Connection, ConnectionKind, ConnectionScan, ConnectionStatus, LeaseOutcome,

@@ -28,9 +28,9 @@ use secrecy::ExposeSecret;
 use super::dynamodb::{
     AuthorizationView, DynamoDbTokenStore, Written, malformed_write, send_update,
 };
-use super::model::{connection_key, number, string, tombstone_key, unsigned};
-use super::outbox::{
-    PENDING_EVENTS, Recorded, TOMBSTONE_PENDING_STATUS, empty_list, parse_pending,
+use super::model::{
+    PENDING_EVENTS, Recorded, TOMBSTONE_PENDING_STATUS, connection_key, empty_list, number,
+    parse_pending, string, tombstone_key, unsigned,
 };
 use super::write_id::new_write_id;
 use super::{AuthorizeOutcome, ConnectionKind, ConnectionStatus, StoreError};

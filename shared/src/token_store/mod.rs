@@ -26,7 +26,8 @@ pub use model::{
     Connection, ConnectionKind, ConnectionStatus, Lease, PENDING_INDEX, PendingAuthorization,
     RotationCause, STATUS_INDEX, StateOutcome,
 };
-pub use outbox::{LeftoverSummary, PENDING_EVENTS, PendingTombstone, TOMBSTONE_PENDING_STATUS};
+pub use model::{PENDING_EVENTS, TOMBSTONE_PENDING_STATUS};
+pub use outbox::{LeftoverSummary, PendingTombstone};
 pub use write_id::new_write_id;
 
 /// What a decision about a connection was taken on: every condition names both, so a decision

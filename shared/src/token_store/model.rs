@@ -5,7 +5,7 @@ use secrecy::SecretString;
 
 use super::StoreError;
 use crate::connection_id::ConnectionId;
-use crate::events::LifecycleEvent;
+use crate::events::{Change, LifecycleEvent};
 use crate::keap::TokenPair;
 
 pub(crate) const CONNECTION_PREFIX: &str = "conn#";
@@ -303,7 +303,7 @@ pub(crate) fn parse_connection(item: &Item) -> Result<Connection, StoreError> {
         expiry_rotation_at: r.opt_n("expiry_rotation_at")?,
         key_rejected_since: r.opt_n("key_rejected_since")?,
         key_accepted_at: r.opt_n("key_accepted_at")?,
-        pending_events: super::outbox::parse_pending(item)
+        pending_events: parse_pending(item)
             .iter()
             .map(|recorded| recorded.event(&id, kind, generation))
             .collect(),
@@ -334,5 +334,123 @@ pub(crate) fn parse_state(item: &Item) -> Result<PendingAuthorization, StoreErro
             .opt_n("expires_at")?
             .ok_or_else(|| r.malformed("missing expires_at".to_owned()))?,
         replace_account: r.opt_bool("replace_account")?.unwrap_or(false),
+    })
+}
+
+// ------------------------------------------------------------ the outbox's entries
+// (written and cleared by `outbox.rs`; docs/design.md, "Lifecycle events")
+
+/// The item attribute that holds the events not yet known to be published.
+pub const PENDING_EVENTS: &str = "pending_events";
+/// A tombstone's `status` while its events are not all published: it is in the status index,
+/// where the refresher finds it. The last publish removes it and sets the TTL.
+pub const TOMBSTONE_PENDING_STATUS: &str = "removed";
+
+/// An event a write records, before it is known whose generation it will carry.
+#[derive(Debug, Clone)]
+pub(crate) struct Recorded {
+    pub change: Change,
+    /// `None`: the item's kind when it is published (a grant write sets it in the same write).
+    pub kind: Option<ConnectionKind>,
+    /// `None`: the generation the write produced, read back when it is published (a grant
+    /// write adds one to a generation it did not read).
+    pub generation: Option<u64>,
+    pub event_id: String,
+    pub occurred_at: i64,
+    pub reason: Option<String>,
+}
+
+impl Recorded {
+    /// The one-element list `list_append` adds.
+    pub(crate) fn as_list(&self) -> AttributeValue {
+        AttributeValue::L(vec![self.as_value()])
+    }
+
+    pub(crate) fn as_value(&self) -> AttributeValue {
+        let mut map = HashMap::from([
+            ("event_id".to_owned(), string(&self.event_id)),
+            ("change".to_owned(), string(self.change.as_str())),
+            ("occurred_at".to_owned(), number(self.occurred_at)),
+        ]);
+        if let Some(kind) = self.kind {
+            map.insert("kind".to_owned(), string(kind.as_str()));
+        }
+        if let Some(generation) = self.generation {
+            map.insert("generation".to_owned(), unsigned(generation));
+        }
+        if let Some(reason) = &self.reason {
+            map.insert("reason".to_owned(), string(reason));
+        }
+        AttributeValue::M(map)
+    }
+
+    /// The event as published: `kind` and `generation` from the item when the write left them open.
+    pub(crate) fn event(
+        &self,
+        id: &ConnectionId,
+        kind: ConnectionKind,
+        generation: u64,
+    ) -> LifecycleEvent {
+        LifecycleEvent {
+            change: self.change,
+            connection_id: id.as_str().to_owned(),
+            kind: self.kind.unwrap_or(kind).as_str().to_owned(),
+            generation: self.generation.unwrap_or(generation),
+            event_id: self.event_id.clone(),
+            occurred_at: self.occurred_at,
+            reason: self.reason.clone(),
+        }
+    }
+}
+
+/// An empty list: `if_not_exists(pending_events, :nil)`.
+pub(crate) fn empty_list() -> AttributeValue {
+    AttributeValue::L(Vec::new())
+}
+
+fn parse_kind(text: &str) -> Option<ConnectionKind> {
+    match text {
+        "oauth" => Some(ConnectionKind::OAuth),
+        "service_account_key" => Some(ConnectionKind::ServiceAccountKey),
+        _ => None,
+    }
+}
+
+/// The recorded events of an item's `pending_events`; an element that cannot be read is
+/// skipped with a warning (never fatal: the others are still published).
+pub(crate) fn parse_pending(item: &Item) -> Vec<Recorded> {
+    let Some(AttributeValue::L(list)) = item.get(PENDING_EVENTS) else {
+        return Vec::new();
+    };
+    list.iter()
+        .filter_map(|value| {
+            let parsed = parse_one(value);
+            if parsed.is_none() {
+                tracing::warn!("skipping an unreadable pending lifecycle event");
+            }
+            parsed
+        })
+        .collect()
+}
+
+fn parse_one(value: &AttributeValue) -> Option<Recorded> {
+    let AttributeValue::M(map) = value else {
+        return None;
+    };
+    let text = |name: &str| match map.get(name) {
+        Some(AttributeValue::S(s)) => Some(s.clone()),
+        _ => None,
+    };
+    let num = |name: &str| match map.get(name) {
+        Some(AttributeValue::N(n)) => n.parse::<i64>().ok(),
+        _ => None,
+    };
+    Some(Recorded {
+        change: Change::parse(&text("change")?)?,
+        kind: text("kind").as_deref().and_then(parse_kind),
+        generation: num("generation").and_then(|g| u64::try_from(g).ok()),
+        event_id: text("event_id")?,
+        occurred_at: num("occurred_at")?,
+        reason: text("reason"),
     })
 }

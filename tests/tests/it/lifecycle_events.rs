@@ -493,3 +493,122 @@ async fn two_quick_changes_and_a_removal_before_any_publish_all_arrive() {
         .unwrap();
     assert!(tombstone.contains_key("expires_at"), "TTL once published");
 }
+
+/// The resources of docs/examples/needs_reauthorization_rules.yaml as JSON (read with cfn-lint's
+/// decoder, which knows `!Sub` and `!GetAtt`, in the emulator's Python).
+fn documented_rules() -> serde_json::Map<String, Value> {
+    let path =
+        keapalive_tests::workspace::root().join("docs/examples/needs_reauthorization_rules.yaml");
+    let output = std::process::Command::new(keapalive_tests::emulator::python())
+        .args([
+            "-c",
+            "import json, sys\nfrom cfnlint.decode import decode\n\
+             template, errors = decode(sys.argv[1])\nassert not errors, errors\n\
+             print(json.dumps(template['Resources'], default=str))",
+        ])
+        .arg(&path)
+        .output()
+        .expect("the emulator's Python runs");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_slice(&output.stdout).expect("the resources as JSON")
+}
+
+#[tokio::test]
+async fn the_documented_rule_delivers_needs_reauthorization_to_its_queue() {
+    let resources = documented_rules();
+    let rule = &resources["NeedsReauthorizationToQueue"]["Properties"];
+    let pattern = rule["EventPattern"].clone();
+    assert_eq!(
+        rule["Targets"][0]["Arn"]["Fn::GetAtt"][0],
+        "NeedsReauthorizationQueue"
+    );
+    assert_eq!(
+        resources["QueueAcceptsTheRule"]["Properties"]["PolicyDocument"]["Statement"][0]["Principal"]
+            ["Service"],
+        "events.amazonaws.com"
+    );
+
+    // The SNS e-mail half, statically: the emulator cannot deliver e-mail.
+    let email_rule = &resources["NeedsReauthorizationToEmail"]["Properties"];
+    assert_eq!(
+        email_rule["EventPattern"], pattern,
+        "both rules match the same events"
+    );
+    assert_eq!(email_rule["EventBusName"], rule["EventBusName"]);
+    assert_eq!(
+        email_rule["Targets"][0]["Arn"]["Ref"],
+        "NeedsReauthorizationTopic"
+    );
+    let subscription = &resources["NeedsReauthorizationEmail"]["Properties"];
+    assert_eq!(subscription["Protocol"], "email");
+    assert_eq!(subscription["TopicArn"]["Ref"], "NeedsReauthorizationTopic");
+    let topic_policy =
+        &resources["TopicAcceptsTheRule"]["Properties"]["PolicyDocument"]["Statement"][0];
+    assert_eq!(topic_policy["Principal"]["Service"], "events.amazonaws.com");
+    assert_eq!(topic_policy["Action"], "sns:Publish");
+    let template = email_rule["Targets"][0]["InputTransformer"]["InputTemplate"]
+        .as_str()
+        .expect("an input template");
+    assert!(template.contains("<connection>") && template.contains("<reason>"));
+
+    // The queue half through the emulator: the example's pattern on a bus, its queue the target.
+    let fx = Fixture::new().await;
+    let (bus, queue) =
+        keapalive_tests::aws::create_event_bus_with_rule(&fx.sdk, &pattern.to_string()).await;
+    let clients = fx.clients(&[("KEAPALIVE_EVENT_BUS", &bus)]);
+    let store = &clients.store;
+    let id = connection_id("default");
+    let issued = fx
+        .sandbox
+        .issue_grant(keapalive_tests::fixture::CLIENT_ID, DEFAULT_APP);
+    store
+        .authorize(
+            &id,
+            &keapalive_tests::fixture::issued_tokens(&issued, None),
+            true,
+            &new_write_id(),
+            now_epoch_secs(),
+        )
+        .await
+        .unwrap();
+    let version = store.get(&id).await.unwrap().unwrap().version();
+    store
+        .mark_needs_reauthorization(
+            &id,
+            &version,
+            MarkGuard::GenerationOnly,
+            "refresh_token_rejected",
+            now_epoch_secs(),
+        )
+        .await
+        .unwrap();
+    let mut received = Vec::new();
+    for _ in 0..50 {
+        received.extend(received_events(&fx.sdk, &queue).await);
+        if !received.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    received.extend(received_events(&fx.sdk, &queue).await);
+    assert_eq!(
+        received.len(),
+        1,
+        "only the needs_reauthorization event: {received:#?}"
+    );
+    assert_eq!(
+        received[0]["detail-type"],
+        "keapalive.connection.needs_reauthorization"
+    );
+    assert_documented_detail(
+        &received[0],
+        "default",
+        "oauth",
+        Some("refresh_token_rejected"),
+    );
+}
