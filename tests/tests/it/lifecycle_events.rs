@@ -612,3 +612,51 @@ async fn the_documented_rule_delivers_needs_reauthorization_to_its_queue() {
         Some("refresh_token_rejected"),
     );
 }
+
+#[tokio::test]
+async fn a_key_rejection_marked_by_contact_upsert_publishes_its_reason() {
+    let world = World::new().await;
+    let (key, _) = crate::support::seed_key_connection(&world.fx, "default", DEFAULT_APP).await;
+    let (upsert, mut function) = crate::support::function_binary(
+        &world.fx,
+        "contact-upsert",
+        &[("KEAPALIVE_EVENT_BUS", &world.bus)],
+    )
+    .await;
+    let email = "revoked@buttonpush.example";
+    let request = json!({"connection_id": "default", "contact": {"email": email}});
+    upsert
+        .invoke(request.clone(), DEADLINE)
+        .await
+        .expect("the key works");
+
+    // Keap revoked the key; its rejection was first confirmed 100 s ago (inside the marking
+    // window: docs/design.md, "Connection kinds").
+    world.fx.sandbox.revoke_service_account_key(&key);
+    crate::support::key_rejected_since_secs_ago(&world.fx, "default", 100).await;
+    let refused = upsert
+        .invoke(request, DEADLINE)
+        .await
+        .expect_err("the key is revoked");
+    assert_eq!(
+        refused.error_type, "NotAuthorized",
+        "{}",
+        refused.error_message
+    );
+
+    let events = deduped(&world.wait_for_events(1).await);
+    assert_eq!(events.len(), 1, "{events:#?}");
+    let marked = the_event(&events, "keapalive.connection.needs_reauthorization");
+    assert_documented_detail(
+        marked,
+        "default",
+        "service_account_key",
+        Some("key_rejected"),
+    );
+    assert_eq!(world.pending_events("conn#default").await, 0);
+    function.kill().await;
+    for event in events.values() {
+        assert_no_secret(&event.to_string(), &[&key, email], "an event");
+    }
+    assert_no_secret(&function.output(), &[&key, email], "contact-upsert's log");
+}
