@@ -208,6 +208,20 @@ pub fn aws_timeouts() -> TimeoutConfig {
         .build()
 }
 
+/// A lifecycle event's publish, with the SDK's retries: it comes after the change landed, so
+/// it must never hold the caller (a callback page, an upsert) for long; what it cannot publish
+/// in time stays pending and the scheduled refresher publishes it (docs/events.md).
+pub const EVENTS_OPERATION_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// [`aws_timeouts`] with the operation bounded by [`EVENTS_OPERATION_TIMEOUT`].
+fn events_timeouts() -> TimeoutConfig {
+    TimeoutConfig::builder()
+        .connect_timeout(AWS_CONNECT_TIMEOUT)
+        .operation_attempt_timeout(AWS_ATTEMPT_TIMEOUT.min(EVENTS_OPERATION_TIMEOUT))
+        .operation_timeout(EVENTS_OPERATION_TIMEOUT)
+        .build()
+}
+
 /// Everything a keapalive function talks to, built once.
 #[derive(Clone)]
 pub struct Clients {
@@ -258,7 +272,7 @@ impl Clients {
             store = store.with_events(EventBus::new(
                 aws_sdk_eventbridge::Client::from_conf(
                     aws_sdk_eventbridge::config::Builder::from(aws)
-                        .timeout_config(aws_timeouts())
+                        .timeout_config(events_timeouts())
                         .build(),
                 ),
                 bus,

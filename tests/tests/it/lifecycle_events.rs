@@ -660,3 +660,39 @@ async fn a_key_rejection_marked_by_contact_upsert_publishes_its_reason() {
     }
     assert_no_secret(&function.output(), &[&key, email], "contact-upsert's log");
 }
+
+#[tokio::test]
+async fn a_hanging_event_bus_holds_the_callback_page_at_most_the_publish_bound() {
+    let world = World::new().await;
+    let (operator_api, _operator) = world.binary("operator").await;
+    let (callback_api, _callback) = world.binary("oauth-callback").await;
+    // Every PutEvents to this bus hangs 10 s: far beyond the 3 s publish bound.
+    let fault = Emulator::shared()
+        .inject_dynamodb_fault(
+            DynamoDbFault::put_events("InternalException")
+                .mode(keapalive_tests::emulator::FaultMode::Hang)
+                .hang(Duration::from_secs(10))
+                .times(5)
+                .body_contains(&world.bus),
+        )
+        .await;
+    let (query, _) = world.consent(&operator_api, "default").await;
+    let started = std::time::Instant::now();
+    let page = callback_api
+        .invoke(callback_event(&query), DEADLINE)
+        .await
+        .expect("callback");
+    let took = started.elapsed();
+    assert_eq!(page["statusCode"], 200, "{page}");
+    fault.assert_fired(1).await;
+    assert!(
+        took < Duration::from_secs(3 + 3),
+        "the page waited {took:?} for EventBridge"
+    );
+    assert_eq!(
+        world.pending_events("conn#default").await,
+        1,
+        "the event waits for the sweep"
+    );
+    Emulator::shared().clear_faults_for(&world.bus).await;
+}
