@@ -50,6 +50,8 @@ $(SAM_VENV)/.stamp-build: $(SAM_VENV)/.stamp
 
 infra-check: infra-venv sam-venv
 	$(INFRA_VENV)/bin/cfn-lint $(INFRA_TEMPLATE)
+	@# The lifecycle-event rules of docs/events.md (its SNS e-mail half is checked only statically).
+	$(INFRA_VENV)/bin/cfn-lint docs/examples/needs_reauthorization_rules.yaml
 	$(SAM_OFFLINE_ENV) $(SAM_VENV)/bin/sam validate --lint -t $(INFRA_TEMPLATE)
 	@# Without --lint, sam runs its own transform, which --lint skips (bad event properties etc.).
 	$(SAM_OFFLINE_ENV) $(SAM_VENV)/bin/sam validate -t $(INFRA_TEMPLATE)

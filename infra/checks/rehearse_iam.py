@@ -45,6 +45,13 @@ EVERY_ATTRIBUTE = "*every attribute*"
 EXEMPT = {
     "Logs": "Lambda's runtime writes the function's stdout to its log group with the role; "
     "the code makes no logs: request",
+    "PublishMarks": "the functions that mark a connection needs_reauthorization put its event "
+    "only when Keap rejects a grant, which the walk never makes it do (tests/tests/it/"
+    "lifecycle_events.rs marks through the real token-refresher); infra/checks/test_template.py "
+    "(lifecycle_event_rights) bounds the statement",
+    "PublishLeftoversOfTombstones": "the refresher's sweep touches a tombstone only when a "
+    "removal's writer died before publishing its events (tests/tests/it/lifecycle_events.rs "
+    "kills one); the walk's removal publishes its own",
 }
 
 
@@ -118,6 +125,14 @@ def authorizations(record: dict, log: dict) -> list[Request]:
     if service == "sqs":
         name = record["queue"].rstrip("/").rsplit("/", 1)[-1]
         return [Request(record, f"sqs:{action}", f"arn:{PARTITION}:sqs:{REGION}:{ACCOUNT}:{name}", {})]
+    if service == "events" and action == "PutEvents":
+        # One authorization per entry, with its source and detail-type as condition keys.
+        return [
+            Request(record, "events:PutEvents",
+                    f"arn:{PARTITION}:events:{REGION}:{ACCOUNT}:event-bus/{entry['bus'] or 'default'}",
+                    {"events:source": entry["source"], "events:detail-type": entry["detail_type"]})
+            for entry in record.get("entries") or []
+        ]
     raise ValueError(f"no IAM model for {service}:{action} (step {record['step']})")
 
 

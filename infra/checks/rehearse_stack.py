@@ -136,11 +136,11 @@ def create(
     return envs, {
         "stage": stage,
         "functions": {n: {"function_name": function_names[n], "env": e} for n, e in envs.items()},
-        "resources": resolved_resources(session, created, secret_arn),
+        "resources": resolved_resources(session, created, secret_arn, stage),
     }
 
 
-def resolved_resources(session: Session, created: list[dict], secret_arn: str) -> dict:
+def resolved_resources(session: Session, created: list[dict], secret_arn: str, stage: str) -> dict:
     """Ref and Arn of the resources the roles name, as the created stack (or overlay) has them."""
     ddb, sqs, logs = session.client("dynamodb"), session.client("sqs"), session.client("logs")
     out = {"OAuthClientSecret": {"ref": secret_arn, "arn": secret_arn}}
@@ -150,6 +150,10 @@ def resolved_resources(session: Session, created: list[dict], secret_arn: str) -
             arn = ddb.describe_table(TableName=physical)["Table"]["TableArn"]
         elif kind == "AWS::SQS::Queue":
             arn = sqs.get_queue_attributes(QueueUrl=physical, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+        elif kind == "AWS::Events::EventBus":
+            # moto's CloudFormation gives a bus no physical id: it is the template's keapalive-<stage>.
+            physical = physical or f"keapalive-{stage}"
+            arn = session.client("events").describe_event_bus(Name=physical)["Arn"]
         elif kind == "AWS::Logs::LogGroup":
             groups = logs.describe_log_groups(logGroupNamePrefix=physical)["logGroups"]
             arn = next(g["arn"] for g in groups if g["logGroupName"] == physical)

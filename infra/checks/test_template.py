@@ -72,6 +72,21 @@ REQUIRED_ENV = {
         "KEAPALIVE_PROXY_CONNECTIONS",
     },
 }
+# Every function records and publishes lifecycle events (docs/events.md).
+for _required in REQUIRED_ENV.values():
+    _required.add("KEAPALIVE_EVENT_BUS")
+# The lifecycle events each function may put (docs/events.md): oauth-callback only its own
+# change; every function that marks or removes, connection events and nothing else.
+LIFECYCLE_SOURCE = "keapalive"
+LIFECYCLE_DETAIL_TYPES = {
+    CALLBACK: ("StringEquals", ["keapalive.connection.authorized"]),
+    OPERATOR: ("StringLike", ["keapalive.connection.*"]),
+    REFRESHER: ("StringLike", ["keapalive.connection.*"]),
+    UPSERT: ("StringLike", ["keapalive.connection.*"]),
+    PROXY: ("StringLike", ["keapalive.connection.*"]),
+    VENDING: ("StringLike", ["keapalive.connection.*"]),
+}
+TOMB_CONDITION = {"ForAllValues:StringLike": {"dynamodb:LeadingKeys": ["tomb#*"]}}
 # What Config accepts, read from shared/src/config.rs (one source: infra/checks/rust_names.py).
 KNOWN_ENV = rust_names.rust_env_names(rust_names.rust_sources())
 
@@ -114,7 +129,7 @@ REQUIRED_OUTPUTS = {
     "CallbackUrl", "ContactUpsertFunctionArn", "ContactUpsertFunctionName",
     "OAuthCallbackFunctionName", "OperatorFunctionName", "UpsertQueueUrl", "TableName",
     "ClientSecretId", "KeapProxyFunctionName", "KeapProxyFunctionArn",
-    "AccessTokenFunctionName", "AccessTokenFunctionArn",
+    "AccessTokenFunctionName", "AccessTokenFunctionArn", "EventBusName",
 }
 
 KEY_PREFIX_ARN = (
@@ -364,7 +379,7 @@ def callback_permissions(t: dict) -> None:
         "dynamodb:getitem", "dynamodb:updateitem", "dynamodb:deleteitem",
         "dynamodb:conditioncheckitem",
     }, f"oauth-callback dynamodb actions: {sorted(acts)}"
-    allowed_services = {"dynamodb", "secretsmanager", "logs"}
+    allowed_services = {"dynamodb", "secretsmanager", "logs", "events"}
     assert {a.split(":")[0] for a in acts} <= allowed_services, sorted(acts)
     readable = callback_readable_attributes()
     assert not set(readable) & TOKEN_ATTRIBUTES, f"the code reads back {readable}"
@@ -412,6 +427,7 @@ def callback_permissions(t: dict) -> None:
                 is_getatt(resource, "ConnectionsTable", "Arn")
                 or is_ref(resource, "OAuthClientSecret")
                 or is_getatt(resource, "OAuthCallbackLogGroup", "Arn")
+                or is_getatt(resource, "EventBus", "Arn")
             )
             assert ok, f"oauth-callback reaches beyond its table, client secret and log: {resource}"
     env = merged_function_props(t, CALLBACK).get("Environment", {}).get("Variables", {})
@@ -441,7 +457,7 @@ def operator_permissions(t: dict) -> None:
         "dynamodb:putitem", "dynamodb:updateitem", "dynamodb:deleteitem", "dynamodb:query",
         "dynamodb:getitem",
     }, f"operator dynamodb actions: {sorted(acts)}"
-    assert {a.split(":")[0] for a in acts} <= {"dynamodb", "secretsmanager", "logs"}, sorted(acts)
+    assert {a.split(":")[0] for a in acts} <= {"dynamodb", "secretsmanager", "logs", "events"}, sorted(acts)
     readable = callback_readable_attributes()
     for st in dynamodb_statements(t, role):
         if actions(st) == {"dynamodb:query"}:
@@ -459,8 +475,13 @@ def operator_permissions(t: dict) -> None:
             continue
         # Connection items and tombstones (issue 22): the operator never gets an item back.
         if actions(st) == {"dynamodb:getitem"}:
-            assert keys == ["conn#*"], f"operator GetItem on {keys}"
             attributes = condition.get("ForAllValues:StringEquals", {}).get("dynamodb:Attributes")
+            if keys == ["tomb#*"]:
+                # Which of a tombstone's events to clear: its pending events, nothing else.
+                assert attributes == ["pending_events"], f"operator reads tombstones' {attributes}"
+                assert condition.get("StringEqualsIfExists", {}).get("dynamodb:Select") == "SPECIFIC_ATTRIBUTES"
+                continue
+            assert keys == ["conn#*"], f"operator GetItem on {keys}"
             assert attributes is not None and sorted(attributes) == sorted(readable), (
                 f"operator GetItem attributes {attributes} != CALLBACK_READABLE_ATTRIBUTES {sorted(readable)}"
             )
@@ -468,7 +489,9 @@ def operator_permissions(t: dict) -> None:
             assert select == "SPECIFIC_ATTRIBUTES", f"operator GetItem Select {select}"
             continue
         if keys == ["tomb#*"]:
-            assert actions(st) == {"dynamodb:putitem"}, f"operator on tombstones: {sorted(actions(st))}"
+            assert actions(st) == {"dynamodb:putitem", "dynamodb:updateitem"}, (
+                f"operator on tombstones: {sorted(actions(st))}"
+            )
         else:
             assert actions(st) <= {"dynamodb:updateitem", "dynamodb:deleteitem"}, sorted(actions(st))
         returns = condition.get("StringEqualsIfExists", {}).get("dynamodb:ReturnValues")
@@ -490,7 +513,7 @@ def refresher_permissions(t: dict) -> None:
     assert {a for a in acts if a.startswith("dynamodb:")} == {
         "dynamodb:getitem", "dynamodb:updateitem", "dynamodb:query",
     }, f"token-refresher dynamodb actions: {sorted(acts)}"
-    assert {a.split(":")[0] for a in acts} <= {"dynamodb", "secretsmanager", "logs"}, sorted(acts)
+    assert {a.split(":")[0] for a in acts} <= {"dynamodb", "secretsmanager", "logs", "events"}, sorted(acts)
     for st in dynamodb_statements(t, role):
         if "dynamodb:query" in actions(st):
             assert actions(st) == {"dynamodb:query"}, "Query shares a statement with keyed actions"
@@ -498,7 +521,10 @@ def refresher_permissions(t: dict) -> None:
                 f"token-refresher may query only the status index (connection items): {st['Resource']}"
             )
             continue
-        assert st.get("Condition") == CONN_CONDITION, f"token-refresher {sorted(actions(st))} lacks conn#*"
+        # Connection items, and tombstones whose events a writer left pending (the sweep).
+        assert st.get("Condition") in (CONN_CONDITION, TOMB_CONDITION), (
+            f"token-refresher {sorted(actions(st))} lacks conn#* or tomb#*"
+        )
     for st in statements(t, role):
         if "secretsmanager:getsecretvalue" in actions(st):
             assert as_list(st["Resource"]) == [{"Ref": "OAuthClientSecret"}], "refresher: client secret only"
@@ -536,7 +562,7 @@ def proxy_and_vending_permissions(t: dict) -> None:
         acts = allowed_actions(t, role)
         assert acts == {
             "logs:createlogstream", "logs:putlogevents", "dynamodb:getitem", "dynamodb:updateitem",
-            "secretsmanager:getsecretvalue",
+            "secretsmanager:getsecretvalue", "events:putevents",
         }, f"{name} actions: {sorted(acts)}"
         for st in dynamodb_statements(t, role):
             assert st.get("Condition") == CONN_CONDITION, f"{name} {sorted(actions(st))} lacks conn#*"
@@ -557,6 +583,47 @@ def proxy_and_vending_permissions(t: dict) -> None:
             assert fid not in referenced_ids(perm["Properties"].get("FunctionName")), (
                 f"{pid}: a resource policy on {name}"
             )
+
+
+@check
+def lifecycle_event_rights(t: dict) -> None:
+    """PutEvents (docs/events.md): the stage's own bus, named keapalive-<stage>; each role's
+    statement restricted by events:source (keapalive) and events:detail-type (LIFECYCLE_DETAIL_TYPES):
+    oauth-callback only `keapalive.connection.authorized`, the functions that mark or remove only
+    `keapalive.connection.*`. Nothing else in the stack may put events."""
+    bus = props(t, "EventBus")
+    assert t["Resources"]["EventBus"]["Type"] == "AWS::Events::EventBus"
+    assert sub_string(bus["Name"]) == "keapalive-${Stage}", f"bus name {bus['Name']}"
+    roles = {role_of(t, fid): fid for fid in FUNCTIONS}
+    for holder, st in all_identity_statements(t):
+        if not any(a.startswith("events:") for a in actions(st)):
+            continue
+        assert holder in roles, f"{holder} may put events"
+        fid = roles[holder]
+        name = FUNCTIONS[fid]
+        assert actions(st) == {"events:putevents"}, f"{name}: {sorted(actions(st))}"
+        assert as_list(st["Resource"]) == [{"Fn::GetAtt": ["EventBus", "Arn"]}], (
+            f"{name} puts events on {st['Resource']}"
+        )
+        condition = st.get("Condition", {})
+        source = condition.get("StringEquals", {}).get("events:source")
+        assert as_list(source) == [LIFECYCLE_SOURCE], f"{name}: events:source {source}"
+        operator, allowed = LIFECYCLE_DETAIL_TYPES[fid]
+        detail = {
+            op: as_list(keys["events:detail-type"])
+            for op, keys in condition.items() if "events:detail-type" in keys
+        }
+        assert detail == {operator: allowed} or (
+            operator == "StringLike" and list(detail) == ["StringEquals"]
+            and all(d.startswith("keapalive.connection.") for d in as_list(detail["StringEquals"]))
+        ), f"{name} may put detail-types {detail}, expected {operator} {allowed}"
+        for op, values in detail.items():
+            for value in as_list(values):
+                assert value.startswith("keapalive.connection."), f"{name} may put {value}"
+                assert "*" not in value or op == "StringLike", f"{name}: {op} {value}"
+    for fid, name in FUNCTIONS.items():
+        putting = [st for st in statements(t, role_of(t, fid)) if "events:putevents" in actions(st)]
+        assert len(putting) == 1, f"{name}: {len(putting)} PutEvents statements, expected one"
 
 
 @check
@@ -582,6 +649,7 @@ def environment_contract(t: dict) -> None:
         assert is_ref(env["KEAPALIVE_STAGE"], "Stage")
         if "KEAPALIVE_KEY_SECRET_PREFIX" in env:
             assert sub_string(env["KEAPALIVE_KEY_SECRET_PREFIX"]) == "keapalive/${Stage}/keys/"
+        assert is_getatt(env["KEAPALIVE_EVENT_BUS"], "EventBus", "Name"), f"{FUNCTIONS[fid]}: KEAPALIVE_EVENT_BUS"
     upsert_env = merged_function_props(t, UPSERT)["Environment"]["Variables"]
     assert is_ref(upsert_env["KEAPALIVE_DEAD_LETTER_QUEUE_URL"], "UpsertDeadLetterQueue")
     assert is_ref(upsert_env["KEAPALIVE_KEY_RATE_PER_SEC"], "KeyRatePerSec")
@@ -1027,6 +1095,25 @@ def _sid(t: dict, role: str, sid: str) -> dict:
     return next(st for st in _role_statements(t, role) if st.get("Sid") == sid)
 
 
+def _mutate_callback_puts_any_lifecycle_event(t: dict) -> None:
+    st = _sid(t, "OAuthCallbackRole", "PublishLifecycleEvents")
+    st["Condition"]["StringLike"] = {"events:detail-type": "keapalive.connection.*"}
+    del st["Condition"]["StringEquals"]["events:detail-type"]
+
+
+def _mutate_refresher_puts_other_detail_types(t: dict) -> None:
+    st = _sid(t, "TokenRefresherRole", "PublishMarks")
+    st["Condition"]["StringLike"]["events:detail-type"] = "keap.*"
+
+
+def _mutate_operator_puts_any_source(t: dict) -> None:
+    del _sid(t, "OperatorRole", "PublishLifecycleEvents")["Condition"]["StringEquals"]
+
+
+def _mutate_upsert_puts_without_detail_type(t: dict) -> None:
+    del _sid(t, "ContactUpsertRole", "PublishMarks")["Condition"]["StringLike"]
+
+
 def _mutate_wildcard_action(t: dict) -> None:
     _sid(t, "OAuthCallbackRole", "ConsumeStateItems")["Action"] = "dynamodb:*"
 
@@ -1385,6 +1472,10 @@ MUTANTS: dict[Callable[[dict], None], Callable[[dict], None]] = {
     _mutate_vending_reads_key_secrets: proxy_and_vending_permissions,
     _mutate_vending_queries_the_index: proxy_and_vending_permissions,
     _mutate_proxy_on_a_schedule: proxy_and_vending_permissions,
+    _mutate_callback_puts_any_lifecycle_event: lifecycle_event_rights,
+    _mutate_refresher_puts_other_detail_types: lifecycle_event_rights,
+    _mutate_operator_puts_any_source: lifecycle_event_rights,
+    _mutate_upsert_puts_without_detail_type: lifecycle_event_rights,
     _mutate_proxy_quota_overspent: keap_quota_is_budgeted,
     _mutate_proxy_unbounded: keap_quota_is_budgeted,
     _mutate_vending_rate_raised: keap_quota_is_budgeted,

@@ -35,6 +35,7 @@ pub const KNOWN_VARIABLES: &[&str] = &[
     "KEAPALIVE_STAGE",
     "KEAPALIVE_KEY_SECRET_PREFIX",
     "KEAPALIVE_CONNECTION_RECHECK_SECS",
+    "KEAPALIVE_EVENT_BUS",
     crate::telemetry::DEPENDENCY_LOG_LEVEL_VARIABLE,
     "KEAPALIVE_TLS_ROOTS",
     "KEAPALIVE_EXTRA_CA_CERTS",
@@ -104,6 +105,9 @@ pub struct Config {
     pub stage: String,
     /// Service-account-key secrets must live under this prefix (least privilege in IAM).
     pub key_secret_prefix: Option<String>,
+    /// The EventBridge bus lifecycle events go to (`KEAPALIVE_EVENT_BUS`, docs/events.md);
+    /// `None`: no lifecycle event is recorded or published.
+    pub event_bus: Option<String>,
     pub keap: KeapEndpoints,
     /// Which roots Keap's and the AWS clients trust (`KEAPALIVE_TLS_ROOTS`,
     /// `KEAPALIVE_EXTRA_CA_CERTS`).
@@ -188,6 +192,7 @@ impl Config {
             connection_recheck: secs(get, "KEAPALIVE_CONNECTION_RECHECK_SECS", 60, 0)?,
             stage: get("KEAPALIVE_STAGE").unwrap_or_else(|| "default".to_owned()),
             key_secret_prefix: get("KEAPALIVE_KEY_SECRET_PREFIX"),
+            event_bus: get("KEAPALIVE_EVENT_BUS").filter(|bus| !bus.is_empty()),
             keap: KeapEndpoints {
                 authorize_url: url_or("KEAP_AUTHORIZE_URL", DEFAULT_AUTHORIZE_URL)?,
                 token_url: url_or("KEAP_TOKEN_URL", DEFAULT_TOKEN_URL)?,

@@ -8,6 +8,7 @@
 //! - [`token_store`]: connection and state records in DynamoDB, every write conditional.
 //! - [`refresh`]: the refresh protocol (lease → refresh → commit) and its invariants.
 //! - [`contact`]: the contact-upsert request schema, validation, translation and service.
+//! - [`events`]: connection lifecycle events on EventBridge (the outbox is in `token_store`).
 //! - [`deadline`]: the invocation deadline, robust to local emulators' odd values.
 //! - [`telemetry`]: JSON logs and CloudWatch embedded-metric lines.
 //! - `tls`: the trust roots, built once per container for Keap's and the AWS clients.
@@ -24,6 +25,7 @@ mod connection_id;
 pub mod contact;
 pub mod deadline;
 mod error_type;
+pub mod events;
 pub mod hooks;
 pub mod keap;
 pub mod proxy;

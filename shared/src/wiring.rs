@@ -23,6 +23,7 @@ use crate::access_token::{AccessTokenService, AccessTokenSettings};
 use crate::authorization::AuthorizationService;
 use crate::config::{Config, Requirements};
 use crate::contact::{LazySqs, UpsertService, UpsertSettings};
+use crate::events::EventBus;
 use crate::keap::http::build_client;
 use crate::keap::rate_limit::RateLimiter;
 use crate::keap::{KeapUsage, OAuthClient, RestClient};
@@ -76,7 +77,7 @@ fn check_timeout_floor(config: &Config) -> Result<(), InitError> {
     Ok(())
 }
 
-/// One attempt of any AWS call (DynamoDB, Secrets Manager, SQS) is abandoned after this: a
+/// One attempt of any AWS call (DynamoDB, Secrets Manager, SQS, EventBridge) is abandoned after this: a
 /// connection that hangs must not eat the invocation while Keap's new pair waits in memory.
 pub const AWS_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(3);
 /// One AWS call with all of the SDK's own retries; the commit retries past it, up to the
@@ -207,6 +208,20 @@ pub fn aws_timeouts() -> TimeoutConfig {
         .build()
 }
 
+/// A lifecycle event's publish, with the SDK's retries: it comes after the change landed, so
+/// it must never hold the caller (a callback page, an upsert) for long; what it cannot publish
+/// in time stays pending and the scheduled refresher publishes it (docs/events.md).
+pub const EVENTS_OPERATION_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// [`aws_timeouts`] with the operation bounded by [`EVENTS_OPERATION_TIMEOUT`].
+fn events_timeouts() -> TimeoutConfig {
+    TimeoutConfig::builder()
+        .connect_timeout(AWS_CONNECT_TIMEOUT)
+        .operation_attempt_timeout(AWS_ATTEMPT_TIMEOUT.min(EVENTS_OPERATION_TIMEOUT))
+        .operation_timeout(EVENTS_OPERATION_TIMEOUT)
+        .build()
+}
+
 /// Everything a keapalive function talks to, built once.
 #[derive(Clone)]
 pub struct Clients {
@@ -244,17 +259,30 @@ impl Clients {
         let rest = RestClient::new(http.clone(), &config.keap, keap_limiter.clone())
             .with_key_rate_per_sec(config.key_rate_per_sec)
             .with_usage(usage);
-        Ok(Self {
-            store: DynamoDbTokenStore::new(
-                aws_sdk_dynamodb::Client::from_conf(
-                    aws_sdk_dynamodb::config::Builder::from(aws)
-                        .timeout_config(aws_timeouts())
-                        // Safe to retry more: every decisive write recognises its own landing.
-                        .retry_config(RetryConfig::standard().with_max_attempts(DYNAMODB_ATTEMPTS))
+        let mut store = DynamoDbTokenStore::new(
+            aws_sdk_dynamodb::Client::from_conf(
+                aws_sdk_dynamodb::config::Builder::from(aws)
+                    .timeout_config(aws_timeouts())
+                    // Safe to retry more: every decisive write recognises its own landing.
+                    .retry_config(RetryConfig::standard().with_max_attempts(DYNAMODB_ATTEMPTS))
+                    .build(),
+            ),
+            &config.table,
+        );
+        if let Some(bus) = &config.event_bus {
+            // Lifecycle events (docs/events.md): a publish that fails leaves the event pending
+            // on the item, so the SDK's default retries are enough.
+            store = store.with_events(EventBus::new(
+                aws_sdk_eventbridge::Client::from_conf(
+                    aws_sdk_eventbridge::config::Builder::from(aws)
+                        .timeout_config(events_timeouts())
                         .build(),
                 ),
-                &config.table,
-            ),
+                bus,
+            ));
+        }
+        Ok(Self {
+            store,
             secrets: Arc::new(SecretsSource::new(
                 aws_sdk_secretsmanager::Client::from_conf(
                     aws_sdk_secretsmanager::config::Builder::from(aws)

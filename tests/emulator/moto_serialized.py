@@ -11,6 +11,11 @@ Faults model what real networks do to real DynamoDB (docs/design.md, "The fault 
                           landed and lost its answer; the SDK retries it)
   mode "apply_then_hang"  let moto apply the request, then hold the answer for hang_secs
   mode "hang"             hold the request for hang_secs, then answer the error, apply nothing
+  mode "failed_entries"   EventBridge PutEvents only: answer 200 with every entry failed
+                          (FailedEntryCount = the number of entries, ErrorCode = error_type),
+                          publish nothing
+Faults target any JSON-protocol operation by its X-Amz-Target: "DynamoDB_20120810.UpdateItem",
+"AWSEvents.PutEvents" (a PutEvents fault in mode "error" fails the whole request).
 Hangs sleep outside the lock that serialises moto, so other requests go on meanwhile.
 "probability" < 1 picks each matching request at random (times counts only picked ones).
 
@@ -27,11 +32,12 @@ Control endpoints on the same port (never forwarded to moto):
   GET    /_keapalive/requests/log   [{"caller", "service", "action", "table", "index", "key_prefixes",
                                       "projection", "select", "return_values",
                                       "return_values_on_condition_check_failure", "bus",
-                                      "secret", "queue", "items"?}, ...] every request in order, with
+                                      "secret", "queue", "items"?, "entries"?}, ...] every request in order, with
                                    what an IAM policy's resources and condition keys see
                                    (infra/checks evaluates it against a function's role);
                                    caller = the access key id that signed it; items = a
-                                   TransactWriteItems' items, each as its own action
+                                   TransactWriteItems' items, each as its own action;
+                                   entries = a PutEvents' entries (bus, source, detail_type)
 """
 
 import argparse
@@ -75,7 +81,7 @@ class Fault:
         self.id = None
         if self.times < 1:
             raise ValueError("times must be >= 1")
-        if self.mode not in ("error", "apply_then_error", "apply_then_hang", "hang"):
+        if self.mode not in ("error", "apply_then_error", "apply_then_hang", "hang", "failed_entries"):
             raise ValueError(f"unknown mode {self.mode!r}")
 
     def matches(self, target, body):
@@ -219,6 +225,12 @@ def request_record(environ, target, body):
         "secret": payload.get("SecretId"),
         "queue": payload.get("QueueUrl"),
     })
+    if action == "PutEvents":
+        # IAM authorizes each entry with its events:source and events:detail-type.
+        record["entries"] = [
+            {"bus": e.get("EventBusName"), "source": e.get("Source"), "detail_type": e.get("DetailType")}
+            for e in payload.get("Entries") or [] if isinstance(e, dict)
+        ]
     if action == "TransactWriteItems":
         # IAM has no action of that name: it authorizes each item as its own action
         # (PutItem, UpdateItem, DeleteItem, ConditionCheckItem) on its own key.
@@ -298,6 +310,8 @@ class SerializedMoto:
             return self.injected_error(fault, start_response)
         if fault.mode == "error":
             return self.injected_error(fault, start_response)
+        if fault.mode == "failed_entries":
+            return self.failed_entries(fault, body, start_response)
         # Applied by moto; its answer is then lost (replaced by an error) or held back.
         captured = {}
 
@@ -330,6 +344,25 @@ class SerializedMoto:
             f"{fault.status} Injected",
             {"__type": DYNAMODB_ERROR_NAMESPACE + fault.error_type, "message": "injected"},
             content_type="application/x-amz-json-1.0",
+        )
+
+    @staticmethod
+    def failed_entries(fault, body, start_response):
+        """A PutEvents answered 200 with every entry refused: EventBridge's partial failure."""
+        try:
+            entries = json.loads(body).get("Entries") or []
+        except (ValueError, AttributeError):
+            entries = []
+        return json_response(
+            start_response,
+            "200 OK",
+            {
+                "FailedEntryCount": len(entries),
+                "Entries": [
+                    {"ErrorCode": fault.error_type, "ErrorMessage": "injected"} for _ in entries
+                ],
+            },
+            content_type="application/x-amz-json-1.1",
         )
 
     def take_fault(self, target, body):

@@ -224,3 +224,74 @@ pub async fn get_item(
         .unwrap_or_else(|e| panic!("get {pk} from {table}: {e:?}"))
         .item
 }
+
+/// A fresh EventBridge bus with one rule sending every keapalive lifecycle event
+/// (`source` keapalive, `detail-type` `keapalive.connection.*`) to a fresh SQS queue, as
+/// docs/events.md's first example does; returns (bus name, queue URL).
+pub async fn create_event_bus_to_queue(sdk: &SdkConfig) -> (String, String) {
+    create_event_bus_with_rule(
+        sdk,
+        r#"{"source": ["keapalive"], "detail-type": [{"prefix": "keapalive.connection."}]}"#,
+    )
+    .await
+}
+
+/// A fresh bus whose one rule (`event_pattern`) targets a fresh SQS queue; (bus name, queue URL).
+pub async fn create_event_bus_with_rule(sdk: &SdkConfig, event_pattern: &str) -> (String, String) {
+    let events = aws_sdk_eventbridge::Client::new(sdk);
+    let bus = unique_name("keapalive-test-bus");
+    events
+        .create_event_bus()
+        .name(&bus)
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("create bus {bus}: {e:?}"));
+    let queue_url = create_queue(sdk).await;
+    let queue_arn = aws_sdk_sqs::Client::new(sdk)
+        .get_queue_attributes()
+        .queue_url(&queue_url)
+        .attribute_names(aws_sdk_sqs::types::QueueAttributeName::QueueArn)
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("queue ARN of {queue_url}: {e:?}"))
+        .attributes
+        .and_then(|mut a| a.remove(&aws_sdk_sqs::types::QueueAttributeName::QueueArn))
+        .expect("the queue has an ARN");
+    let rule = unique_name("keapalive-test-rule");
+    events
+        .put_rule()
+        .name(&rule)
+        .event_bus_name(&bus)
+        .event_pattern(event_pattern)
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("put rule {rule}: {e:?}"));
+    events
+        .put_targets()
+        .rule(&rule)
+        .event_bus_name(&bus)
+        .targets(
+            aws_sdk_eventbridge::types::Target::builder()
+                .id("queue")
+                .arn(queue_arn)
+                .build()
+                .expect("a target with id and ARN"),
+        )
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("put target of {rule}: {e:?}"));
+    (bus, queue_url)
+}
+
+/// The EventBridge events delivered to `queue_url` so far (each message body parsed), removed
+/// from the queue.
+pub async fn received_events(sdk: &SdkConfig, queue_url: &str) -> Vec<serde_json::Value> {
+    drain_queue(sdk, queue_url)
+        .await
+        .iter()
+        .map(|message| {
+            serde_json::from_str(message.body().unwrap_or_default())
+                .unwrap_or_else(|e| panic!("an event body is JSON: {e}"))
+        })
+        .collect()
+}

@@ -66,6 +66,9 @@ pub enum FaultMode {
     ApplyThenHang,
     /// Hold the request for `hang_secs`, then answer the error; nothing applied.
     Hang,
+    /// EventBridge `PutEvents` only: answer 200 with every entry failed (`FailedEntryCount` > 0,
+    /// each entry's `ErrorCode` the fault's error type); nothing published.
+    FailedEntries,
 }
 
 impl DynamoDbFault {
@@ -82,6 +85,23 @@ impl DynamoDbFault {
             hang_secs: 0.0,
             probability: 1.0,
         }
+    }
+
+    /// An EventBridge fault: `PutEvents` answered with `error_type` (status 500 by default, so the
+    /// SDK retries it; `times` counts every attempt), nothing published. Scope it with
+    /// [`DynamoDbFault::body_contains`] (the bus name): tests share one emulator.
+    pub fn put_events(error_type: &str) -> Self {
+        Self {
+            target: "AWSEvents.PutEvents".to_owned(),
+            ..Self::new("PutEvents", error_type).status(500)
+        }
+    }
+
+    /// `PutEvents` answered 200 with every entry refused (`FailedEntryCount` > 0).
+    pub fn put_events_entries_failed() -> Self {
+        Self::put_events("InternalFailure")
+            .status(200)
+            .mode(FaultMode::FailedEntries)
     }
 
     /// A write that DynamoDB applied and whose answer was lost: a 500, so the SDK retries it.

@@ -50,6 +50,9 @@ pub struct RefreshSummary {
     pub not_started_brownout: usize,
     /// Connection items that could not be read: skipped, named in the log, alarmed.
     pub malformed: usize,
+    /// Lifecycle events a writer left pending (it died, or EventBridge failed) that this run
+    /// put on the bus (docs/events.md).
+    pub events_republished: usize,
 }
 
 #[derive(Debug)]
@@ -108,6 +111,24 @@ impl Refresher {
             .await;
         let mut finished = self.finish(&connections, due.len(), outcomes).await;
         finished.summary.malformed = scan.malformed.len();
+        // The outbox's sweep (docs/design.md, "Lifecycle events"): after the refreshes, so it
+        // never takes their time; what it cannot publish stays for the next run.
+        match self.store().publish_leftovers(&connections).await {
+            Ok(leftovers) => {
+                if leftovers.pending > 0 || leftovers.tombstones_finished > 0 {
+                    info!(
+                        pending = leftovers.pending,
+                        published = leftovers.published,
+                        tombstones_finished = leftovers.tombstones_finished,
+                        "lifecycle events left pending by their writers"
+                    );
+                }
+                finished.summary.events_republished = leftovers.published;
+            }
+            Err(e) => {
+                warn!(error = %e, "could not list the tombstones with pending lifecycle events; the next run tries again");
+            }
+        }
         finished.metrics.put(
             "MalformedConnections",
             scan.malformed.len() as f64,

@@ -12,8 +12,9 @@ use secrecy::ExposeSecret;
 use tracing::warn;
 
 use super::model::{
-    CONNECTION_PREFIX, Item, PENDING_INDEX, STATE_PREFIX, STATUS_INDEX, connection_key, number,
-    parse_connection, parse_state, state_consumed_by, state_key, string, unsigned,
+    CONNECTION_PREFIX, Item, PENDING_EVENTS, PENDING_INDEX, Recorded, STATE_PREFIX, STATUS_INDEX,
+    connection_key, empty_list, number, parse_connection, parse_state, state_consumed_by,
+    state_key, string, unsigned,
 };
 use super::write_id::new_write_id;
 use super::{
@@ -21,12 +22,15 @@ use super::{
     MarkGuard, MarkOutcome, PendingAuthorization, RotationCause, StateOutcome, StoreError, Version,
 };
 use crate::connection_id::ConnectionId;
+use crate::events::{Change, EventBus};
 use crate::keap::{IssuedTokens, SHORT_EXPIRES_IN_SECS, TokenPair};
 
 #[derive(Clone)]
 pub struct DynamoDbTokenStore {
     pub(super) client: Client,
     pub(super) table: String,
+    /// Where lifecycle events go; `None`: none is recorded (the outbox, `outbox.rs`).
+    pub(super) events: Option<EventBus>,
 }
 
 impl DynamoDbTokenStore {
@@ -34,7 +38,14 @@ impl DynamoDbTokenStore {
         Self {
             client,
             table: table.into(),
+            events: None,
         }
+    }
+
+    /// The same store, recording every lifecycle change in its write and publishing it on `bus`.
+    pub fn with_events(mut self, bus: EventBus) -> Self {
+        self.events = Some(bus);
+        self
     }
 
     /// An `UpdateItem` on `key` that, when its condition fails, returns the item that failed it.
@@ -182,18 +193,20 @@ fn collect_connections(scan: &mut ConnectionScan, items: &[Item]) -> Result<(), 
 /// What the callback and the operator may read of a connection item: no token, no key
 /// reference (the template's `dynamodb:Attributes` condition on their GetItem lists exactly
 /// these).
-pub const CALLBACK_READABLE_ATTRIBUTES: [&str; 6] = [
+pub const CALLBACK_READABLE_ATTRIBUTES: [&str; 8] = [
     "pk",
     "generation",
     "authorized_by",
     "keap_app",
     "incarnation",
     "exchanged_at",
+    "kind",
+    "pending_events",
 ];
 
 /// The non-secret view of a connection item: what an authorization reads before its exchange
 /// (or key probe) to condition its write on, and after it to learn the outcome.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct AuthorizationView {
     pub generation: Option<u64>,
     pub authorized_by: Option<String>,
@@ -201,6 +214,11 @@ pub struct AuthorizationView {
     pub incarnation: Option<String>,
     /// Epoch milliseconds of the exchange (or key probe) that made the current grant.
     pub exchanged_at: Option<i64>,
+    /// `oauth` or `service_account_key`.
+    pub kind: Option<String>,
+    /// The item's `pending_events` as stored (lifecycle events not yet known to be published):
+    /// a removal carries them to the tombstone, conditional on them being exactly this.
+    pub(crate) pending_events: Option<AttributeValue>,
 }
 
 impl DynamoDbTokenStore {
@@ -263,6 +281,8 @@ impl DynamoDbTokenStore {
                     Some(AttributeValue::N(n)) => n.parse().ok(),
                     _ => None,
                 },
+                kind: text("kind"),
+                pending_events: item.get(PENDING_EVENTS).cloned(),
             }
         }))
     }
@@ -552,6 +572,8 @@ impl DynamoDbTokenStore {
         send_update(request).await.map(|_| ())
     }
 
+    /// Marks the connection `needs_reauthorization` for `reason` (conditional on `guard` and
+    /// `version`), recording its lifecycle event in the same write and publishing it after.
     pub async fn mark_needs_reauthorization(
         &self,
         id: &ConnectionId,
@@ -561,7 +583,18 @@ impl DynamoDbTokenStore {
         now: i64,
     ) -> Result<MarkOutcome, StoreError> {
         let write_id = new_write_id();
-        let request = self
+        let recorded = Recorded {
+            change: Change::NeedsReauthorization,
+            kind: guard.kind(),
+            generation: Some(version.generation),
+            event_id: write_id.clone(),
+            occurred_at: now,
+            reason: Some(reason.to_owned()),
+        };
+        let mut set =
+            "SET #status = :dead, last_error = :reason, updated_at = :now, marked_by = :wid"
+                .to_owned();
+        let mut request = self
             .update(connection_key(id))
             .expression_attribute_names("#status", "status")
             .expression_attribute_values(
@@ -570,11 +603,15 @@ impl DynamoDbTokenStore {
             )
             .expression_attribute_values(":reason", string(reason))
             .expression_attribute_values(":now", number(now))
-            .expression_attribute_values(":wid", string(&write_id))
-            .update_expression(
-                "SET #status = :dead, last_error = :reason, updated_at = :now, marked_by = :wid \
-                 REMOVE lease_owner, lease_until",
-            );
+            .expression_attribute_values(":wid", string(&write_id));
+        if self.events.is_some() {
+            set.push_str(", #pe = list_append(if_not_exists(#pe, :nil), :event)");
+            request = request
+                .expression_attribute_names("#pe", PENDING_EVENTS)
+                .expression_attribute_values(":nil", empty_list())
+                .expression_attribute_values(":event", recorded.as_list());
+        }
+        let request = request.update_expression(format!("{set} REMOVE lease_owner, lease_until"));
         let request = match guard {
             MarkGuard::LeaseOwner(owner) => with_version(
                 request.expression_attribute_values(":owner", string(owner)),
@@ -589,13 +626,26 @@ impl DynamoDbTokenStore {
                 version,
             ),
         };
-        Ok(match send_update(request).await? {
+        let outcome = match send_update(request).await? {
             Written::Applied(_) => MarkOutcome::Marked,
             Written::ConditionFailed(Some(old)) if attribute_is(&old, "marked_by", &write_id) => {
                 MarkOutcome::Marked
             }
             Written::ConditionFailed(_) => MarkOutcome::NotMarked,
-        })
+        };
+        if outcome == MarkOutcome::Marked && self.events.is_some() {
+            let kind = match guard.kind() {
+                Some(kind) => kind,
+                // Only tools mark without a guard that tells the kind: read it.
+                None => match self.get(id).await {
+                    Ok(Some(current)) => current.kind,
+                    _ => ConnectionKind::OAuth,
+                },
+            };
+            let event = recorded.event(id, kind, version.generation);
+            self.deliver(&connection_key(id), &[event]).await;
+        }
+        Ok(outcome)
     }
 
     /// Records that Keap confirmed a rejection of this key connection's key at `now`, unless a

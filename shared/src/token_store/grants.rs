@@ -28,22 +28,27 @@ use secrecy::ExposeSecret;
 use super::dynamodb::{
     AuthorizationView, DynamoDbTokenStore, Written, malformed_write, send_update,
 };
-use super::model::{connection_key, number, string, tombstone_key, unsigned};
+use super::model::{
+    PENDING_EVENTS, Recorded, TOMBSTONE_PENDING_STATUS, connection_key, empty_list, number,
+    parse_pending, string, tombstone_key, unsigned,
+};
 use super::write_id::new_write_id;
 use super::{AuthorizeOutcome, ConnectionKind, ConnectionStatus, StoreError};
 use crate::clock::{now_epoch_millis, now_epoch_secs};
 use crate::connection_id::ConnectionId;
+use crate::events::Change;
 use crate::keap::IssuedTokens;
 
 /// A tombstone outlives every authorize link that could have been started before its removal
 /// (a link lives 10 minutes): its TTL is at least `removed_at` + this.
 pub const TOMBSTONE_MIN_TTL_SECS: i64 = 660;
+/// A removal whose item changes between its read and its transaction reads again, this often.
+const REMOVE_ATTEMPTS: usize = 4;
 
 /// When DynamoDB's TTL may delete the tombstone of a removal at `removed_at`.
 ///
-/// Today nothing else waits on a tombstone, so it is set when the tombstone is written. Work
-/// that keeps something pending on a removal (lifecycle events to publish) sets it only once
-/// nothing is pending, and never earlier than this.
+/// Without lifecycle events it is set when the tombstone is written; with them, only once no
+/// event is pending on the tombstone (then from that time: never earlier than this).
 pub fn tombstone_expires_at(removed_at: i64) -> i64 {
     removed_at + TOMBSTONE_MIN_TTL_SECS
 }
@@ -87,6 +92,14 @@ impl Expression {
 
     fn value(&mut self, placeholder: &str, value: AttributeValue) {
         self.values.insert(placeholder.to_owned(), value);
+    }
+
+    /// Appends `recorded` to the item's pending events in this write (the outbox).
+    fn record(&mut self, set: &mut Vec<&'static str>, recorded: &Recorded) {
+        self.name("#pe", PENDING_EVENTS);
+        self.value(":nil", empty_list());
+        self.value(":event", recorded.as_list());
+        set.push("#pe = list_append(if_not_exists(#pe, :nil), :event)");
     }
 
     /// `incarnation = :read_inc AND (authorized_by = :read_by OR exchanged_at < :mine)` as read
@@ -242,6 +255,17 @@ impl DynamoDbTokenStore {
         expression.value(":wid", string(write.write_id));
         expression.value(":inc", string(new_write_id()));
         let mut condition = expression.grant_condition(write.basis, write.exchanged_at_ms);
+        let recorded = Recorded {
+            change: Change::Authorized,
+            kind: Some(ConnectionKind::OAuth),
+            generation: None,
+            event_id: write.write_id.to_owned(),
+            occurred_at: write.now,
+            reason: None,
+        };
+        if self.events.is_some() {
+            expression.record(&mut set, &recorded);
+        }
         if let Some(scope) = &write.issued.scope {
             set.push("keap_scope = :scope");
             expression.value(":scope", string(scope));
@@ -317,6 +341,10 @@ impl DynamoDbTokenStore {
                 pk: format!("conn#{id}"),
                 reason: "stored item has no generation".to_owned(),
             })?;
+            if self.events.is_some() {
+                let event = recorded.event(id, ConnectionKind::OAuth, generation);
+                self.deliver(&connection_key(id), &[event]).await;
+            }
             return Ok(AuthorizeOutcome::Authorized { generation });
         }
         if removed {
@@ -362,6 +390,14 @@ impl DynamoDbTokenStore {
         expression.value(":wid", string(write_id));
         expression.value(":inc", string(new_write_id()));
         let condition = expression.grant_condition(basis, probed_at_ms);
+        let recorded = Recorded {
+            change: Change::KeyRegistered,
+            kind: Some(ConnectionKind::ServiceAccountKey),
+            generation: None,
+            event_id: write_id.to_owned(),
+            occurred_at: now,
+            reason: None,
+        };
         let mut set = vec![
             "#status = :active",
             "#kind = :key_kind",
@@ -387,6 +423,9 @@ impl DynamoDbTokenStore {
             "key_rejected_since",
             "key_accepted_at",
         ];
+        if self.events.is_some() {
+            expression.record(&mut set, &recorded);
+        }
         match keap_app {
             Some(app) => {
                 set.push("keap_app = :app");
@@ -415,6 +454,10 @@ impl DynamoDbTokenStore {
                     pk: format!("conn#{id}"),
                     reason: "stored item has no generation".to_owned(),
                 })?;
+                if self.events.is_some() {
+                    let event = recorded.event(id, ConnectionKind::ServiceAccountKey, generation);
+                    self.deliver(&connection_key(id), &[event]).await;
+                }
                 Ok(RegisterOutcome::Registered { generation })
             }
             // Gone since our write (a removal), or someone else's newer grant.
@@ -422,11 +465,112 @@ impl DynamoDbTokenStore {
         }
     }
 
-    /// Removes a connection: deletes its item and puts its tombstone (`removed_at`, and the TTL
-    /// of [`tombstone_expires_at`]) in one transaction, so no link started at or before `now`
-    /// can store a pair for it afterwards. `true` when an item existed (a projected read
-    /// before: the transaction returns nothing, and its retry is idempotent).
+    /// Removes a connection: deletes its item and writes its tombstone (`removed_at`) in one
+    /// transaction, so no link started at or before `now` can store a pair for it afterwards.
+    /// `true` when an item existed (a projected read before: the transaction returns nothing,
+    /// and its retry is idempotent).
+    ///
+    /// With lifecycle events on, the delete is conditional on the item's pending events being
+    /// those read, and the tombstone gets them and the `removed` event (its TTL is set only
+    /// once they are published, `status = removed` until then); a change that lands between the
+    /// read and the transaction makes it read again.
     pub async fn remove_connection(&self, id: &ConnectionId, now: i64) -> Result<bool, StoreError> {
+        if self.events.is_none() {
+            return self.remove_without_events(id, now).await;
+        }
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            let view = self.read_authorization(id).await?;
+            let write_id = new_write_id();
+            let mut delete = Delete::builder()
+                .table_name(&self.table)
+                .key("pk", connection_key(id));
+            let mut carried = Vec::new();
+            let mut events = Vec::new();
+            match &view {
+                None => delete = delete.condition_expression("attribute_not_exists(pk)"),
+                Some(view) => {
+                    let kind = match view.kind.as_deref() {
+                        Some("service_account_key") => ConnectionKind::ServiceAccountKey,
+                        _ => ConnectionKind::OAuth,
+                    };
+                    let generation = view.generation.unwrap_or(0);
+                    let mut item = std::collections::HashMap::new();
+                    if let Some(pending) = &view.pending_events {
+                        item.insert(PENDING_EVENTS.to_owned(), pending.clone());
+                    }
+                    let mut recorded = parse_pending(&item);
+                    recorded.push(Recorded {
+                        change: Change::Removed,
+                        kind: Some(kind),
+                        generation: Some(generation),
+                        event_id: write_id.clone(),
+                        occurred_at: now,
+                        reason: None,
+                    });
+                    for mut one in recorded {
+                        // The tombstone knows neither kind nor generation: fill them in.
+                        one.kind = Some(one.kind.unwrap_or(kind));
+                        one.generation = Some(one.generation.unwrap_or(generation));
+                        carried.push(one.as_value());
+                        events.push(one.event(id, kind, generation));
+                    }
+                    delete = delete.expression_attribute_names("#pe", PENDING_EVENTS);
+                    delete = match &view.pending_events {
+                        Some(pending) => delete
+                            .condition_expression("#pe = :read_pe")
+                            .expression_attribute_values(":read_pe", pending.clone()),
+                        None => delete.condition_expression(
+                            "attribute_exists(pk) AND attribute_not_exists(#pe)",
+                        ),
+                    };
+                }
+            }
+            let delete = delete.build().map_err(|e| build_error(id, &e))?;
+            let tombstone = Update::builder()
+                .table_name(&self.table)
+                .key("pk", tombstone_key(id))
+                .update_expression(
+                    "SET removed_at = :now, removed_by = :wid, #status = :removed, \
+                     #pe = list_append(if_not_exists(#pe, :nil), :events) REMOVE expires_at",
+                )
+                .expression_attribute_names("#status", "status")
+                .expression_attribute_names("#pe", PENDING_EVENTS)
+                .expression_attribute_values(":now", number(now))
+                .expression_attribute_values(":wid", string(&write_id))
+                .expression_attribute_values(":removed", string(TOMBSTONE_PENDING_STATUS))
+                .expression_attribute_values(":nil", empty_list())
+                .expression_attribute_values(":events", AttributeValue::L(carried))
+                .build()
+                .map_err(|e| build_error(id, &e))?;
+            let items = vec![
+                TransactWriteItem::builder().delete(delete).build(),
+                TransactWriteItem::builder().update(tombstone).build(),
+            ];
+            match send_transaction(self, items).await? {
+                None => {
+                    self.deliver(&tombstone_key(id), &events).await;
+                    if let Err(error) = self.finish_tombstone(id).await {
+                        tracing::warn!(connection = %id, error = %error,
+                            "the tombstone's TTL is not set yet; the next scheduled refresher run sets it");
+                    }
+                    return Ok(view.is_some());
+                }
+                // The item changed since the read (a change recorded an event, or it was
+                // created or removed meanwhile): read again.
+                Some(_) if attempts < REMOVE_ATTEMPTS => continue,
+                Some(_) => {
+                    return Err(StoreError::Unavailable {
+                        reason: "the connection kept changing during its removal; retry".to_owned(),
+                    });
+                }
+            }
+        }
+    }
+
+    /// The removal when no lifecycle event is recorded: the tombstone gets its TTL at once.
+    async fn remove_without_events(&self, id: &ConnectionId, now: i64) -> Result<bool, StoreError> {
         let existed = self.read_authorization(id).await?.is_some();
         let delete = Delete::builder()
             .table_name(&self.table)

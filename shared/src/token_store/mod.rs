@@ -13,6 +13,7 @@ mod error;
 mod grants;
 mod hooks;
 mod model;
+mod outbox;
 mod write_id;
 
 pub use dynamodb::{
@@ -27,6 +28,8 @@ pub use model::{
     Connection, ConnectionKind, ConnectionStatus, Lease, PENDING_INDEX, PendingAuthorization,
     RotationCause, STATUS_INDEX, StateOutcome,
 };
+pub use model::{PENDING_EVENTS, TOMBSTONE_PENDING_STATUS};
+pub use outbox::{LeftoverSummary, PendingTombstone};
 pub use write_id::new_write_id;
 
 /// What a decision about a connection was taken on: every condition names both, so a decision
@@ -119,4 +122,16 @@ pub enum MarkGuard<'a> {
     /// A key connection whose rejection was recorded at this `key_rejected_since` and not
     /// answered by a success since (`key_accepted_at` absent or older).
     KeyRejectedSince(i64),
+}
+
+impl MarkGuard<'_> {
+    /// The kind of connection the guard can hold: a lease is an OAuth refresh's, a recorded key
+    /// rejection a key connection's; `None`: either.
+    pub(crate) fn kind(&self) -> Option<ConnectionKind> {
+        match self {
+            Self::LeaseOwner(_) => Some(ConnectionKind::OAuth),
+            Self::KeyRejectedSince(_) => Some(ConnectionKind::ServiceAccountKey),
+            Self::GenerationOnly => None,
+        }
+    }
 }

@@ -5,12 +5,15 @@ use secrecy::SecretString;
 
 use super::StoreError;
 use crate::connection_id::ConnectionId;
+use crate::events::{Change, LifecycleEvent};
 use crate::keap::TokenPair;
 
 pub(crate) const CONNECTION_PREFIX: &str = "conn#";
 pub(crate) const STATE_PREFIX: &str = "state#";
-/// A removed connection's tombstone: `tomb#<connection_id>`, with `removed_at` and the TTL
-/// `expires_at` (docs/design.md, "Data model"). No `status`, no `connection_id`: in neither index.
+/// A removed connection's tombstone: `tomb#<connection_id>`, with `removed_at`, its pending
+/// lifecycle events and, once they are published, the TTL `expires_at` (docs/design.md, "Data
+/// model"). While events are pending its `status` is `removed` (in the status index, where the
+/// refresher finds it); never a `connection_id`: never in the pending index.
 pub(crate) const TOMBSTONE_PREFIX: &str = "tomb#";
 /// Sparse global secondary index on `status` (hash key): connection items only, all
 /// attributes. The refresher queries it instead of scanning, so it never reads a state item.
@@ -107,6 +110,9 @@ pub struct Connection {
     /// Key connections: when a request with the key last succeeded after a recorded rejection
     /// (epoch seconds): a key accepted since `key_rejected_since` is not marked.
     pub key_accepted_at: Option<i64>,
+    /// Lifecycle events recorded by a change and not yet known to be published (the outbox,
+    /// docs/design.md, "Lifecycle events"): what the scheduled run publishes.
+    pub pending_events: Vec<LifecycleEvent>,
 }
 
 /// Why a pair is being rotated; a rotation for a 401 is remembered in the item.
@@ -276,7 +282,6 @@ pub(crate) fn parse_connection(item: &Item) -> Result<Connection, StoreError> {
         _ => None,
     };
     Ok(Connection {
-        id,
         kind,
         tokens,
         key_secret_id: r.opt_s("key_secret_id")?,
@@ -298,6 +303,11 @@ pub(crate) fn parse_connection(item: &Item) -> Result<Connection, StoreError> {
         expiry_rotation_at: r.opt_n("expiry_rotation_at")?,
         key_rejected_since: r.opt_n("key_rejected_since")?,
         key_accepted_at: r.opt_n("key_accepted_at")?,
+        pending_events: parse_pending(item)
+            .iter()
+            .map(|recorded| recorded.event(&id, kind, generation))
+            .collect(),
+        id,
     })
 }
 
@@ -324,5 +334,123 @@ pub(crate) fn parse_state(item: &Item) -> Result<PendingAuthorization, StoreErro
             .opt_n("expires_at")?
             .ok_or_else(|| r.malformed("missing expires_at".to_owned()))?,
         replace_account: r.opt_bool("replace_account")?.unwrap_or(false),
+    })
+}
+
+// ------------------------------------------------------------ the outbox's entries
+// (written and cleared by `outbox.rs`; docs/design.md, "Lifecycle events")
+
+/// The item attribute that holds the events not yet known to be published.
+pub const PENDING_EVENTS: &str = "pending_events";
+/// A tombstone's `status` while its events are not all published: it is in the status index,
+/// where the refresher finds it. The last publish removes it and sets the TTL.
+pub const TOMBSTONE_PENDING_STATUS: &str = "removed";
+
+/// An event a write records, before it is known whose generation it will carry.
+#[derive(Debug, Clone)]
+pub(crate) struct Recorded {
+    pub change: Change,
+    /// `None`: the item's kind when it is published (a grant write sets it in the same write).
+    pub kind: Option<ConnectionKind>,
+    /// `None`: the generation the write produced, read back when it is published (a grant
+    /// write adds one to a generation it did not read).
+    pub generation: Option<u64>,
+    pub event_id: String,
+    pub occurred_at: i64,
+    pub reason: Option<String>,
+}
+
+impl Recorded {
+    /// The one-element list `list_append` adds.
+    pub(crate) fn as_list(&self) -> AttributeValue {
+        AttributeValue::L(vec![self.as_value()])
+    }
+
+    pub(crate) fn as_value(&self) -> AttributeValue {
+        let mut map = HashMap::from([
+            ("event_id".to_owned(), string(&self.event_id)),
+            ("change".to_owned(), string(self.change.as_str())),
+            ("occurred_at".to_owned(), number(self.occurred_at)),
+        ]);
+        if let Some(kind) = self.kind {
+            map.insert("kind".to_owned(), string(kind.as_str()));
+        }
+        if let Some(generation) = self.generation {
+            map.insert("generation".to_owned(), unsigned(generation));
+        }
+        if let Some(reason) = &self.reason {
+            map.insert("reason".to_owned(), string(reason));
+        }
+        AttributeValue::M(map)
+    }
+
+    /// The event as published: `kind` and `generation` from the item when the write left them open.
+    pub(crate) fn event(
+        &self,
+        id: &ConnectionId,
+        kind: ConnectionKind,
+        generation: u64,
+    ) -> LifecycleEvent {
+        LifecycleEvent {
+            change: self.change,
+            connection_id: id.as_str().to_owned(),
+            kind: self.kind.unwrap_or(kind).as_str().to_owned(),
+            generation: self.generation.unwrap_or(generation),
+            event_id: self.event_id.clone(),
+            occurred_at: self.occurred_at,
+            reason: self.reason.clone(),
+        }
+    }
+}
+
+/// An empty list: `if_not_exists(pending_events, :nil)`.
+pub(crate) fn empty_list() -> AttributeValue {
+    AttributeValue::L(Vec::new())
+}
+
+fn parse_kind(text: &str) -> Option<ConnectionKind> {
+    match text {
+        "oauth" => Some(ConnectionKind::OAuth),
+        "service_account_key" => Some(ConnectionKind::ServiceAccountKey),
+        _ => None,
+    }
+}
+
+/// The recorded events of an item's `pending_events`; an element that cannot be read is
+/// skipped with a warning (never fatal: the others are still published).
+pub(crate) fn parse_pending(item: &Item) -> Vec<Recorded> {
+    let Some(AttributeValue::L(list)) = item.get(PENDING_EVENTS) else {
+        return Vec::new();
+    };
+    list.iter()
+        .filter_map(|value| {
+            let parsed = parse_one(value);
+            if parsed.is_none() {
+                tracing::warn!("skipping an unreadable pending lifecycle event");
+            }
+            parsed
+        })
+        .collect()
+}
+
+fn parse_one(value: &AttributeValue) -> Option<Recorded> {
+    let AttributeValue::M(map) = value else {
+        return None;
+    };
+    let text = |name: &str| match map.get(name) {
+        Some(AttributeValue::S(s)) => Some(s.clone()),
+        _ => None,
+    };
+    let num = |name: &str| match map.get(name) {
+        Some(AttributeValue::N(n)) => n.parse::<i64>().ok(),
+        _ => None,
+    };
+    Some(Recorded {
+        change: Change::parse(&text("change")?)?,
+        kind: text("kind").as_deref().and_then(parse_kind),
+        generation: num("generation").and_then(|g| u64::try_from(g).ok()),
+        event_id: text("event_id")?,
+        occurred_at: num("occurred_at")?,
+        reason: text("reason"),
     })
 }

@@ -84,7 +84,7 @@ pub async fn run(
 
     run.begin(
         Step::Emulator,
-        "Starting the AWS emulator (moto: DynamoDB, Secrets Manager, SQS); first start takes up to a minute",
+        "Starting the AWS emulator (moto: DynamoDB, Secrets Manager, SQS, EventBridge); first start takes up to a minute",
     )
     .await;
     let endpoint = moto::start(supervisor, progress)
@@ -109,7 +109,7 @@ pub async fn run(
 
     run.begin(
         Step::Resources,
-        "Creating the connections table and storing the Keap client secret, as a deployment does",
+        "Creating the connections table, the event bus and storing the Keap client secret, as a deployment does",
     )
     .await;
     resources::create_table(&sdk)
@@ -125,10 +125,15 @@ pub async fn run(
     resources::store_client_secret(&sdk, &client_id, &client_secret)
         .await
         .map_err(at(Step::Resources))?;
+    let events_queue = resources::create_event_bus(&sdk)
+        .await
+        .map_err(at(Step::Resources))?;
     progress.ok(&format!(
-        "table {}, secret {}",
+        "table {}, secret {}, event bus {} (a rule sends connection events to queue {})",
         resources::TABLE,
-        resources::CLIENT_SECRET_ID
+        resources::CLIENT_SECRET_ID,
+        resources::EVENT_BUS,
+        resources::EVENTS_QUEUE,
     ));
 
     run.begin(
@@ -244,6 +249,22 @@ pub async fn run(
     progress.ok(&format!(
         "connection `default` stored: generation 1, active, Keap account {}",
         connection.keap_app.as_deref().unwrap_or("unknown")
+    ));
+    // The lifecycle event the authorization published (docs/events.md), as a rule delivered it.
+    let event = resources::receive_event(&sdk, &events_queue, 5)
+        .await
+        .map_err(at(Step::Callback))?
+        .ok_or_else(|| {
+            at(Step::Callback)(format!(
+                "no lifecycle event reached queue {} within 5 s",
+                resources::EVENTS_QUEUE
+            ))
+        })?;
+    progress.ok(&format!(
+        "event on {}: {} {}",
+        resources::EVENT_BUS,
+        event["detail-type"].as_str().unwrap_or("?"),
+        event["detail"]
     ));
 
     run.begin(
@@ -378,6 +399,7 @@ fn function_env(
         ("KEAPALIVE_CLIENT_SECRET_ID", resources::CLIENT_SECRET_ID),
         ("KEAPALIVE_REDIRECT_URI", redirect_uri),
         ("KEAPALIVE_STAGE", "local"),
+        ("KEAPALIVE_EVENT_BUS", resources::EVENT_BUS),
     ] {
         env.push((name.to_owned(), value.to_owned()));
     }

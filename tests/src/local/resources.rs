@@ -9,6 +9,11 @@ use crate::emulator::{ACCESS_KEY_ID, REGION, SECRET_ACCESS_KEY};
 
 pub const TABLE: &str = "keapalive-local-connections";
 pub const CLIENT_SECRET_ID: &str = "keapalive/local/keap-client";
+/// The stage's lifecycle-event bus (the template's `keapalive-<stage>`), with one rule sending
+/// every connection event to [`EVENTS_QUEUE`] (docs/events.md, the first example).
+pub const EVENT_BUS: &str = "keapalive-local";
+pub const EVENTS_QUEUE: &str = "keapalive-local-connection-events";
+const EVENTS_RULE: &str = "keapalive-local-connection-events";
 
 /// The environment a function or tool needs to reach the emulator.
 pub fn aws_env(endpoint_url: &str) -> Vec<(String, String)> {
@@ -53,4 +58,85 @@ pub async fn store_client_secret(
             )
         })?;
     Ok(())
+}
+
+/// The bus, a queue and a rule `source` keapalive, `detail-type` `keapalive.connection.*` →
+/// the queue; returns the queue's URL.
+pub async fn create_event_bus(sdk: &SdkConfig) -> Result<String, String> {
+    let events = aws_sdk_eventbridge::Client::new(sdk);
+    let sqs = aws_sdk_sqs::Client::new(sdk);
+    let failed = |what: &str, e: &dyn std::fmt::Display| format!("{what}: {e}");
+    events
+        .create_event_bus()
+        .name(EVENT_BUS)
+        .send()
+        .await
+        .map_err(|e| failed("create the event bus", &DisplayErrorContext(&e)))?;
+    let queue_url = sqs
+        .create_queue()
+        .queue_name(EVENTS_QUEUE)
+        .send()
+        .await
+        .map_err(|e| failed("create the events queue", &DisplayErrorContext(&e)))?
+        .queue_url
+        .ok_or("the emulator returned no queue URL")?;
+    let queue_arn = sqs
+        .get_queue_attributes()
+        .queue_url(&queue_url)
+        .attribute_names(aws_sdk_sqs::types::QueueAttributeName::QueueArn)
+        .send()
+        .await
+        .map_err(|e| failed("read the events queue's ARN", &DisplayErrorContext(&e)))?
+        .attributes
+        .and_then(|mut a| a.remove(&aws_sdk_sqs::types::QueueAttributeName::QueueArn))
+        .ok_or("the events queue has no ARN")?;
+    events
+        .put_rule()
+        .name(EVENTS_RULE)
+        .event_bus_name(EVENT_BUS)
+        .event_pattern(
+            r#"{"source": ["keapalive"], "detail-type": [{"prefix": "keapalive.connection."}]}"#,
+        )
+        .send()
+        .await
+        .map_err(|e| failed("create the events rule", &DisplayErrorContext(&e)))?;
+    let target = aws_sdk_eventbridge::types::Target::builder()
+        .id("queue")
+        .arn(queue_arn)
+        .build()
+        .map_err(|e| failed("the rule's target", &e))?;
+    events
+        .put_targets()
+        .rule(EVENTS_RULE)
+        .event_bus_name(EVENT_BUS)
+        .targets(target)
+        .send()
+        .await
+        .map_err(|e| failed("point the rule at the queue", &DisplayErrorContext(&e)))?;
+    Ok(queue_url)
+}
+
+/// The next lifecycle event in the queue (waiting up to `wait_secs`), as EventBridge delivered it.
+pub async fn receive_event(
+    sdk: &SdkConfig,
+    queue_url: &str,
+    wait_secs: i32,
+) -> Result<Option<serde_json::Value>, String> {
+    let messages = aws_sdk_sqs::Client::new(sdk)
+        .receive_message()
+        .queue_url(queue_url)
+        .max_number_of_messages(1)
+        .wait_time_seconds(wait_secs)
+        .send()
+        .await
+        .map_err(|e| format!("receive from the events queue: {}", DisplayErrorContext(&e)))?
+        .messages
+        .unwrap_or_default();
+    messages
+        .first()
+        .and_then(|message| message.body())
+        .map(|body| {
+            serde_json::from_str(body).map_err(|e| format!("an event that is not JSON: {e}"))
+        })
+        .transpose()
 }

@@ -213,6 +213,12 @@ async fn the_whole_flow_holds_and_leaves_nothing_running() {
         assert!(stdout.contains(title), "no step {title:?}:\n{stdout}");
     }
     assert!(stdout.contains("generation 1, active"), "{stdout}");
+    // The authorization's lifecycle event, received through the bus's rule → SQS queue.
+    assert!(
+        stdout.contains("event on keapalive-local: keapalive.connection.authorized")
+            && stdout.contains("\"connection_id\":\"default\""),
+        "{stdout}"
+    );
     assert!(stdout.contains("generation 2"), "{stdout}");
     assert!(
         stdout.contains("\"created\":true") && stdout.contains("\"tags_applied\":["),

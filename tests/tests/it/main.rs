@@ -18,6 +18,7 @@ mod harness;
 mod hook_store;
 mod keap_proxy;
 mod key_rejection;
+mod lifecycle_events;
 mod local_flow;
 mod log_cap;
 mod oauth_callback;
