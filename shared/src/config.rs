@@ -67,6 +67,8 @@ pub enum ConfigError {
 pub struct Requirements {
     /// oauth-callback exchanges codes; operator builds authorize URLs.
     pub redirect_uri: bool,
+    /// keap-hooks exists to publish: without a bus it has nothing to do.
+    pub event_bus: bool,
 }
 
 /// Keap's three endpoints; overridable so tests and the local demo point at the sandbox.
@@ -192,7 +194,12 @@ impl Config {
             connection_recheck: secs(get, "KEAPALIVE_CONNECTION_RECHECK_SECS", 60, 0)?,
             stage: get("KEAPALIVE_STAGE").unwrap_or_else(|| "default".to_owned()),
             key_secret_prefix: get("KEAPALIVE_KEY_SECRET_PREFIX"),
-            event_bus: get("KEAPALIVE_EVENT_BUS").filter(|bus| !bus.is_empty()),
+            event_bus: match get("KEAPALIVE_EVENT_BUS").filter(|bus| !bus.is_empty()) {
+                None if requirements.event_bus => {
+                    return Err(ConfigError::Missing("KEAPALIVE_EVENT_BUS"));
+                }
+                bus => bus,
+            },
             keap: KeapEndpoints {
                 authorize_url: url_or("KEAP_AUTHORIZE_URL", DEFAULT_AUTHORIZE_URL)?,
                 token_url: url_or("KEAP_TOKEN_URL", DEFAULT_TOKEN_URL)?,
@@ -423,8 +430,14 @@ mod tests {
         let err = Config::from_vars(&vars(&[("KEAPALIVE_TABLE", "t")]), Requirements::default())
             .unwrap_err();
         assert_eq!(err, ConfigError::Missing("KEAPALIVE_CLIENT_SECRET_ID"));
-        let err =
-            Config::from_vars(&vars(MINIMAL), Requirements { redirect_uri: true }).unwrap_err();
+        let err = Config::from_vars(
+            &vars(MINIMAL),
+            Requirements {
+                redirect_uri: true,
+                ..Requirements::default()
+            },
+        )
+        .unwrap_err();
         assert!(err.to_string().contains("KEAPALIVE_REDIRECT_URI"));
     }
 

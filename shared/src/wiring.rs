@@ -21,9 +21,10 @@ use aws_config::timeout::TimeoutConfig;
 
 use crate::access_token::{AccessTokenService, AccessTokenSettings};
 use crate::authorization::AuthorizationService;
-use crate::config::{Config, Requirements};
+use crate::config::{Config, ConfigError, Requirements};
 use crate::contact::{LazySqs, UpsertService, UpsertSettings};
 use crate::events::EventBus;
+use crate::hooks::HooksReceiver;
 use crate::keap::http::build_client;
 use crate::keap::rate_limit::RateLimiter;
 use crate::keap::{KeapUsage, OAuthClient, RestClient};
@@ -89,18 +90,30 @@ const DYNAMODB_ATTEMPTS: u32 = 5;
 
 /// oauth-callback's init. Its callback route finishes authorizations, so it needs the redirect URI.
 pub async fn oauth_callback() -> AuthorizationService {
-    init_or_exit(Requirements { redirect_uri: true }, PresentsToKeap::Yes)
-        .await
-        .authorization()
+    init_or_exit(
+        Requirements {
+            redirect_uri: true,
+            ..Requirements::default()
+        },
+        PresentsToKeap::Yes,
+    )
+    .await
+    .authorization()
 }
 
 /// operator's init. start_authorization builds the authorize link, which names the callback's
 /// redirect URI.
 pub async fn operator() -> AuthorizationService {
     // A key probe, but never a refresh token or a code: no pair to store after it.
-    init_or_exit(Requirements { redirect_uri: true }, PresentsToKeap::No)
-        .await
-        .authorization()
+    init_or_exit(
+        Requirements {
+            redirect_uri: true,
+            ..Requirements::default()
+        },
+        PresentsToKeap::No,
+    )
+    .await
+    .authorization()
 }
 
 /// token-refresher's init.
@@ -128,6 +141,18 @@ pub async fn keap_proxy() -> ProxyService {
     init_or_exit(Requirements::default(), PresentsToKeap::Yes)
         .await
         .proxy_service()
+}
+
+/// keap-hooks' init: the table (hook items only) and the bus; it never calls Keap.
+pub async fn keap_hooks() -> HooksReceiver {
+    let requirements = Requirements {
+        event_bus: true,
+        ..Requirements::default()
+    };
+    init_or_exit(requirements, PresentsToKeap::No)
+        .await
+        .hooks_receiver()
+        .unwrap_or_else(|e| exit_at_init(&e))
 }
 
 /// Whether a function presents a refresh token or an authorization code to Keap.
@@ -332,6 +357,16 @@ impl Clients {
             self.sqs.clone(),
             UpsertSettings::from_config(&self.config),
         )
+    }
+
+    /// keap-hooks: the store (hook items) and the bus (`KEAPALIVE_EVENT_BUS`, required).
+    pub fn hooks_receiver(&self) -> Result<HooksReceiver, ConfigError> {
+        let bus = self
+            .store
+            .event_bus()
+            .cloned()
+            .ok_or(ConfigError::Missing("KEAPALIVE_EVENT_BUS"))?;
+        Ok(HooksReceiver::new(self.store.clone(), bus))
     }
 
     pub fn proxy_service(&self) -> ProxyService {

@@ -64,8 +64,14 @@ impl Fixture {
     }
 
     pub fn config(&self, extra: &[(&str, &str)]) -> Config {
-        Config::from_vars(&self.env(extra), Requirements { redirect_uri: true })
-            .expect("fixture configuration is valid")
+        Config::from_vars(
+            &self.env(extra),
+            Requirements {
+                redirect_uri: true,
+                ..Requirements::default()
+            },
+        )
+        .expect("fixture configuration is valid")
     }
 
     /// A fresh set of clients (own HTTP pool, own SDK clients), as one Lambda container has.

@@ -4,6 +4,7 @@
 pub mod aws;
 pub mod emulator;
 pub mod fixture;
+pub mod http_front;
 pub mod local;
 pub mod logs;
 pub mod runtime_api;

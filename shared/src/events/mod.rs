@@ -114,6 +114,54 @@ impl EventBus {
         &self.name
     }
 
+    /// Puts one request of `(detail_type, detail)` entries (at most ten, within EventBridge's
+    /// request limit), source [`EVENT_SOURCE`]: `Ok` only when EventBridge accepted every entry
+    /// (`FailedEntryCount` 0). For a sender that must not say "done" before that: keap-hooks
+    /// answers Keap 200 only then.
+    pub async fn put_every(&self, entries: &[(&str, &str)]) -> Result<(), PublishError> {
+        let request: Vec<PutEventsRequestEntry> = entries
+            .iter()
+            .map(|(detail_type, detail)| {
+                PutEventsRequestEntry::builder()
+                    .event_bus_name(&self.name)
+                    .source(EVENT_SOURCE)
+                    .detail_type(*detail_type)
+                    .detail(*detail)
+                    .time(DateTime::from(std::time::SystemTime::now()))
+                    .build()
+            })
+            .collect();
+        let output = self
+            .client
+            .put_events()
+            .set_entries(Some(request))
+            .send()
+            .await
+            .map_err(|error| PublishError {
+                reason: aws_sdk_eventbridge::error::DisplayErrorContext(&error)
+                    .to_string()
+                    .chars()
+                    .take(300)
+                    .collect(),
+            })?;
+        let accepted = output
+            .entries()
+            .iter()
+            .filter(|result| result.error_code().is_none() && result.event_id().is_some())
+            .count();
+        if output.failed_entry_count() == 0 && accepted == entries.len() {
+            Ok(())
+        } else {
+            Err(PublishError {
+                reason: format!(
+                    "{} of {} entries refused",
+                    entries.len() - accepted.min(entries.len()),
+                    entries.len()
+                ),
+            })
+        }
+    }
+
     /// Puts `events` on the bus (ten per request) and returns the `event_id`s EventBridge
     /// accepted. An entry EventBridge refused (`FailedEntryCount` > 0) is not returned and stays
     /// pending; a request that failed as a whole fails the call only if nothing was accepted.

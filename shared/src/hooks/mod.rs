@@ -3,3 +3,6 @@
 //! `keapalive-<stage>` bus.
 
 pub mod delivery;
+pub mod receiver;
+
+pub use receiver::HooksReceiver;

@@ -48,6 +48,11 @@ impl DynamoDbTokenStore {
         self
     }
 
+    /// The bus lifecycle events go to (`KEAPALIVE_EVENT_BUS`), if one is configured.
+    pub fn event_bus(&self) -> Option<&EventBus> {
+        self.events.as_ref()
+    }
+
     /// An `UpdateItem` on `key` that, when its condition fails, returns the item that failed it.
     pub(super) fn update(&self, key: AttributeValue) -> UpdateItemFluentBuilder {
         self.client

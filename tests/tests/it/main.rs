@@ -16,6 +16,7 @@ mod fault_model;
 mod function_init;
 mod harness;
 mod hook_store;
+mod keap_hooks;
 mod keap_proxy;
 mod key_rejection;
 mod lifecycle_events;

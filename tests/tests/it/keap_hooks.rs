@@ -1,0 +1,366 @@
+//! keap-hooks (docs/events.md, "Keap changes"): the real binary behind a stand-in for the HTTP
+//! API route `POST /keap/hooks/{token}`, Keap's handshake and deliveries from the sandbox (with
+//! Keap's retry policy, delays scaled down), events on moto's EventBridge with a rule to an SQS
+//! queue. 410 only when the subscription is definitely gone, 5xx whenever Keap should retry,
+//! 200 only once every event was accepted.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use keap_sandbox::{HookEvent, HookRequestKind, HookStatus, ObjectKey};
+use keapalive::clock::now_epoch_secs;
+use keapalive::token_store::HookToken;
+use keapalive_tests::aws::{create_event_bus_with_rule, received_events, scan_all};
+use keapalive_tests::emulator::{DynamoDbFault, Emulator};
+use keapalive_tests::fixture::{Fixture, connection_id};
+use keapalive_tests::http_front::HttpFront;
+use keapalive_tests::runtime_api::{FunctionProcess, RuntimeApi, binary_path, spawn_function};
+use serde_json::{Value, json};
+
+const APP: &str = "hooks02";
+const INIT_TIMEOUT: Duration = Duration::from_secs(120);
+const HOOKS_PATH: &str = "/keap/hooks/";
+
+struct World {
+    fx: Fixture,
+    queue: String,
+    front: HttpFront,
+    function: FunctionProcess,
+    access_token: String,
+    http: reqwest::Client,
+}
+
+impl World {
+    async fn new() -> Self {
+        let fx = Fixture::new().await;
+        let issued = fx.seed_connection("default", APP, None).await;
+        let (bus, queue) = create_event_bus_with_rule(
+            &fx.sdk,
+            r#"{"source": ["keapalive"], "detail-type": [{"prefix": "keap."}]}"#,
+        )
+        .await;
+        let mut env = Emulator::shared().process_env();
+        env.extend(fx.env(&[("KEAPALIVE_EVENT_BUS", &bus)]));
+        env.push(("AWS_LAMBDA_LOG_LEVEL".to_owned(), "debug".to_owned()));
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        let runtime = Arc::new(RuntimeApi::start_named("keap-hooks").await);
+        let function = spawn_function(&binary_path("keap-hooks"), &env, &runtime);
+        assert!(
+            runtime.wait_until_ready(INIT_TIMEOUT).await.is_some(),
+            "keap-hooks init failed: {}",
+            function.output()
+        );
+        let front = HttpFront::start(runtime, HOOKS_PATH, "token").await;
+        // Keap's 30-60 s between attempts become 30-60 ms; its 30 s answer timeout 3 s.
+        fx.sandbox.set_hook_delay_scale(0.001);
+        fx.sandbox.set_hook_timeout_scale(0.1);
+        Self {
+            fx,
+            queue,
+            front,
+            function,
+            access_token: issued.access_token,
+            http: reqwest::Client::new(),
+        }
+    }
+
+    /// What the operator's `subscribe_hooks` does: the item first, then Keap's create call
+    /// (which verifies the URL through keap-hooks). Returns the token and Keap's hook.
+    async fn subscribe(&self, event_key: &str) -> (HookToken, Value) {
+        let token = HookToken::generate().unwrap();
+        assert!(
+            self.fx
+                .store()
+                .put_hook(
+                    &token.hash(),
+                    &connection_id("default"),
+                    event_key,
+                    now_epoch_secs()
+                )
+                .await
+                .unwrap()
+        );
+        let hook: Value = self
+            .http
+            .post(format!("{}/v1/hooks", self.fx.sandbox.api_base_url()))
+            .bearer_auth(&self.access_token)
+            .json(&json!({
+                "eventKey": event_key,
+                "hookUrl": self.front.url(&format!("{HOOKS_PATH}{}", token.expose_secret())),
+            }))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        (token, hook)
+    }
+
+    /// Keap delivers `ids` (one timestamp) to every verified `contact.add` hook; waits until
+    /// every attempt, retries included, is done.
+    async fn deliver(&self, ids: std::ops::Range<i64>, timestamp: &str) {
+        let object_keys = ids
+            .map(|id| ObjectKey {
+                id,
+                api_url: format!("https://api.infusionsoft.com/crm/rest/v1/contacts/{id}"),
+                timestamp: timestamp.to_owned(),
+            })
+            .collect();
+        self.fx
+            .sandbox
+            .deliver_hook_event(
+                APP,
+                HookEvent {
+                    event_key: "contact.add".to_owned(),
+                    object_type: None,
+                    object_keys,
+                },
+            )
+            .unwrap();
+        assert!(
+            self.fx
+                .sandbox
+                .wait_for_hook_deliveries(Duration::from_secs(60))
+                .await,
+            "Keap's deliveries did not finish"
+        );
+    }
+
+    /// The events on the queue, waiting up to 10 s for `at_least`.
+    async fn events(&self, at_least: usize) -> Vec<Value> {
+        let mut events = Vec::new();
+        for _ in 0..100 {
+            events.extend(received_events(&self.fx.sdk, &self.queue).await);
+            if events.len() >= at_least {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        events
+    }
+
+    async fn post(&self, path: &str, body: Vec<u8>, secret: Option<&str>) -> reqwest::Response {
+        let mut request = self.http.post(self.front.url(path)).body(body);
+        if let Some(secret) = secret {
+            request = request.header("X-Hook-Secret", secret);
+        }
+        request.send().await.unwrap()
+    }
+
+    fn delivery_statuses(&self) -> Vec<Option<u16>> {
+        self.fx
+            .sandbox
+            .hook_attempts()
+            .into_iter()
+            .filter(|a| a.kind == HookRequestKind::Delivery)
+            .map(|a| a.status)
+            .collect()
+    }
+}
+
+fn ids_of(event: &Value) -> Vec<i64> {
+    event["detail"]["object_keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|key| key["id"].as_i64().unwrap())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keaps_handshake_and_deliveries_become_events_on_the_bus() {
+    let world = World::new().await;
+    let (token, hook) = world.subscribe("contact.add").await;
+    assert_eq!(hook["status"], "Verified", "{hook}");
+    let handshakes: Vec<_> = world
+        .fx
+        .sandbox
+        .hook_attempts()
+        .into_iter()
+        .filter(|a| a.kind == HookRequestKind::Verification)
+        .collect();
+    assert_eq!(handshakes.len(), 1);
+    assert_eq!(handshakes[0].status, Some(200));
+    for item in scan_all(&world.fx.sdk, &world.fx.table).await {
+        assert!(
+            !format!("{item:?}").contains(token.expose_secret()),
+            "an item holds the plain token"
+        );
+    }
+
+    // Three objects: one event naming them.
+    world.deliver(1..4, "2026-12-06T10:00:00Z").await;
+    let events = world.events(1).await;
+    assert_eq!(events.len(), 1, "{events:?}");
+    let event = &events[0];
+    assert_eq!(event["source"], "keapalive");
+    assert_eq!(event["detail-type"], "keap.contact.add");
+    assert_eq!(ids_of(event), [1, 2, 3]);
+    assert_eq!(event["detail"]["connection_id"], "default");
+    assert_eq!(event["detail"]["object_type"], "contact");
+    assert_eq!(
+        (
+            event["detail"]["part"].clone(),
+            event["detail"]["parts"].clone()
+        ),
+        (json!(1), json!(1))
+    );
+    let delivery_id = event["detail"]["delivery_id"].clone();
+
+    // Keap sends the same change again (its retry after a lost answer): the same delivery_id.
+    world.deliver(1..4, "2026-12-06T10:00:00Z").await;
+    let again = world.events(1).await;
+    assert_eq!(again.len(), 1);
+    assert_eq!(again[0]["detail"]["delivery_id"], delivery_id);
+
+    // Keap's largest delivery: every id arrives, each attempt answered well within 30 s.
+    world.deliver(1_000..2_000, "2026-12-06T10:00:01Z").await;
+    let big = world.events(1).await;
+    let mut ids: Vec<i64> = big.iter().flat_map(ids_of).collect();
+    ids.sort();
+    assert_eq!(ids, (1_000..2_000).collect::<Vec<_>>());
+    assert!(world.delivery_statuses().iter().all(|s| *s == Some(200)));
+    let output = world.function.output();
+    assert!(
+        !output.contains(token.expose_secret()),
+        "the token reached the log:\n{output}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn put_events_failing_answers_a_5xx_and_keaps_retry_lands() {
+    let world = World::new().await;
+    world.subscribe("contact.add").await;
+    for fault in [
+        // Every attempt of the SDK's (three) for one delivery.
+        DynamoDbFault::put_events("InternalException").times(3),
+        DynamoDbFault::put_events_entries_failed(),
+    ] {
+        world.fx.sandbox.clear_hook_attempts();
+        let injected = Emulator::shared()
+            .inject_dynamodb_fault(fault.body_contains("keap.contact.add"))
+            .await;
+        world
+            .deliver(
+                7..9,
+                &format!("2026-12-06T10:00:0{}", now_epoch_secs() % 10),
+            )
+            .await;
+        injected.assert_fired(1).await;
+        let statuses = world.delivery_statuses();
+        assert!(
+            matches!(statuses.first(), Some(Some(status)) if *status >= 500),
+            "{statuses:?}"
+        );
+        assert_eq!(statuses.last(), Some(&Some(200)), "{statuses:?}");
+        let events = world.events(1).await;
+        assert!(!events.is_empty());
+        assert!(events.iter().all(|e| ids_of(e) == [7, 8]));
+        assert_eq!(
+            world.fx.sandbox.hooks(APP)[0].status,
+            HookStatus::Verified,
+            "one failed attempt leaves the hook active"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gone_unreadable_and_malformed_requests_get_the_answer_keap_needs() {
+    let world = World::new().await;
+    let (token, _) = world.subscribe("contact.add").await;
+    let path = format!("{HOOKS_PATH}{}", token.expose_secret());
+    let delivery = |event_key: &str| {
+        json!({"event_key": event_key, "object_type": "contact",
+               "object_keys": [{"id": 1, "apiUrl": "", "timestamp": "2026-12-06T10:00:00Z"}]})
+        .to_string()
+        .into_bytes()
+    };
+
+    // Never issued, or issued and forgotten: 410, and a handshake echoes nothing.
+    let stranger = HookToken::generate().unwrap();
+    let unknown = format!("{HOOKS_PATH}{}", stranger.expose_secret());
+    assert_eq!(
+        world
+            .post(&unknown, delivery("contact.add"), None)
+            .await
+            .status(),
+        410
+    );
+    let handshake = world.post(&unknown, b"[]".to_vec(), Some("s3cret")).await;
+    assert_eq!(handshake.status(), 410);
+    assert!(handshake.headers().get("x-hook-secret").is_none());
+    assert_eq!(
+        world
+            .post(
+                &format!("{HOOKS_PATH}not-a-token"),
+                delivery("contact.add"),
+                None
+            )
+            .await
+            .status(),
+        410
+    );
+    // The subscription's handshake is echoed.
+    let verified = world.post(&path, b"[]".to_vec(), Some("s3cret")).await;
+    assert_eq!(verified.status(), 200);
+    assert_eq!(verified.headers()["x-hook-secret"], "s3cret");
+
+    // Not Keap's shape, too large, another event key: 400.
+    assert_eq!(
+        world
+            .post(&path, b"{\"event_key\":".to_vec(), None)
+            .await
+            .status(),
+        400
+    );
+    assert_eq!(
+        world
+            .post(&path, vec![b' '; 1024 * 1024 + 1], None)
+            .await
+            .status(),
+        400
+    );
+    assert_eq!(
+        world
+            .post(&path, delivery("contact.edit"), None)
+            .await
+            .status(),
+        400
+    );
+
+    // The subscription cannot be read: 503 (a 410 would make Keap drop the hook at once).
+    let unreadable = Emulator::shared()
+        .inject_dynamodb_fault(
+            DynamoDbFault::new("GetItem", "InternalServerError")
+                .status(500)
+                .body_contains(&world.fx.table)
+                .body_contains(token.hash().as_str())
+                .times(100),
+        )
+        .await;
+    assert_eq!(
+        world
+            .post(&path, delivery("contact.add"), None)
+            .await
+            .status(),
+        503
+    );
+    unreadable.assert_fired(1).await;
+    Emulator::shared()
+        .clear_faults_for(token.hash().as_str())
+        .await;
+
+    assert!(
+        world.events(0).await.is_empty(),
+        "no refused request published anything"
+    );
+    assert_eq!(
+        world
+            .post(&path, delivery("contact.add"), None)
+            .await
+            .status(),
+        200
+    );
+    assert_eq!(world.events(1).await.len(), 1);
+}
