@@ -38,12 +38,17 @@ STAGE = "rehearsal"
 ENDPOINT = "http://127.0.0.1:8787"  # the local HTTP front standing in for the callback API
 CODE_BUCKET = "keapalive-rehearsal-code"
 MODEL_RS = "shared/src/token_store/model.rs"
+HOOKS_RS = "shared/src/token_store/hooks.rs"
 
 
 def rust_indexes(sources: dict[str, str]) -> dict[str, str]:
-    model = sources[MODEL_RS]
-    found = dict(re.findall(r'pub const (STATUS_INDEX|PENDING_INDEX): &str = "([^"]+)"', model))
-    assert set(found) == {"STATUS_INDEX", "PENDING_INDEX"}, f"index names not found in {MODEL_RS}"
+    found = {}
+    for path in (MODEL_RS, HOOKS_RS):
+        found.update(re.findall(
+            r'pub const (STATUS_INDEX|PENDING_INDEX|HOOK_INDEX): &str = "([^"]+)"', sources[path]))
+    assert set(found) == {"STATUS_INDEX", "PENDING_INDEX", "HOOK_INDEX"}, (
+        f"index names not found in {MODEL_RS} and {HOOKS_RS}"
+    )
     return found
 
 
@@ -132,6 +137,7 @@ def create(
         print(f"ok   {name}: {len(env)} variables, all known to Config, table {table['TableName']} with {sorted(have)}")
     assert set(envs) == {
         "oauth-callback", "operator", "token-refresher", "contact-upsert", "keap-proxy", "access-token",
+        "keap-hooks",
     }, sorted(envs)
     return envs, {
         "stage": stage,

@@ -33,8 +33,9 @@ FUNCTIONS = {
     "OperatorFunction": "operator",
     "KeapProxyFunction": "keap-proxy",
     "AccessTokenFunction": "access-token",
+    "KeapHooksFunction": "keap-hooks",
 }
-CALLBACK, REFRESHER, UPSERT, OPERATOR, PROXY, VENDING = FUNCTIONS
+CALLBACK, REFRESHER, UPSERT, OPERATOR, PROXY, VENDING, HOOKS = FUNCTIONS
 
 # Which function needs which variable (issue 7 / docs/design.md, "Configuration").
 REQUIRED_ENV = {
@@ -71,6 +72,10 @@ REQUIRED_ENV = {
         "KEAPALIVE_FUNCTION_TIMEOUT_SECS", "KEAPALIVE_CONNECTION_RECHECK_SECS",
         "KEAPALIVE_PROXY_CONNECTIONS",
     },
+    HOOKS: {
+        "KEAPALIVE_TABLE", "KEAPALIVE_CLIENT_SECRET_ID", "KEAPALIVE_STAGE",
+        "KEAPALIVE_FUNCTION_TIMEOUT_SECS",
+    },
 }
 # Every function records and publishes lifecycle events (docs/events.md).
 for _required in REQUIRED_ENV.values():
@@ -85,6 +90,8 @@ LIFECYCLE_DETAIL_TYPES = {
     UPSERT: ("StringLike", ["keapalive.connection.*"]),
     PROXY: ("StringLike", ["keapalive.connection.*"]),
     VENDING: ("StringLike", ["keapalive.connection.*"]),
+    # keap-hooks puts Keap's changes, never a lifecycle event (docs/events.md).
+    HOOKS: ("StringLike", ["keap.*"]),
 }
 TOMB_CONDITION = {"ForAllValues:StringLike": {"dynamodb:LeadingKeys": ["tomb#*"]}}
 # What Config accepts, read from shared/src/config.rs (one source: infra/checks/rust_names.py).
@@ -97,6 +104,7 @@ EXPECTED_SIZING = {  # memory MB, timeout s
     OPERATOR: (128, 15),
     PROXY: (128, 30),
     VENDING: (128, 25),
+    HOOKS: (128, 25),
 }
 
 # Resource "*" is allowed only where AWS offers no narrower resource. None is needed today;
@@ -619,11 +627,37 @@ def lifecycle_event_rights(t: dict) -> None:
         ), f"{name} may put detail-types {detail}, expected {operator} {allowed}"
         for op, values in detail.items():
             for value in as_list(values):
-                assert value.startswith("keapalive.connection."), f"{name} may put {value}"
+                family = "keap." if fid == HOOKS else "keapalive.connection."
+                assert value.startswith(family), f"{name} may put {value}"
                 assert "*" not in value or op == "StringLike", f"{name}: {op} {value}"
     for fid, name in FUNCTIONS.items():
         putting = [st for st in statements(t, role_of(t, fid)) if "events:putevents" in actions(st)]
         assert len(putting) == 1, f"{name}: {len(putting)} PutEvents statements, expected one"
+
+
+@check
+def hooks_permissions(t: dict) -> None:
+    """keap-hooks is public (POST /keap/hooks/{token}): it reads hook items and nothing else of
+    the table (no connection item, token or key; no secret at all), puts only keap.* events, and
+    its route has throttling room for Keap's parallel deliveries (a 429 is a failed attempt to
+    Keap) while the stage's access log never holds the path (the token)."""
+    role = role_of(t, HOOKS)
+    acts = allowed_actions(t, role)
+    assert {a.split(":")[0] for a in acts} <= {"dynamodb", "events", "logs"}, sorted(acts)
+    assert {a for a in acts if a.startswith("dynamodb:")} == {"dynamodb:getitem"}, sorted(acts)
+    for st in dynamodb_statements(t, role):
+        assert leading_keys(st) == ["hook#*"], f"keap-hooks reads {leading_keys(st)}"
+    route = props(t, "HooksRoute")
+    assert route["RouteKey"] == "POST /keap/hooks/{token}", route["RouteKey"]
+    stage = props(t, "CallbackStage")
+    settings = stage.get("RouteSettings", {}).get("POST /keap/hooks/{token}", {})
+    assert settings.get("ThrottlingBurstLimit", 0) >= 50, f"hooks route burst {settings}"
+    assert settings.get("ThrottlingRateLimit", 0) >= 20, f"hooks route rate {settings}"
+    log_format = stage["AccessLogSettings"]["Format"]
+    for leak in ("$context.path", "$context.http.path", "$context.routeKey.path", "$request.path"):
+        assert leak not in log_format, f"the access log holds {leak}"
+    permission = props(t, "HooksInvokePermission")
+    assert sub_string(permission["SourceArn"]).endswith("/*/POST/keap/hooks/*"), permission
 
 
 @check
@@ -848,22 +882,28 @@ def client_secret_holds_no_credentials(t: dict) -> None:
 
 @check
 def http_api_has_only_the_callback_route(t: dict) -> None:
+    """The public HTTP API has two routes, each to its own public function: GET /oauth/callback
+    (oauth-callback) and POST /keap/hooks/{token} (keap-hooks); no operator route, no other."""
     assert not resources(t, "AWS::Serverless::HttpApi") and not resources(t, "AWS::Serverless::Api")
     for fid in FUNCTIONS:
         for kind in ("HttpApi", "Api"):
             assert not sam_events(t, fid, kind), f"{fid}: {kind} events would add routes (and a cycle)"
     routes = resources(t, "AWS::ApiGatewayV2::Route")
-    assert len(routes) == 1, f"routes: {sorted(routes)}"
-    route = next(iter(routes.values()))["Properties"]
-    assert route["RouteKey"] == "GET /oauth/callback"
-    integration_id = next(iter(referenced_ids(route["Target"])))
-    assert is_getatt(props(t, integration_id)["IntegrationUri"], CALLBACK, "Arn")
-    permissions = [
-        p["Properties"] for p in resources(t, "AWS::Lambda::Permission").values()
-        if is_ref(p["Properties"]["FunctionName"], CALLBACK)
-    ]
-    assert len(permissions) == 1
-    assert sub_string(permissions[0]["SourceArn"]).endswith("${CallbackApi}/*/GET/oauth/callback")
+    expected = {"GET /oauth/callback": (CALLBACK, "/*/GET/oauth/callback"),
+                "POST /keap/hooks/{token}": (HOOKS, "/*/POST/keap/hooks/*")}
+    keys = sorted(r["Properties"]["RouteKey"] for r in routes.values())
+    assert keys == sorted(expected), f"routes: {keys}"
+    for resource in routes.values():
+        route = resource["Properties"]
+        fid, arn_tail = expected[route["RouteKey"]]
+        integration_id = next(iter(referenced_ids(route["Target"])))
+        assert is_getatt(props(t, integration_id)["IntegrationUri"], fid, "Arn"), route["RouteKey"]
+        permissions = [
+            p["Properties"] for p in resources(t, "AWS::Lambda::Permission").values()
+            if is_ref(p["Properties"]["FunctionName"], fid)
+        ]
+        assert len(permissions) == 1, f"{fid}: {len(permissions)} invoke permissions"
+        assert sub_string(permissions[0]["SourceArn"]).endswith("${CallbackApi}" + arn_tail)
 
 
 @check
@@ -1415,7 +1455,32 @@ def _mutate_proxy_alarm_missing(t: dict) -> None:
 
 
 # mutant -> the check that must fail on it (other checks may fail too)
+def _mutate_hooks_reads_connections(t: dict) -> None:
+    _sid(t, "KeapHooksRole", "HookItemsOnly")["Condition"]["ForAllValues:StringLike"][
+        "dynamodb:LeadingKeys"
+    ].append("conn#*")
+
+
+def _mutate_hooks_puts_lifecycle_events(t: dict) -> None:
+    _sid(t, "KeapHooksRole", "PublishKeapChanges")["Condition"]["StringLike"][
+        "events:detail-type"
+    ] = "keapalive.connection.*"
+
+
+def _mutate_hooks_route_throttled_like_the_callback(t: dict) -> None:
+    del t["Resources"]["CallbackStage"]["Properties"]["RouteSettings"]
+
+
+def _mutate_access_log_holds_the_path(t: dict) -> None:
+    stage = t["Resources"]["CallbackStage"]["Properties"]
+    stage["AccessLogSettings"]["Format"] += ',"path":"$context.path"'
+
+
 MUTANTS: dict[Callable[[dict], None], Callable[[dict], None]] = {
+    _mutate_hooks_reads_connections: hooks_permissions,
+    _mutate_hooks_puts_lifecycle_events: lifecycle_event_rights,
+    _mutate_hooks_route_throttled_like_the_callback: hooks_permissions,
+    _mutate_access_log_holds_the_path: hooks_permissions,
     _mutate_wildcard_action: no_wildcard_actions_or_resources,
     _mutate_star_resource: no_wildcard_actions_or_resources,
     _mutate_callback_gets_sqs: callback_permissions,

@@ -21,6 +21,7 @@ use aws_sdk_sqs::types::MessageSystemAttributeName;
 use keap_sandbox::{DEFAULT_APP, Sandbox};
 use keapalive::clock::now_epoch_secs;
 use keapalive::token_store::DynamoDbTokenStore;
+use keapalive::token_store::HookToken;
 use keapalive_tests::emulator::{self, Emulator};
 use keapalive_tests::fixture::{CLIENT_ID, CLIENT_SECRET, connection_id};
 use keapalive_tests::local::callback_server::CallbackListener;
@@ -29,13 +30,14 @@ use keapalive_tests::runtime_api::{FunctionProcess, RuntimeApi, binary_path, spa
 use keapalive_tests::workspace;
 use serde_json::{Value, json};
 
-const FUNCTIONS: [&str; 6] = [
+const FUNCTIONS: [&str; 7] = [
     "operator",
     "oauth-callback",
     "token-refresher",
     "contact-upsert",
     "keap-proxy",
     "access-token",
+    "keap-hooks",
 ];
 /// A second Keap account, reached with a service account key.
 const KEY_APP: &str = "sandbox02";
@@ -438,6 +440,36 @@ async fn the_rehearsed_stack_runs_every_function_with_the_roles_it_grants() {
         .await;
     assert_eq!(proxied["status"], 200, "{proxied}");
     walk.mark("key_use").await;
+
+    // Keap delivers a change to a subscription (its item as subscribe_hooks writes it) through
+    // the hooks route: keap-hooks reads the hook item and puts the event.
+    let hook_token = HookToken::generate().unwrap();
+    store
+        .put_hook(
+            &hook_token.hash(),
+            &connection_id("default"),
+            "contact.add",
+            now_epoch_secs(),
+        )
+        .await
+        .unwrap();
+    let hooks_path = format!("/keap/hooks/{}", hook_token.expose_secret());
+    let mut delivery = keapalive_tests::local::apigw::http_event(
+        "POST",
+        &hooks_path,
+        "",
+        &[("content-type".to_owned(), "application/json".to_owned())],
+        "127.0.0.1",
+    );
+    delivery["pathParameters"] = json!({"token": hook_token.expose_secret()});
+    delivery["body"] = json!(
+        json!({"event_key": "contact.add", "object_type": "contact",
+               "object_keys": [{"id": 1, "apiUrl": "", "timestamp": "2026-12-06T10:00:00Z"}]})
+        .to_string()
+    );
+    let published = walk.invoke("keap-hooks", delivery).await;
+    assert_eq!(published["statusCode"], 200, "{published}");
+    walk.mark("keap_hooks").await;
 
     // A removal retires the connection's open link too.
     walk.invoke(
