@@ -7,13 +7,14 @@ use std::time::Duration;
 use keapalive_tests::runtime_api::{RuntimeApi, binary_path, spawn_function};
 
 const INIT_TIMEOUT: Duration = Duration::from_secs(120);
-const FUNCTIONS: [&str; 6] = [
+const FUNCTIONS: [&str; 7] = [
     "oauth-callback",
     "operator",
     "token-refresher",
     "contact-upsert",
     "keap-proxy",
     "access-token",
+    "keap-hooks",
 ];
 
 /// What a deployed function's environment holds, minus `without`. TRACE: the most any
@@ -27,6 +28,7 @@ fn environment(without: &str) -> Vec<(&'static str, &'static str)> {
             "https://example.test/oauth/callback",
         ),
         ("KEAPALIVE_STAGE", "test"),
+        ("KEAPALIVE_EVENT_BUS", "keapalive-test"),
         ("AWS_LAMBDA_LOG_LEVEL", "trace"),
         ("AWS_ACCESS_KEY_ID", "testing"),
         ("AWS_SECRET_ACCESS_KEY", "testing"),
@@ -111,4 +113,15 @@ async fn every_function_refuses_plain_http_to_another_host_in_one_line_and_exits
             assert_eq!(requests, 0, "{function} never asked for an event");
         }
     }
+}
+
+/// keap-hooks exists to publish: without a bus it says so at init instead of answering every
+/// delivery 503 (which would end with Keap marking the subscription Inactive).
+#[tokio::test]
+async fn keap_hooks_without_a_bus_names_the_variable_and_exits() {
+    let env = environment("KEAPALIVE_EVENT_BUS");
+    let (code, output, requests) = init_failure("keap-hooks", &env).await;
+    assert_eq!(code, Some(1), "keap-hooks exits 1: {output}");
+    assert_one_line_naming("keap-hooks", "KEAPALIVE_EVENT_BUS", &output);
+    assert_eq!(requests, 0);
 }
