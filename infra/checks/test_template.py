@@ -46,6 +46,7 @@ REQUIRED_ENV = {
     OPERATOR: {
         "KEAPALIVE_TABLE", "KEAPALIVE_CLIENT_SECRET_ID", "KEAPALIVE_REDIRECT_URI",
         "KEAPALIVE_STAGE", "KEAPALIVE_KEY_SECRET_PREFIX", "KEAPALIVE_FUNCTION_TIMEOUT_SECS",
+        "KEAPALIVE_HOOKS_BASE_URL", "KEAPALIVE_PROXY_FUNCTION",
     },
     REFRESHER: {
         "KEAPALIVE_TABLE", "KEAPALIVE_CLIENT_SECRET_ID", "KEAPALIVE_REFRESH_WINDOW_SECS",
@@ -101,7 +102,7 @@ EXPECTED_SIZING = {  # memory MB, timeout s
     CALLBACK: (128, 28),
     REFRESHER: (256, 300),
     UPSERT: (128, 30),
-    OPERATOR: (128, 15),
+    OPERATOR: (128, 90),
     PROXY: (128, 30),
     VENDING: (128, 25),
     HOOKS: (128, 25),
@@ -154,6 +155,7 @@ INDEXES = {
 }
 STATUS_INDEX_ARN = "${ConnectionsTable.Arn}/index/connections-by-status"
 PENDING_INDEX_ARN = "${ConnectionsTable.Arn}/index/pending-by-connection"
+HOOK_INDEX_ARN = "${ConnectionsTable.Arn}/index/hooks-by-connection"
 # Attributes holding a credential: the public function may never read one.
 TOKEN_ATTRIBUTES = {"access_token", "refresh_token", "orphan_pair"}
 # Keap's per-client-id limits (docs/connections.md, quota budget; Keap: 1,500 a minute; spikes of 25 a second).
@@ -354,7 +356,7 @@ def policies_name_only_this_stacks_resources(t: dict) -> None:
                 continue
             text = sub_string(resource)
             if text is not None:
-                assert text in (KEY_PREFIX_ARN, STATUS_INDEX_ARN, PENDING_INDEX_ARN), (
+                assert text in (KEY_PREFIX_ARN, STATUS_INDEX_ARN, PENDING_INDEX_ARN, HOOK_INDEX_ARN), (
                     f"{holder}: unexpected ARN pattern {text}"
                 )
                 continue
@@ -465,18 +467,27 @@ def operator_permissions(t: dict) -> None:
         "dynamodb:putitem", "dynamodb:updateitem", "dynamodb:deleteitem", "dynamodb:query",
         "dynamodb:getitem",
     }, f"operator dynamodb actions: {sorted(acts)}"
-    assert {a.split(":")[0] for a in acts} <= {"dynamodb", "secretsmanager", "logs", "events"}, sorted(acts)
+    assert {a.split(":")[0] for a in acts} <= {"dynamodb", "secretsmanager", "logs", "events", "lambda"}, sorted(acts)
+    # Keap's hooks API only through keap-proxy: it may invoke that function and no other.
+    for st in statements(t, role):
+        if any(a.startswith("lambda:") for a in actions(st)):
+            assert actions(st) == {"lambda:invokefunction"}, sorted(actions(st))
+            assert as_list(st["Resource"]) == [{"Fn::GetAtt": [PROXY, "Arn"]}], st["Resource"]
     readable = callback_readable_attributes()
     for st in dynamodb_statements(t, role):
         if actions(st) == {"dynamodb:query"}:
-            assert as_list(st["Resource"]) == [{"Fn::Sub": PENDING_INDEX_ARN}], (
-                "the operator queries only the keys-only pending-links index"
-            )
+            assert as_list(st["Resource"]) in (
+                [{"Fn::Sub": PENDING_INDEX_ARN}], [{"Fn::Sub": HOOK_INDEX_ARN}],
+            ), "the operator queries only the keys-only pending-links and hooks indexes"
             continue
         keys = leading_keys(st)
-        assert keys in (["state#*"], ["conn#*"], ["tomb#*"]), (
+        assert keys in (["state#*"], ["conn#*"], ["tomb#*"], ["hook#*"]), (
             f"operator {sorted(actions(st))}: LeadingKeys {keys}"
         )
+        if keys == ["hook#*"]:
+            # Subscriptions hold a token's hash, never a token, key or pair.
+            assert actions(st) <= {"dynamodb:getitem", "dynamodb:updateitem", "dynamodb:deleteitem"}
+            continue
         condition = st.get("Condition", {})
         if keys == ["state#*"]:
             assert actions(st) <= {"dynamodb:putitem", "dynamodb:deleteitem"}, sorted(actions(st))
@@ -1455,6 +1466,12 @@ def _mutate_proxy_alarm_missing(t: dict) -> None:
 
 
 # mutant -> the check that must fail on it (other checks may fail too)
+def _mutate_operator_invokes_any_function(t: dict) -> None:
+    _sid(t, "OperatorRole", "ReachKeapThroughTheProxy")["Resource"] = {
+        "Fn::Sub": "arn:${AWS::Partition}:lambda:${AWS::Region}:${AWS::AccountId}:function:*"
+    }
+
+
 def _mutate_hooks_reads_connections(t: dict) -> None:
     _sid(t, "KeapHooksRole", "HookItemsOnly")["Condition"]["ForAllValues:StringLike"][
         "dynamodb:LeadingKeys"
@@ -1478,6 +1495,7 @@ def _mutate_access_log_holds_the_path(t: dict) -> None:
 
 MUTANTS: dict[Callable[[dict], None], Callable[[dict], None]] = {
     _mutate_hooks_reads_connections: hooks_permissions,
+    _mutate_operator_invokes_any_function: operator_permissions,
     _mutate_hooks_puts_lifecycle_events: lifecycle_event_rights,
     _mutate_hooks_route_throttled_like_the_callback: hooks_permissions,
     _mutate_access_log_holds_the_path: hooks_permissions,

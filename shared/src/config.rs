@@ -36,6 +36,8 @@ pub const KNOWN_VARIABLES: &[&str] = &[
     "KEAPALIVE_KEY_SECRET_PREFIX",
     "KEAPALIVE_CONNECTION_RECHECK_SECS",
     "KEAPALIVE_EVENT_BUS",
+    "KEAPALIVE_HOOKS_BASE_URL",
+    "KEAPALIVE_PROXY_FUNCTION",
     crate::telemetry::DEPENDENCY_LOG_LEVEL_VARIABLE,
     "KEAPALIVE_TLS_ROOTS",
     "KEAPALIVE_EXTRA_CA_CERTS",
@@ -110,6 +112,10 @@ pub struct Config {
     /// The EventBridge bus lifecycle events go to (`KEAPALIVE_EVENT_BUS`, docs/events.md);
     /// `None`: no lifecycle event is recorded or published.
     pub event_bus: Option<String>,
+    /// operator: the public `…/keap/hooks` URL a subscription's hook URL starts with.
+    pub hooks_base_url: Option<Url>,
+    /// operator: the keap-proxy function it reaches Keap through (the hook commands).
+    pub proxy_function: Option<String>,
     pub keap: KeapEndpoints,
     /// Which roots Keap's and the AWS clients trust (`KEAPALIVE_TLS_ROOTS`,
     /// `KEAPALIVE_EXTRA_CA_CERTS`).
@@ -200,6 +206,16 @@ impl Config {
                 }
                 bus => bus,
             },
+            hooks_base_url: match get("KEAPALIVE_HOOKS_BASE_URL") {
+                Some(raw) => {
+                    let url = parse_absolute_url("KEAPALIVE_HOOKS_BASE_URL", &raw)?;
+                    // Keap sends the token in this URL: never in clear text to another host.
+                    require_https("KEAPALIVE_HOOKS_BASE_URL", &url)?;
+                    Some(url)
+                }
+                None => None,
+            },
+            proxy_function: get("KEAPALIVE_PROXY_FUNCTION").filter(|name| !name.is_empty()),
             keap: KeapEndpoints {
                 authorize_url: url_or("KEAP_AUTHORIZE_URL", DEFAULT_AUTHORIZE_URL)?,
                 token_url: url_or("KEAP_TOKEN_URL", DEFAULT_TOKEN_URL)?,

@@ -24,7 +24,7 @@ use crate::authorization::AuthorizationService;
 use crate::config::{Config, ConfigError, Requirements};
 use crate::contact::{LazySqs, UpsertService, UpsertSettings};
 use crate::events::EventBus;
-use crate::hooks::HooksReceiver;
+use crate::hooks::{HookSubscriptions, HooksReceiver, KeapViaProxy, PROXY_READ_TIMEOUT};
 use crate::keap::http::build_client;
 use crate::keap::rate_limit::RateLimiter;
 use crate::keap::{KeapUsage, OAuthClient, RestClient};
@@ -261,6 +261,8 @@ pub struct Clients {
     pub rest: RestClient,
     /// Only contact-upsert's dead letters use it, and no commit does: built on first use.
     pub sqs: LazySqs,
+    /// keap-proxy as the operator reaches it (`KEAPALIVE_PROXY_FUNCTION`), for the hook commands.
+    pub keap_via_proxy: Option<KeapViaProxy>,
 }
 
 impl Clients {
@@ -324,6 +326,24 @@ impl Clients {
                     .build(),
             ),
             oauth,
+            keap_via_proxy: config.proxy_function.as_ref().map(|function| {
+                // Retries off and a read timeout past the proxy's Timeout: a re-invoke after a
+                // client-side timeout would send a POST /v1/hooks twice.
+                let client = aws_sdk_lambda::Client::from_conf(
+                    aws_sdk_lambda::config::Builder::from(aws)
+                        .retry_config(RetryConfig::disabled())
+                        .timeout_config(
+                            TimeoutConfig::builder()
+                                .connect_timeout(AWS_CONNECT_TIMEOUT)
+                                .read_timeout(PROXY_READ_TIMEOUT)
+                                .operation_attempt_timeout(PROXY_READ_TIMEOUT)
+                                .operation_timeout(PROXY_READ_TIMEOUT)
+                                .build(),
+                        )
+                        .build(),
+                );
+                KeapViaProxy::new(client, function)
+            }),
             config: Arc::new(config),
         })
     }
@@ -339,14 +359,22 @@ impl Clients {
     }
 
     pub fn authorization(&self) -> AuthorizationService {
-        AuthorizationService::new(
+        let service = AuthorizationService::new(
             self.config.clone(),
             self.store.clone(),
             self.secrets.clone(),
             self.oauth.clone(),
             self.rest.clone(),
             self.keap_limiter.clone(),
-        )
+        );
+        match (&self.keap_via_proxy, &self.config.hooks_base_url) {
+            (Some(keap), Some(base_url)) => service.with_hooks(HookSubscriptions::new(
+                self.store.clone(),
+                keap.clone(),
+                base_url.clone(),
+            )),
+            _ => service,
+        }
     }
 
     pub fn upsert_service(&self) -> UpsertService {

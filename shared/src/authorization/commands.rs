@@ -10,7 +10,10 @@ use crate::connection_id::ConnectionId;
 pub(crate) const ACCEPTED_COMMANDS: &str = "accepted commands: \
 {\"start_authorization\": {\"connection_id\": \"default\", \"replace_account\": false}}, \
 {\"register_service_account_key\": {\"connection_id\": \"default\", \"secret_id\": \"...\"}}, \
-{\"remove_connection\": {\"connection_id\": \"...\"}}";
+{\"remove_connection\": {\"connection_id\": \"...\"}}, \
+{\"subscribe_hooks\": {\"connection_id\": \"default\", \"event_keys\": [\"contact.add\"]}}, \
+{\"list_hooks\": {\"connection_id\": \"default\"}}, \
+{\"unsubscribe_hooks\": {\"connection_id\": \"default\", \"event_keys\": [\"contact.add\"]}}";
 
 /// Secrets Manager ids (names or ARNs) are at most 2048 characters.
 const MAX_SECRET_ID_CHARS: usize = 2048;
@@ -20,6 +23,16 @@ pub enum Command {
     StartAuthorization(StartAuthorization),
     RegisterServiceAccountKey(RegisterServiceAccountKey),
     RemoveConnection(RemoveConnection),
+    SubscribeHooks(HookCommand),
+    ListHooks(ConnectionId),
+    UnsubscribeHooks(HookCommand),
+}
+
+/// `subscribe_hooks` / `unsubscribe_hooks`: a connection and Keap event keys.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct HookCommand {
+    pub connection_id: ConnectionId,
+    pub event_keys: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -81,6 +94,29 @@ impl Command {
                     connection_id: fields.connection_id(None)?,
                 }))
             }
+            "subscribe_hooks" | "unsubscribe_hooks" => {
+                let command = if name == "subscribe_hooks" {
+                    "subscribe_hooks"
+                } else {
+                    "unsubscribe_hooks"
+                };
+                let fields = Fields::new(command, body, &["connection_id", "event_keys"])?;
+                let hooks = HookCommand {
+                    connection_id: fields.connection_id(Some(ConnectionId::default()))?,
+                    event_keys: fields.strings("event_keys")?,
+                };
+                Ok(if command == "subscribe_hooks" {
+                    Self::SubscribeHooks(hooks)
+                } else {
+                    Self::UnsubscribeHooks(hooks)
+                })
+            }
+            "list_hooks" => {
+                let fields = Fields::new("list_hooks", body, &["connection_id"])?;
+                Ok(Self::ListHooks(
+                    fields.connection_id(Some(ConnectionId::default()))?,
+                ))
+            }
             _ => Err(unknown()),
         }
     }
@@ -131,6 +167,21 @@ impl<'a> Fields<'a> {
             None => Ok(None),
             Some(Value::String(s)) => Ok(Some(s)),
             Some(_) => Err(self.invalid(name, "a string")),
+        }
+    }
+
+    /// A non-empty list of strings (not quoted back: the operator may have pasted anything).
+    fn strings(&self, name: &str) -> Result<Vec<String>, CommandError> {
+        let Some(Value::Array(items)) = self.get(name) else {
+            return Err(self.invalid(name, "a list of Keap event keys, e.g. [\"contact.add\"]"));
+        };
+        let strings: Option<Vec<String>> = items
+            .iter()
+            .map(|item| item.as_str().map(str::to_owned))
+            .collect();
+        match strings {
+            Some(strings) if !strings.is_empty() && strings.len() <= 50 => Ok(strings),
+            _ => Err(self.invalid(name, "a list of 1 to 50 event keys (strings)")),
         }
     }
 

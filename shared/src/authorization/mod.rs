@@ -39,6 +39,7 @@ pub use start::{AuthorizationStarted, start_authorization};
 use crate::config::Config;
 use crate::deadline::{Deadline, DeadlinePolicy};
 use crate::error_type::ErrorType;
+use crate::hooks::{HookSubscriptions, HooksCommandError};
 use crate::keap::rate_limit::RateLimiter;
 use crate::keap::{OAuthClient, RestClient};
 use crate::secrets::SecretsSource;
@@ -56,6 +57,8 @@ pub struct AuthorizationService {
     pub(crate) keap_limiter: Arc<RateLimiter>,
     /// The callback's deadline, from Lambda's (or the configured timeout under an emulator).
     deadlines: DeadlinePolicy,
+    /// operator's hook commands (`KEAPALIVE_HOOKS_BASE_URL`, `KEAPALIVE_PROXY_FUNCTION`).
+    hooks: Option<HookSubscriptions>,
 }
 
 impl AuthorizationService {
@@ -75,7 +78,23 @@ impl AuthorizationService {
             oauth,
             rest,
             keap_limiter,
+            hooks: None,
         }
+    }
+
+    /// The same service with the operator's hook commands.
+    pub fn with_hooks(mut self, hooks: HookSubscriptions) -> Self {
+        self.hooks = Some(hooks);
+        self
+    }
+
+    fn hooks(&self) -> Result<&HookSubscriptions, CommandError> {
+        self.hooks.as_ref().ok_or_else(|| {
+            CommandError::Configuration(
+                "the hook commands need KEAPALIVE_HOOKS_BASE_URL and KEAPALIVE_PROXY_FUNCTION                  (the stack sets both on the operator function)"
+                    .to_owned(),
+            )
+        })
     }
 
     // Both boxed: the callback's and the commands' futures nest deeply enough to overflow
@@ -173,8 +192,34 @@ async fn run(service: &AuthorizationService, command: Command) -> Result<Value, 
         Command::RemoveConnection(request) => {
             serde_json::to_value(remove_connection(service, &request).await?)
         }
+        Command::SubscribeHooks(request) => serde_json::to_value(
+            service
+                .hooks()?
+                .subscribe(&request.connection_id, &request.event_keys)
+                .await
+                .map_err(from_hooks)?,
+        ),
+        Command::ListHooks(id) => {
+            serde_json::to_value(service.hooks()?.list(&id).await.map_err(from_hooks)?)
+        }
+        Command::UnsubscribeHooks(request) => serde_json::to_value(
+            service
+                .hooks()?
+                .unsubscribe(&request.connection_id, &request.event_keys)
+                .await
+                .map_err(from_hooks)?,
+        ),
     };
     answer.map_err(|e| CommandError::Configuration(format!("could not encode the answer: {e}")))
+}
+
+fn from_hooks(error: HooksCommandError) -> CommandError {
+    match error {
+        HooksCommandError::Validation(m) => CommandError::Validation(m),
+        HooksCommandError::Unavailable(m) => CommandError::Unavailable(m),
+        HooksCommandError::KeapRejected(m) => CommandError::KeapRejected(m),
+        HooksCommandError::Configuration(m) => CommandError::Configuration(m),
+    }
 }
 
 /// API Gateway's payload 2.0 always has `requestContext.http`; operator commands never do.

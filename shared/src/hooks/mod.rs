@@ -4,5 +4,9 @@
 
 pub mod delivery;
 pub mod receiver;
+pub mod subscriptions;
+pub mod via_proxy;
 
 pub use receiver::HooksReceiver;
+pub use subscriptions::{HookSubscriptions, HooksCommandError};
+pub use via_proxy::{KeapViaProxy, PROXY_READ_TIMEOUT};

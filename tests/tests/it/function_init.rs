@@ -102,6 +102,11 @@ async fn every_function_refuses_plain_http_to_another_host_in_one_line_and_exits
     for (variable, url) in [
         ("KEAP_TOKEN_URL", "http://api.infusionsoft.com/token"),
         ("AWS_ENDPOINT_URL_DYNAMODB", "http://dynamodb.example.test"),
+        // Keap sends a subscription's token inside this URL.
+        (
+            "KEAPALIVE_HOOKS_BASE_URL",
+            "http://hooks.example.test/keap/hooks",
+        ),
     ] {
         for function in FUNCTIONS {
             let mut env = environment("");

@@ -14,12 +14,15 @@ use keapalive_tests::aws::{create_event_bus_with_rule, received_events, scan_all
 use keapalive_tests::emulator::{DynamoDbFault, Emulator};
 use keapalive_tests::fixture::{Fixture, connection_id};
 use keapalive_tests::http_front::HttpFront;
+use keapalive_tests::local::functions::LocalFunction;
+use keapalive_tests::local::invoke_api::InvokeApi;
 use keapalive_tests::runtime_api::{FunctionProcess, RuntimeApi, binary_path, spawn_function};
 use serde_json::{Value, json};
 
 const APP: &str = "hooks02";
 const INIT_TIMEOUT: Duration = Duration::from_secs(120);
 const HOOKS_PATH: &str = "/keap/hooks/";
+const PROXY_FUNCTION: &str = "keapalive-test-keap-proxy";
 
 struct World {
     fx: Fixture,
@@ -28,6 +31,10 @@ struct World {
     function: FunctionProcess,
     access_token: String,
     http: reqwest::Client,
+    /// The operator binary, reaching Keap through keap-proxy behind a local Lambda Invoke API.
+    operator: Arc<RuntimeApi>,
+    _processes: Vec<FunctionProcess>,
+    _invoke_api: InvokeApi,
 }
 
 impl World {
@@ -51,6 +58,43 @@ impl World {
             function.output()
         );
         let front = HttpFront::start(runtime, HOOKS_PATH, "token").await;
+
+        // keap-proxy behind a Lambda Invoke API, and the operator invoking it there.
+        let proxy_runtime = Arc::new(RuntimeApi::start_named("keap-proxy").await);
+        let proxy = spawn_function(&binary_path("keap-proxy"), &env, &proxy_runtime);
+        assert!(
+            proxy_runtime.wait_until_ready(INIT_TIMEOUT).await.is_some(),
+            "keap-proxy init failed: {}",
+            proxy.output()
+        );
+        let invoke_api = InvokeApi::start(vec![(
+            PROXY_FUNCTION.to_owned(),
+            LocalFunction {
+                name: "keap-proxy",
+                runtime: proxy_runtime,
+            },
+        )])
+        .await
+        .unwrap();
+        let base_url = front.url("/keap/hooks");
+        let endpoint = invoke_api.endpoint_url();
+        let mut operator_env = env.clone();
+        operator_env.extend([
+            ("KEAPALIVE_HOOKS_BASE_URL", base_url.as_str()),
+            ("KEAPALIVE_PROXY_FUNCTION", PROXY_FUNCTION),
+            ("AWS_ENDPOINT_URL_LAMBDA", endpoint.as_str()),
+            (
+                "KEAPALIVE_REDIRECT_URI",
+                "https://example.test/oauth/callback",
+            ),
+        ]);
+        let operator = Arc::new(RuntimeApi::start_named("operator").await);
+        let operator_process = spawn_function(&binary_path("operator"), &operator_env, &operator);
+        assert!(
+            operator.wait_until_ready(INIT_TIMEOUT).await.is_some(),
+            "operator init failed: {}",
+            operator_process.output()
+        );
         // Keap's 30-60 s between attempts become 30-60 ms; its 30 s answer timeout 3 s.
         fx.sandbox.set_hook_delay_scale(0.001);
         fx.sandbox.set_hook_timeout_scale(0.1);
@@ -61,7 +105,18 @@ impl World {
             function,
             access_token: issued.access_token,
             http: reqwest::Client::new(),
+            operator,
+            _processes: vec![proxy, operator_process],
+            _invoke_api: invoke_api,
         }
+    }
+
+    /// An operator command; its answer or its error (errorType, message).
+    async fn command(&self, command: Value) -> Result<Value, (String, String)> {
+        self.operator
+            .invoke(command, Duration::from_secs(90))
+            .await
+            .map_err(|e| (e.error_type, e.error_message))
     }
 
     /// What the operator's `subscribe_hooks` does: the item first, then Keap's create call
@@ -363,4 +418,121 @@ async fn gone_unreadable_and_malformed_requests_get_the_answer_keap_needs() {
         200
     );
     assert_eq!(world.events(1).await.len(), 1);
+}
+
+/// The operator's commands, through keap-proxy: a subscription is written, created at Keap and
+/// verified through keap-hooks; a second subscribe returns it; unknown keys are refused before
+/// anything is written; the listing shows only this stage's hooks; unsubscribing forgets the
+/// token first (410 from then on) and deletes at Keap.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_operator_subscribes_lists_and_unsubscribes_through_keap_proxy() {
+    let world = World::new().await;
+    let subscribed = world
+        .command(
+            json!({"subscribe_hooks": {"connection_id": "default", "event_keys": ["contact.add"]}}),
+        )
+        .await
+        .unwrap();
+    let hook = &subscribed["hooks"][0];
+    assert_eq!(hook["event_key"], "contact.add", "{subscribed}");
+    assert_eq!(hook["status"], "Verified", "{subscribed}");
+    assert_eq!(hook["created"], true, "{subscribed}");
+    let keap_key = hook["keap_hook_key"].clone();
+    let at_keap = world.fx.sandbox.hooks(APP);
+    assert_eq!(at_keap.len(), 1);
+    assert_eq!(at_keap[0].status, HookStatus::Verified);
+    let items = scan_all(&world.fx.sdk, &world.fx.table).await;
+    let token = at_keap[0].hook_url.rsplit('/').next().unwrap().to_owned();
+    assert!(
+        items
+            .iter()
+            .all(|item| !format!("{item:?}").contains(&token)),
+        "an item holds the plain token"
+    );
+
+    // Idempotent: the same subscription, not a second one at Keap.
+    let again = world
+        .command(
+            json!({"subscribe_hooks": {"connection_id": "default", "event_keys": ["contact.add"]}}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(again["hooks"][0]["created"], false, "{again}");
+    assert_eq!(again["hooks"][0]["keap_hook_key"], keap_key);
+    assert_eq!(world.fx.sandbox.hooks(APP).len(), 1);
+
+    // An event key Keap does not know: refused, nothing written.
+    let (error_type, message) = world
+        .command(json!({"subscribe_hooks": {"connection_id": "default", "event_keys": ["contact.teleported"]}}))
+        .await
+        .unwrap_err();
+    assert_eq!(error_type, "ValidationError", "{message}");
+    assert!(message.contains("contact.teleported"), "{message}");
+    assert_eq!(
+        world
+            .fx
+            .store()
+            .hooks_of(&connection_id("default"))
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+
+    // Another integration's hook on the same account: counted, never shown.
+    let foreign: Value = world
+        .http
+        .post(format!("{}/v1/hooks", world.fx.sandbox.api_base_url()))
+        .bearer_auth(&world.access_token)
+        .json(
+            &json!({"eventKey": "contact.edit", "hookUrl": "https://other.example/hook?secret=s3"}),
+        )
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(
+        foreign["key"].is_number() || foreign["key"].is_string(),
+        "{foreign}"
+    );
+    let listed = world
+        .command(json!({"list_hooks": {"connection_id": "default"}}))
+        .await
+        .unwrap();
+    assert_eq!(listed["hooks"].as_array().unwrap().len(), 1, "{listed}");
+    assert_eq!(listed["other_hooks_at_keap"], 1, "{listed}");
+    assert!(!listed.to_string().contains("other.example"), "{listed}");
+    assert!(!listed.to_string().contains(&token), "{listed}");
+
+    // Unsubscribe: the token is forgotten (410), the hook deleted at Keap.
+    let removed = world
+        .command(json!({"unsubscribe_hooks": {"connection_id": "default", "event_keys": ["contact.add"]}}))
+        .await
+        .unwrap();
+    assert_eq!(removed["removed"], json!(["contact.add"]), "{removed}");
+    assert_eq!(removed["keap_delete_failed"], json!([]), "{removed}");
+    assert!(
+        world
+            .fx
+            .store()
+            .hooks_of(&connection_id("default"))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(
+        world.fx.sandbox.hooks(APP).len(),
+        1,
+        "only the foreign hook is left"
+    );
+    let gone = world
+        .post(
+            &format!("{HOOKS_PATH}{token}"),
+            b"[]".to_vec(),
+            Some("s3cret"),
+        )
+        .await;
+    assert_eq!(gone.status(), 410);
 }
