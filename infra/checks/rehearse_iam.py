@@ -54,6 +54,11 @@ EXEMPT = {
     "runs them through the real binaries (the_operator_subscribes_lists_and_unsubscribes_"
     "through_keap_proxy); infra/checks/test_template.py (operator_permissions) bounds them",
     "FindHookSubscriptions": "as ManageHookSubscriptions",
+    "CheckHookSubscriptions": "check_hooks reaches Keap through keap-proxy, which the walk's "
+    "emulator cannot run as a Lambda function; tests/tests/it/keap_hooks.rs runs it through the "
+    "real binaries (check_hooks_reverifies_an_inactive_subscription_and_publishes_the_gap)",
+    "FindHookSubscriptionsToCheck": "as CheckHookSubscriptions",
+    "ReachKeapHooksThroughTheProxy": "as CheckHookSubscriptions",
     "ReachKeapThroughTheProxy": "as ManageHookSubscriptions",
     "PublishLeftoversOfTombstones": "the refresher's sweep touches a tombstone only when a "
     "removal's writer died before publishing its events (tests/tests/it/lifecycle_events.rs "

@@ -9,6 +9,7 @@ broken copy must fail at least one check, so a check that can no longer fail is 
 
 from __future__ import annotations
 
+import json
 import copy
 import re
 import sys
@@ -87,7 +88,8 @@ LIFECYCLE_SOURCE = "keapalive"
 LIFECYCLE_DETAIL_TYPES = {
     CALLBACK: ("StringEquals", ["keapalive.connection.authorized"]),
     OPERATOR: ("StringLike", ["keapalive.connection.*"]),
-    REFRESHER: ("StringLike", ["keapalive.connection.*"]),
+    # and the hook check's gap event.
+    REFRESHER: ("StringLike", ["keapalive.connection.*", "keapalive.hooks.gap"]),
     UPSERT: ("StringLike", ["keapalive.connection.*"]),
     PROXY: ("StringLike", ["keapalive.connection.*"]),
     VENDING: ("StringLike", ["keapalive.connection.*"]),
@@ -95,6 +97,7 @@ LIFECYCLE_DETAIL_TYPES = {
     HOOKS: ("StringLike", ["keap.*"]),
 }
 TOMB_CONDITION = {"ForAllValues:StringLike": {"dynamodb:LeadingKeys": ["tomb#*"]}}
+HOOK_CONDITION = {"ForAllValues:StringLike": {"dynamodb:LeadingKeys": ["hook#*"]}}
 # What Config accepts, read from shared/src/config.rs (one source: infra/checks/rust_names.py).
 KNOWN_ENV = rust_names.rust_env_names(rust_names.rust_sources())
 
@@ -117,7 +120,7 @@ EMF_NAMESPACE = rust_names.rust_metric_namespace(rust_names.rust_sources())
 EMF_METRICS = rust_names.rust_metric_names(rust_names.rust_sources())
 # Emitted by contact-upsert only when they happen: their alarms must treat missing data as the
 # healthy case (every other metric comes from each refresher run, whose absence must breach).
-EVENT_METRICS = {"SpuriousUnauthorized", "UnauthorizedIncident"}
+EVENT_METRICS = {"SpuriousUnauthorized", "UnauthorizedIncident", "HooksInactive"}
 # metric -> (comparison, threshold) the issue asks for
 REQUIRED_METRIC_ALARMS = {
     "ConnectionsNeedingReauthorization": ("GreaterThanOrEqualToThreshold", 1),
@@ -532,18 +535,24 @@ def refresher_permissions(t: dict) -> None:
     assert {a for a in acts if a.startswith("dynamodb:")} == {
         "dynamodb:getitem", "dynamodb:updateitem", "dynamodb:query",
     }, f"token-refresher dynamodb actions: {sorted(acts)}"
-    assert {a.split(":")[0] for a in acts} <= {"dynamodb", "secretsmanager", "logs", "events"}, sorted(acts)
+    assert {a.split(":")[0] for a in acts} <= {"dynamodb", "secretsmanager", "logs", "events", "lambda"}, sorted(acts)
     for st in dynamodb_statements(t, role):
         if "dynamodb:query" in actions(st):
             assert actions(st) == {"dynamodb:query"}, "Query shares a statement with keyed actions"
-            assert as_list(st["Resource"]) == [{"Fn::Sub": STATUS_INDEX_ARN}], (
-                f"token-refresher may query only the status index (connection items): {st['Resource']}"
+            assert as_list(st["Resource"]) in ([{"Fn::Sub": STATUS_INDEX_ARN}], [{"Fn::Sub": HOOK_INDEX_ARN}]), (
+                f"token-refresher may query only the status and hooks indexes: {st['Resource']}"
             )
             continue
-        # Connection items, and tombstones whose events a writer left pending (the sweep).
-        assert st.get("Condition") in (CONN_CONDITION, TOMB_CONDITION), (
-            f"token-refresher {sorted(actions(st))} lacks conn#* or tomb#*"
+        # Connection items, tombstones whose events a writer left pending (the sweep), and
+        # hook subscriptions (check_hooks: a token's hash, never a token).
+        assert st.get("Condition") in (CONN_CONDITION, TOMB_CONDITION, HOOK_CONDITION), (
+            f"token-refresher {sorted(actions(st))} lacks conn#*, tomb#* or hook#*"
         )
+    # check_hooks reaches Keap's hooks API only through keap-proxy.
+    for st in statements(t, role):
+        if any(a.startswith("lambda:") for a in actions(st)):
+            assert actions(st) == {"lambda:invokefunction"}, sorted(actions(st))
+            assert as_list(st["Resource"]) == [{"Fn::GetAtt": [PROXY, "Arn"]}], st["Resource"]
     for st in statements(t, role):
         if "secretsmanager:getsecretvalue" in actions(st):
             assert as_list(st["Resource"]) == [{"Ref": "OAuthClientSecret"}], "refresher: client secret only"
@@ -639,7 +648,9 @@ def lifecycle_event_rights(t: dict) -> None:
         for op, values in detail.items():
             for value in as_list(values):
                 family = "keap." if fid == HOOKS else "keapalive.connection."
-                assert value.startswith(family), f"{name} may put {value}"
+                assert value.startswith(family) or (fid == REFRESHER and value == "keapalive.hooks.gap"), (
+                    f"{name} may put {value}"
+                )
                 assert "*" not in value or op == "StringLike", f"{name}: {op} {value}"
     for fid, name in FUNCTIONS.items():
         putting = [st for st in statements(t, role_of(t, fid)) if "events:putevents" in actions(st)]
@@ -804,7 +815,12 @@ def refresher_runs_alone_on_a_schedule(t: dict) -> None:
     p = props(t, REFRESHER)
     assert p.get("ReservedConcurrentExecutions") == 1, "token-refresher reserved concurrency must be 1"
     schedules = sam_events(t, REFRESHER, "Schedule") + sam_events(t, REFRESHER, "ScheduleV2")
-    assert len(schedules) == 1 and is_ref(schedules[0].get("Schedule"), "RefreshSchedule")
+    # The refresh schedule (no input: a scheduled event), and the hooks schedule, whose input
+    # runs only the subscriptions check.
+    refresh = [s for s in schedules if is_ref(s.get("Schedule"), "RefreshSchedule")]
+    assert len(refresh) == 1 and "Input" not in refresh[0], refresh
+    hooks = [s for s in schedules if s is not refresh[0]]
+    assert len(hooks) == 1 and json.loads(hooks[0].get("Input", "null")) == {"check_hooks": True}, hooks
     assert parameter_default(t, "RefreshSchedule") == "rate(1 hour)"
 
 
@@ -1472,6 +1488,14 @@ def _mutate_operator_invokes_any_function(t: dict) -> None:
     }
 
 
+def _mutate_hooks_schedule_without_input(t: dict) -> None:
+    del t["Resources"][REFRESHER]["Properties"]["Events"]["HooksSchedule"]["Properties"]["Input"]
+
+
+def _mutate_refresher_invokes_any_function(t: dict) -> None:
+    _sid(t, "TokenRefresherRole", "ReachKeapHooksThroughTheProxy")["Resource"] = "*"
+
+
 def _mutate_hooks_reads_connections(t: dict) -> None:
     _sid(t, "KeapHooksRole", "HookItemsOnly")["Condition"]["ForAllValues:StringLike"][
         "dynamodb:LeadingKeys"
@@ -1496,6 +1520,8 @@ def _mutate_access_log_holds_the_path(t: dict) -> None:
 MUTANTS: dict[Callable[[dict], None], Callable[[dict], None]] = {
     _mutate_hooks_reads_connections: hooks_permissions,
     _mutate_operator_invokes_any_function: operator_permissions,
+    _mutate_hooks_schedule_without_input: refresher_runs_alone_on_a_schedule,
+    _mutate_refresher_invokes_any_function: refresher_permissions,
     _mutate_hooks_puts_lifecycle_events: lifecycle_event_rights,
     _mutate_hooks_route_throttled_like_the_callback: hooks_permissions,
     _mutate_access_log_holds_the_path: hooks_permissions,

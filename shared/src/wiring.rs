@@ -24,7 +24,7 @@ use crate::authorization::AuthorizationService;
 use crate::config::{Config, ConfigError, Requirements};
 use crate::contact::{LazySqs, UpsertService, UpsertSettings};
 use crate::events::EventBus;
-use crate::hooks::{HookSubscriptions, HooksReceiver, KeapViaProxy, PROXY_READ_TIMEOUT};
+use crate::hooks::{HookCheck, HookSubscriptions, HooksReceiver, KeapViaProxy, PROXY_READ_TIMEOUT};
 use crate::keap::http::build_client;
 use crate::keap::rate_limit::RateLimiter;
 use crate::keap::{KeapUsage, OAuthClient, RestClient};
@@ -119,7 +119,15 @@ pub async fn operator() -> AuthorizationService {
 /// token-refresher's init.
 pub async fn token_refresher() -> RefresherFunction {
     let clients = init_or_exit(Requirements::default(), PresentsToKeap::Yes).await;
-    RefresherFunction::new(clients.refresher(), &clients.config)
+    let function = RefresherFunction::new(clients.refresher(), &clients.config);
+    match &clients.keap_via_proxy {
+        Some(keap) => function.with_hook_check(HookCheck::new(
+            clients.store.clone(),
+            keap.clone(),
+            clients.store.event_bus().cloned(),
+        )),
+        None => function,
+    }
 }
 
 /// contact-upsert's init.

@@ -326,7 +326,7 @@ impl HookSubscriptions {
 }
 
 /// Keap's hook key: a number or a string in its answers.
-fn keap_key(hook: &Value) -> Option<String> {
+pub(super) fn keap_key(hook: &Value) -> Option<String> {
     match hook.get("key")? {
         Value::String(key) if !key.is_empty() => Some(key.clone()),
         Value::Number(key) => Some(key.to_string()),

@@ -6,10 +6,11 @@ use lambda_runtime::{Diagnostic, LambdaEvent};
 use serde_json::Value;
 
 use super::Refresher;
-use super::scheduled::{RefreshRun, RefreshSummary, RunError, ScheduledRequest};
+use super::scheduled::{RefreshRun, RunError, ScheduledRequest};
 use crate::config::Config;
 use crate::deadline::{Deadline, DeadlinePolicy};
 use crate::error_type::ErrorType;
+use crate::hooks::HookCheck;
 use crate::telemetry::MetricSink;
 
 /// The `Function` dimension of the refresher's Keap usage metrics (its binary name).
@@ -21,6 +22,8 @@ pub enum RefresherEvent {
     Scheduled,
     /// Operator: `{"connection_id": "...", "force": true}`.
     One(ScheduledRequest),
+    /// The hooks schedule: `{"check_hooks": true}` — the subscriptions check, no refresh.
+    CheckHooks,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -49,6 +52,14 @@ impl RefresherEvent {
         let is_object_with = |key: &str| payload.get(key).is_some();
         if payload.is_null() || payload.as_object().is_some_and(|o| o.is_empty()) {
             return Ok(Self::Scheduled);
+        }
+        if let Some(check) = payload.get("check_hooks") {
+            return match (check.as_bool(), payload.as_object().map(|o| o.len())) {
+                (Some(true), Some(1)) => Ok(Self::CheckHooks),
+                _ => Err(RefresherError::InvalidEvent(
+                    "check_hooks must be true and alone in the event".to_owned(),
+                )),
+            };
         }
         if is_object_with("detail-type") {
             // Parsed only to reject look-alikes early; its contents do not steer the run.
@@ -83,7 +94,9 @@ impl Refresher {
                 connection_id: Some(id),
                 force,
             }) => Box::pin(self.run_one(&id, deadline, force)).await?,
-            RefresherEvent::One(_) => Box::pin(self.run_scheduled(deadline, concurrency)).await?,
+            RefresherEvent::One(_) | RefresherEvent::CheckHooks => {
+                Box::pin(self.run_scheduled(deadline, concurrency)).await?
+            }
         })
     }
 }
@@ -96,6 +109,8 @@ pub struct RefresherFunction {
     concurrency: usize,
     /// Metric dimension.
     stage: String,
+    /// `{"check_hooks": true}` (`KEAPALIVE_PROXY_FUNCTION` set).
+    hook_check: Option<HookCheck>,
 }
 
 impl RefresherFunction {
@@ -105,12 +120,33 @@ impl RefresherFunction {
             deadlines: DeadlinePolicy::from_config(config),
             concurrency: config.refresh_concurrency,
             stage: config.stage.clone(),
+            hook_check: None,
         }
     }
 
-    pub async fn handle(&self, event: LambdaEvent<Value>) -> Result<RefreshSummary, Diagnostic> {
+    /// The same function, able to run the subscriptions check.
+    pub fn with_hook_check(mut self, check: HookCheck) -> Self {
+        self.hook_check = Some(check);
+        self
+    }
+
+    /// One invocation: the run's summary (a refresh), or the check's (`check_hooks`).
+    pub async fn handle(&self, event: LambdaEvent<Value>) -> Result<Value, Diagnostic> {
         let deadline = self.deadlines.deadline(event.context.deadline);
         let request = RefresherEvent::parse(event.payload)?;
+        if matches!(request, RefresherEvent::CheckHooks) {
+            let check = self.hook_check.as_ref().ok_or_else(|| {
+                ErrorType::Configuration.diagnostic(
+                    "check_hooks needs KEAPALIVE_PROXY_FUNCTION (the stack sets it)".to_owned(),
+                )
+            })?;
+            let (summary, metrics) = check
+                .run(deadline)
+                .await
+                .map_err(|e| ErrorType::Unavailable.diagnostic(e.to_string()))?;
+            metrics.emit(&self.stage);
+            return Ok(serde_json::to_value(summary).unwrap_or_default());
+        }
         let run = self
             .refresher
             .handle(request, deadline, self.concurrency)
@@ -121,7 +157,7 @@ impl RefresherFunction {
             .flush(&MetricSink::stdout(), &self.stage, FUNCTION_NAME);
         let run = run?;
         run.metrics.emit(&self.stage);
-        Ok(run.summary)
+        Ok(serde_json::to_value(run.summary).unwrap_or_default())
     }
 }
 
@@ -149,6 +185,18 @@ mod tests {
             RefresherEvent::parse(json!({"connection_id": "default", "force": true})),
             Ok(RefresherEvent::One(ScheduledRequest { force: true, .. }))
         ));
+        assert!(matches!(
+            RefresherEvent::parse(json!({"check_hooks": true})),
+            Ok(RefresherEvent::CheckHooks)
+        ));
+        // The hooks schedule's input never runs a refresh, and a look-alike is refused.
+        for bad in [
+            json!({"check_hooks": false}),
+            json!({"check_hooks": true, "connection_id": "default"}),
+            json!({"check_hooks": "yes"}),
+        ] {
+            assert!(RefresherEvent::parse(bad).is_err());
+        }
         for bad in [
             json!({"connection_id": "bad id"}),
             json!({"conection_id": "default"}),

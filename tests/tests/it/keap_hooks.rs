@@ -33,6 +33,8 @@ struct World {
     http: reqwest::Client,
     /// The operator binary, reaching Keap through keap-proxy behind a local Lambda Invoke API.
     operator: Arc<RuntimeApi>,
+    /// The operator's environment: what a function reaching keap-proxy needs.
+    operator_env: Vec<(String, String)>,
     _processes: Vec<FunctionProcess>,
     _invoke_api: InvokeApi,
 }
@@ -43,7 +45,7 @@ impl World {
         let issued = fx.seed_connection("default", APP, None).await;
         let (bus, queue) = create_event_bus_with_rule(
             &fx.sdk,
-            r#"{"source": ["keapalive"], "detail-type": [{"prefix": "keap."}]}"#,
+            r#"{"source": ["keapalive"], "detail-type": [{"prefix": "keap."}, "keapalive.hooks.gap"]}"#,
         )
         .await;
         let mut env = Emulator::shared().process_env();
@@ -106,6 +108,10 @@ impl World {
             access_token: issued.access_token,
             http: reqwest::Client::new(),
             operator,
+            operator_env: operator_env
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
             _processes: vec![proxy, operator_process],
             _invoke_api: invoke_api,
         }
@@ -535,4 +541,93 @@ async fn the_operator_subscribes_lists_and_unsubscribes_through_keap_proxy() {
         )
         .await;
     assert_eq!(gone.status(), 410);
+}
+
+/// The hooks schedule (`{"check_hooks": true}` to token-refresher): an Inactive subscription is
+/// re-verified through keap-hooks and its gap event published; a gap event EventBridge refused
+/// stays on the item and the next check publishes it, even though the hook is Verified by then.
+/// The plain schedule never runs the check.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_hooks_reverifies_an_inactive_subscription_and_publishes_the_gap() {
+    let world = World::new().await;
+    world
+        .command(
+            json!({"subscribe_hooks": {"connection_id": "default", "event_keys": ["contact.add"]}}),
+        )
+        .await
+        .unwrap();
+    let key = world.fx.sandbox.hooks(APP)[0].key.clone();
+    assert!(world.fx.sandbox.set_hook_status(&key, HookStatus::Inactive));
+
+    let refresher = RuntimeApi::start_named("token-refresher").await;
+    let env: Vec<(&str, &str)> = world
+        .operator_env
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    let process = spawn_function(&binary_path("token-refresher"), &env, &refresher);
+    assert!(
+        refresher.wait_until_ready(INIT_TIMEOUT).await.is_some(),
+        "token-refresher init failed: {}",
+        process.output()
+    );
+    let run = |event: Value| {
+        let refresher = &refresher;
+        async move {
+            refresher
+                .invoke(event, Duration::from_secs(300))
+                .await
+                .unwrap()
+        }
+    };
+
+    // The plain schedule refreshes; it does not touch hooks.
+    let scheduled = run(json!({})).await;
+    assert!(scheduled.get("due").is_some(), "{scheduled}");
+    assert_eq!(world.fx.sandbox.hooks(APP)[0].status, HookStatus::Inactive);
+
+    // The gap event's first publish is refused.
+    let refused = Emulator::shared()
+        .inject_dynamodb_fault(
+            DynamoDbFault::put_events_entries_failed().body_contains("keapalive.hooks.gap"),
+        )
+        .await;
+    let first = run(json!({"check_hooks": true})).await;
+    refused.assert_fired(1).await;
+    assert_eq!(first["reverified"], 1, "{first}");
+    assert_eq!(first["still_inactive"], 0, "{first}");
+    assert_eq!(first["gap_events_published"], 0, "{first}");
+    assert_eq!(world.fx.sandbox.hooks(APP)[0].status, HookStatus::Verified);
+    let hook = &world
+        .fx
+        .store()
+        .hooks_of(&connection_id("default"))
+        .await
+        .unwrap()[0];
+    let since = hook.inactive_since.expect("kept until published");
+    assert!(world.events(0).await.is_empty());
+
+    // The next check publishes it though the hook is Verified now, and clears it.
+    let second = run(json!({"check_hooks": true})).await;
+    assert_eq!(second["reverified"], 0, "{second}");
+    assert_eq!(second["gap_events_published"], 1, "{second}");
+    let events = world.events(1).await;
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert_eq!(events[0]["detail-type"], "keapalive.hooks.gap");
+    assert_eq!(
+        events[0]["detail"],
+        json!({"connection_id": "default", "event_key": "contact.add", "inactive_since": since})
+    );
+    let hook = &world
+        .fx
+        .store()
+        .hooks_of(&connection_id("default"))
+        .await
+        .unwrap()[0];
+    assert_eq!(hook.inactive_since, None);
+    let output = process.output();
+    assert!(
+        output.contains("HooksReverified"),
+        "the check emits its metrics"
+    );
 }

@@ -1,0 +1,176 @@
+//! The scheduled check that keeps subscriptions alive (docs/events.md, "Keap changes"): the
+//! token-refresher runs it — and only it, no refresh — for `{"check_hooks": true}`.
+//!
+//! Keap marks a hook Inactive after four failed deliveries (or a 410) and then drops changes
+//! silently. For each connection with subscriptions, the check lists Keap's hooks and
+//! re-verifies (`POST /v1/hooks/{key}/verify`) every one keapalive owns (a hook item holds its
+//! Keap key) that is Inactive or Unverified. A hook found Inactive also gets a
+//! `keapalive.hooks.gap` event — changes were lost meanwhile; consumers may reconcile — and
+//! `inactive_since` (when keapalive first saw it so: Keap gives no time) stays on the item until
+//! `PutEvents` accepted that event, so a failed publish is retried by the next check.
+
+use serde::Serialize;
+use serde_json::{Value, json};
+use tracing::{info, warn};
+
+use super::subscriptions::keap_key;
+use super::via_proxy::KeapViaProxy;
+use crate::clock::now_epoch_secs;
+use crate::connection_id::ConnectionId;
+use crate::deadline::Deadline;
+use crate::events::EventBus;
+use crate::telemetry::{Metrics, Unit};
+use crate::token_store::{ConnectionStatus, DynamoDbTokenStore, HookSubscription, StoreError};
+
+/// `DetailType` of the gap event.
+pub const GAP_DETAIL_TYPE: &str = "keapalive.hooks.gap";
+/// A connection's check is not started with less time left (two proxy calls and a publish).
+const TIME_PER_CONNECTION: std::time::Duration = std::time::Duration::from_secs(70);
+
+#[derive(Debug, Default, Serialize)]
+pub struct HookCheckSummary {
+    pub connections_checked: usize,
+    pub hooks_owned: usize,
+    pub reverified: usize,
+    /// Still Inactive after the re-verify (the alarm's metric).
+    pub still_inactive: usize,
+    pub gap_events_published: usize,
+    /// Connections whose check failed (Keap or the proxy unavailable): the next run retries.
+    pub failed: usize,
+    /// Connections not checked for lack of time.
+    pub not_started_deadline: usize,
+}
+
+/// What the check needs: the subscriptions, Keap through keap-proxy, the bus for gap events.
+#[derive(Clone)]
+pub struct HookCheck {
+    store: DynamoDbTokenStore,
+    keap: KeapViaProxy,
+    bus: Option<EventBus>,
+}
+
+impl HookCheck {
+    pub fn new(store: DynamoDbTokenStore, keap: KeapViaProxy, bus: Option<EventBus>) -> Self {
+        Self { store, keap, bus }
+    }
+
+    pub async fn run(&self, deadline: Deadline) -> Result<(HookCheckSummary, Metrics), StoreError> {
+        let mut summary = HookCheckSummary::default();
+        let listing = self.store.list_connections().await?;
+        for connection in &listing.connections {
+            if connection.status != ConnectionStatus::Active {
+                continue;
+            }
+            let hooks = self.store.hooks_of(&connection.id).await?;
+            if hooks.iter().all(|hook| hook.keap_hook_key.is_none()) {
+                continue;
+            }
+            if deadline.remaining() < TIME_PER_CONNECTION {
+                summary.not_started_deadline += 1;
+                continue;
+            }
+            summary.connections_checked += 1;
+            if let Err(reason) = self.check(&connection.id, &hooks, &mut summary).await {
+                warn!(connection = %connection.id, reason = %reason, "hook check failed; the next run retries");
+                summary.failed += 1;
+            }
+        }
+        let mut metrics = Metrics::new();
+        metrics
+            .put("HooksReverified", summary.reverified as f64, Unit::Count)
+            .put("HooksInactive", summary.still_inactive as f64, Unit::Count);
+        info!(?summary, "hook check done");
+        Ok((summary, metrics))
+    }
+
+    async fn check(
+        &self,
+        id: &ConnectionId,
+        hooks: &[HookSubscription],
+        summary: &mut HookCheckSummary,
+    ) -> Result<(), String> {
+        let answer = self
+            .keap
+            .request(id, "GET", "/v1/hooks", None)
+            .await
+            .map_err(|e| e.to_string())?;
+        if !answer.is_success() {
+            return Err(format!("Keap answered {} to GET /v1/hooks", answer.status));
+        }
+        let listed = answer.body.as_array().cloned().unwrap_or_default();
+        for hook in hooks {
+            let Some(key) = &hook.keap_hook_key else {
+                continue;
+            };
+            let Some(at_keap) = listed.iter().find(|h| keap_key(h).as_deref() == Some(key)) else {
+                continue;
+            };
+            summary.hooks_owned += 1;
+            let status = at_keap.get("status").and_then(Value::as_str).unwrap_or("");
+            let mut inactive_since = hook.inactive_since;
+            if status == "Inactive" {
+                inactive_since = self
+                    .store
+                    .note_hook_inactive(&hook.token_hash, now_epoch_secs())
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .or(inactive_since);
+            }
+            if status == "Inactive" || status == "Unverified" {
+                let path = format!("/v1/hooks/{key}/verify");
+                let verified = self
+                    .keap
+                    .request(id, "POST", &path, None)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                summary.reverified += 1;
+                let now_status = verified.body.get("status").and_then(Value::as_str);
+                if !verified.is_success() || now_status == Some("Inactive") {
+                    summary.still_inactive += 1;
+                    warn!(connection = %id, event_key = %hook.event_key, status = verified.status, "a hook is still inactive after its re-verify");
+                } else {
+                    info!(connection = %id, event_key = %hook.event_key, "hook re-verified");
+                }
+            }
+            if let Some(since) = inactive_since {
+                self.publish_gap(id, hook, since, summary).await;
+            }
+        }
+        Ok(())
+    }
+
+    /// The gap event, then (accepted) the item's `inactive_since` cleared; a failure leaves it
+    /// for the next check.
+    async fn publish_gap(
+        &self,
+        id: &ConnectionId,
+        hook: &HookSubscription,
+        since: i64,
+        summary: &mut HookCheckSummary,
+    ) {
+        let Some(bus) = &self.bus else {
+            return;
+        };
+        let detail = json!({
+            "connection_id": id.as_str(),
+            "event_key": hook.event_key,
+            "inactive_since": since,
+        })
+        .to_string();
+        match bus.put_every(&[(GAP_DETAIL_TYPE, detail.as_str())]).await {
+            Ok(()) => {
+                summary.gap_events_published += 1;
+                if let Err(e) = self
+                    .store
+                    .clear_hook_inactive(&hook.token_hash, since)
+                    .await
+                {
+                    warn!(connection = %id, error = %e, "the gap event was published but not cleared; it may be published again");
+                }
+            }
+            Err(e) => {
+                warn!(connection = %id, error = %e, "the gap event was not published; the next check retries")
+            }
+        }
+    }
+}
