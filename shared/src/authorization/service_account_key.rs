@@ -25,6 +25,11 @@ pub(crate) struct ConnectionRemoved {
     pub removed: bool,
     /// Authorize links started for the connection and not yet finished, now dead.
     pub pending_authorizations_retired: usize,
+    /// Keap REST Hook subscriptions forgotten (their deliveries get 410 from now on).
+    pub hooks_forgotten: usize,
+    /// Event keys whose hook Keap did not delete (Keap drops them itself after a 410).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub keap_hook_delete_failed: Vec<String>,
 }
 
 pub async fn register_service_account_key(
@@ -102,7 +107,18 @@ pub async fn remove_connection(
     service: &AuthorizationService,
     request: &RemoveConnection,
 ) -> Result<ConnectionRemoved, CommandError> {
-    // Links first: an authorize link still open after the removal would bring the connection
+    // Subscriptions first, while the connection still exists: keap-proxy needs its credential
+    // to delete them at Keap (best-effort; a forgotten token's deliveries get 410 anyway). A
+    // store error stops the removal, so a retry finds them again.
+    let (hooks_forgotten, keap_hook_delete_failed) = match &service.hooks {
+        // Only a store error comes back (Keap's refusals are listed, never fatal).
+        Some(hooks) => hooks
+            .forget_all(&request.connection_id)
+            .await
+            .map_err(super::from_hooks)?,
+        None => (0, Vec::new()),
+    };
+    // Links next: an authorize link still open after the removal would bring the connection
     // back as soon as someone follows it.
     let pending_authorizations_retired = service
         .store
@@ -126,6 +142,8 @@ pub async fn remove_connection(
         connection_id: request.connection_id.clone(),
         removed,
         pending_authorizations_retired,
+        hooks_forgotten,
+        keap_hook_delete_failed,
     })
 }
 

@@ -259,6 +259,32 @@ impl HookSubscriptions {
         })
     }
 
+    /// Every subscription of a connection being removed: the items first (deliveries get 410
+    /// from then on), then Keap's hooks, best-effort, while the connection still exists (keap-
+    /// proxy needs its credential). Returns how many were forgotten and the event keys Keap
+    /// did not delete.
+    pub async fn forget_all(
+        &self,
+        id: &ConnectionId,
+    ) -> Result<(usize, Vec<String>), HooksCommandError> {
+        let hooks = self.store.hooks_of(id).await?;
+        for hook in &hooks {
+            self.store.delete_hook(&hook.token_hash).await?;
+        }
+        let mut keap_delete_failed = Vec::new();
+        for hook in &hooks {
+            let Some(key) = &hook.keap_hook_key else {
+                continue;
+            };
+            let path = format!("/v1/hooks/{key}");
+            match self.keap.request(id, "DELETE", &path, None).await {
+                Ok(answer) if answer.is_success() || answer.status == 404 => {}
+                _ => keap_delete_failed.push(hook.event_key.clone()),
+            }
+        }
+        Ok((hooks.len(), keap_delete_failed))
+    }
+
     async fn check_known_to_keap(
         &self,
         id: &ConnectionId,

@@ -631,3 +631,50 @@ async fn check_hooks_reverifies_an_inactive_subscription_and_publishes_the_gap()
         "the check emits its metrics"
     );
 }
+
+/// `remove_connection` forgets the connection's subscriptions first (deliveries get 410), and
+/// deletes them at Keap through keap-proxy while the connection still exists.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn removing_a_connection_clears_its_subscriptions_here_and_at_keap() {
+    let world = World::new().await;
+    world
+        .command(json!({"subscribe_hooks": {"connection_id": "default", "event_keys": ["contact.add", "contact.edit"]}}))
+        .await
+        .unwrap();
+    assert_eq!(world.fx.sandbox.hooks(APP).len(), 2);
+    let token = world.fx.sandbox.hooks(APP)[0]
+        .hook_url
+        .rsplit('/')
+        .next()
+        .unwrap()
+        .to_owned();
+
+    let removed = world
+        .command(json!({"remove_connection": {"connection_id": "default"}}))
+        .await
+        .unwrap();
+    assert_eq!(removed["removed"], true, "{removed}");
+    assert_eq!(removed["hooks_forgotten"], 2, "{removed}");
+    assert!(
+        removed.get("keap_hook_delete_failed").is_none(),
+        "{removed}"
+    );
+    assert!(world.fx.sandbox.hooks(APP).is_empty(), "deleted at Keap");
+    assert!(
+        world
+            .fx
+            .store()
+            .hooks_of(&connection_id("default"))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let gone = world
+        .post(
+            &format!("{HOOKS_PATH}{token}"),
+            b"[]".to_vec(),
+            Some("s3cret"),
+        )
+        .await;
+    assert_eq!(gone.status(), 410);
+}
