@@ -92,7 +92,7 @@ async fn run(options: &Options) -> Result<Report, String> {
             binaries::REFRESHER => (
                 "one refresh, cold container",
                 warm::REFRESH_COLD,
-                "scheduled run, 1 due: status-index query + lease + commit, secret read",
+                "scheduled run, 1 due: status-index queries (with the tombstone sweep) + lease + commit, secret read",
             ),
             binaries::ACCESS_TOKEN => (
                 "cold access-token",

@@ -41,11 +41,13 @@ pub async fn warm_callback(world: &World) -> Result<OperationCount, String> {
 
 /// The run lists connections with one query of the status index per status (`active`,
 /// `needs_reauthorization`): the refresher may not scan, since a scan would read state items.
+/// A third query (status `removed`) finds tombstones whose lifecycle events a dead writer left
+/// unpublished (docs/design.md, "Lifecycle events": the run's sweep).
 /// Writes: lease, the presentation counted before it is made (docs/design.md, "Refresh
 /// protocol"), commit.
 pub const REFRESH_COLD: Floor = Floor {
     keap: 1,
-    dynamodb_reads: 2,
+    dynamodb_reads: 3,
     dynamodb_writes: 3,
     secrets: 1,
 };
