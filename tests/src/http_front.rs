@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
-use axum::body::{Body, Bytes};
+use axum::body::Bytes;
 use axum::extract::{ConnectInfo, State};
 use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use axum::response::Response;
@@ -17,7 +17,7 @@ use base64::Engine;
 use serde_json::json;
 use tokio::task::JoinHandle;
 
-use crate::local::apigw::{http_event, http_response};
+use crate::local::apigw::{http_event, http_response, into_axum_response, plain_response};
 use crate::runtime_api::RuntimeApi;
 
 /// Serves until dropped.
@@ -85,7 +85,7 @@ async fn forward(
         .strip_prefix(route.prefix)
         .filter(|v| !v.is_empty() && !v.contains('/'))
     else {
-        return plain(StatusCode::NOT_FOUND, "{\"message\":\"Not Found\"}".into());
+        return plain_response(StatusCode::NOT_FOUND, "{\"message\":\"Not Found\"}".into());
     };
     let headers: Vec<(String, String)> = headers
         .iter()
@@ -116,29 +116,17 @@ async fn forward(
     let answer = match route.function.invoke(event, Duration::from_secs(30)).await {
         Ok(answer) => answer,
         Err(_) => {
-            return plain(
+            return plain_response(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "{\"message\":\"Internal Server Error\"}".into(),
             );
         }
     };
     let Ok(page) = http_response(&answer) else {
-        return plain(
+        return plain_response(
             StatusCode::INTERNAL_SERVER_ERROR,
             "{\"message\":\"Internal Server Error\"}".into(),
         );
     };
-    let mut response = Response::builder().status(page.status);
-    for (name, value) in &page.headers {
-        response = response.header(name, value);
-    }
-    response
-        .body(Body::from(page.body))
-        .unwrap_or_else(|e| plain(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))
-}
-
-fn plain(status: StatusCode, body: String) -> Response {
-    let mut response = Response::new(Body::from(body));
-    *response.status_mut() = status;
-    response
+    into_axum_response(page)
 }

@@ -117,6 +117,26 @@ pub fn http_response(answer: &Value) -> Result<HttpResponse, String> {
     })
 }
 
+/// `page` as the HTTP response API Gateway sends back.
+pub fn into_axum_response(page: HttpResponse) -> axum::response::Response {
+    let mut response = axum::response::Response::builder().status(page.status);
+    for (name, value) in &page.headers {
+        response = response.header(name, value);
+    }
+    response
+        .body(axum::body::Body::from(page.body))
+        .unwrap_or_else(|e| {
+            plain_response(axum::http::StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
+        })
+}
+
+/// A text response with `status` (API Gateway's own answers: 404, a failed integration's 500).
+pub fn plain_response(status: axum::http::StatusCode, text: String) -> axum::response::Response {
+    let mut response = axum::response::Response::new(axum::body::Body::from(text));
+    *response.status_mut() = status;
+    response
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

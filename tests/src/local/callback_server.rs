@@ -5,14 +5,13 @@
 use std::net::SocketAddr;
 
 use axum::Router;
-use axum::body::Body;
 use axum::extract::{ConnectInfo, State};
 use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use axum::response::Response;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
-use super::apigw::{http_event, http_response};
+use super::apigw::{http_event, http_response, into_axum_response, plain_response};
 use super::functions::LocalFunction;
 
 /// Stops serving when dropped.
@@ -114,7 +113,7 @@ async fn forward(
         Err(error) => {
             // API Gateway answers a failed integration with 500 and this body.
             let _ = shared.served.send(500);
-            return plain(
+            return plain_response(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 format!(
                     "{{\"message\":\"Internal Server Error\"}} ({})",
@@ -127,21 +126,9 @@ async fn forward(
         Ok(page) => page,
         Err(reason) => {
             let _ = shared.served.send(500);
-            return plain(StatusCode::INTERNAL_SERVER_ERROR, reason);
+            return plain_response(StatusCode::INTERNAL_SERVER_ERROR, reason);
         }
     };
     let _ = shared.served.send(page.status);
-    let mut response = Response::builder().status(page.status);
-    for (name, value) in &page.headers {
-        response = response.header(name, value);
-    }
-    response
-        .body(Body::from(page.body))
-        .unwrap_or_else(|e| plain(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))
-}
-
-fn plain(status: StatusCode, text: String) -> Response {
-    let mut response = Response::new(Body::from(text));
-    *response.status_mut() = status;
-    response
+    into_axum_response(page)
 }

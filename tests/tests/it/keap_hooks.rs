@@ -117,6 +117,24 @@ impl World {
         }
     }
 
+    /// keapalive's subscriptions of the `default` connection.
+    async fn subscriptions(&self) -> Vec<keapalive::token_store::HookSubscription> {
+        self.fx
+            .store()
+            .hooks_of(&connection_id("default"))
+            .await
+            .unwrap()
+    }
+
+    /// The operator's `subscribe_hooks` for `default`.
+    async fn subscribe_through_the_operator(&self, event_keys: &[&str]) -> Value {
+        self.command(
+            json!({"subscribe_hooks": {"connection_id": "default", "event_keys": event_keys}}),
+        )
+        .await
+        .unwrap()
+    }
+
     /// An operator command; its answer or its error (errorType, message).
     async fn command(&self, command: Value) -> Result<Value, (String, String)> {
         self.operator
@@ -474,16 +492,7 @@ async fn the_operator_subscribes_lists_and_unsubscribes_through_keap_proxy() {
         .unwrap_err();
     assert_eq!(error_type, "ValidationError", "{message}");
     assert!(message.contains("contact.teleported"), "{message}");
-    assert_eq!(
-        world
-            .fx
-            .store()
-            .hooks_of(&connection_id("default"))
-            .await
-            .unwrap()
-            .len(),
-        1
-    );
+    assert_eq!(world.subscriptions().await.len(), 1);
 
     // Another integration's hook on the same account: counted, never shown.
     let foreign: Value = world
@@ -519,15 +528,7 @@ async fn the_operator_subscribes_lists_and_unsubscribes_through_keap_proxy() {
         .unwrap();
     assert_eq!(removed["removed"], json!(["contact.add"]), "{removed}");
     assert_eq!(removed["keap_delete_failed"], json!([]), "{removed}");
-    assert!(
-        world
-            .fx
-            .store()
-            .hooks_of(&connection_id("default"))
-            .await
-            .unwrap()
-            .is_empty()
-    );
+    assert!(world.subscriptions().await.is_empty());
     assert_eq!(
         world.fx.sandbox.hooks(APP).len(),
         1,
@@ -598,12 +599,7 @@ async fn check_hooks_reverifies_an_inactive_subscription_and_publishes_the_gap()
     assert_eq!(first["still_inactive"], 0, "{first}");
     assert_eq!(first["gap_events_published"], 0, "{first}");
     assert_eq!(world.fx.sandbox.hooks(APP)[0].status, HookStatus::Verified);
-    let hook = &world
-        .fx
-        .store()
-        .hooks_of(&connection_id("default"))
-        .await
-        .unwrap()[0];
+    let hook = &world.subscriptions().await[0];
     let since = hook.inactive_since.expect("kept until published");
     assert!(world.events(0).await.is_empty());
 
@@ -618,12 +614,7 @@ async fn check_hooks_reverifies_an_inactive_subscription_and_publishes_the_gap()
         events[0]["detail"],
         json!({"connection_id": "default", "event_key": "contact.add", "inactive_since": since})
     );
-    let hook = &world
-        .fx
-        .store()
-        .hooks_of(&connection_id("default"))
-        .await
-        .unwrap()[0];
+    let hook = &world.subscriptions().await[0];
     assert_eq!(hook.inactive_since, None);
     let output = process.output();
     assert!(
@@ -638,9 +629,8 @@ async fn check_hooks_reverifies_an_inactive_subscription_and_publishes_the_gap()
 async fn removing_a_connection_clears_its_subscriptions_here_and_at_keap() {
     let world = World::new().await;
     world
-        .command(json!({"subscribe_hooks": {"connection_id": "default", "event_keys": ["contact.add", "contact.edit"]}}))
-        .await
-        .unwrap();
+        .subscribe_through_the_operator(&["contact.add", "contact.edit"])
+        .await;
     assert_eq!(world.fx.sandbox.hooks(APP).len(), 2);
     let token = world.fx.sandbox.hooks(APP)[0]
         .hook_url
@@ -660,15 +650,7 @@ async fn removing_a_connection_clears_its_subscriptions_here_and_at_keap() {
         "{removed}"
     );
     assert!(world.fx.sandbox.hooks(APP).is_empty(), "deleted at Keap");
-    assert!(
-        world
-            .fx
-            .store()
-            .hooks_of(&connection_id("default"))
-            .await
-            .unwrap()
-            .is_empty()
-    );
+    assert!(world.subscriptions().await.is_empty());
     let gone = world
         .post(
             &format!("{HOOKS_PATH}{token}"),

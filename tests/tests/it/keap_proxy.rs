@@ -740,7 +740,11 @@ async fn the_binary_at_trace_logs_no_token_key_query_value_or_body() {
             .iter()
             .map(|line| line["KeapRequests"].as_f64().unwrap_or(0.0))
             .collect();
-        assert_eq!(counted, [2.0, 1.0, 1.0], "{variable}: refresh + GET, then one each");
+        assert_eq!(
+            counted,
+            [2.0, 1.0, 1.0],
+            "{variable}: refresh + GET, then one each"
+        );
         assert_eq!(
             usage[0]["_aws"]["CloudWatchMetrics"][0]["Dimensions"][0],
             json!(["Stage", "Function"])
