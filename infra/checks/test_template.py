@@ -120,7 +120,7 @@ EMF_NAMESPACE = rust_names.rust_metric_namespace(rust_names.rust_sources())
 EMF_METRICS = rust_names.rust_metric_names(rust_names.rust_sources())
 # Emitted by contact-upsert only when they happen: their alarms must treat missing data as the
 # healthy case (every other metric comes from each refresher run, whose absence must breach).
-EVENT_METRICS = {"SpuriousUnauthorized", "UnauthorizedIncident", "HooksInactive"}
+EVENT_METRICS = {"SpuriousUnauthorized", "UnauthorizedIncident", "HooksInactive", "HookDeliveriesFailed"}
 # metric -> (comparison, threshold) the issue asks for
 REQUIRED_METRIC_ALARMS = {
     "ConnectionsNeedingReauthorization": ("GreaterThanOrEqualToThreshold", 1),

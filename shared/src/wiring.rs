@@ -402,7 +402,11 @@ impl Clients {
             .event_bus()
             .cloned()
             .ok_or(ConfigError::Missing("KEAPALIVE_EVENT_BUS"))?;
-        Ok(HooksReceiver::new(self.store.clone(), bus))
+        Ok(HooksReceiver::new(
+            self.store.clone(),
+            bus,
+            self.config.stage.clone(),
+        ))
     }
 
     pub fn proxy_service(&self) -> ProxyService {

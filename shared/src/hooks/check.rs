@@ -116,6 +116,7 @@ impl HookCheck {
                     .map_err(|e| e.to_string())?
                     .or(inactive_since);
             }
+            let mut active = status == "Verified";
             if status == "Inactive" || status == "Unverified" {
                 let path = format!("/v1/hooks/{key}/verify");
                 let verified = self
@@ -125,14 +126,18 @@ impl HookCheck {
                     .map_err(|e| e.to_string())?;
                 summary.reverified += 1;
                 let now_status = verified.body.get("status").and_then(Value::as_str);
-                if !verified.is_success() || now_status == Some("Inactive") {
-                    summary.still_inactive += 1;
-                    warn!(connection = %id, event_key = %hook.event_key, status = verified.status, "a hook is still inactive after its re-verify");
-                } else {
+                active = verified.is_success() && now_status == Some("Verified");
+                if active {
                     info!(connection = %id, event_key = %hook.event_key, "hook re-verified");
+                } else {
+                    // Unverified gets no deliveries either: as lost as Inactive.
+                    summary.still_inactive += 1;
+                    warn!(connection = %id, event_key = %hook.event_key, status = verified.status, "a hook is still not active after its re-verify");
                 }
             }
-            if let Some(since) = inactive_since {
+            // Published once the hook is back: the gap's start stays the first sighting for as
+            // long as it lasts, and a consumer reconciles once, over the whole gap.
+            if let (Some(since), true) = (inactive_since, active) {
                 self.publish_gap(id, hook, since, summary).await;
             }
         }

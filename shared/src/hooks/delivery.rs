@@ -24,6 +24,8 @@ pub const MAX_ENTRY_BYTES: usize = 256 * 1024;
 const TIME_BYTES: usize = 14;
 /// Keap's documented maximum per delivery.
 const MAX_OBJECTS: usize = 1_000;
+/// The longest `object_type`, object id or timestamp taken (Keap's are tens of bytes).
+const MAX_FIELD_BYTES: usize = 1_024;
 
 /// A delivery Keap POSTed, as far as keapalive reads it.
 #[derive(Debug, Deserialize)]
@@ -75,6 +77,19 @@ impl Delivery {
         {
             return Err(MalformedDelivery::Shape(
                 "an object id is not a number or string",
+            ));
+        }
+        // Keap's ids and timestamps are short; bounding them keeps any delivery splittable into
+        // entries EventBridge takes (else it would be refused, answered 503, retried forever).
+        let oversized = |text: &str| text.len() > MAX_FIELD_BYTES;
+        if oversized(&delivery.object_type)
+            || delivery.object_keys.iter().any(|key| {
+                key.id.as_str().is_some_and(oversized)
+                    || key.timestamp.as_deref().is_some_and(oversized)
+            })
+        {
+            return Err(MalformedDelivery::Shape(
+                "an object field is implausibly long",
             ));
         }
         Ok(delivery)
@@ -320,6 +335,12 @@ mod tests {
         ] {
             assert!(Delivery::parse(bad).is_err(), "{}", String::from_utf8_lossy(bad));
         }
+        let huge = json!({"event_key": "contact.add", "object_type": "contact",
+                          "object_keys": [{"id": 1, "timestamp": "9".repeat(300_000)}]});
+        assert!(
+            Delivery::parse(huge.to_string().as_bytes()).is_err(),
+            "an unsplittable object"
+        );
         let too_many: Vec<Value> = (0..1_001).map(|i| json!({"id": i})).collect();
         let body =
             json!({"event_key": "contact.add", "object_type": "contact", "object_keys": too_many});

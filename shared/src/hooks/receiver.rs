@@ -20,6 +20,7 @@ use tracing::{info, warn};
 use super::delivery::{Delivery, HookEvent, events_of, requests_of};
 use crate::error_type::ErrorType;
 use crate::events::{EventBus, PublishError};
+use crate::telemetry::{MetricSink, Metrics, Unit};
 use crate::token_store::{DynamoDbTokenStore, HookToken};
 
 /// Keap's handshake header: echoed with a 200 to verify a subscription.
@@ -29,15 +30,28 @@ pub const HOOKS_PATH_PREFIX: &str = "/keap/hooks/";
 /// A delivery of 1,000 objects is well under this; anything larger is not Keap's.
 pub const MAX_BODY_BYTES: usize = 1024 * 1024;
 
+/// A delivery to a well-formed token answered 400 or 5xx: Keap counts it as a failed attempt,
+/// and four make the subscription Inactive. keap-hooks answers normally (no Lambda error), so
+/// this metric, not the function's `Errors`, is what an alarm watches.
+pub const METRIC_DELIVERIES_FAILED: &str = "HookDeliveriesFailed";
+
 /// What keap-hooks uses, built once per container.
 pub struct HooksReceiver {
     store: DynamoDbTokenStore,
     bus: EventBus,
+    metrics: MetricSink,
+    /// Metric dimension.
+    stage: String,
 }
 
 impl HooksReceiver {
-    pub fn new(store: DynamoDbTokenStore, bus: EventBus) -> Self {
-        Self { store, bus }
+    pub fn new(store: DynamoDbTokenStore, bus: EventBus, stage: impl Into<String>) -> Self {
+        Self {
+            store,
+            bus,
+            metrics: MetricSink::stdout(),
+            stage: stage.into(),
+        }
     }
 
     /// One invocation: an API Gateway HTTP API request (payload 2.0), or an error naming the
@@ -62,6 +76,17 @@ impl HooksReceiver {
 
     /// One request: always an HTTP answer (the status tells Keap whether to retry).
     pub async fn answer(&self, request: &ApiGatewayV2httpRequest) -> ApiGatewayV2httpResponse {
+        let answer = self.answer_request(request).await;
+        let failed = answer.status_code == 400 || answer.status_code >= 500;
+        if failed && token_of(request).is_some() {
+            let mut metrics = Metrics::new();
+            metrics.put(METRIC_DELIVERIES_FAILED, 1.0, Unit::Count);
+            self.metrics.emit(&metrics, &self.stage);
+        }
+        answer
+    }
+
+    async fn answer_request(&self, request: &ApiGatewayV2httpRequest) -> ApiGatewayV2httpResponse {
         let Some(token) = token_of(request) else {
             // Never issued: no subscription can be behind it.
             return refused(410, "unknown_token");

@@ -135,10 +135,13 @@ impl HookSubscriptions {
         event_keys: &[String],
     ) -> Result<HookListing, HooksCommandError> {
         check_event_keys(event_keys)?;
-        self.check_known_to_keap(id, event_keys).await?;
+        let mut event_keys = event_keys.to_vec();
+        event_keys.sort();
+        event_keys.dedup();
+        self.check_known_to_keap(id, &event_keys).await?;
         let existing = self.store.hooks_of(id).await?;
         let mut created = Vec::new();
-        for event_key in event_keys {
+        for event_key in &event_keys {
             if existing
                 .iter()
                 .any(|hook| &hook.event_key == event_key && hook.keap_hook_key.is_some())

@@ -14,9 +14,10 @@ use serde_json::{Value, json};
 
 use crate::connection_id::ConnectionId;
 
-/// keap-proxy's Timeout (the template's) + 2 s: the answer of a proxy call that used its whole
-/// budget still arrives.
-pub const PROXY_READ_TIMEOUT: Duration = Duration::from_secs(32);
+/// keap-proxy's Timeout (the template's 30 s) + a cold start's init + a margin: the answer of a
+/// proxy call that used its whole budget still arrives, so a create Keap carried out is never
+/// taken for a failure (which would delete its item and orphan the hook at Keap).
+pub const PROXY_READ_TIMEOUT: Duration = Duration::from_secs(40);
 
 /// Keap's answer, as keap-proxy hands it back (its `status` and JSON `body`).
 #[derive(Debug, Deserialize)]
