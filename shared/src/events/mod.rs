@@ -6,7 +6,7 @@
 //! and what happened to it, never a token, a key, a code or an email: the types below have no
 //! field that could hold one.
 
-use std::time::{Duration, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use aws_sdk_eventbridge::Client;
 use aws_sdk_eventbridge::primitives::DateTime;
@@ -119,45 +119,23 @@ impl EventBus {
     /// (`FailedEntryCount` 0). For a sender that must not say "done" before that: keap-hooks
     /// answers Keap 200 only then.
     pub async fn put_every(&self, entries: &[(&str, &str)]) -> Result<(), PublishError> {
-        let request: Vec<PutEventsRequestEntry> = entries
+        let now = SystemTime::now();
+        let timed: Vec<(&str, &str, SystemTime)> = entries
             .iter()
-            .map(|(detail_type, detail)| {
-                PutEventsRequestEntry::builder()
-                    .event_bus_name(&self.name)
-                    .source(EVENT_SOURCE)
-                    .detail_type(*detail_type)
-                    .detail(*detail)
-                    .time(DateTime::from(std::time::SystemTime::now()))
-                    .build()
-            })
+            .map(|(kind, detail)| (*kind, *detail, now))
             .collect();
-        let output = self
-            .client
-            .put_events()
-            .set_entries(Some(request))
-            .send()
+        let refused = self
+            .put(&timed)
             .await
-            .map_err(|error| PublishError {
-                reason: aws_sdk_eventbridge::error::DisplayErrorContext(&error)
-                    .to_string()
-                    .chars()
-                    .take(300)
-                    .collect(),
-            })?;
-        let accepted = output
-            .entries()
+            .map_err(|reason| PublishError { reason })?
             .iter()
-            .filter(|result| result.error_code().is_none() && result.event_id().is_some())
+            .filter(|result| result.is_some())
             .count();
-        if output.failed_entry_count() == 0 && accepted == entries.len() {
+        if refused == 0 {
             Ok(())
         } else {
             Err(PublishError {
-                reason: format!(
-                    "{} of {} entries refused",
-                    entries.len() - accepted.min(entries.len()),
-                    entries.len()
-                ),
+                reason: format!("{refused} of {} entries refused", entries.len()),
             })
         }
     }
@@ -169,64 +147,79 @@ impl EventBus {
         let mut accepted = Vec::new();
         let mut last_error = None;
         for chunk in events.chunks(MAX_ENTRIES_PER_PUT) {
-            let entries = chunk
+            let details: Vec<(String, String)> = chunk
                 .iter()
-                .map(|event| {
-                    PutEventsRequestEntry::builder()
-                        .event_bus_name(&self.name)
-                        .source(EVENT_SOURCE)
-                        .detail_type(event.change.detail_type())
-                        .detail(event.detail())
-                        .time(DateTime::from(
-                            UNIX_EPOCH
-                                + Duration::from_secs(
-                                    u64::try_from(event.occurred_at).unwrap_or(0),
-                                ),
-                        ))
-                        .build()
+                .map(|event| (event.change.detail_type(), event.detail()))
+                .collect();
+            let timed: Vec<(&str, &str, SystemTime)> = chunk
+                .iter()
+                .zip(&details)
+                .map(|(event, (kind, detail))| {
+                    let at = UNIX_EPOCH
+                        + Duration::from_secs(u64::try_from(event.occurred_at).unwrap_or(0));
+                    (kind.as_str(), detail.as_str(), at)
                 })
-                .collect::<Vec<_>>();
-            match self
-                .client
-                .put_events()
-                .set_entries(Some(entries))
-                .send()
-                .await
-            {
-                Ok(output) => {
-                    let results = output.entries();
-                    for (i, event) in chunk.iter().enumerate() {
-                        // An entry is published when its result carries an event id and no
-                        // error code; a missing result is not proof of anything.
-                        let ok = results.get(i).is_some_and(|result| {
-                            result.error_code().is_none() && result.event_id().is_some()
-                        });
-                        if ok {
-                            accepted.push(event.event_id.clone());
-                        } else {
-                            let code = results
-                                .get(i)
-                                .and_then(|result| result.error_code())
-                                .unwrap_or("no result");
-                            last_error = Some(format!("entry refused: {code}"));
+                .collect();
+            match self.put(&timed).await {
+                Ok(results) => {
+                    for (event, result) in chunk.iter().zip(results) {
+                        match result {
+                            None => accepted.push(event.event_id.clone()),
+                            Some(code) => last_error = Some(format!("entry refused: {code}")),
                         }
                     }
                 }
-                Err(error) => {
-                    last_error = Some(
-                        aws_sdk_eventbridge::error::DisplayErrorContext(&error)
-                            .to_string()
-                            .chars()
-                            .take(300)
-                            .collect(),
-                    );
-                }
+                Err(reason) => last_error = Some(reason),
             }
         }
         match last_error {
             Some(reason) if accepted.is_empty() => Err(PublishError { reason }),
             _ => Ok(accepted),
         }
+    }
+
+    /// One `PutEvents` of `(detail_type, detail, time)` entries: per entry, `None` when
+    /// EventBridge accepted it (a result with an event id and no error code; a missing result is
+    /// not proof of anything), else the refusal's code; `Err` when the request failed as a whole.
+    async fn put(
+        &self,
+        entries: &[(&str, &str, SystemTime)],
+    ) -> Result<Vec<Option<String>>, String> {
+        let request = entries
+            .iter()
+            .map(|(detail_type, detail, at)| {
+                PutEventsRequestEntry::builder()
+                    .event_bus_name(&self.name)
+                    .source(EVENT_SOURCE)
+                    .detail_type(*detail_type)
+                    .detail(*detail)
+                    .time(DateTime::from(*at))
+                    .build()
+            })
+            .collect();
+        let output = self
+            .client
+            .put_events()
+            .set_entries(Some(request))
+            .send()
+            .await
+            .map_err(|error| {
+                aws_sdk_eventbridge::error::DisplayErrorContext(&error)
+                    .to_string()
+                    .chars()
+                    .take(300)
+                    .collect::<String>()
+            })?;
+        let results = output.entries();
+        Ok((0..entries.len())
+            .map(|i| match results.get(i) {
+                Some(result) if result.error_code().is_none() && result.event_id().is_some() => {
+                    None
+                }
+                Some(result) => Some(result.error_code().unwrap_or("no event id").to_owned()),
+                None => Some("no result".to_owned()),
+            })
+            .collect())
     }
 }
 

@@ -76,9 +76,12 @@ impl HooksReceiver {
 
     /// One request: always an HTTP answer (the status tells Keap whether to retry).
     pub async fn answer(&self, request: &ApiGatewayV2httpRequest) -> ApiGatewayV2httpResponse {
-        let answer = self.answer_request(request).await;
-        let failed = answer.status_code == 400 || answer.status_code >= 500;
-        if failed && token_of(request).is_some() {
+        let Some(token) = token_of(request) else {
+            // Never issued: no subscription can be behind it.
+            return refused(410, "unknown_token");
+        };
+        let answer = self.answer_for(request, &token).await;
+        if answer.status_code == 400 || answer.status_code >= 500 {
             let mut metrics = Metrics::new();
             metrics.put(METRIC_DELIVERIES_FAILED, 1.0, Unit::Count);
             self.metrics.emit(&metrics, &self.stage);
@@ -86,11 +89,11 @@ impl HooksReceiver {
         answer
     }
 
-    async fn answer_request(&self, request: &ApiGatewayV2httpRequest) -> ApiGatewayV2httpResponse {
-        let Some(token) = token_of(request) else {
-            // Never issued: no subscription can be behind it.
-            return refused(410, "unknown_token");
-        };
+    async fn answer_for(
+        &self,
+        request: &ApiGatewayV2httpRequest,
+        token: &HookToken,
+    ) -> ApiGatewayV2httpResponse {
         if request.request_context.http.method != Method::POST {
             return refused(405, "method");
         }

@@ -243,15 +243,8 @@ impl HookSubscriptions {
             }
             // Forgotten first: from now on its deliveries get 410.
             self.store.delete_hook(&hook.token_hash).await?;
-            if let Some(key) = &hook.keap_hook_key {
-                let path = format!("/v1/hooks/{key}");
-                match self.keap.request(id, "DELETE", &path, None).await {
-                    Ok(answer) if answer.is_success() || answer.status == 404 => {}
-                    other => {
-                        warn!(connection = %id, event_key = %hook.event_key, ok = other.is_ok(), "Keap's delete of a hook failed; its deliveries get 410");
-                        keap_delete_failed.push(hook.event_key.clone());
-                    }
-                }
+            if !self.delete_at_keap(id, &hook).await {
+                keap_delete_failed.push(hook.event_key.clone());
             }
             removed.push(hook.event_key);
         }
@@ -276,16 +269,28 @@ impl HookSubscriptions {
         }
         let mut keap_delete_failed = Vec::new();
         for hook in &hooks {
-            let Some(key) = &hook.keap_hook_key else {
-                continue;
-            };
-            let path = format!("/v1/hooks/{key}");
-            match self.keap.request(id, "DELETE", &path, None).await {
-                Ok(answer) if answer.is_success() || answer.status == 404 => {}
-                _ => keap_delete_failed.push(hook.event_key.clone()),
+            if !self.delete_at_keap(id, hook).await {
+                keap_delete_failed.push(hook.event_key.clone());
             }
         }
         Ok((hooks.len(), keap_delete_failed))
+    }
+
+    /// Deletes the hook at Keap (best-effort: its item is gone already, so a hook Keap keeps
+    /// earns a 410 and Keap drops it). `false` when Keap or the proxy refused; a hook Keap never
+    /// created, or no longer has, is done.
+    async fn delete_at_keap(&self, id: &ConnectionId, hook: &HookSubscription) -> bool {
+        let Some(key) = &hook.keap_hook_key else {
+            return true;
+        };
+        let path = format!("/v1/hooks/{key}");
+        match self.keap.request(id, "DELETE", &path, None).await {
+            Ok(answer) if answer.is_success() || answer.status == 404 => true,
+            other => {
+                warn!(connection = %id, event_key = %hook.event_key, ok = other.is_ok(), "Keap's delete of a hook failed; its deliveries get 410");
+                false
+            }
+        }
     }
 
     async fn check_known_to_keap(

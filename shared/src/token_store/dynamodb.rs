@@ -857,6 +857,41 @@ impl DynamoDbTokenStore {
 
     /// Deletes every pending authorization (state item) that points at `id`, consumed or not;
     /// returns how many. After it, no authorize link started for `id` can finish.
+    /// The `pk`s starting with `prefix` that a keys-only sparse index lists under
+    /// `attribute = value`, every page (eventually consistent: candidates only).
+    pub(super) async fn sparse_index_keys(
+        &self,
+        index: &str,
+        attribute: &str,
+        value: &str,
+        prefix: &str,
+    ) -> Result<Vec<String>, StoreError> {
+        let mut keys = Vec::new();
+        let mut start: Option<HashMap<String, AttributeValue>> = None;
+        loop {
+            let page = self
+                .client
+                .query()
+                .table_name(&self.table)
+                .index_name(index)
+                .key_condition_expression("#key = :value")
+                .expression_attribute_names("#key", attribute)
+                .expression_attribute_values(":value", string(value))
+                .set_exclusive_start_key(start.take())
+                .send()
+                .await
+                .map_err(StoreError::from_sdk)?;
+            keys.extend(page.items().iter().filter_map(|item| match item.get("pk") {
+                Some(AttributeValue::S(pk)) if pk.starts_with(prefix) => Some(pk.clone()),
+                _ => None,
+            }));
+            match page.last_evaluated_key {
+                Some(key) if !key.is_empty() => start = Some(key),
+                _ => return Ok(keys),
+            }
+        }
+    }
+
     pub async fn retire_pending_authorizations(
         &self,
         id: &ConnectionId,
@@ -864,39 +899,18 @@ impl DynamoDbTokenStore {
         // The sparse index holds state items only (connection items carry no `connection_id`
         // attribute), keys only.
         let mut retired = 0;
-        let mut start: Option<HashMap<String, AttributeValue>> = None;
-        loop {
-            let page = self
-                .client
-                .query()
+        for pk in self
+            .sparse_index_keys(PENDING_INDEX, "connection_id", id.as_str(), STATE_PREFIX)
+            .await?
+        {
+            self.client
+                .delete_item()
                 .table_name(&self.table)
-                .index_name(PENDING_INDEX)
-                .key_condition_expression("connection_id = :id")
-                .expression_attribute_values(":id", string(id.as_str()))
-                .set_exclusive_start_key(start.take())
+                .key("pk", string(pk))
                 .send()
                 .await
                 .map_err(StoreError::from_sdk)?;
-            for item in page.items() {
-                let Some(AttributeValue::S(pk)) = item.get("pk") else {
-                    continue;
-                };
-                if !pk.starts_with(STATE_PREFIX) {
-                    continue;
-                }
-                self.client
-                    .delete_item()
-                    .table_name(&self.table)
-                    .key("pk", string(pk.as_str()))
-                    .send()
-                    .await
-                    .map_err(StoreError::from_sdk)?;
-                retired += 1;
-            }
-            match page.last_evaluated_key {
-                Some(key) if !key.is_empty() => start = Some(key),
-                _ => break,
-            }
+            retired += 1;
         }
         Ok(retired)
     }

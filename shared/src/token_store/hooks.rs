@@ -193,35 +193,20 @@ impl DynamoDbTokenStore {
         connection_id: &ConnectionId,
     ) -> Result<Vec<HookSubscription>, StoreError> {
         let mut hooks = Vec::new();
-        let mut start: Option<Item> = None;
-        loop {
-            let page = self
-                .client
-                .query()
-                .table_name(&self.table)
-                .index_name(HOOK_INDEX)
-                .key_condition_expression("hook_connection_id = :id")
-                .expression_attribute_values(":id", string(connection_id.as_str()))
-                .set_exclusive_start_key(start.take())
-                .send()
-                .await
-                .map_err(StoreError::from_sdk)?;
-            for item in page.items() {
-                let Some(AttributeValue::S(pk)) = item.get("pk") else {
-                    continue;
-                };
-                let Some(hash) = pk.strip_prefix(HOOK_PREFIX) else {
-                    continue;
-                };
-                if let Some(hook) = self.hook(&HookTokenHash(hash.to_owned())).await?
-                    && hook.connection_id == *connection_id
-                {
-                    hooks.push(hook);
-                }
-            }
-            match page.last_evaluated_key {
-                Some(key) if !key.is_empty() => start = Some(key),
-                _ => break,
+        for pk in self
+            .sparse_index_keys(
+                HOOK_INDEX,
+                "hook_connection_id",
+                connection_id.as_str(),
+                HOOK_PREFIX,
+            )
+            .await?
+        {
+            let hash = HookTokenHash(pk[HOOK_PREFIX.len()..].to_owned());
+            if let Some(hook) = self.hook(&hash).await?
+                && hook.connection_id == *connection_id
+            {
+                hooks.push(hook);
             }
         }
         hooks.sort_by(|a, b| (&a.event_key, a.created_at).cmp(&(&b.event_key, b.created_at)));
