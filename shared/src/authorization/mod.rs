@@ -110,7 +110,8 @@ impl AuthorizationService {
 
     /// One invocation of operator: see [`answer_operator`].
     pub async fn handle_operator(&self, event: LambdaEvent<Value>) -> Result<Value, Diagnostic> {
-        let answer = Box::pin(answer_operator(self, event.payload)).await;
+        let deadline = self.deadlines.deadline(event.context.deadline);
+        let answer = Box::pin(answer_operator_until(self, event.payload, deadline)).await;
         self.flush_keap_usage("operator");
         answer
     }
@@ -168,6 +169,16 @@ pub async fn answer_operator(
     service: &AuthorizationService,
     event: Value,
 ) -> Result<Value, Diagnostic> {
+    let deadline = Deadline::after(service.config.function_timeout);
+    answer_operator_until(service, event, deadline).await
+}
+
+/// [`answer_operator`] working to `deadline` (the invocation's).
+pub async fn answer_operator_until(
+    service: &AuthorizationService,
+    event: Value,
+    deadline: Deadline,
+) -> Result<Value, Diagnostic> {
     if is_http_event(&event) {
         return Err(CommandError::Validation(
             "the operator function takes operator commands only; GET /oauth/callback goes to \
@@ -178,10 +189,14 @@ pub async fn answer_operator(
     }
     // lambda_runtime logs the returned error (errorType and message) itself.
     let command = Command::parse(&event)?;
-    Ok(run(service, command).await?)
+    Ok(run(service, command, deadline).await?)
 }
 
-async fn run(service: &AuthorizationService, command: Command) -> Result<Value, CommandError> {
+async fn run(
+    service: &AuthorizationService,
+    command: Command,
+    deadline: Deadline,
+) -> Result<Value, CommandError> {
     let answer = match command {
         Command::StartAuthorization(request) => {
             serde_json::to_value(start_authorization(service, &request).await?)
@@ -195,7 +210,7 @@ async fn run(service: &AuthorizationService, command: Command) -> Result<Value, 
         Command::SubscribeHooks(request) => serde_json::to_value(
             service
                 .hooks()?
-                .subscribe(&request.connection_id, &request.event_keys)
+                .subscribe(&request.connection_id, &request.event_keys, deadline)
                 .await
                 .map_err(from_hooks)?,
         ),

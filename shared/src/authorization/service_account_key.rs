@@ -8,6 +8,7 @@ use super::commands::{RegisterServiceAccountKey, RemoveConnection};
 use super::error::CommandError;
 use crate::clock::{now_epoch_millis, now_epoch_secs};
 use crate::connection_id::ConnectionId;
+use crate::hooks::subscriptions::Forgotten;
 use crate::keap::{AccessCredential, KeapError};
 use crate::secrets::SecretsError;
 use crate::token_store::{AuthorizationBasis, RegisterOutcome, new_write_id};
@@ -110,13 +111,13 @@ pub async fn remove_connection(
     // Subscriptions first, while the connection still exists: keap-proxy needs its credential
     // to delete them at Keap (best-effort; a forgotten token's deliveries get 410 anyway). A
     // store error stops the removal, so a retry finds them again.
-    let (hooks_forgotten, keap_hook_delete_failed) = match &service.hooks {
+    let forgotten = match &service.hooks {
         // Only a store error comes back (Keap's refusals are listed, never fatal).
         Some(hooks) => hooks
             .forget_all(&request.connection_id)
             .await
             .map_err(super::from_hooks)?,
-        None => (0, Vec::new()),
+        None => Forgotten::default(),
     };
     // Links next: an authorize link still open after the removal would bring the connection
     // back as soon as someone follows it.
@@ -132,6 +133,13 @@ pub async fn remove_connection(
         .remove_connection(&request.connection_id, now_epoch_secs())
         .await
         .map_err(CommandError::from_store)?;
+    // A subscription written a moment before the removal, which the index did not show yet.
+    // The connection is gone either way: a store error here is logged, not answered.
+    if let Some(hooks) = &service.hooks
+        && let Err(error) = hooks.forget_stragglers(&request.connection_id).await
+    {
+        tracing::warn!(connection_id = %request.connection_id, error = %error, "could not look for subscriptions written during the removal; their deliveries publish until they are deleted");
+    }
     info!(
         connection_id = %request.connection_id,
         removed,
@@ -142,8 +150,8 @@ pub async fn remove_connection(
         connection_id: request.connection_id.clone(),
         removed,
         pending_authorizations_retired,
-        hooks_forgotten,
-        keap_hook_delete_failed,
+        hooks_forgotten: forgotten.event_keys.len(),
+        keap_hook_delete_failed: forgotten.keap_delete_failed,
     })
 }
 

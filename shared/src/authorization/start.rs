@@ -22,6 +22,21 @@ pub struct AuthorizationStarted {
     pub authorize_url: String,
     pub state_expires_at: i64,
     pub connection_id: ConnectionId,
+    /// Only for `replace_account`: the connection's REST Hook subscriptions belong to the Keap
+    /// account it leaves, so they were removed before the link was made.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hooks: Option<HooksForAnotherAccount>,
+}
+
+/// What a `replace_account` start did to the connection's subscriptions, and what is left to do.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct HooksForAnotherAccount {
+    /// Event keys whose subscription was removed (the old account's deliveries get 410).
+    pub removed: Vec<String>,
+    /// Event keys whose hook the old account did not delete (Keap drops them after a 410).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub keap_delete_failed: Vec<String>,
+    pub next_step: String,
 }
 
 impl std::fmt::Debug for AuthorizationStarted {
@@ -30,6 +45,7 @@ impl std::fmt::Debug for AuthorizationStarted {
             .field("authorize_url", &"[REDACTED]")
             .field("state_expires_at", &self.state_expires_at)
             .field("connection_id", &self.connection_id)
+            .field("hooks", &self.hooks)
             .finish()
     }
 }
@@ -51,6 +67,13 @@ pub async fn start_authorization(
     let state = nonce::new_nonce().map_err(|_| {
         CommandError::Unavailable("the operating system's random source failed".to_owned())
     })?;
+    // Before the link exists: once it is followed, the connection speaks for another account,
+    // and a subscription of the old one would publish that account's changes under this id.
+    let hooks = if request.replace_account {
+        forget_hooks_of_the_old_account(service, &request.connection_id).await?
+    } else {
+        None
+    };
     let state_expires_at = now_epoch_secs() + STATE_TTL_SECS;
     service
         .store
@@ -77,5 +100,37 @@ pub async fn start_authorization(
         authorize_url: authorize_url.into(),
         state_expires_at,
         connection_id: request.connection_id.clone(),
+        hooks,
     })
+}
+
+/// `None` when this stage has no hook commands (no `KEAPALIVE_HOOKS_BASE_URL`): nothing can
+/// have been subscribed through it.
+async fn forget_hooks_of_the_old_account(
+    service: &AuthorizationService,
+    id: &ConnectionId,
+) -> Result<Option<HooksForAnotherAccount>, CommandError> {
+    let Some(hooks) = &service.hooks else {
+        return Ok(None);
+    };
+    let forgotten = hooks.forget_all(id).await.map_err(super::from_hooks)?;
+    let next_step = if forgotten.event_keys.is_empty() {
+        "the connection had no REST Hook subscriptions".to_owned()
+    } else {
+        format!(
+            "REST Hook subscriptions belong to a Keap account, so the old account's were removed: \
+             once this authorization completes, send subscribe_hooks again for {}",
+            forgotten.event_keys.join(", ")
+        )
+    };
+    info!(
+        connection_id = %id,
+        hooks_removed = forgotten.event_keys.len(),
+        "replace_account: the old account's hook subscriptions removed"
+    );
+    Ok(Some(HooksForAnotherAccount {
+        removed: forgotten.event_keys,
+        keap_delete_failed: forgotten.keap_delete_failed,
+        next_step,
+    }))
 }

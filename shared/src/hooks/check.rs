@@ -9,12 +9,14 @@
 //! `inactive_since` (when keapalive first saw it so: Keap gives no time) stays on the item until
 //! `PutEvents` accepted that event, so a failed publish is retried by the next check.
 
+use std::time::Duration;
+
 use serde::Serialize;
 use serde_json::{Value, json};
 use tracing::{info, warn};
 
 use super::subscriptions::keap_key;
-use super::via_proxy::KeapViaProxy;
+use super::via_proxy::{KeapViaProxy, PROXY_READ_TIMEOUT};
 use crate::clock::now_epoch_secs;
 use crate::connection_id::ConnectionId;
 use crate::deadline::Deadline;
@@ -25,7 +27,9 @@ use crate::token_store::{ConnectionStatus, DynamoDbTokenStore, HookSubscription,
 /// `DetailType` of the gap event.
 pub const GAP_DETAIL_TYPE: &str = "keapalive.hooks.gap";
 /// A connection's check is not started with less time left (two proxy calls and a publish).
-const TIME_PER_CONNECTION: std::time::Duration = std::time::Duration::from_secs(70);
+const TIME_PER_CONNECTION: Duration = Duration::from_secs(70);
+/// A re-verify is not started with less time left (one proxy call, a publish, two writes).
+const TIME_PER_REVERIFY: Duration = Duration::from_secs(PROXY_READ_TIMEOUT.as_secs() + 5);
 
 #[derive(Debug, Default, Serialize)]
 pub struct HookCheckSummary {
@@ -39,6 +43,8 @@ pub struct HookCheckSummary {
     pub failed: usize,
     /// Connections not checked for lack of time.
     pub not_started_deadline: usize,
+    /// Hooks of checked connections left for the next run for lack of time.
+    pub reverify_not_started_deadline: usize,
 }
 
 /// What the check needs: the subscriptions, Keap through keap-proxy, the bus for gap events.
@@ -70,7 +76,10 @@ impl HookCheck {
                 continue;
             }
             summary.connections_checked += 1;
-            if let Err(reason) = self.check(&connection.id, &hooks, &mut summary).await {
+            if let Err(reason) = self
+                .check(&connection.id, &hooks, deadline, &mut summary)
+                .await
+            {
                 warn!(connection = %connection.id, reason = %reason, "hook check failed; the next run retries");
                 summary.failed += 1;
             }
@@ -87,6 +96,7 @@ impl HookCheck {
         &self,
         id: &ConnectionId,
         hooks: &[HookSubscription],
+        deadline: Deadline,
         summary: &mut HookCheckSummary,
     ) -> Result<(), String> {
         let answer = self
@@ -102,7 +112,15 @@ impl HookCheck {
             let Some(key) = &hook.keap_hook_key else {
                 continue;
             };
-            let Some(at_keap) = listed.iter().find(|h| keap_key(h).as_deref() == Some(key)) else {
+            // Ours: the key this item holds, for its event, at the URL of its token — a key alone
+            // could name another integration's hook once the connection moved to another account.
+            let Some(at_keap) = listed.iter().find(|h| {
+                keap_key(h).as_deref() == Some(key)
+                    && h.get("eventKey").and_then(Value::as_str) == Some(hook.event_key.as_str())
+                    && h.get("hookUrl")
+                        .and_then(Value::as_str)
+                        .is_some_and(|url| hook.token_hash.is_of_url(url))
+            }) else {
                 continue;
             };
             summary.hooks_owned += 1;
@@ -118,6 +136,10 @@ impl HookCheck {
             }
             let mut active = status == "Verified";
             if status == "Inactive" || status == "Unverified" {
+                if deadline.remaining() < TIME_PER_REVERIFY {
+                    summary.reverify_not_started_deadline += 1;
+                    continue;
+                }
                 let path = format!("/v1/hooks/{key}/verify");
                 let verified = self
                     .keap
@@ -129,6 +151,9 @@ impl HookCheck {
                 active = verified.is_success() && now_status == Some("Verified");
                 if active {
                     info!(connection = %id, event_key = %hook.event_key, "hook re-verified");
+                } else if !self.still_subscribed(hook).await? {
+                    // Unsubscribed meanwhile: Keap's delete raced the re-verify, nothing is lost.
+                    continue;
                 } else {
                     // Unverified gets no deliveries either: as lost as Inactive.
                     summary.still_inactive += 1;
@@ -142,6 +167,15 @@ impl HookCheck {
             }
         }
         Ok(())
+    }
+
+    /// A consistent re-read: `unsubscribe_hooks` may have forgotten the hook since the listing.
+    async fn still_subscribed(&self, hook: &HookSubscription) -> Result<bool, String> {
+        self.store
+            .hook(&hook.token_hash)
+            .await
+            .map(|found| found.is_some())
+            .map_err(|e| e.to_string())
     }
 
     /// The gap event, then (accepted) the item's `inactive_since` cleared; a failure leaves it

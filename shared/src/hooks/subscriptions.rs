@@ -6,15 +6,25 @@
 //! fails leaves no item behind; an unsubscribe forgets the token first (deliveries then get 410)
 //! and deletes at Keap second.
 
+use std::time::Duration;
+
 use serde::Serialize;
 use serde_json::{Value, json};
 use tracing::{info, warn};
 use url::Url;
 
-use super::via_proxy::{KeapViaProxy, ViaProxyError};
+use super::via_proxy::{KeapViaProxy, PROXY_READ_TIMEOUT, ViaProxyError};
 use crate::clock::now_epoch_secs;
 use crate::connection_id::ConnectionId;
+use crate::deadline::Deadline;
 use crate::token_store::{DynamoDbTokenStore, HookSubscription, HookToken, StoreError};
+
+/// A create is not started with less time left: one proxy call (its read timeout) and three
+/// item writes.
+const TIME_PER_CREATE: Duration = Duration::from_secs(PROXY_READ_TIMEOUT.as_secs() + 5);
+/// An item without a Keap key younger than this may belong to a create still running (the
+/// operator's Timeout is 90 s): it is left alone.
+const CREATE_MAY_STILL_RUN_SECS: i64 = 120;
 
 /// Keap's event keys are short dotted names (`contact.add`, `invoice.payment.add`).
 const MAX_EVENT_KEY_CHARS: usize = 64;
@@ -78,6 +88,10 @@ pub struct HookListing {
     /// Hooks of the Keap account whose URL is not under this stage's base: counted, never shown
     /// (their URLs may hold another integration's secret).
     pub other_hooks_at_keap: usize,
+    /// `subscribe_hooks` ran out of time before these: send the command again (it is
+    /// idempotent).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub not_started_for_lack_of_time: Vec<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -86,6 +100,15 @@ pub struct Unsubscribed {
     pub removed: Vec<String>,
     /// Forgotten here, but Keap's delete failed: Keap's deliveries get 410 and Keap drops the
     /// hook itself.
+    pub keap_delete_failed: Vec<String>,
+}
+
+/// Subscriptions [`HookSubscriptions::forget_all`] removed.
+#[derive(Debug, Default, Serialize)]
+pub struct Forgotten {
+    /// The event key of each subscription forgotten (deliveries to it get 410 from now on).
+    pub event_keys: Vec<String>,
+    /// Event keys whose hook Keap did not delete (Keap drops them itself after a 410).
     pub keap_delete_failed: Vec<String>,
 }
 
@@ -133,6 +156,7 @@ impl HookSubscriptions {
         &self,
         id: &ConnectionId,
         event_keys: &[String],
+        deadline: Deadline,
     ) -> Result<HookListing, HooksCommandError> {
         check_event_keys(event_keys)?;
         let mut event_keys = event_keys.to_vec();
@@ -140,12 +164,25 @@ impl HookSubscriptions {
         event_keys.dedup();
         self.check_known_to_keap(id, &event_keys).await?;
         let existing = self.store.hooks_of(id).await?;
+        let keyless: Vec<&HookSubscription> = existing
+            .iter()
+            .filter(|hook| hook.keap_hook_key.is_none() && event_keys.contains(&hook.event_key))
+            .collect();
+        let settled = self.settle_keyless(id, &keyless).await?;
         let mut created = Vec::new();
+        let mut not_started = Vec::new();
         for event_key in &event_keys {
-            if existing
-                .iter()
-                .any(|hook| &hook.event_key == event_key && hook.keap_hook_key.is_some())
-            {
+            let subscribed = settled.contains(event_key)
+                || existing
+                    .iter()
+                    .any(|hook| &hook.event_key == event_key && hook.keap_hook_key.is_some());
+            if subscribed {
+                continue;
+            }
+            // Stopped here rather than cut off by Lambda mid-create (which leaves an item whose
+            // Keap key was never noted); a second call finishes the rest.
+            if deadline.remaining() < TIME_PER_CREATE {
+                not_started.push(event_key.clone());
                 continue;
             }
             created.push(self.create(id, event_key).await?);
@@ -156,7 +193,45 @@ impl HookSubscriptions {
                 view.created = Some(created.contains(&view.token));
             }
         }
+        listing.not_started_for_lack_of_time = not_started;
         Ok(listing)
+    }
+
+    /// Items whose Keap key was never noted (Keap's answer lost, or the invocation ended
+    /// mid-create): adopted when Keap lists a hook with their URL, else — once no create can
+    /// still be running — forgotten, so the caller creates a fresh one instead of a second hook
+    /// beside a live one. Returns the event keys that are subscribed (or still being created).
+    async fn settle_keyless(
+        &self,
+        id: &ConnectionId,
+        keyless: &[&HookSubscription],
+    ) -> Result<Vec<String>, HooksCommandError> {
+        if keyless.is_empty() {
+            return Ok(Vec::new());
+        }
+        let at_keap = self.keap_hooks(id).await?;
+        let mut settled = Vec::new();
+        for hook in keyless {
+            let adopted = at_keap
+                .iter()
+                .find(|k| k.event_key == hook.event_key && hook.token_hash.is_of_url(&k.hook_url));
+            if let Some(at_keap) = adopted {
+                if self
+                    .store
+                    .record_keap_hook_key(&hook.token_hash, &at_keap.key)
+                    .await?
+                {
+                    info!(connection = %id, event_key = %hook.event_key, hook = %hook.token_hash.masked(), "adopted Keap's hook for a subscription whose key was never noted");
+                    settled.push(hook.event_key.clone());
+                }
+            } else if now_epoch_secs() - hook.created_at < CREATE_MAY_STILL_RUN_SECS {
+                settled.push(hook.event_key.clone());
+            } else {
+                self.store.delete_hook(&hook.token_hash).await?;
+                info!(connection = %id, event_key = %hook.event_key, hook = %hook.token_hash.masked(), "forgot a subscription Keap never created");
+            }
+        }
+        Ok(settled)
     }
 
     /// One subscription: the item, then Keap's create (which verifies through keap-hooks).
@@ -176,6 +251,15 @@ impl HookSubscriptions {
             return Err(HooksCommandError::Unavailable(
                 "a subscription item could not be written; try again".to_owned(),
             ));
+        }
+        // A removal that read the subscriptions before this item landed would miss it: once the
+        // item is written, the connection must still be there (else the removal's last look
+        // finds the item, or this does).
+        if self.store.read_authorization(id).await?.is_none() {
+            self.store.delete_hook(&hash).await?;
+            return Err(HooksCommandError::Validation(format!(
+                "connection {id} does not exist (it was removed): nothing was subscribed"
+            )));
         }
         let body = json!({"eventKey": event_key, "hookUrl": self.hook_url(&token)});
         let answer = match self.keap.request(id, "POST", "/v1/hooks", Some(body)).await {
@@ -226,6 +310,7 @@ impl HookSubscriptions {
             connection_id: id.as_str().to_owned(),
             hooks,
             other_hooks_at_keap,
+            not_started_for_lack_of_time: Vec::new(),
         })
     }
 
@@ -255,14 +340,10 @@ impl HookSubscriptions {
         })
     }
 
-    /// Every subscription of a connection being removed: the items first (deliveries get 410
-    /// from then on), then Keap's hooks, best-effort, while the connection still exists (keap-
-    /// proxy needs its credential). Returns how many were forgotten and the event keys Keap
-    /// did not delete.
-    pub async fn forget_all(
-        &self,
-        id: &ConnectionId,
-    ) -> Result<(usize, Vec<String>), HooksCommandError> {
+    /// Every subscription of a connection being removed or moved to another Keap account: the
+    /// items first (deliveries get 410 from then on), then Keap's hooks, best-effort, while the
+    /// connection still reaches its account (keap-proxy needs its credential).
+    pub async fn forget_all(&self, id: &ConnectionId) -> Result<Forgotten, HooksCommandError> {
         let hooks = self.store.hooks_of(id).await?;
         for hook in &hooks {
             self.store.delete_hook(&hook.token_hash).await?;
@@ -273,7 +354,24 @@ impl HookSubscriptions {
                 keap_delete_failed.push(hook.event_key.clone());
             }
         }
-        Ok((hooks.len(), keap_delete_failed))
+        Ok(Forgotten {
+            event_keys: hooks.into_iter().map(|hook| hook.event_key).collect(),
+            keap_delete_failed,
+        })
+    }
+
+    /// Subscriptions the (eventually consistent) index shows only once the connection is gone:
+    /// one written a moment before the removal. Forgotten here (their deliveries get 410 and
+    /// Keap drops the hook); Keap cannot be asked any more, the credential is gone.
+    pub async fn forget_stragglers(&self, id: &ConnectionId) -> Result<usize, HooksCommandError> {
+        let hooks = self.store.hooks_of(id).await?;
+        for hook in &hooks {
+            self.store.delete_hook(&hook.token_hash).await?;
+        }
+        if !hooks.is_empty() {
+            warn!(connection = %id, forgotten = hooks.len(), "subscriptions written during the removal were forgotten; Keap drops their hooks after a 410");
+        }
+        Ok(hooks.len())
     }
 
     /// Deletes the hook at Keap (best-effort: its item is gone already, so a hook Keap keeps

@@ -6,8 +6,10 @@
 //! - Body: the parsed JSON (`json`), the UTF-8 text (`text`), base64 of bytes that are not
 //!   UTF-8 (`base64`), or `null` (`empty`).
 //! - In answers to REST Hooks paths (`/v1/hooks…`), the token segment of every URL under
-//!   keapalive's `/keap/hooks/` route is masked: those tokens are the hook receiver's only
-//!   authentication, and the proxy's caller does not need them.
+//!   keapalive's `/keap/hooks/` route is replaced by `sha256-<its SHA-256>`: those tokens are
+//!   the hook receiver's only authentication, and the proxy's caller does not need them; the
+//!   hash (what the subscription's item is keyed by) lets keapalive's operator and check tell
+//!   their own hooks.
 //! - Lambda refuses a response over 6 MB: an answer that would not fit is
 //!   [`ProxyError::ResponseTooLarge`], never a truncated body.
 
@@ -20,13 +22,12 @@ use serde_json::Value;
 
 use super::error::ProxyError;
 use crate::keap::{KeapAnswer, KeapPath};
+use crate::token_store::HookTokenHash;
 
 /// Lambda's limit on a synchronous invocation's response, in bytes ("6 MB", 6,291,456).
 pub const MAX_RESPONSE_BYTES: usize = 6 * 1024 * 1024;
 /// keapalive's REST Hooks receiver route; the segment after it is the hook's token.
 pub const HOOK_ROUTE: &str = "/keap/hooks/";
-/// What replaces a hook token.
-pub const MASKED_TOKEN: &str = "***";
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct ProxyAnswer {
@@ -127,7 +128,7 @@ fn decode_body(content_type: Option<&String>, body: Vec<u8>) -> (Value, BodyEnco
 }
 
 /// Every string in the body (a `hookUrl`, or a text body) with the segment after
-/// [`HOOK_ROUTE`] replaced by [`MASKED_TOKEN`].
+/// [`HOOK_ROUTE`] replaced by its hash ([`HookTokenHash::in_url`]).
 fn mask_hook_tokens(value: &mut Value) {
     match value {
         Value::String(text) if text.contains(HOOK_ROUTE) => *text = masked(text),
@@ -147,7 +148,8 @@ fn masked(text: &str) -> String {
             .find(|c: char| matches!(c, '/' | '?' | '#' | '"' | '\'' | '&') || c.is_whitespace())
             .unwrap_or(rest.len() - after);
         if token_len > 0 {
-            out.push_str(MASKED_TOKEN);
+            let token = &rest[after..after + token_len];
+            out.push_str(&HookTokenHash::of_segment(token).in_url());
         }
         rest = &rest[after + token_len..];
     }
@@ -298,7 +300,10 @@ mod tests {
         assert!(!text.contains("an0ther"), "{text}");
         assert_eq!(
             shaped.body[0]["hookUrl"],
-            "https://abc.execute-api.us-east-1.amazonaws.com/keap/hooks/***?x=1"
+            format!(
+                "https://abc.execute-api.us-east-1.amazonaws.com/keap/hooks/{}?x=1",
+                HookTokenHash::of_segment("T0K3N-secret").in_url()
+            )
         );
         assert_eq!(
             shaped.body[1]["hookUrl"],
@@ -306,13 +311,22 @@ mod tests {
         );
         assert_eq!(
             shaped.body[2]["hookUrl"],
-            "https://abc.example/prod/keap/hooks/***/"
+            format!(
+                "https://abc.example/prod/keap/hooks/{}/",
+                HookTokenHash::of_segment("an0ther").in_url()
+            )
         );
 
         let single = br#"{"key":"7","hookUrl":"https://h.example/keap/hooks/T0K3N"}"#;
         let shaped =
             ProxyAnswer::shape(&path("/v1/hooks/7/verify"), answer(200, &[], single)).unwrap();
-        assert_eq!(shaped.body["hookUrl"], "https://h.example/keap/hooks/***");
+        assert_eq!(
+            shaped.body["hookUrl"],
+            format!(
+                "https://h.example/keap/hooks/{}",
+                HookTokenHash::of_segment("T0K3N").in_url()
+            )
+        );
 
         let shaped = ProxyAnswer::shape(&path("/v1/contacts/7"), answer(200, &[], single)).unwrap();
         assert_eq!(shaped.body["hookUrl"], "https://h.example/keap/hooks/T0K3N");

@@ -26,6 +26,9 @@ pub const HOOK_INDEX: &str = "hooks-by-connection";
 const TOKEN_BYTES: usize = 32;
 const TOKEN_HEX_LEN: usize = TOKEN_BYTES * 2;
 
+/// Starts the hash that keap-proxy shows in place of a hook URL's token.
+pub const HASHED_TOKEN_PREFIX: &str = "sha256-";
+
 /// The secret segment of a hook URL: 256 random bits as lower-case hex.
 pub struct HookToken(SecretString);
 
@@ -69,6 +72,32 @@ impl HookTokenHash {
     /// The first 8 hex digits, for logs and `list_hooks`.
     pub fn masked(&self) -> String {
         format!("{}…", &self.0[..8.min(self.0.len())])
+    }
+
+    /// The hash of a hook URL's token segment, whatever it holds (keap-proxy shows its
+    /// callers this instead of the token: [`HookTokenHash::in_url`]).
+    pub fn of_segment(segment: &str) -> Self {
+        Self(hex_of(&Sha256::digest(segment.as_bytes())))
+    }
+
+    /// What stands for the token in a hook URL keap-proxy answers with: enough for keapalive
+    /// to recognise its subscription, nothing to deliver with.
+    pub fn in_url(&self) -> String {
+        format!("{HASHED_TOKEN_PREFIX}{}", self.0)
+    }
+
+    /// `hook_url` ends in the token this is the hash of (as Keap lists it), or in
+    /// [`HookTokenHash::in_url`] (as keap-proxy answers): the hook at Keap is this
+    /// subscription's. A URL names its token; the token is 256 random bits.
+    pub fn is_of_url(&self, hook_url: &str) -> bool {
+        let Some(segment) = hook_url.rsplit('/').next() else {
+            return false;
+        };
+        match segment.strip_prefix(HASHED_TOKEN_PREFIX) {
+            Some(hash) => self.matches(hash),
+            None => HookToken::from_path_segment(segment)
+                .is_some_and(|token| self.matches(token.hash().as_str())),
+        }
     }
 
     /// Compared in constant time: how long a comparison takes says nothing about the token.
@@ -308,6 +337,25 @@ mod tests {
         ] {
             assert!(HookToken::from_path_segment(bad).is_none(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn a_hook_url_is_recognised_by_the_token_it_ends_in() {
+        let token = HookToken::generate().unwrap();
+        let other = HookToken::generate().unwrap();
+        let url =
+            |t: &HookToken| format!("https://api.example/prod/keap/hooks/{}", t.expose_secret());
+        assert!(token.hash().is_of_url(&url(&token)));
+        assert!(!token.hash().is_of_url(&url(&other)));
+        assert!(!token.hash().is_of_url(&format!("{}/", url(&token))));
+        assert!(!token.hash().is_of_url(token.hash().as_str()));
+        let proxied = format!(
+            "https://api.example/prod/keap/hooks/{}",
+            token.hash().in_url()
+        );
+        assert!(token.hash().is_of_url(&proxied));
+        assert!(!other.hash().is_of_url(&proxied));
+        assert!(HookTokenHash::of_segment(token.expose_secret()) == token.hash());
     }
 
     #[test]

@@ -7,6 +7,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use aws_sdk_dynamodb::types::AttributeValue;
 use keap_sandbox::{HookEvent, HookRequestKind, HookStatus, ObjectKey};
 use keapalive::clock::now_epoch_secs;
 use keapalive::token_store::HookToken;
@@ -115,6 +116,39 @@ impl World {
             _processes: vec![proxy, operator_process],
             _invoke_api: invoke_api,
         }
+    }
+
+    /// token-refresher with the operator's environment (keap-proxy, the bus), for `check_hooks`.
+    async fn start_refresher(&self) -> (RuntimeApi, FunctionProcess) {
+        let refresher = RuntimeApi::start_named("token-refresher").await;
+        let env: Vec<(&str, &str)> = self
+            .operator_env
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        let process = spawn_function(&binary_path("token-refresher"), &env, &refresher);
+        assert!(
+            refresher.wait_until_ready(INIT_TIMEOUT).await.is_some(),
+            "token-refresher init failed: {}",
+            process.output()
+        );
+        (refresher, process)
+    }
+
+    /// Sets (or, `None`, removes) the Keap hook key a subscription's item holds, as a lost
+    /// answer or another account would leave it.
+    async fn set_keap_hook_key(&self, token_hash: &str, key: Option<&str>) {
+        let update = aws_sdk_dynamodb::Client::new(&self.fx.sdk)
+            .update_item()
+            .table_name(&self.fx.table)
+            .key("pk", AttributeValue::S(format!("hook#{token_hash}")));
+        let update = match key {
+            Some(key) => update
+                .update_expression("SET keap_hook_key = :key")
+                .expression_attribute_values(":key", AttributeValue::S(key.to_owned())),
+            None => update.update_expression("REMOVE keap_hook_key"),
+        };
+        update.send().await.unwrap();
     }
 
     /// keapalive's subscriptions of the `default` connection.
@@ -576,18 +610,7 @@ async fn check_hooks_reverifies_an_inactive_subscription_and_publishes_the_gap()
     let key = world.fx.sandbox.hooks(APP)[0].key.clone();
     assert!(world.fx.sandbox.set_hook_status(&key, HookStatus::Inactive));
 
-    let refresher = RuntimeApi::start_named("token-refresher").await;
-    let env: Vec<(&str, &str)> = world
-        .operator_env
-        .iter()
-        .map(|(k, v)| (k.as_str(), v.as_str()))
-        .collect();
-    let process = spawn_function(&binary_path("token-refresher"), &env, &refresher);
-    assert!(
-        refresher.wait_until_ready(INIT_TIMEOUT).await.is_some(),
-        "token-refresher init failed: {}",
-        process.output()
-    );
+    let (refresher, process) = world.start_refresher().await;
     let run = |event: Value| {
         let refresher = &refresher;
         async move {
@@ -675,4 +698,184 @@ async fn removing_a_connection_clears_its_subscriptions_here_and_at_keap() {
         )
         .await;
     assert_eq!(gone.status(), 410);
+}
+
+/// A `replace_account` start moves the connection to another Keap account once followed: the old
+/// account's subscriptions are removed before the link exists (here and at Keap; deliveries to
+/// them get 410), and the answer says to subscribe again. A plain start leaves them alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replace_account_start_removes_the_old_accounts_subscriptions() {
+    let world = World::new().await;
+    world.subscribe_through_the_operator(&["contact.add"]).await;
+    let token = world.fx.sandbox.hooks(APP)[0]
+        .hook_url
+        .rsplit('/')
+        .next()
+        .unwrap()
+        .to_owned();
+
+    let plain = world
+        .command(json!({"start_authorization": {"connection_id": "default"}}))
+        .await
+        .unwrap();
+    assert!(plain.get("hooks").is_none(), "{plain}");
+    assert_eq!(world.subscriptions().await.len(), 1);
+
+    let started = world
+        .command(
+            json!({"start_authorization": {"connection_id": "default", "replace_account": true}}),
+        )
+        .await
+        .unwrap();
+    assert!(started["authorize_url"].is_string(), "{started}");
+    assert_eq!(
+        started["hooks"]["removed"],
+        json!(["contact.add"]),
+        "{started}"
+    );
+    let next_step = started["hooks"]["next_step"].as_str().unwrap();
+    assert!(
+        next_step.contains("subscribe_hooks") && next_step.contains("contact.add"),
+        "{started}"
+    );
+    assert!(world.subscriptions().await.is_empty());
+    assert!(world.fx.sandbox.hooks(APP).is_empty(), "deleted at Keap");
+    let gone = world
+        .post(
+            &format!("{HOOKS_PATH}{token}"),
+            b"[]".to_vec(),
+            Some("s3cret"),
+        )
+        .await;
+    assert_eq!(gone.status(), 410);
+
+    // Nothing left to remove: said so.
+    let again = world
+        .command(
+            json!({"start_authorization": {"connection_id": "default", "replace_account": true}}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(again["hooks"]["removed"], json!([]), "{again}");
+}
+
+/// An item whose Keap key was never noted (Keap's answer lost) is adopted when Keap lists a hook
+/// at its URL — not subscribed a second time — and one Keap never created is replaced once no
+/// create can still be running.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscription_whose_keap_key_was_never_noted_is_adopted_not_duplicated() {
+    let world = World::new().await;
+    world.subscribe_through_the_operator(&["contact.add"]).await;
+    let original = world.subscriptions().await.remove(0);
+    let keap_key = original.keap_hook_key.clone().unwrap();
+    world
+        .set_keap_hook_key(original.token_hash.as_str(), None)
+        .await;
+
+    let again = world.subscribe_through_the_operator(&["contact.add"]).await;
+    assert_eq!(again["hooks"][0]["created"], false, "{again}");
+    assert_eq!(world.fx.sandbox.hooks(APP).len(), 1, "one hook at Keap");
+    let adopted = world.subscriptions().await;
+    assert_eq!(adopted.len(), 1);
+    assert_eq!(adopted[0].keap_hook_key.as_deref(), Some(keap_key.as_str()));
+
+    // Written ten minutes ago, never created at Keap: replaced by one that is.
+    let never_created = HookToken::generate().unwrap().hash();
+    assert!(
+        world
+            .fx
+            .store()
+            .put_hook(
+                &never_created,
+                &connection_id("default"),
+                "contact.edit",
+                now_epoch_secs() - 600
+            )
+            .await
+            .unwrap()
+    );
+    world
+        .subscribe_through_the_operator(&["contact.edit"])
+        .await;
+    let edits: Vec<_> = world
+        .subscriptions()
+        .await
+        .into_iter()
+        .filter(|hook| hook.event_key == "contact.edit")
+        .collect();
+    assert_eq!(edits.len(), 1, "{edits:?}");
+    assert!(edits[0].keap_hook_key.is_some());
+    assert!(edits[0].token_hash != never_created);
+    assert_eq!(world.fx.sandbox.hooks(APP).len(), 2);
+}
+
+/// With less time left than a create can take, `subscribe_hooks` starts none and says which
+/// keys to send again, rather than being cut off by Lambda mid-create.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscribe_hooks_stops_before_the_invocation_deadline() {
+    let world = World::new().await;
+    let short = world
+        .operator
+        .invoke(
+            json!({"subscribe_hooks": {"connection_id": "default", "event_keys": ["contact.add"]}}),
+            Duration::from_secs(30),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        short["not_started_for_lack_of_time"],
+        json!(["contact.add"]),
+        "{short}"
+    );
+    assert!(world.fx.sandbox.hooks(APP).is_empty());
+    assert!(world.subscriptions().await.is_empty());
+    let full = world.subscribe_through_the_operator(&["contact.add"]).await;
+    assert!(full.get("not_started_for_lack_of_time").is_none(), "{full}");
+    assert_eq!(world.fx.sandbox.hooks(APP).len(), 1);
+}
+
+/// `check_hooks` owns a Keap hook only when it is the item's key, for the item's event, at the
+/// item's URL: a key that names another integration's hook (the connection moved to another
+/// account) is never re-verified.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_hooks_leaves_alone_a_hook_at_another_url_that_holds_the_items_key() {
+    let world = World::new().await;
+    world.subscribe_through_the_operator(&["contact.add"]).await;
+    let foreign: Value = world
+        .http
+        .post(format!("{}/v1/hooks", world.fx.sandbox.api_base_url()))
+        .bearer_auth(&world.access_token)
+        .json(&json!({"eventKey": "contact.add", "hookUrl": "https://other.example/hook"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let foreign_key = match &foreign["key"] {
+        Value::String(key) => key.clone(),
+        key => key.to_string(),
+    };
+    assert!(
+        world
+            .fx
+            .sandbox
+            .set_hook_status(&foreign_key, HookStatus::Inactive)
+    );
+    let ours = world.subscriptions().await.remove(0);
+    world
+        .set_keap_hook_key(ours.token_hash.as_str(), Some(&foreign_key))
+        .await;
+
+    let (refresher, _process) = world.start_refresher().await;
+    let summary = refresher
+        .invoke(json!({"check_hooks": true}), Duration::from_secs(300))
+        .await
+        .unwrap();
+    assert_eq!(summary["connections_checked"], 1, "{summary}");
+    assert_eq!(summary["hooks_owned"], 0, "{summary}");
+    assert_eq!(summary["reverified"], 0, "{summary}");
+    let at_keap = world.fx.sandbox.hooks(APP);
+    let foreign = at_keap.iter().find(|h| h.key == foreign_key).unwrap();
+    assert_eq!(foreign.status, HookStatus::Inactive);
 }
