@@ -92,7 +92,7 @@ soak: venv
 # 127.0.0.1, the real function binaries, a line per step; stops everything it started.
 local: venv
 	@echo "==> building the functions and the local driver (first build ~6 min on 2 cores)…"
-	@$(CARGO) build --locked -p oauth-callback -p token-refresher -p contact-upsert -p operator -p keap-proxy -p access-token -p keapalive-tests --bins
+	@$(CARGO) build --locked -p oauth-callback -p token-refresher -p contact-upsert -p operator -p keap-proxy -p access-token -p keap-hooks -p keapalive-tests --bins
 	@$(CARGO) run --quiet --locked -p keapalive-tests --bin keapalive-local -- --no-build
 
 # Only moto and the Keap sandbox (connection `default` authorized), for `cargo lambda watch`
@@ -115,7 +115,7 @@ local-keap: venv
 	  echo "usage: make local-keap KEAP_CLIENT_ID=… KEAP_CLIENT_SECRET_FILE=path KEAP_REDIRECT_URI=https://…/oauth/callback [CALLBACK_PORT=8787]" >&2; \
 	  exit 2; }
 	@echo "==> building the functions and the local driver…"
-	@$(CARGO) build --locked -p oauth-callback -p token-refresher -p contact-upsert -p operator -p keap-proxy -p access-token -p keapalive-tests --bins
+	@$(CARGO) build --locked -p oauth-callback -p token-refresher -p contact-upsert -p operator -p keap-proxy -p access-token -p keap-hooks -p keapalive-tests --bins
 	@$(CARGO) run --quiet --locked -p keapalive-tests --bin keapalive-local -- --no-build --real-keap \
 	  --client-id "$(KEAP_CLIENT_ID)" --client-secret-file "$(KEAP_CLIENT_SECRET_FILE)" \
 	  --redirect-uri "$(KEAP_REDIRECT_URI)" --callback-port "$(CALLBACK_PORT)" $(LOCAL_KEAP_ARGS)

@@ -41,16 +41,27 @@ struct Route {
 }
 
 impl HttpFront {
-    /// Forwards `prefix{parameter}` to `function`; other paths get API Gateway's 404.
+    /// Forwards `prefix{parameter}` to `function`; other paths get API Gateway's 404. Panics
+    /// when no port is free (tests); [`HttpFront::try_start`] says why instead.
     pub async fn start(
         function: Arc<RuntimeApi>,
         prefix: &'static str,
         parameter: &'static str,
     ) -> Self {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        Self::try_start(function, prefix, parameter)
             .await
-            .expect("bind the HTTP front on 127.0.0.1");
-        let address = listener.local_addr().expect("local address");
+            .expect("bind the HTTP front on 127.0.0.1")
+    }
+
+    /// [`HttpFront::start`], for `make local`: a port that cannot be bound is its step's
+    /// failure, not a panic.
+    pub async fn try_start(
+        function: Arc<RuntimeApi>,
+        prefix: &'static str,
+        parameter: &'static str,
+    ) -> std::io::Result<Self> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let address = listener.local_addr()?;
         let app = Router::new().fallback(forward).with_state(Route {
             function,
             prefix,
@@ -63,7 +74,7 @@ impl HttpFront {
             )
             .await;
         });
-        Self { address, server }
+        Ok(Self { address, server })
     }
 
     /// `http://127.0.0.1:<port><path>`.

@@ -19,17 +19,17 @@ usage: keapalive-local [--no-build] [--print-pids] [--pause-before STEP]
                        --redirect-uri https://HOST/oauth/callback [--callback-port 8787]
                        [--contact-email EMAIL] [--tag NAME]... [--consent-timeout-secs 600]
 
-Runs moto (DynamoDB, Secrets Manager, SQS), the Keap sandbox (or the real Keap with
---real-keap) and the function binaries on 127.0.0.1, then: start authorization -> consent
--> callback (generation 1) -> forced refresh (generation 2) -> upsert a contact -> read it back
-through keap-proxy -> a token from access-token used against
-Keap directly -> status table.
+Runs moto (DynamoDB, Secrets Manager, SQS, EventBridge), the Keap sandbox (or the real Keap
+with --real-keap) and the function binaries on 127.0.0.1, then: start authorization -> consent
+-> callback (generation 1) -> forced refresh (generation 2) -> upsert a contact -> subscribe
+contact.add and read Keap's delivery back from the bus (sandbox only) -> read the contact back
+through keap-proxy -> a token from access-token used against Keap directly -> status table.
 
   --no-build            use the binaries in target/ as they are (make local builds them first)
   --print-pids          print CHILD_PID=<pid> <name> for every child process
   --pause-before STEP   stop before STEP and wait for Ctrl-C (for tests); steps: build,
                         emulator, sandbox, resources, functions, start-authorization, consent,
-                        callback, refresh, upsert, proxy, vend, status
+                        callback, refresh, upsert, hooks, proxy, vend, status
   --real-keap           talk to Keap itself: your developer app's client id, a file holding its
                         client secret, and the HTTPS redirect URI registered with the app, which
                         must reach 127.0.0.1:<callback-port> (an HTTPS tunnel; see docs/deploy.md)";
@@ -222,25 +222,33 @@ async fn main() -> ExitCode {
     ExitCode::from(code)
 }
 
-/// The function behind a failed step, its last log lines (JSON; never a token), and any child
-/// that died on its own.
+/// The functions behind a failed step, their last log lines (JSON; never a token), and any
+/// child that died on its own.
 fn report_function_logs(supervisor: &Supervisor, step: Step) {
-    let function = match step {
-        Step::StartAuthorization => functions::OPERATOR,
-        Step::Consent | Step::Callback => functions::OAUTH_CALLBACK,
-        Step::Refresh => functions::TOKEN_REFRESHER,
-        Step::Upsert => functions::CONTACT_UPSERT,
-        Step::Proxy => functions::KEAP_PROXY,
-        Step::Vend => functions::ACCESS_TOKEN,
-        _ => "",
+    let involved: &[&str] = match step {
+        Step::StartAuthorization => &[functions::OPERATOR],
+        Step::Consent | Step::Callback => &[functions::OAUTH_CALLBACK],
+        Step::Refresh => &[functions::TOKEN_REFRESHER],
+        Step::Upsert => &[functions::CONTACT_UPSERT],
+        // The operator subscribes through keap-proxy; Keap verifies and delivers to keap-hooks.
+        Step::Hooks => &[
+            functions::OPERATOR,
+            functions::KEAP_PROXY,
+            functions::KEAP_HOOKS,
+        ],
+        Step::Proxy => &[functions::KEAP_PROXY],
+        Step::Vend => &[functions::ACCESS_TOKEN],
+        _ => &[],
     };
-    if let Some(output) = supervisor.function_output(function)
-        && !output.trim().is_empty()
-    {
-        eprintln!(
-            "last log lines of {function}:\n{}",
-            functions::tail(&output, 15)
-        );
+    for function in involved {
+        if let Some(output) = supervisor.function_output(function)
+            && !output.trim().is_empty()
+        {
+            eprintln!(
+                "last log lines of {function}:\n{}",
+                functions::tail(&output, 15)
+            );
+        }
     }
     for (name, status) in supervisor.exited() {
         eprintln!("{name} had exited: {status}");

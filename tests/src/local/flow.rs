@@ -13,15 +13,19 @@ use tokio::sync::mpsc;
 
 use super::callback_server::{CallbackListener, CallbackServer};
 use super::functions::{self, LocalFunction};
+use super::hooks::HookRoutes;
 use super::progress::Progress;
 use super::supervisor::Supervisor;
-use super::{Failure, Mode, Options, Outcome, RealKeap, Step, cargo_build, moto, resources};
+use super::{Failure, Mode, Options, Outcome, RealKeap, Step, cargo_build, hooks, moto, resources};
 
 pub const SANDBOX_CLIENT_ID: &str = "keapalive-local-client";
 pub const SANDBOX_CLIENT_SECRET: &str = "keapalive-local-client-secret";
 pub const CUSTOM_FIELD: &str = "Favorite Color";
 pub const TAG: &str = "buttonpushed";
 const CONNECTION: &str = "default";
+/// Keap's delays before hook delivery attempts (30-60 s, 30-60 s, 5 min, 30 min), scaled to
+/// 0.3-0.6 s, 0.3-0.6 s, 3 s and 18 s.
+const HOOK_DELAY_SCALE: f64 = 0.01;
 
 /// The Keap endpoints the functions are pointed at when they are not Keap's own.
 const KEAP_URL_VARIABLES: [&str; 3] = ["KEAP_AUTHORIZE_URL", "KEAP_TOKEN_URL", "KEAP_API_BASE_URL"];
@@ -99,7 +103,8 @@ pub async fn run(
                 .await;
             let sandbox = start_sandbox().await.map_err(at(Step::Sandbox))?;
             progress.ok(&format!(
-                "{} (app `{DEFAULT_APP}`, custom field \"{CUSTOM_FIELD}\", tag \"{TAG}\")",
+                "{} (app `{DEFAULT_APP}`, custom field \"{CUSTOM_FIELD}\", tag \"{TAG}\"; hook \
+                 deliveries after 1/100 of Keap's delays)",
                 sandbox.base_url()
             ));
             Some(sandbox)
@@ -125,20 +130,22 @@ pub async fn run(
     resources::store_client_secret(&sdk, &client_id, &client_secret)
         .await
         .map_err(at(Step::Resources))?;
-    let events_queue = resources::create_event_bus(&sdk)
+    let queues = resources::create_event_bus(&sdk)
         .await
         .map_err(at(Step::Resources))?;
     progress.ok(&format!(
-        "table {}, secret {}, event bus {} (a rule sends connection events to queue {})",
+        "table {}, secret {}, event bus {} (rules send connection events to queue {}, Keap's \
+         changes to queue {})",
         resources::TABLE,
         resources::CLIENT_SECRET_ID,
         resources::EVENT_BUS,
         resources::EVENTS_QUEUE,
+        resources::KEAP_EVENTS_QUEUE,
     ));
 
     run.begin(
         Step::Functions,
-        "Starting oauth-callback, token-refresher, contact-upsert, operator, keap-proxy and access-token (the real binaries, each behind a local Lambda Runtime API)",
+        "Starting oauth-callback, token-refresher, contact-upsert, operator, keap-proxy, access-token and keap-hooks (the real binaries, each behind a local Lambda Runtime API)",
     )
     .await;
     let listener = CallbackListener::bind(real.map(|r| r.callback_port).unwrap_or(0))
@@ -149,28 +156,23 @@ pub async fn run(
         Some(real) => real.redirect_uri.to_string(),
     };
     let env = function_env(&endpoint, &redirect_uri, sandbox.as_ref());
-    let mut started = Vec::new();
-    for name in functions::ALL {
-        started.push(
-            functions::start(name, &env, supervisor)
-                .await
-                .map_err(at(Step::Functions))?,
-        );
-    }
-    let [
+    let Functions {
         oauth_callback,
         token_refresher,
         contact_upsert,
         operator,
         keap_proxy,
         access_token,
-    ]: [LocalFunction; 6] = started
-        .try_into()
-        .map_err(|_| at(Step::Functions)("not every function started".to_owned()))?;
+        hook_routes,
+    } = start_functions(&env, supervisor)
+        .await
+        .map_err(at(Step::Functions))?;
     let callback_port = listener.port();
     let (_callback_server, served): (CallbackServer, _) = listener.serve(oauth_callback.clone());
     progress.ok(&format!(
-        "callback route served on 127.0.0.1:{callback_port}, redirect URI {redirect_uri}"
+        "callback route served on 127.0.0.1:{callback_port}, redirect URI {redirect_uri}; \
+         Keap's hook deliveries to POST {}/{{token}}",
+        hook_routes.base_url()
     ));
 
     let store = DynamoDbTokenStore::new(aws_sdk_dynamodb::Client::new(&sdk), resources::TABLE);
@@ -251,7 +253,7 @@ pub async fn run(
         connection.keap_app.as_deref().unwrap_or("unknown")
     ));
     // The lifecycle event the authorization published (docs/events.md), as a rule delivered it.
-    let event = resources::receive_event(&sdk, &events_queue, 5)
+    let event = resources::receive_event(&sdk, &queues.connection, 5)
         .await
         .map_err(at(Step::Callback))?
         .ok_or_else(|| {
@@ -319,6 +321,30 @@ pub async fn run(
         if created { "created" } else { "updated" }
     ));
 
+    run.begin(
+        Step::Hooks,
+        "Subscribing to Keap's contact.add (invoke operator {\"subscribe_hooks\": {\"connection_id\": \"default\", \"event_keys\": [\"contact.add\"]}}) and reading Keap's delivery back from EventBridge",
+    )
+    .await;
+    match &sandbox {
+        Some(sandbox) => progress.ok(&hooks::subscribe_deliver_and_read_back(
+            progress,
+            &operator,
+            sandbox,
+            &sdk,
+            &queues.keap,
+            contact_id,
+        )
+        .await
+        .map_err(at(Step::Hooks))?),
+        // Subscribing would point real Keap at 127.0.0.1, where it can deliver nothing.
+        None => progress.skipped(
+            "the real Keap delivers only to a public HTTPS URL, and this run's keap-hooks \
+             listens on 127.0.0.1; a deployed stage subscribes with the operator's \
+             subscribe_hooks (docs/events.md, \"Keap changes\")",
+        ),
+    }
+
     let path = format!("/v1/contacts/{contact_id}");
     run.begin(
         Step::Proxy,
@@ -376,6 +402,40 @@ pub async fn run(
     })
 }
 
+/// The function binaries, running, and the routes the operator's hook commands need.
+struct Functions {
+    oauth_callback: LocalFunction,
+    token_refresher: LocalFunction,
+    contact_upsert: LocalFunction,
+    operator: LocalFunction,
+    keap_proxy: LocalFunction,
+    access_token: LocalFunction,
+    hook_routes: HookRoutes,
+}
+
+/// Starts every function with `env`; the operator last, because it is also told where the hook
+/// routes to keap-proxy and keap-hooks listen, and those need the two running.
+async fn start_functions(
+    env: &[(String, String)],
+    supervisor: &Supervisor,
+) -> Result<Functions, String> {
+    let start = |name| functions::start(name, env, supervisor);
+    let keap_proxy = start(functions::KEAP_PROXY).await?;
+    let keap_hooks = start(functions::KEAP_HOOKS).await?;
+    let hook_routes = HookRoutes::start(&keap_proxy, &keap_hooks).await?;
+    let mut operator_env = env.to_vec();
+    operator_env.extend(hook_routes.operator_env());
+    Ok(Functions {
+        oauth_callback: start(functions::OAUTH_CALLBACK).await?,
+        token_refresher: start(functions::TOKEN_REFRESHER).await?,
+        contact_upsert: start(functions::CONTACT_UPSERT).await?,
+        access_token: start(functions::ACCESS_TOKEN).await?,
+        operator: functions::start(functions::OPERATOR, &operator_env, supervisor).await?,
+        keap_proxy,
+        hook_routes,
+    })
+}
+
 async fn start_sandbox() -> Result<Sandbox, String> {
     let sandbox = Sandbox::start()
         .await
@@ -384,6 +444,10 @@ async fn start_sandbox() -> Result<Sandbox, String> {
     // The ButtonPush account already has the field and the tag, as a real Keap account would.
     sandbox.add_custom_field(DEFAULT_APP, CUSTOM_FIELD, "Text");
     sandbox.add_tag(DEFAULT_APP, TAG);
+    // Keap waits 30-60 s before a hook delivery's first attempt; the run should not. Its retries
+    // shrink alike, while an answer still gets Keap's full 30 s (a debug build may be slow).
+    sandbox.set_hook_delay_scale(HOOK_DELAY_SCALE);
+    sandbox.set_hook_timeout_scale(1.0);
     Ok(sandbox)
 }
 

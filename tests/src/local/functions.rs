@@ -20,13 +20,16 @@ pub const OPERATOR: &str = "operator";
 pub const KEAP_PROXY: &str = "keap-proxy";
 /// A short-lived token for a service with its own Keap SDK (docs/access-token.md).
 pub const ACCESS_TOKEN: &str = "access-token";
-pub const ALL: [&str; 6] = [
+/// Keap's REST Hook deliveries onto the bus (docs/events.md, "Keap changes").
+pub const KEAP_HOOKS: &str = "keap-hooks";
+pub const ALL: [&str; 7] = [
     OAUTH_CALLBACK,
     TOKEN_REFRESHER,
     CONTACT_UPSERT,
     OPERATOR,
     KEAP_PROXY,
     ACCESS_TOKEN,
+    KEAP_HOOKS,
 ];
 
 /// The template's timeouts are 30 s or less; an invocation gets this much time.

@@ -3,7 +3,8 @@
 //! `--real-keap`, the real Keap) for Keap.
 //!
 //! start authorization → consent → callback stores generation 1 → forced refresh → generation
-//! 2 → upsert the ButtonPush contact → read it back through keap-proxy → status table.
+//! 2 → upsert the ButtonPush contact → subscribe `contact.add` and read Keap's delivery back
+//! from the bus → read the contact back through keap-proxy → a vended token → status table.
 //!
 //! The pieces are reusable: [`invoke_api::InvokeApi`] (a local Lambda Invoke API that the AWS
 //! CLI and SDKs can call), [`callback_server`] (an HTTP API stand-in for the callback route),
@@ -15,6 +16,7 @@ pub mod callback_server;
 mod cargo_build;
 mod flow;
 pub mod functions;
+mod hooks;
 pub mod invoke_api;
 pub mod moto;
 pub mod progress;
@@ -42,13 +44,14 @@ pub enum Step {
     Callback,
     Refresh,
     Upsert,
+    Hooks,
     Proxy,
     Vend,
     Status,
 }
 
 impl Step {
-    pub const ALL: [Step; 13] = [
+    pub const ALL: [Step; 14] = [
         Step::Build,
         Step::Emulator,
         Step::Sandbox,
@@ -59,6 +62,7 @@ impl Step {
         Step::Callback,
         Step::Refresh,
         Step::Upsert,
+        Step::Hooks,
         Step::Proxy,
         Step::Vend,
         Step::Status,
@@ -76,6 +80,7 @@ impl Step {
             Step::Callback => "callback",
             Step::Refresh => "refresh",
             Step::Upsert => "upsert",
+            Step::Hooks => "hooks",
             Step::Proxy => "proxy",
             Step::Vend => "vend",
             Step::Status => "status",

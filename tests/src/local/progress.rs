@@ -1,5 +1,5 @@
 //! Progress lines on stdout, so a first run (a long build, moto's slow start) never looks hung:
-//! `[3/12] title` when a step starts, `       ok (1.2 s): detail` when it ends, and a
+//! `[3/13] title` when a step starts, `       ok (1.2 s): detail` when it ends, and a
 //! "still waiting" line every few seconds in between for slow steps.
 
 use std::io::Write;
@@ -45,6 +45,12 @@ impl Progress {
         } else {
             print_line(&format!("{INDENT}ok ({elapsed:.1} s): {detail}"));
         }
+    }
+
+    /// The end of a step this run cannot make, and why.
+    pub fn skipped(&self, reason: &str) {
+        lock(&self.current).take();
+        print_line(&format!("{INDENT}skipped: {reason}"));
     }
 
     /// An indented line under the current step.

@@ -1,5 +1,6 @@
 //! The AWS side of a deployment, in the emulator: the connections table (as the SAM template
-//! declares it) and the client secret (as an operator stores it after deploying).
+//! declares it), the client secret (as an operator stores it after deploying) and the event bus
+//! with a consumer's rules and queues.
 
 use aws_config::SdkConfig;
 use aws_sdk_dynamodb::error::DisplayErrorContext;
@@ -9,11 +10,26 @@ use crate::emulator::{ACCESS_KEY_ID, REGION, SECRET_ACCESS_KEY};
 
 pub const TABLE: &str = "keapalive-local-connections";
 pub const CLIENT_SECRET_ID: &str = "keapalive/local/keap-client";
-/// The stage's lifecycle-event bus (the template's `keapalive-<stage>`), with one rule sending
-/// every connection event to [`EVENTS_QUEUE`] (docs/events.md, the first example).
+/// The stage's event bus (the template's `keapalive-<stage>`), with two rules as a consumer
+/// would attach them (docs/events.md): every connection event to [`EVENTS_QUEUE`], every Keap
+/// change (`keap.*`, from keap-hooks) to [`KEAP_EVENTS_QUEUE`].
 pub const EVENT_BUS: &str = "keapalive-local";
 pub const EVENTS_QUEUE: &str = "keapalive-local-connection-events";
 const EVENTS_RULE: &str = "keapalive-local-connection-events";
+const EVENTS_PATTERN: &str =
+    r#"{"source": ["keapalive"], "detail-type": [{"prefix": "keapalive.connection."}]}"#;
+pub const KEAP_EVENTS_QUEUE: &str = "keapalive-local-keap-events";
+const KEAP_EVENTS_RULE: &str = "keapalive-local-keap-events";
+const KEAP_EVENTS_PATTERN: &str =
+    r#"{"source": ["keapalive"], "detail-type": [{"prefix": "keap."}]}"#;
+
+/// The URLs of the queues [`create_event_bus`]'s rules send to.
+pub struct EventQueues {
+    /// Connection lifecycle events (`keapalive.connection.*`).
+    pub connection: String,
+    /// Keap's changes (`keap.<event_key>`).
+    pub keap: String,
+}
 
 /// The environment a function or tool needs to reach the emulator.
 pub fn aws_env(endpoint_url: &str) -> Vec<(String, String)> {
@@ -60,46 +76,62 @@ pub async fn store_client_secret(
     Ok(())
 }
 
-/// The bus, a queue and a rule `source` keapalive, `detail-type` `keapalive.connection.*` →
-/// the queue; returns the queue's URL.
-pub async fn create_event_bus(sdk: &SdkConfig) -> Result<String, String> {
-    let events = aws_sdk_eventbridge::Client::new(sdk);
-    let sqs = aws_sdk_sqs::Client::new(sdk);
-    let failed = |what: &str, e: &dyn std::fmt::Display| format!("{what}: {e}");
-    events
+/// The bus and its two rules, each to a queue of its own (see [`EVENT_BUS`]).
+pub async fn create_event_bus(sdk: &SdkConfig) -> Result<EventQueues, String> {
+    aws_sdk_eventbridge::Client::new(sdk)
         .create_event_bus()
         .name(EVENT_BUS)
         .send()
         .await
-        .map_err(|e| failed("create the event bus", &DisplayErrorContext(&e)))?;
+        .map_err(|e| format!("create the event bus: {}", DisplayErrorContext(&e)))?;
+    Ok(EventQueues {
+        connection: route_to_queue(sdk, EVENTS_RULE, EVENTS_PATTERN, EVENTS_QUEUE).await?,
+        keap: route_to_queue(
+            sdk,
+            KEAP_EVENTS_RULE,
+            KEAP_EVENTS_PATTERN,
+            KEAP_EVENTS_QUEUE,
+        )
+        .await?,
+    })
+}
+
+/// Queue `queue` and rule `rule` (`pattern`) on [`EVENT_BUS`] → that queue; the queue's URL.
+async fn route_to_queue(
+    sdk: &SdkConfig,
+    rule: &str,
+    pattern: &str,
+    queue: &str,
+) -> Result<String, String> {
+    let events = aws_sdk_eventbridge::Client::new(sdk);
+    let sqs = aws_sdk_sqs::Client::new(sdk);
+    let failed = |what: &str, e: &dyn std::fmt::Display| format!("{what} ({queue}): {e}");
     let queue_url = sqs
         .create_queue()
-        .queue_name(EVENTS_QUEUE)
+        .queue_name(queue)
         .send()
         .await
-        .map_err(|e| failed("create the events queue", &DisplayErrorContext(&e)))?
+        .map_err(|e| failed("create the queue", &DisplayErrorContext(&e)))?
         .queue_url
-        .ok_or("the emulator returned no queue URL")?;
+        .ok_or_else(|| format!("the emulator returned no URL for queue {queue}"))?;
     let queue_arn = sqs
         .get_queue_attributes()
         .queue_url(&queue_url)
         .attribute_names(aws_sdk_sqs::types::QueueAttributeName::QueueArn)
         .send()
         .await
-        .map_err(|e| failed("read the events queue's ARN", &DisplayErrorContext(&e)))?
+        .map_err(|e| failed("read the queue's ARN", &DisplayErrorContext(&e)))?
         .attributes
         .and_then(|mut a| a.remove(&aws_sdk_sqs::types::QueueAttributeName::QueueArn))
-        .ok_or("the events queue has no ARN")?;
+        .ok_or_else(|| format!("queue {queue} has no ARN"))?;
     events
         .put_rule()
-        .name(EVENTS_RULE)
+        .name(rule)
         .event_bus_name(EVENT_BUS)
-        .event_pattern(
-            r#"{"source": ["keapalive"], "detail-type": [{"prefix": "keapalive.connection."}]}"#,
-        )
+        .event_pattern(pattern)
         .send()
         .await
-        .map_err(|e| failed("create the events rule", &DisplayErrorContext(&e)))?;
+        .map_err(|e| failed("create the rule", &DisplayErrorContext(&e)))?;
     let target = aws_sdk_eventbridge::types::Target::builder()
         .id("queue")
         .arn(queue_arn)
@@ -107,7 +139,7 @@ pub async fn create_event_bus(sdk: &SdkConfig) -> Result<String, String> {
         .map_err(|e| failed("the rule's target", &e))?;
     events
         .put_targets()
-        .rule(EVENTS_RULE)
+        .rule(rule)
         .event_bus_name(EVENT_BUS)
         .targets(target)
         .send()
@@ -116,7 +148,7 @@ pub async fn create_event_bus(sdk: &SdkConfig) -> Result<String, String> {
     Ok(queue_url)
 }
 
-/// The next lifecycle event in the queue (waiting up to `wait_secs`), as EventBridge delivered it.
+/// The next event in the queue (waiting up to `wait_secs`), as EventBridge delivered it.
 pub async fn receive_event(
     sdk: &SdkConfig,
     queue_url: &str,
@@ -129,7 +161,7 @@ pub async fn receive_event(
         .wait_time_seconds(wait_secs)
         .send()
         .await
-        .map_err(|e| format!("receive from the events queue: {}", DisplayErrorContext(&e)))?
+        .map_err(|e| format!("receive from {queue_url}: {}", DisplayErrorContext(&e)))?
         .messages
         .unwrap_or_default();
     messages

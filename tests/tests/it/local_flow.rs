@@ -33,6 +33,7 @@ fn function_binaries_built() {
         "operator",
         "keap-proxy",
         "access-token",
+        "keap-hooks",
     ] {
         binary_path(name);
     }
@@ -186,6 +187,7 @@ fn assert_every_process_announced(children: &[(i32, String)]) {
         "operator",
         "keap-proxy",
         "access-token",
+        "keap-hooks",
     ] {
         assert!(
             names.contains(&expected),
@@ -237,6 +239,32 @@ async fn the_whole_flow_holds_and_leaves_nothing_running() {
         ),
         "{stdout}"
     );
+    // The hooks step: the operator subscribed contact.add (Verified by the sandbox's handshake
+    // through keap-hooks), the sandbox delivered the upserted contact's contact.add, and the
+    // bus's rule put the event on its queue.
+    assert!(
+        stdout.contains("Subscribing to Keap's contact.add")
+            && stdout.contains("contact.add subscribed: Verified at Keap (token hash ")
+            && stdout.contains(
+                "Keap's delivery answered 200; event on keapalive-local: keap.contact.add {"
+            )
+            && stdout.contains("\"event_key\":\"contact.add\"")
+            && stdout.contains("\"object_keys\":[{\"id\":1,"),
+        "{stdout}"
+    );
+    // A hook URL's token is a credential: only the route's template is printed.
+    assert!(
+        stdout
+            .match_indices("/keap/hooks/")
+            .all(|(at, _)| stdout[at..].starts_with("/keap/hooks/{token}")),
+        "{stdout}"
+    );
+    // Every step numbered, the hooks step among them.
+    assert!(
+        stdout.contains("[10/13] Subscribing to Keap's contact.add"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("[13/13] Connections"), "{stdout}");
     // The vend step used access-token's token against the sandbox directly.
     assert!(
         stdout.contains("A token for your own SDK: invoke access-token")
@@ -398,6 +426,11 @@ async fn real_keap_mode_serves_the_callback_and_finishes_the_flow() {
     let _ = std::fs::remove_file(&secret_file);
     assert_eq!(code, Some(0), "stdout:\n{stdout}\nstderr:\n{stderr}");
     assert!(stdout.contains("generation 2"), "{stdout}");
+    // Keap cannot reach 127.0.0.1: the hooks step says so instead of subscribing.
+    assert!(
+        stdout.contains("skipped: the real Keap delivers only to a public HTTPS URL"),
+        "{stdout}"
+    );
     assert!(
         stdout.contains("lived in the local emulator only"),
         "{stdout}"
