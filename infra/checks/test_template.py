@@ -530,24 +530,35 @@ def dynamodb_statements(t: dict, role: str) -> list[dict]:
 def refresher_permissions(t: dict) -> None:
     role = role_of(t, REFRESHER)
     acts = allowed_actions(t, role)
-    # No Scan: it names no partition key, so no LeadingKeys condition can keep it off state
-    # items. The refresher lists connections by querying the sparse status index instead.
+    # No Scan of the table: it names no partition key, so no LeadingKeys condition can keep it
+    # off state items. The refresher lists connections by querying the sparse status index
+    # instead; it scans only the keys-only hooks index, which holds hook items and nothing else.
     assert {a for a in acts if a.startswith("dynamodb:")} == {
-        "dynamodb:getitem", "dynamodb:updateitem", "dynamodb:query",
+        "dynamodb:getitem", "dynamodb:updateitem", "dynamodb:query", "dynamodb:scan",
+        "dynamodb:deleteitem",
     }, f"token-refresher dynamodb actions: {sorted(acts)}"
     assert {a.split(":")[0] for a in acts} <= {"dynamodb", "secretsmanager", "logs", "events", "lambda"}, sorted(acts)
     for st in dynamodb_statements(t, role):
-        if "dynamodb:query" in actions(st):
-            assert actions(st) == {"dynamodb:query"}, "Query shares a statement with keyed actions"
+        if actions(st) & {"dynamodb:query", "dynamodb:scan"}:
+            assert actions(st) <= {"dynamodb:query", "dynamodb:scan"}, "Query or Scan shares a statement with keyed actions"
             assert as_list(st["Resource"]) in ([{"Fn::Sub": STATUS_INDEX_ARN}], [{"Fn::Sub": HOOK_INDEX_ARN}]), (
                 f"token-refresher may query only the status and hooks indexes: {st['Resource']}"
             )
+            if "dynamodb:scan" in actions(st):
+                assert as_list(st["Resource"]) == [{"Fn::Sub": HOOK_INDEX_ARN}], (
+                    f"token-refresher may scan only the hooks index: {st['Resource']}"
+                )
             continue
         # Connection items, tombstones whose events a writer left pending (the sweep), and
         # hook subscriptions (check_hooks: a token's hash, never a token).
         assert st.get("Condition") in (CONN_CONDITION, TOMB_CONDITION, HOOK_CONDITION), (
             f"token-refresher {sorted(actions(st))} lacks conn#*, tomb#* or hook#*"
         )
+        # It deletes only subscriptions whose connection is gone, never a connection or tombstone.
+        if "dynamodb:deleteitem" in actions(st):
+            assert st.get("Condition") == HOOK_CONDITION, (
+                f"token-refresher may delete hook items only: {st.get('Condition')}"
+            )
     # check_hooks reaches Keap's hooks API only through keap-proxy.
     for st in statements(t, role):
         if any(a.startswith("lambda:") for a in actions(st)):
@@ -1220,6 +1231,15 @@ def _mutate_refresher_scans_again(t: dict) -> None:
     finder["Resource"] = {"Fn::GetAtt": ["ConnectionsTable", "Arn"]}
 
 
+def _mutate_refresher_scans_the_status_index(t: dict) -> None:
+    finder = _sid(t, "TokenRefresherRole", "FindConnections")
+    finder["Action"] = ["dynamodb:Query", "dynamodb:Scan"]
+
+
+def _mutate_refresher_deletes_connections(t: dict) -> None:
+    _sid(t, "TokenRefresherRole", "ConnectionItemsOnly")["Action"].append("dynamodb:DeleteItem")
+
+
 def _mutate_refresher_queries_the_table(t: dict) -> None:
     _sid(t, "TokenRefresherRole", "FindConnections")["Resource"] = {"Fn::GetAtt": ["ConnectionsTable", "Arn"]}
 
@@ -1534,6 +1554,8 @@ MUTANTS: dict[Callable[[dict], None], Callable[[dict], None]] = {
     _mutate_refresher_scan_under_condition: refresher_permissions,
     _mutate_refresher_scans_again: refresher_permissions,
     _mutate_refresher_queries_the_table: refresher_permissions,
+    _mutate_refresher_scans_the_status_index: refresher_permissions,
+    _mutate_refresher_deletes_connections: refresher_permissions,
     _mutate_refresher_queries_pending_links: refresher_permissions,
     _mutate_status_index_on_pk: indexes_are_sparse_as_designed,
     _mutate_callback_reads_tokens: callback_permissions,

@@ -4,11 +4,14 @@
 //! Keap marks a hook Inactive after four failed deliveries (or a 410) and then drops changes
 //! silently. For each connection with subscriptions, the check lists Keap's hooks and
 //! re-verifies (`POST /v1/hooks/{key}/verify`) every one keapalive owns (a hook item holds its
-//! Keap key) that is Inactive or Unverified. A hook found Inactive also gets a
+//! Keap key, for its event, at its token's URL) that is Inactive or Unverified. A hook found Inactive also gets a
 //! `keapalive.hooks.gap` event — changes were lost meanwhile; consumers may reconcile — and
 //! `inactive_since` (when keapalive first saw it so: Keap gives no time) stays on the item until
-//! `PutEvents` accepted that event, so a failed publish is retried by the next check.
+//! `PutEvents` accepted that event, so a failed publish is retried by the next check. Last, it
+//! forgets subscriptions whose connection is gone (one written a moment before a removal that
+//! the index did not show it): their deliveries get 410 from then on.
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use serde::Serialize;
@@ -22,12 +25,17 @@ use crate::connection_id::ConnectionId;
 use crate::deadline::Deadline;
 use crate::events::EventBus;
 use crate::telemetry::{Metrics, Unit};
-use crate::token_store::{ConnectionStatus, DynamoDbTokenStore, HookSubscription, StoreError};
+use crate::token_store::{
+    Connection, ConnectionStatus, DynamoDbTokenStore, HookSubscription, StoreError,
+};
 
 /// `DetailType` of the gap event.
 pub const GAP_DETAIL_TYPE: &str = "keapalive.hooks.gap";
 /// A connection's check is not started with less time left (two proxy calls and a publish).
 const TIME_PER_CONNECTION: Duration = Duration::from_secs(70);
+/// The orphan sweep is not started with less time left (an index scan, a read and a delete
+/// per orphan).
+const TIME_FOR_ORPHANS: Duration = Duration::from_secs(10);
 /// A re-verify is not started with less time left (one proxy call, a publish, two writes).
 const TIME_PER_REVERIFY: Duration = Duration::from_secs(PROXY_READ_TIMEOUT.as_secs() + 5);
 
@@ -45,6 +53,9 @@ pub struct HookCheckSummary {
     pub not_started_deadline: usize,
     /// Hooks of checked connections left for the next run for lack of time.
     pub reverify_not_started_deadline: usize,
+    /// Subscriptions whose connection is gone (written a moment before its removal, missed by
+    /// the index): forgotten, so their deliveries get 410 and Keap drops the hook.
+    pub orphans_forgotten: usize,
 }
 
 /// What the check needs: the subscriptions, Keap through keap-proxy, the bus for gap events.
@@ -82,6 +93,14 @@ impl HookCheck {
             {
                 warn!(connection = %connection.id, reason = %reason, "hook check failed; the next run retries");
                 summary.failed += 1;
+            }
+        }
+        if deadline.remaining() >= TIME_FOR_ORPHANS {
+            match self.forget_orphans(&listing.connections).await {
+                Ok(forgotten) => summary.orphans_forgotten = forgotten,
+                Err(e) => {
+                    warn!(error = %e, "could not look for subscriptions of removed connections; the next run retries")
+                }
             }
         }
         let mut metrics = Metrics::new();
@@ -167,6 +186,37 @@ impl HookCheck {
             }
         }
         Ok(())
+    }
+
+    /// Deletes every subscription whose connection does not exist (a consistent read says so;
+    /// `listed` only spares the reads). Keap cannot be asked to delete the hook: the
+    /// connection's credential is gone with it.
+    async fn forget_orphans(&self, listed: &[Connection]) -> Result<usize, StoreError> {
+        let mut exists: HashMap<String, bool> = listed
+            .iter()
+            .map(|connection| (connection.id.as_str().to_owned(), true))
+            .collect();
+        let mut forgotten = 0;
+        for (hash, connection) in self.store.every_hook_owner().await? {
+            let connection_exists = match exists.get(&connection) {
+                Some(known) => *known,
+                None => {
+                    let Ok(id) = ConnectionId::parse(&connection) else {
+                        warn!(hook = %hash.masked(), "a subscription names no valid connection id; left alone");
+                        continue;
+                    };
+                    let found = self.store.read_authorization(&id).await?.is_some();
+                    exists.insert(connection.clone(), found);
+                    found
+                }
+            };
+            if !connection_exists {
+                self.store.delete_hook(&hash).await?;
+                forgotten += 1;
+                warn!(connection = %connection, hook = %hash.masked(), "forgot a subscription of a removed connection; Keap drops its hook after a 410");
+            }
+        }
+        Ok(forgotten)
     }
 
     /// A consistent re-read: `unsubscribe_hooks` may have forgotten the hook since the listing.

@@ -242,6 +242,31 @@ impl DynamoDbTokenStore {
         Ok(hooks)
     }
 
+    /// Every subscription's hash with the connection id it names: a scan of the keys-only
+    /// sparse [`HOOK_INDEX`], which holds hook items and nothing else (how the scheduled check
+    /// finds subscriptions whose connection is gone).
+    pub async fn every_hook_owner(&self) -> Result<Vec<(HookTokenHash, String)>, StoreError> {
+        let mut owners = Vec::new();
+        let mut pages = self
+            .client
+            .scan()
+            .table_name(&self.table)
+            .index_name(HOOK_INDEX)
+            .into_paginator()
+            .send();
+        while let Some(page) = pages.next().await {
+            for item in page.map_err(StoreError::from_sdk)?.items() {
+                if let (Some(AttributeValue::S(pk)), Some(AttributeValue::S(connection))) =
+                    (item.get("pk"), item.get("hook_connection_id"))
+                    && let Some(hash) = pk.strip_prefix(HOOK_PREFIX)
+                {
+                    owners.push((HookTokenHash(hash.to_owned()), connection.clone()));
+                }
+            }
+        }
+        Ok(owners)
+    }
+
     /// Notes Keap's key for the hook. `false`: the subscription was removed meanwhile.
     pub async fn record_keap_hook_key(
         &self,

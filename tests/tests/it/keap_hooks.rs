@@ -879,3 +879,51 @@ async fn check_hooks_leaves_alone_a_hook_at_another_url_that_holds_the_items_key
     let foreign = at_keap.iter().find(|h| h.key == foreign_key).unwrap();
     assert_eq!(foreign.status, HookStatus::Inactive);
 }
+
+/// A subscription whose connection is gone (written a moment before the removal, missed by the
+/// index) is forgotten by the next `check_hooks`, so its deliveries get 410; the live
+/// connection's subscription stays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_hooks_forgets_a_subscription_whose_connection_is_gone() {
+    let world = World::new().await;
+    world.subscribe_through_the_operator(&["contact.add"]).await;
+    let orphan = HookToken::generate().unwrap();
+    assert!(
+        world
+            .fx
+            .store()
+            .put_hook(
+                &orphan.hash(),
+                &connection_id("removed-meanwhile"),
+                "contact.add",
+                now_epoch_secs()
+            )
+            .await
+            .unwrap()
+    );
+
+    let (refresher, _process) = world.start_refresher().await;
+    let summary = refresher
+        .invoke(json!({"check_hooks": true}), Duration::from_secs(300))
+        .await
+        .unwrap();
+    assert_eq!(summary["orphans_forgotten"], 1, "{summary}");
+    assert!(
+        world
+            .fx
+            .store()
+            .hook(&orphan.hash())
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert_eq!(world.subscriptions().await.len(), 1, "the live one stays");
+    let gone = world
+        .post(
+            &format!("{HOOKS_PATH}{}", orphan.expose_secret()),
+            b"[]".to_vec(),
+            Some("s3cret"),
+        )
+        .await;
+    assert_eq!(gone.status(), 410);
+}
