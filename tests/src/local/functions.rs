@@ -32,8 +32,11 @@ pub const ALL: [&str; 7] = [
     KEAP_HOOKS,
 ];
 
-/// The template's timeouts are 30 s or less; an invocation gets this much time.
+/// What an invocation of most functions gets: the template's Timeouts are 30 s or less…
 pub const INVOKE_DEADLINE: Duration = Duration::from_secs(30);
+/// …but the operator's (its hook commands wait on keap-proxy) and token-refresher's.
+const OPERATOR_DEADLINE: Duration = Duration::from_secs(90);
+const TOKEN_REFRESHER_DEADLINE: Duration = Duration::from_secs(300);
 /// From process start to its first `GET /next` (init done). Debug builds on a busy machine are
 /// slow to start; a real cold start is well under a second.
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
@@ -46,8 +49,14 @@ pub struct LocalFunction {
 }
 
 impl LocalFunction {
+    /// The function's remaining time is its template Timeout, as in Lambda.
     pub async fn invoke(&self, event: Value) -> Result<Value, InvokeError> {
-        self.runtime.invoke(event, INVOKE_DEADLINE).await
+        let deadline = match self.name {
+            OPERATOR => OPERATOR_DEADLINE,
+            TOKEN_REFRESHER => TOKEN_REFRESHER_DEADLINE,
+            _ => INVOKE_DEADLINE,
+        };
+        self.runtime.invoke(event, deadline).await
     }
 }
 
