@@ -151,6 +151,44 @@ impl World {
         update.send().await.unwrap();
     }
 
+    /// The token in the URL of Keap's first hook (the sandbox lists tokens in full).
+    fn first_token_at_keap(&self) -> String {
+        let hooks = self.fx.sandbox.hooks(APP);
+        hooks[0].hook_url.rsplit('/').next().unwrap().to_owned()
+    }
+
+    /// What keap-hooks answers a verification POST for `token` (410: forgotten).
+    async fn handshake_status(&self, token: &str) -> u16 {
+        self.post(
+            &format!("{HOOKS_PATH}{token}"),
+            b"[]".to_vec(),
+            Some("s3cret"),
+        )
+        .await
+        .status()
+        .as_u16()
+    }
+
+    /// Another integration's hook on the same Keap account; returns Keap's key for it.
+    async fn create_foreign_hook(&self, body: Value) -> String {
+        let foreign: Value = self
+            .http
+            .post(format!("{}/v1/hooks", self.fx.sandbox.api_base_url()))
+            .bearer_auth(&self.access_token)
+            .json(&body)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        match &foreign["key"] {
+            Value::String(key) => key.clone(),
+            Value::Number(key) => key.to_string(),
+            other => panic!("Keap's answer names no hook key: {foreign} ({other})"),
+        }
+    }
+
     /// keapalive's subscriptions of the `default` connection.
     async fn subscriptions(&self) -> Vec<keapalive::token_store::HookSubscription> {
         self.fx
@@ -545,23 +583,11 @@ async fn the_operator_subscribes_lists_and_unsubscribes_through_keap_proxy() {
     assert_eq!(world.subscriptions().await.len(), 1);
 
     // Another integration's hook on the same account: counted, never shown.
-    let foreign: Value = world
-        .http
-        .post(format!("{}/v1/hooks", world.fx.sandbox.api_base_url()))
-        .bearer_auth(&world.access_token)
-        .json(
-            &json!({"eventKey": "contact.edit", "hookUrl": "https://other.example/hook?secret=s3"}),
+    world
+        .create_foreign_hook(
+            json!({"eventKey": "contact.edit", "hookUrl": "https://other.example/hook?secret=s3"}),
         )
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    assert!(
-        foreign["key"].is_number() || foreign["key"].is_string(),
-        "{foreign}"
-    );
+        .await;
     let listed = world
         .command(json!({"list_hooks": {"connection_id": "default"}}))
         .await
@@ -584,14 +610,7 @@ async fn the_operator_subscribes_lists_and_unsubscribes_through_keap_proxy() {
         1,
         "only the foreign hook is left"
     );
-    let gone = world
-        .post(
-            &format!("{HOOKS_PATH}{token}"),
-            b"[]".to_vec(),
-            Some("s3cret"),
-        )
-        .await;
-    assert_eq!(gone.status(), 410);
+    assert_eq!(world.handshake_status(&token).await, 410);
 }
 
 /// The hooks schedule (`{"check_hooks": true}` to token-refresher): an Inactive subscription is
@@ -671,12 +690,7 @@ async fn removing_a_connection_clears_its_subscriptions_here_and_at_keap() {
         .subscribe_through_the_operator(&["contact.add", "contact.edit"])
         .await;
     assert_eq!(world.fx.sandbox.hooks(APP).len(), 2);
-    let token = world.fx.sandbox.hooks(APP)[0]
-        .hook_url
-        .rsplit('/')
-        .next()
-        .unwrap()
-        .to_owned();
+    let token = world.first_token_at_keap();
 
     let removed = world
         .command(json!({"remove_connection": {"connection_id": "default"}}))
@@ -690,14 +704,7 @@ async fn removing_a_connection_clears_its_subscriptions_here_and_at_keap() {
     );
     assert!(world.fx.sandbox.hooks(APP).is_empty(), "deleted at Keap");
     assert!(world.subscriptions().await.is_empty());
-    let gone = world
-        .post(
-            &format!("{HOOKS_PATH}{token}"),
-            b"[]".to_vec(),
-            Some("s3cret"),
-        )
-        .await;
-    assert_eq!(gone.status(), 410);
+    assert_eq!(world.handshake_status(&token).await, 410);
 }
 
 /// A `replace_account` start moves the connection to another Keap account once followed: the old
@@ -707,12 +714,7 @@ async fn removing_a_connection_clears_its_subscriptions_here_and_at_keap() {
 async fn a_replace_account_start_removes_the_old_accounts_subscriptions() {
     let world = World::new().await;
     world.subscribe_through_the_operator(&["contact.add"]).await;
-    let token = world.fx.sandbox.hooks(APP)[0]
-        .hook_url
-        .rsplit('/')
-        .next()
-        .unwrap()
-        .to_owned();
+    let token = world.first_token_at_keap();
 
     let plain = world
         .command(json!({"start_authorization": {"connection_id": "default"}}))
@@ -740,14 +742,7 @@ async fn a_replace_account_start_removes_the_old_accounts_subscriptions() {
     );
     assert!(world.subscriptions().await.is_empty());
     assert!(world.fx.sandbox.hooks(APP).is_empty(), "deleted at Keap");
-    let gone = world
-        .post(
-            &format!("{HOOKS_PATH}{token}"),
-            b"[]".to_vec(),
-            Some("s3cret"),
-        )
-        .await;
-    assert_eq!(gone.status(), 410);
+    assert_eq!(world.handshake_status(&token).await, 410);
 
     // Nothing left to remove: said so.
     let again = world
@@ -841,21 +836,11 @@ async fn subscribe_hooks_stops_before_the_invocation_deadline() {
 async fn check_hooks_leaves_alone_a_hook_at_another_url_that_holds_the_items_key() {
     let world = World::new().await;
     world.subscribe_through_the_operator(&["contact.add"]).await;
-    let foreign: Value = world
-        .http
-        .post(format!("{}/v1/hooks", world.fx.sandbox.api_base_url()))
-        .bearer_auth(&world.access_token)
-        .json(&json!({"eventKey": "contact.add", "hookUrl": "https://other.example/hook"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let foreign_key = match &foreign["key"] {
-        Value::String(key) => key.clone(),
-        key => key.to_string(),
-    };
+    let foreign_key = world
+        .create_foreign_hook(
+            json!({"eventKey": "contact.add", "hookUrl": "https://other.example/hook"}),
+        )
+        .await;
     assert!(
         world
             .fx
@@ -918,12 +903,5 @@ async fn check_hooks_forgets_a_subscription_whose_connection_is_gone() {
             .is_none()
     );
     assert_eq!(world.subscriptions().await.len(), 1, "the live one stays");
-    let gone = world
-        .post(
-            &format!("{HOOKS_PATH}{}", orphan.expose_secret()),
-            b"[]".to_vec(),
-            Some("s3cret"),
-        )
-        .await;
-    assert_eq!(gone.status(), 410);
+    assert_eq!(world.handshake_status(orphan.expose_secret()).await, 410);
 }
