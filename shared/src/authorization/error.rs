@@ -39,6 +39,17 @@ impl CommandError {
         }
     }
 
+    /// The same kind, with `note` after the message (what was done already, what to do).
+    pub(crate) fn noting(self, note: &str) -> Self {
+        match self {
+            Self::Validation(m) => Self::Validation(format!("{m}; {note}")),
+            Self::NotAuthorized(m) => Self::NotAuthorized(format!("{m}; {note}")),
+            Self::KeapRejected(m) => Self::KeapRejected(format!("{m}; {note}")),
+            Self::Unavailable(m) => Self::Unavailable(format!("{m}; {note}")),
+            Self::Configuration(m) => Self::Configuration(format!("{m}; {note}")),
+        }
+    }
+
     pub fn error_type(&self) -> &'static str {
         self.kind().as_str()
     }

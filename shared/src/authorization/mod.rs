@@ -34,6 +34,7 @@ pub use commands::StartAuthorization;
 pub use error::CommandError;
 pub use query::MAX_QUERY_BYTES;
 use service_account_key::{register_service_account_key, remove_connection};
+use start::start_authorization_until;
 pub use start::{AuthorizationStarted, start_authorization};
 
 use crate::config::Config;
@@ -199,13 +200,13 @@ async fn run(
 ) -> Result<Value, CommandError> {
     let answer = match command {
         Command::StartAuthorization(request) => {
-            serde_json::to_value(start_authorization(service, &request).await?)
+            serde_json::to_value(start_authorization_until(service, &request, deadline).await?)
         }
         Command::RegisterServiceAccountKey(request) => {
             serde_json::to_value(register_service_account_key(service, &request).await?)
         }
         Command::RemoveConnection(request) => {
-            serde_json::to_value(remove_connection(service, &request).await?)
+            serde_json::to_value(remove_connection(service, &request, deadline).await?)
         }
         Command::SubscribeHooks(request) => serde_json::to_value(
             service

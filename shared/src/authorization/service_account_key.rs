@@ -8,6 +8,7 @@ use super::commands::{RegisterServiceAccountKey, RemoveConnection};
 use super::error::CommandError;
 use crate::clock::{now_epoch_millis, now_epoch_secs};
 use crate::connection_id::ConnectionId;
+use crate::deadline::Deadline;
 use crate::hooks::subscriptions::Forgotten;
 use crate::keap::{AccessCredential, KeapError};
 use crate::secrets::SecretsError;
@@ -107,6 +108,7 @@ pub async fn register_service_account_key(
 pub async fn remove_connection(
     service: &AuthorizationService,
     request: &RemoveConnection,
+    deadline: Deadline,
 ) -> Result<ConnectionRemoved, CommandError> {
     // Subscriptions first, while the connection still exists: keap-proxy needs its credential
     // to delete them at Keap (best-effort; a forgotten token's deliveries get 410 anyway). A
@@ -114,7 +116,7 @@ pub async fn remove_connection(
     let forgotten = match &service.hooks {
         // Only a store error comes back (Keap's refusals are listed, never fatal).
         Some(hooks) => hooks
-            .forget_all(&request.connection_id)
+            .forget_all(&request.connection_id, deadline)
             .await
             .map_err(super::from_hooks)?,
         None => Forgotten::default(),

@@ -10,6 +10,7 @@ use super::error::CommandError;
 use super::nonce;
 use crate::clock::now_epoch_secs;
 use crate::connection_id::ConnectionId;
+use crate::deadline::Deadline;
 use crate::token_store::PendingAuthorization;
 
 /// How long an authorize link works (docs/design.md, "Data model": state items live 10 minutes).
@@ -54,6 +55,17 @@ pub async fn start_authorization(
     service: &AuthorizationService,
     request: &StartAuthorization,
 ) -> Result<AuthorizationStarted, CommandError> {
+    let deadline = Deadline::after(service.config.function_timeout);
+    start_authorization_until(service, request, deadline).await
+}
+
+/// [`start_authorization`] working to `deadline` (the invocation's): a `replace_account`
+/// start's Keap deletes are skipped when they no longer fit.
+pub async fn start_authorization_until(
+    service: &AuthorizationService,
+    request: &StartAuthorization,
+    deadline: Deadline,
+) -> Result<AuthorizationStarted, CommandError> {
     let redirect_uri = service
         .config
         .redirect_uri()
@@ -70,7 +82,7 @@ pub async fn start_authorization(
     // Before the link exists: once it is followed, the connection speaks for another account,
     // and a subscription of the old one would publish that account's changes under this id.
     let hooks = if request.replace_account {
-        forget_hooks_of_the_old_account(service, &request.connection_id).await?
+        forget_hooks_of_the_old_account(service, &request.connection_id, deadline).await?
     } else {
         None
     };
@@ -86,7 +98,16 @@ pub async fn start_authorization(
             },
         )
         .await
-        .map_err(CommandError::from_store)?;
+        .map_err(|e| match &hooks {
+            Some(hooks) if !hooks.removed.is_empty() => {
+                CommandError::from_store(e).noting(&format!(
+                    "the old account's REST Hook subscriptions were removed already ({}): send \
+                     start_authorization again, then subscribe_hooks for them once it completes",
+                    hooks.removed.join(", ")
+                ))
+            }
+            _ => CommandError::from_store(e),
+        })?;
     let authorize_url = service
         .oauth
         .authorize_url(&credentials.client_id, redirect_uri, &state);
@@ -109,11 +130,15 @@ pub async fn start_authorization(
 async fn forget_hooks_of_the_old_account(
     service: &AuthorizationService,
     id: &ConnectionId,
+    deadline: Deadline,
 ) -> Result<Option<HooksForAnotherAccount>, CommandError> {
     let Some(hooks) = &service.hooks else {
         return Ok(None);
     };
-    let forgotten = hooks.forget_all(id).await.map_err(super::from_hooks)?;
+    let forgotten = hooks
+        .forget_all(id, deadline)
+        .await
+        .map_err(super::from_hooks)?;
     let next_step = if forgotten.event_keys.is_empty() {
         "the connection had no REST Hook subscriptions".to_owned()
     } else {
@@ -123,9 +148,11 @@ async fn forget_hooks_of_the_old_account(
             forgotten.event_keys.join(", ")
         )
     };
+    // Event keys are Keap's public names: logged, so they can be found again if the answer
+    // is lost.
     info!(
         connection_id = %id,
-        hooks_removed = forgotten.event_keys.len(),
+        hooks_removed = ?forgotten.event_keys,
         "replace_account: the old account's hook subscriptions removed"
     );
     Ok(Some(HooksForAnotherAccount {

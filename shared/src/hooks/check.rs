@@ -11,7 +11,7 @@
 //! forgets subscriptions whose connection is gone (one written a moment before a removal that
 //! the index did not show it): their deliveries get 410 from then on.
 
-use std::collections::HashMap;
+use std::collections::HashSet;
 use std::time::Duration;
 
 use serde::Serialize;
@@ -53,6 +53,9 @@ pub struct HookCheckSummary {
     pub not_started_deadline: usize,
     /// Hooks of checked connections left for the next run for lack of time.
     pub reverify_not_started_deadline: usize,
+    /// Subscriptions with a Keap key that Keap does not list (for their event, at their URL)
+    /// at the connection's account: no feed comes to them (metric `HooksNotFoundAtKeap`).
+    pub not_found_at_keap: usize,
     /// Subscriptions whose connection is gone (written a moment before its removal, missed by
     /// the index): forgotten, so their deliveries get 410 and Keap drops the hook.
     pub orphans_forgotten: usize,
@@ -106,7 +109,12 @@ impl HookCheck {
         let mut metrics = Metrics::new();
         metrics
             .put("HooksReverified", summary.reverified as f64, Unit::Count)
-            .put("HooksInactive", summary.still_inactive as f64, Unit::Count);
+            .put("HooksInactive", summary.still_inactive as f64, Unit::Count)
+            .put(
+                "HooksNotFoundAtKeap",
+                summary.not_found_at_keap as f64,
+                Unit::Count,
+            );
         info!(?summary, "hook check done");
         Ok((summary, metrics))
     }
@@ -140,6 +148,10 @@ impl HookCheck {
                         .and_then(Value::as_str)
                         .is_some_and(|url| hook.token_hash.is_of_url(url))
             }) else {
+                // Deleted at Keap, or created at the account the connection left: Keap sends this
+                // account's changes to no subscription of it. `subscribe_hooks` replaces it.
+                summary.not_found_at_keap += 1;
+                warn!(connection = %id, event_key = %hook.event_key, hook = %hook.token_hash.masked(), "Keap lists no hook for this subscription at the connection's account; send subscribe_hooks again");
                 continue;
             };
             summary.hooks_owned += 1;
@@ -192,29 +204,26 @@ impl HookCheck {
     /// `listed` only spares the reads). Keap cannot be asked to delete the hook: the
     /// connection's credential is gone with it.
     async fn forget_orphans(&self, listed: &[Connection]) -> Result<usize, StoreError> {
-        let mut exists: HashMap<String, bool> = listed
-            .iter()
-            .map(|connection| (connection.id.as_str().to_owned(), true))
-            .collect();
+        // Only "exists" is remembered: a connection removed and created again while the sweep
+        // runs must not lose its new subscriptions to an earlier "absent".
+        let listed: HashSet<&str> = listed.iter().map(|c| c.id.as_str()).collect();
+        let mut found: HashSet<String> = HashSet::new();
         let mut forgotten = 0;
         for (hash, connection) in self.store.every_hook_owner().await? {
-            let connection_exists = match exists.get(&connection) {
-                Some(known) => *known,
-                None => {
-                    let Ok(id) = ConnectionId::parse(&connection) else {
-                        warn!(hook = %hash.masked(), "a subscription names no valid connection id; left alone");
-                        continue;
-                    };
-                    let found = self.store.read_authorization(&id).await?.is_some();
-                    exists.insert(connection.clone(), found);
-                    found
-                }
-            };
-            if !connection_exists {
-                self.store.delete_hook(&hash).await?;
-                forgotten += 1;
-                warn!(connection = %connection, hook = %hash.masked(), "forgot a subscription of a removed connection; Keap drops its hook after a 410");
+            if listed.contains(connection.as_str()) || found.contains(&connection) {
+                continue;
             }
+            let Ok(id) = ConnectionId::parse(&connection) else {
+                warn!(hook = %hash.masked(), "a subscription names no valid connection id; left alone");
+                continue;
+            };
+            if self.store.read_authorization(&id).await?.is_some() {
+                found.insert(connection);
+                continue;
+            }
+            self.store.delete_hook(&hash).await?;
+            forgotten += 1;
+            warn!(connection = %connection, hook = %hash.masked(), "forgot a subscription of a removed connection; Keap drops its hook after a 410");
         }
         Ok(forgotten)
     }

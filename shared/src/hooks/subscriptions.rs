@@ -19,9 +19,10 @@ use crate::connection_id::ConnectionId;
 use crate::deadline::Deadline;
 use crate::token_store::{DynamoDbTokenStore, HookSubscription, HookToken, StoreError};
 
-/// A create is not started with less time left: one proxy call (its read timeout) and three
-/// item writes.
-const TIME_PER_CREATE: Duration = Duration::from_secs(PROXY_READ_TIMEOUT.as_secs() + 5);
+/// A proxy call (a create, a delete, the final listing) is not started with less time left:
+/// its read timeout and a few item writes.
+pub(super) const TIME_PER_PROXY_CALL: Duration =
+    Duration::from_secs(PROXY_READ_TIMEOUT.as_secs() + 5);
 /// An item without a Keap key younger than this may belong to a create still running (the
 /// operator's Timeout is 90 s): it is left alone.
 const CREATE_MAY_STILL_RUN_SECS: i64 = 120;
@@ -163,31 +164,35 @@ impl HookSubscriptions {
         event_keys.sort();
         event_keys.dedup();
         self.check_known_to_keap(id, &event_keys).await?;
-        let existing = self.store.hooks_of(id).await?;
-        let keyless: Vec<&HookSubscription> = existing
-            .iter()
-            .filter(|hook| hook.keap_hook_key.is_none() && event_keys.contains(&hook.event_key))
+        let existing: Vec<HookSubscription> = self
+            .store
+            .hooks_of(id)
+            .await?
+            .into_iter()
+            .filter(|hook| event_keys.contains(&hook.event_key))
             .collect();
-        let settled = self.settle_keyless(id, &keyless).await?;
+        let settled = self.settle(id, &existing).await?;
         let mut created = Vec::new();
         let mut not_started = Vec::new();
         for event_key in &event_keys {
-            let subscribed = settled.contains(event_key)
-                || existing
-                    .iter()
-                    .any(|hook| &hook.event_key == event_key && hook.keap_hook_key.is_some());
-            if subscribed {
+            if settled.contains(event_key) {
                 continue;
             }
             // Stopped here rather than cut off by Lambda mid-create (which leaves an item whose
             // Keap key was never noted); a second call finishes the rest.
-            if deadline.remaining() < TIME_PER_CREATE {
+            if deadline.remaining() < TIME_PER_PROXY_CALL {
                 not_started.push(event_key.clone());
                 continue;
             }
             created.push(self.create(id, event_key).await?);
         }
-        let mut listing = self.list(id).await?;
+        // Keap's statuses only while a proxy call still fits: an answer Lambda cuts off is lost
+        // although the work is done.
+        let mut listing = if deadline.remaining() < TIME_PER_PROXY_CALL {
+            self.listing(id, None).await?
+        } else {
+            self.list(id).await?
+        };
         for view in &mut listing.hooks {
             if event_keys.contains(&view.event_key) {
                 view.created = Some(created.contains(&view.token));
@@ -197,38 +202,51 @@ impl HookSubscriptions {
         Ok(listing)
     }
 
-    /// Items whose Keap key was never noted (Keap's answer lost, or the invocation ended
-    /// mid-create): adopted when Keap lists a hook with their URL, else — once no create can
-    /// still be running — forgotten, so the caller creates a fresh one instead of a second hook
-    /// beside a live one. Returns the event keys that are subscribed (or still being created).
-    async fn settle_keyless(
+    /// The event keys among `existing` that Keap serves at this account: an item counts only
+    /// when Keap lists a hook for its event at its token's URL (whose key it notes, if it was
+    /// never noted: Keap's answer lost, or the invocation ended mid-create). An item Keap does
+    /// not list — deleted at Keap, or created at the account the connection left — is
+    /// forgotten (its deliveries get 410), so the caller creates a fresh one instead of
+    /// answering "subscribed" for a feed that no longer comes; unless it is young enough to
+    /// belong to a create still running.
+    async fn settle(
         &self,
         id: &ConnectionId,
-        keyless: &[&HookSubscription],
+        existing: &[HookSubscription],
     ) -> Result<Vec<String>, HooksCommandError> {
-        if keyless.is_empty() {
+        if existing.is_empty() {
             return Ok(Vec::new());
         }
         let at_keap = self.keap_hooks(id).await?;
         let mut settled = Vec::new();
-        for hook in keyless {
-            let adopted = at_keap
+        for hook in existing {
+            let listed = at_keap
                 .iter()
                 .find(|k| k.event_key == hook.event_key && hook.token_hash.is_of_url(&k.hook_url));
-            if let Some(at_keap) = adopted {
-                if self
-                    .store
-                    .record_keap_hook_key(&hook.token_hash, &at_keap.key)
-                    .await?
-                {
-                    info!(connection = %id, event_key = %hook.event_key, hook = %hook.token_hash.masked(), "adopted Keap's hook for a subscription whose key was never noted");
+            match listed {
+                Some(listed) if hook.keap_hook_key.as_deref() == Some(listed.key.as_str()) => {
                     settled.push(hook.event_key.clone());
                 }
-            } else if now_epoch_secs() - hook.created_at < CREATE_MAY_STILL_RUN_SECS {
-                settled.push(hook.event_key.clone());
-            } else {
-                self.store.delete_hook(&hook.token_hash).await?;
-                info!(connection = %id, event_key = %hook.event_key, hook = %hook.token_hash.masked(), "forgot a subscription Keap never created");
+                Some(listed) => {
+                    if self
+                        .store
+                        .record_keap_hook_key(&hook.token_hash, &listed.key)
+                        .await?
+                    {
+                        info!(connection = %id, event_key = %hook.event_key, hook = %hook.token_hash.masked(), "adopted Keap's hook at the subscription's URL");
+                        settled.push(hook.event_key.clone());
+                    }
+                }
+                // No key yet: perhaps a create still running (Keap's answer on its way).
+                None if hook.keap_hook_key.is_none()
+                    && now_epoch_secs() - hook.created_at < CREATE_MAY_STILL_RUN_SECS =>
+                {
+                    settled.push(hook.event_key.clone());
+                }
+                None => {
+                    self.store.delete_hook(&hook.token_hash).await?;
+                    info!(connection = %id, event_key = %hook.event_key, hook = %hook.token_hash.masked(), "forgot a subscription Keap does not list at this account");
+                }
             }
         }
         Ok(settled)
@@ -253,8 +271,8 @@ impl HookSubscriptions {
             ));
         }
         // A removal that read the subscriptions before this item landed would miss it: once the
-        // item is written, the connection must still be there (else the removal's last look
-        // finds the item, or this does).
+        // item is written, the connection must still be there. A removal racing this very moment
+        // can still miss it in the (eventually consistent) index; `check_hooks` forgets it then.
         if self.store.read_authorization(id).await?.is_none() {
             self.store.delete_hook(&hash).await?;
             return Err(HooksCommandError::Validation(format!(
@@ -292,8 +310,19 @@ impl HookSubscriptions {
     }
 
     pub async fn list(&self, id: &ConnectionId) -> Result<HookListing, HooksCommandError> {
-        let ours = self.store.hooks_of(id).await?;
         let keap = self.keap_hooks(id).await?;
+        self.listing(id, Some(keap)).await
+    }
+
+    /// keapalive's subscriptions beside Keap's view of them; `None`: Keap was not asked (every
+    /// status `null`, `other_hooks_at_keap` 0).
+    async fn listing(
+        &self,
+        id: &ConnectionId,
+        keap: Option<Vec<KeapHook>>,
+    ) -> Result<HookListing, HooksCommandError> {
+        let ours = self.store.hooks_of(id).await?;
+        let keap = keap.unwrap_or_default();
         let other_hooks_at_keap = keap.iter().filter(|h| !self.is_ours(&h.hook_url)).count();
         let hooks = ours
             .into_iter()
@@ -343,14 +372,20 @@ impl HookSubscriptions {
     /// Every subscription of a connection being removed or moved to another Keap account: the
     /// items first (deliveries get 410 from then on), then Keap's hooks, best-effort, while the
     /// connection still reaches its account (keap-proxy needs its credential).
-    pub async fn forget_all(&self, id: &ConnectionId) -> Result<Forgotten, HooksCommandError> {
+    pub async fn forget_all(
+        &self,
+        id: &ConnectionId,
+        deadline: Deadline,
+    ) -> Result<Forgotten, HooksCommandError> {
         let hooks = self.store.hooks_of(id).await?;
         for hook in &hooks {
             self.store.delete_hook(&hook.token_hash).await?;
         }
+        // A Keap delete that no longer fits is listed as failed: its hook gets 410s and Keap
+        // drops it, and the caller still answers (with the keys to subscribe again).
         let mut keap_delete_failed = Vec::new();
         for hook in &hooks {
-            if !self.delete_at_keap(id, hook).await {
+            if deadline.remaining() < TIME_PER_PROXY_CALL || !self.delete_at_keap(id, hook).await {
                 keap_delete_failed.push(hook.event_key.clone());
             }
         }
@@ -434,26 +469,25 @@ impl HookSubscriptions {
                 answer.status
             )));
         }
-        Ok(answer
-            .body
-            .as_array()
-            .map(|hooks| {
-                hooks
-                    .iter()
-                    .filter_map(|hook| {
-                        Some(KeapHook {
-                            key: keap_key(hook)?,
-                            event_key: hook.get("eventKey")?.as_str()?.to_owned(),
-                            hook_url: hook.get("hookUrl")?.as_str()?.to_owned(),
-                            status: hook
-                                .get("status")
-                                .and_then(Value::as_str)
-                                .map(str::to_owned),
-                        })
-                    })
-                    .collect()
+        let Some(hooks) = answer.body.as_array() else {
+            return Err(HooksCommandError::Unavailable(
+                "Keap's answer to GET /v1/hooks is not a list of hooks".to_owned(),
+            ));
+        };
+        Ok(hooks
+            .iter()
+            .filter_map(|hook| {
+                Some(KeapHook {
+                    key: keap_key(hook)?,
+                    event_key: hook.get("eventKey")?.as_str()?.to_owned(),
+                    hook_url: hook.get("hookUrl")?.as_str()?.to_owned(),
+                    status: hook
+                        .get("status")
+                        .and_then(Value::as_str)
+                        .map(str::to_owned),
+                })
             })
-            .unwrap_or_default())
+            .collect())
     }
 }
 

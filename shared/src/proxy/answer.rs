@@ -6,10 +6,11 @@
 //! - Body: the parsed JSON (`json`), the UTF-8 text (`text`), base64 of bytes that are not
 //!   UTF-8 (`base64`), or `null` (`empty`).
 //! - In answers to REST Hooks paths (`/v1/hooks…`), the token segment of every URL under
-//!   keapalive's `/keap/hooks/` route is replaced by `sha256-<its SHA-256>`: those tokens are
-//!   the hook receiver's only authentication, and the proxy's caller does not need them; the
-//!   hash (what the subscription's item is keyed by) lets keapalive's operator and check tell
-//!   their own hooks.
+//!   keapalive's `/keap/hooks/` route is replaced: a token keapalive issues (256 random bits) by
+//!   `sha256-<its SHA-256>`, anything else by `***`. Those tokens are the hook receiver's only
+//!   authentication, and the proxy's caller does not need them; the hash (what the
+//!   subscription's item is keyed by) lets keapalive's operator and check tell their own hooks,
+//!   and cannot be reversed — unlike the hash of another integration's guessable secret.
 //! - Lambda refuses a response over 6 MB: an answer that would not fit is
 //!   [`ProxyError::ResponseTooLarge`], never a truncated body.
 
@@ -22,8 +23,10 @@ use serde_json::Value;
 
 use super::error::ProxyError;
 use crate::keap::{KeapAnswer, KeapPath};
-use crate::token_store::HookTokenHash;
+use crate::token_store::HookToken;
 
+/// What replaces a segment under the route that is not a token keapalive issued.
+pub const MASKED_SEGMENT: &str = "***";
 /// Lambda's limit on a synchronous invocation's response, in bytes ("6 MB", 6,291,456).
 pub const MAX_RESPONSE_BYTES: usize = 6 * 1024 * 1024;
 /// keapalive's REST Hooks receiver route; the segment after it is the hook's token.
@@ -128,7 +131,7 @@ fn decode_body(content_type: Option<&String>, body: Vec<u8>) -> (Value, BodyEnco
 }
 
 /// Every string in the body (a `hookUrl`, or a text body) with the segment after
-/// [`HOOK_ROUTE`] replaced by its hash ([`HookTokenHash::in_url`]).
+/// [`HOOK_ROUTE`] replaced (module docs).
 fn mask_hook_tokens(value: &mut Value) {
     match value {
         Value::String(text) if text.contains(HOOK_ROUTE) => *text = masked(text),
@@ -148,8 +151,11 @@ fn masked(text: &str) -> String {
             .find(|c: char| matches!(c, '/' | '?' | '#' | '"' | '\'' | '&') || c.is_whitespace())
             .unwrap_or(rest.len() - after);
         if token_len > 0 {
-            let token = &rest[after..after + token_len];
-            out.push_str(&HookTokenHash::of_segment(token).in_url());
+            let segment = &rest[after..after + token_len];
+            match HookToken::from_path_segment(segment) {
+                Some(token) => out.push_str(&token.hash().in_url()),
+                None => out.push_str(MASKED_SEGMENT),
+            }
         }
         rest = &rest[after + token_len..];
     }
@@ -286,47 +292,48 @@ mod tests {
 
     #[test]
     fn hook_tokens_are_masked_in_hooks_answers_only() {
-        let body = br#"[{"key":"7","eventKey":"contact.add","status":"Verified",
-            "hookUrl":"https://abc.execute-api.us-east-1.amazonaws.com/keap/hooks/T0K3N-secret?x=1"},
-            {"key":"8","hookUrl":"https://other.example/hooks/keep-me"},
-            {"key":"9","hookUrl":"https://abc.example/prod/keap/hooks/an0ther/"}]"#;
+        let token = HookToken::generate().unwrap();
+        let body = format!(
+            r#"[{{"key":"7","eventKey":"contact.add","status":"Verified",
+            "hookUrl":"https://abc.execute-api.us-east-1.amazonaws.com/keap/hooks/{}?x=1"}},
+            {{"key":"8","hookUrl":"https://other.example/hooks/keep-me"}},
+            {{"key":"9","hookUrl":"https://abc.example/prod/keap/hooks/an0ther/"}}]"#,
+            token.expose_secret()
+        );
         let shaped = ProxyAnswer::shape(
             &path("/v1/hooks"),
-            answer(200, &[("content-type", "application/json")], body),
+            answer(
+                200,
+                &[("content-type", "application/json")],
+                body.as_bytes(),
+            ),
         )
         .unwrap();
         let text = shaped.body.to_string();
-        assert!(!text.contains("T0K3N"), "{text}");
+        assert!(!text.contains(token.expose_secret()), "{text}");
         assert!(!text.contains("an0ther"), "{text}");
+        // keapalive's token: its hash, which tells the subscription and delivers nothing.
         assert_eq!(
             shaped.body[0]["hookUrl"],
             format!(
                 "https://abc.execute-api.us-east-1.amazonaws.com/keap/hooks/{}?x=1",
-                HookTokenHash::of_segment("T0K3N-secret").in_url()
+                token.hash().in_url()
             )
         );
         assert_eq!(
             shaped.body[1]["hookUrl"],
             "https://other.example/hooks/keep-me"
         );
+        // Anything else there (perhaps a guessable secret): no hash to brute-force.
         assert_eq!(
             shaped.body[2]["hookUrl"],
-            format!(
-                "https://abc.example/prod/keap/hooks/{}/",
-                HookTokenHash::of_segment("an0ther").in_url()
-            )
+            "https://abc.example/prod/keap/hooks/***/"
         );
 
         let single = br#"{"key":"7","hookUrl":"https://h.example/keap/hooks/T0K3N"}"#;
         let shaped =
             ProxyAnswer::shape(&path("/v1/hooks/7/verify"), answer(200, &[], single)).unwrap();
-        assert_eq!(
-            shaped.body["hookUrl"],
-            format!(
-                "https://h.example/keap/hooks/{}",
-                HookTokenHash::of_segment("T0K3N").in_url()
-            )
-        );
+        assert_eq!(shaped.body["hookUrl"], "https://h.example/keap/hooks/***");
 
         let shaped = ProxyAnswer::shape(&path("/v1/contacts/7"), answer(200, &[], single)).unwrap();
         assert_eq!(shaped.body["hookUrl"], "https://h.example/keap/hooks/T0K3N");

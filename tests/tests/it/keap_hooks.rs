@@ -755,8 +755,8 @@ async fn a_replace_account_start_removes_the_old_accounts_subscriptions() {
 }
 
 /// An item whose Keap key was never noted (Keap's answer lost) is adopted when Keap lists a hook
-/// at its URL — not subscribed a second time — and one Keap never created is replaced once no
-/// create can still be running.
+/// at its URL — not subscribed a second time —, one Keap never created is replaced once no
+/// create can still be running, and one whose hook Keap no longer lists is replaced.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_subscription_whose_keap_key_was_never_noted_is_adopted_not_duplicated() {
     let world = World::new().await;
@@ -802,6 +802,33 @@ async fn a_subscription_whose_keap_key_was_never_noted_is_adopted_not_duplicated
     assert!(edits[0].keap_hook_key.is_some());
     assert!(edits[0].token_hash != never_created);
     assert_eq!(world.fx.sandbox.hooks(APP).len(), 2);
+
+    // A subscription with a key that Keap no longer lists (deleted at Keap, or at the account
+    // the connection left): replaced, not answered as subscribed.
+    let status = world
+        .http
+        .delete(format!(
+            "{}/v1/hooks/{keap_key}",
+            world.fx.sandbox.api_base_url()
+        ))
+        .bearer_auth(&world.access_token)
+        .send()
+        .await
+        .unwrap()
+        .status();
+    assert!(status.is_success(), "{status}");
+    let replaced = world.subscribe_through_the_operator(&["contact.add"]).await;
+    assert_eq!(replaced["hooks"][0]["created"], true, "{replaced}");
+    assert_eq!(replaced["hooks"][0]["status"], "Verified", "{replaced}");
+    let adds: Vec<_> = world
+        .subscriptions()
+        .await
+        .into_iter()
+        .filter(|hook| hook.event_key == "contact.add")
+        .collect();
+    assert_eq!(adds.len(), 1, "{adds:?}");
+    assert_ne!(adds[0].keap_hook_key.as_deref(), Some(keap_key.as_str()));
+    assert_eq!(world.fx.sandbox.hooks(APP).len(), 2);
 }
 
 /// With less time left than a create can take, `subscribe_hooks` starts none and says which
@@ -836,33 +863,37 @@ async fn subscribe_hooks_stops_before_the_invocation_deadline() {
 async fn check_hooks_leaves_alone_a_hook_at_another_url_that_holds_the_items_key() {
     let world = World::new().await;
     world.subscribe_through_the_operator(&["contact.add"]).await;
-    let foreign_key = world
-        .create_foreign_hook(
-            json!({"eventKey": "contact.add", "hookUrl": "https://other.example/hook"}),
-        )
-        .await;
-    assert!(
-        world
-            .fx
-            .sandbox
-            .set_hook_status(&foreign_key, HookStatus::Inactive)
-    );
+    let our_url = world.fx.sandbox.hooks(APP)[0].hook_url.clone();
     let ours = world.subscriptions().await.remove(0);
-    world
-        .set_keap_hook_key(ours.token_hash.as_str(), Some(&foreign_key))
-        .await;
-
     let (refresher, _process) = world.start_refresher().await;
-    let summary = refresher
-        .invoke(json!({"check_hooks": true}), Duration::from_secs(300))
-        .await
-        .unwrap();
-    assert_eq!(summary["connections_checked"], 1, "{summary}");
-    assert_eq!(summary["hooks_owned"], 0, "{summary}");
-    assert_eq!(summary["reverified"], 0, "{summary}");
-    let at_keap = world.fx.sandbox.hooks(APP);
-    let foreign = at_keap.iter().find(|h| h.key == foreign_key).unwrap();
-    assert_eq!(foreign.status, HookStatus::Inactive);
+    // Another URL with the item's event; the item's URL with another event.
+    for foreign in [
+        json!({"eventKey": "contact.add", "hookUrl": "https://other.example/hook"}),
+        json!({"eventKey": "contact.edit", "hookUrl": our_url}),
+    ] {
+        let foreign_key = world.create_foreign_hook(foreign.clone()).await;
+        assert!(
+            world
+                .fx
+                .sandbox
+                .set_hook_status(&foreign_key, HookStatus::Inactive)
+        );
+        world
+            .set_keap_hook_key(ours.token_hash.as_str(), Some(&foreign_key))
+            .await;
+
+        let summary = refresher
+            .invoke(json!({"check_hooks": true}), Duration::from_secs(300))
+            .await
+            .unwrap();
+        assert_eq!(summary["connections_checked"], 1, "{foreign}: {summary}");
+        assert_eq!(summary["hooks_owned"], 0, "{foreign}: {summary}");
+        assert_eq!(summary["not_found_at_keap"], 1, "{foreign}: {summary}");
+        assert_eq!(summary["reverified"], 0, "{foreign}: {summary}");
+        let at_keap = world.fx.sandbox.hooks(APP);
+        let foreign_hook = at_keap.iter().find(|h| h.key == foreign_key).unwrap();
+        assert_eq!(foreign_hook.status, HookStatus::Inactive, "{foreign}");
+    }
 }
 
 /// A subscription whose connection is gone (written a moment before the removal, missed by the
