@@ -347,13 +347,13 @@ impl Report {
         let _ = writeln!(
             out,
             "\n3. Requests per operation — Keap counted at the sandbox, AWS at the emulator \
-             (scoped to the function's table and secret); floor K=Keap R/W=DynamoDB reads/writes \
-             S=Secrets Manager"
+             (scoped to the function's table, secret and bus); floor K=Keap R/W=DynamoDB \
+             reads/writes S=Secrets Manager E=EventBridge PutEvents"
         );
         let _ = writeln!(
             out,
-            "{:<38} {:>5} {:<34} {:>3} {:<20} {:<4} {:>7}  notes",
-            "operation", "Keap", "DynamoDB", "SM", "floor", "ok", "samples"
+            "{:<38} {:>5} {:<34} {:>3} {:>5} {:<26} {:<4} {:>7}  notes",
+            "operation", "Keap", "DynamoDB", "SM", "EB", "floor", "ok", "samples"
         );
         for op in &self.operations {
             let ok = if op.violations().is_empty() {
@@ -363,11 +363,12 @@ impl Report {
             };
             let _ = writeln!(
                 out,
-                "{:<38} {:>5} {:<34} {:>3} {:<20} {:<4} {:>7}  {}",
+                "{:<38} {:>5} {:<34} {:>3} {:>5} {:<26} {:<4} {:>7}  {}",
                 op.operation,
                 op.measured.keap,
                 op.measured.dynamodb_summary(),
                 op.measured.secrets,
+                op.measured.put_events,
                 op.floor.describe(),
                 ok,
                 op.samples,

@@ -50,6 +50,7 @@ pub const REFRESH_COLD: Floor = Floor {
     dynamodb_reads: 3,
     dynamodb_writes: 3,
     secrets: 1,
+    put_events: 0,
 };
 pub const REFRESH_WARM: Floor = Floor {
     secrets: 0,
@@ -65,6 +66,7 @@ pub const CALLBACK_COLD: Floor = Floor {
     dynamodb_reads: 2,
     dynamodb_writes: 3,
     secrets: 1,
+    put_events: 0,
 };
 pub const CALLBACK_WARM: Floor = Floor {
     secrets: 0,
@@ -76,6 +78,7 @@ pub const UPSERT_COLD: Floor = Floor {
     dynamodb_reads: 1,
     dynamodb_writes: 0,
     secrets: 0,
+    put_events: 0,
 };
 /// The default `KEAPALIVE_CONNECTION_RECHECK_SECS`, which the bench's containers run with.
 const CONNECTION_RECHECK_SECS: u64 = 60;
@@ -85,6 +88,7 @@ pub const UPSERT_WARM: Floor = Floor {
     dynamodb_reads: 0,
     dynamodb_writes: 0,
     secrets: 0,
+    put_events: 0,
 };
 /// access-token hands out the stored token: cold, one connection read; warm, nothing at all.
 pub const ACCESS_TOKEN_COLD: Floor = Floor {
@@ -315,6 +319,7 @@ fn warm_loop_count(
         measured: Measured {
             dynamodb: looped.aws.dynamodb.clone(),
             secrets: looped.aws.secrets,
+            put_events: looped.aws.put_events,
             ..looped.worst_keap.clone()
         },
         floor: Floor {

@@ -127,6 +127,8 @@ impl World {
         self.fixture(subject).map(|fixture| AwsScope {
             table: fixture.table.clone(),
             secret_id: fixture.secret_id.clone(),
+            // No function here is given a bus yet.
+            event_bus: None,
         })
     }
 
