@@ -1,5 +1,6 @@
 //! Warm containers: what each operation costs once the container has its clients, cached
-//! credential, secret and tag ids; and the overhead of a warm upsert over 1,000+ invocations.
+//! credential, secret and tag ids; the overhead of a warm upsert over 1,000+ invocations; and
+//! keap-hooks' answer time, which Keap waits for.
 
 use std::time::{Duration, Instant};
 
@@ -102,6 +103,16 @@ pub const ACCESS_TOKEN_WARM: Floor = Floor {
 /// keap-proxy sends the caller's one request; cold, it reads the connection once.
 pub const PROXY_COLD: Floor = UPSERT_COLD;
 pub const PROXY_WARM: Floor = UPSERT_WARM;
+/// keap-hooks, cold or warm alike: a consistent read of the hook item on every delivery (no
+/// cache: a removed subscription must get its 410 at once) and one `PutEvents` (a delivery of
+/// 3 objects is one entry). It never calls Keap and reads no secret.
+pub const HOOK_DELIVERY: Floor = Floor {
+    keap: 0,
+    dynamodb_reads: 1,
+    dynamodb_writes: 0,
+    secrets: 0,
+    put_events: 1,
+};
 
 /// Starts a container, does the operation once (cold), then measures it a second time.
 async fn second_operation(world: &World, subject: Subject) -> Result<Measured, String> {
@@ -392,6 +403,60 @@ pub async fn proxy(world: &World, invocations: usize) -> Result<UpsertResults, S
             PROXY_WARM,
             invocations,
         )],
+        overhead: looped.overhead,
+    })
+}
+
+/// keap-hooks warm: `invocations` deliveries of the same `contact.add` (Keap retrying one, as
+/// far as keap-hooks can tell) interleaved with hello-world. Each invocation's time is what
+/// Keap waits for: the consistent `GetItem` and the `PutEvents` against moto included.
+pub async fn hooks(world: &World, invocations: usize) -> Result<UpsertResults, String> {
+    let path = binaries::locate(binaries::HOOKS)?;
+    let hello_path = binaries::locate(binaries::HELLO)?;
+    let receiver = Container::start(&path, &world.env(Subject::Hooks, &[])).await?;
+    let hello = Container::start(&hello_path, &world.env(Subject::Hello, &[])).await?;
+    // Cold: builds the AWS connector; warm from here on.
+    let first = world.prepare(Subject::Hooks, "hooks-warm").await?;
+    let (answer, _) = receiver.invoke(first, INVOKE_DEADLINE).await?;
+    world.check(Subject::Hooks, &answer)?;
+    let delivery = world.prepare(Subject::Hooks, "hooks-loop").await?;
+    let looped = overhead_loop(
+        world,
+        Subject::Hooks,
+        &receiver,
+        &hello,
+        invocations,
+        |_| delivery.clone(),
+    )
+    .await?;
+    receiver.stop().await;
+    hello.stop().await;
+    let n = invocations as u64;
+    let count = OperationCount {
+        operation: "warm hook delivery".to_owned(),
+        measured_through: binaries::HOOKS.to_owned(),
+        samples: invocations,
+        measured: Measured {
+            dynamodb: looped.aws.dynamodb.clone(),
+            secrets: looped.aws.secrets,
+            put_events: looped.aws.put_events,
+            ..looped.worst_keap.clone()
+        },
+        // Totals over the loop against the per-delivery floor times the deliveries: every
+        // delivery was answered 200, which takes at least its read and its PutEvents, so a
+        // total within the floor means each one kept it.
+        floor: Floor {
+            dynamodb_reads: n * HOOK_DELIVERY.dynamodb_reads,
+            put_events: n * HOOK_DELIVERY.put_events,
+            ..HOOK_DELIVERY
+        },
+        note: format!(
+            "Keap: most in any of {invocations} deliveries; AWS: total over all of them \
+             (1 consistent GetItem + 1 PutEvents each)"
+        ),
+    };
+    Ok(UpsertResults {
+        operations: vec![count],
         overhead: looped.overhead,
     })
 }
