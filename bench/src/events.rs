@@ -81,7 +81,7 @@ pub fn callback(raw_query: &str) -> Value {
 }
 
 /// The objects in the bench's one Keap delivery: a `contact.add` of three new contacts.
-const HOOK_DELIVERY_OBJECTS: [i64; 3] = [5_101, 5_102, 5_103];
+pub const HOOK_DELIVERY_OBJECTS: [i64; 3] = [5_101, 5_102, 5_103];
 
 /// API Gateway HTTP API (payload 2.0): Keap POSTs one REST Hook delivery to
 /// `POST /keap/hooks/{token}`, the body as Keap sends it (an `apiUrl` per object, which

@@ -426,7 +426,8 @@ impl Report {
             out,
             "\n4d. Warm keap-hooks answer — {} warm deliveries (contact.add, 3 objects) \
              interleaved with {} hello-world invocations through the runtime API host, in ms; \
-             each a consistent GetItem and a PutEvents against moto, no Keap request",
+             each a consistent GetItem and a PutEvents against moto (a consumer rule routes it to \
+             an SQS queue, emptied between deliveries), no Keap request",
             o.invocations, o.invocations
         );
         let _ = writeln!(

@@ -121,12 +121,14 @@ async fn second_operation(world: &World, subject: Subject) -> Result<Measured, S
     let first = world.prepare(subject, "warm-first").await?;
     let (answer, _) = container.invoke(first, INVOKE_DEADLINE).await?;
     world.check(subject, &answer)?;
+    world.consume(subject).await?;
 
     let second = world.prepare(subject, "warm-second").await?;
     let before = world.snapshot(subject).await;
     let (answer, _) = container.invoke(second, INVOKE_DEADLINE).await?;
     let after = world.snapshot(subject).await;
     world.check(subject, &answer)?;
+    world.consume(subject).await?;
     container.stop().await;
     let fixture = world
         .fixture(subject)
@@ -276,6 +278,8 @@ async fn overhead_loop(
         sandbox.clear_requests();
         let (answer, took) = container.invoke(event(i), INVOKE_DEADLINE).await?;
         world.check(subject, &answer)?;
+        // Outside the timed invocation, like the sandbox's log below.
+        world.consume(subject).await?;
         let requests = sandbox.requests();
         let handling: Duration = requests.iter().map(|r| r.handling).sum();
         if requests.len() as u64 > worst_keap.keap {
@@ -419,6 +423,7 @@ pub async fn hooks(world: &World, invocations: usize) -> Result<UpsertResults, S
     let first = world.prepare(Subject::Hooks, "hooks-warm").await?;
     let (answer, _) = receiver.invoke(first, INVOKE_DEADLINE).await?;
     world.check(Subject::Hooks, &answer)?;
+    world.consume(Subject::Hooks).await?;
     let delivery = world.prepare(Subject::Hooks, "hooks-loop").await?;
     let looped = overhead_loop(
         world,

@@ -5,7 +5,7 @@ use keapalive::authorization::{StartAuthorization, start_authorization};
 use keapalive::clock::now_epoch_secs;
 use keapalive::token_store::HookToken;
 use keapalive::wiring::Clients;
-use keapalive_tests::aws::create_event_bus_with_rule;
+use keapalive_tests::aws::{create_event_bus_with_rule, received_events};
 use keapalive_tests::emulator::Emulator;
 use keapalive_tests::fixture::{Fixture, connection_id};
 use serde_json::Value;
@@ -21,7 +21,8 @@ pub const TAGS: [&str; 2] = ["bench-newsletter", "bench-customer"];
 /// The Keap event keap-hooks' one subscription is for.
 const HOOK_EVENT_KEY: &str = "contact.add";
 /// A consumer's rule on the hooks' bus, to a queue (docs/events.md, "Keap changes": "attach your
-/// own rule"), so each `PutEvents` is matched and routed, not just accepted.
+/// own rule"), so each `PutEvents` is matched and routed, not just accepted, and the bench can
+/// see what a consumer gets.
 const HOOK_CONSUMER_PATTERN: &str =
     r#"{"source": ["keapalive"], "detail-type": [{"prefix": "keap."}]}"#;
 
@@ -82,6 +83,8 @@ pub struct World {
     pub hooks: Fixture,
     /// The bus keap-hooks publishes to (`KEAPALIVE_EVENT_BUS`).
     hook_bus: String,
+    /// The consumer rule's queue ([`World::consume`] reads it).
+    hook_queue: String,
     /// The subscription's URL token, whose hash the hook item holds.
     hook_token: HookToken,
     /// Starts authorizations for the callback (the operator's step, not measured).
@@ -113,7 +116,7 @@ impl World {
             .build()
             .map_err(|e| format!("cannot build an HTTP client: {e}"))?;
         let hooks = Fixture::new().await;
-        let (hook_bus, _consumer_queue) =
+        let (hook_bus, hook_queue) =
             create_event_bus_with_rule(&hooks.sdk, HOOK_CONSUMER_PATTERN).await;
         let hook_token = subscribe_hook(&hooks).await?;
         Ok(Self {
@@ -123,6 +126,7 @@ impl World {
             callback,
             hooks,
             hook_bus,
+            hook_queue,
             hook_token,
             operator,
             browser,
@@ -259,6 +263,37 @@ impl World {
                 subject.binary(),
                 subject.operation(),
                 summarize(answer)
+            ))
+        }
+    }
+
+    /// After an invocation that [`World::check`] accepted: what a consumer gets from it, checked
+    /// and taken. For keap-hooks, the consumer's queue must hold exactly the delivery's event
+    /// (`keap.contact.add` with its three objects). Taking it also keeps the queue empty, which
+    /// the timings need: moto routes a `PutEvents` to the rule's queue inside the request, and
+    /// its SQS gets slower as a queue grows (≈ 11 → 18 ms per `PutEvents` over 300 unread
+    /// messages), so a queue left to fill would drift the answer times over a loop.
+    pub async fn consume(&self, subject: Subject) -> Result<(), String> {
+        if subject != Subject::Hooks {
+            return Ok(());
+        }
+        let events = received_events(&self.hooks.sdk, &self.hook_queue).await;
+        let [event] = events.as_slice() else {
+            return Err(format!(
+                "keap-hooks answered 200, but the consumer's queue got {} events, not 1: {events:?}",
+                events.len()
+            ));
+        };
+        let mut ids: Vec<i64> = event["detail"]["object_keys"]
+            .as_array()
+            .map(|keys| keys.iter().filter_map(|key| key["id"].as_i64()).collect())
+            .unwrap_or_default();
+        ids.sort_unstable();
+        if event["detail-type"] == "keap.contact.add" && ids == events::HOOK_DELIVERY_OBJECTS {
+            Ok(())
+        } else {
+            Err(format!(
+                "keap-hooks published an event that is not the delivery's: {event}"
             ))
         }
     }
