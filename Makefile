@@ -126,12 +126,12 @@ STATUS_ARGS ?=
 status:
 	@$(CARGO) run --quiet --locked -p keapalive-admin -- status $(STATUS_ARGS)
 
-# Benchmarks (bench/, docs/performance.md): one release build of the three functions, the
+# Benchmarks (bench/, docs/performance.md): one release build of the functions, the
 # hello-world baseline and the bench, then one table, also written to bench-results.json.
 # The bench runs the binaries next to itself; `BENCH_ARGS=--quick` for a smoke run.
 BENCH_ARGS ?=
 .PHONY: bench
 bench: venv
 	@echo "==> building release binaries (LTO, one codegen unit: ~10 min cold on 2 cores)…"
-	@$(CARGO) build --release --bins --locked -p oauth-callback -p token-refresher -p contact-upsert -p keap-proxy -p access-token -p keapalive-bench
+	@$(CARGO) build --release --bins --locked -p oauth-callback -p token-refresher -p contact-upsert -p keap-proxy -p access-token -p keap-hooks -p keapalive-bench
 	@"$${CARGO_TARGET_DIR:-target}/release/keapalive-bench" $(BENCH_ARGS)

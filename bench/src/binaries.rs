@@ -13,6 +13,7 @@ pub const UPSERT: &str = "contact-upsert";
 pub const CALLBACK: &str = "oauth-callback";
 pub const PROXY: &str = "keap-proxy";
 pub const ACCESS_TOKEN: &str = "access-token";
+pub const HOOKS: &str = "keap-hooks";
 
 pub fn locate(name: &str) -> Result<PathBuf, String> {
     let exe = std::env::current_exe().map_err(|e| format!("cannot find the bench's path: {e}"))?;
@@ -24,7 +25,7 @@ pub fn locate(name: &str) -> Result<PathBuf, String> {
         Ok(path)
     } else {
         Err(format!(
-            "{} is missing: build it with the bench (`make bench` runs `cargo build --release --bins -p oauth-callback -p token-refresher -p contact-upsert -p keap-proxy -p access-token -p keapalive-bench`)",
+            "{} is missing: build it with the bench (`make bench` runs `cargo build --release --bins -p oauth-callback -p token-refresher -p contact-upsert -p keap-proxy -p access-token -p keap-hooks -p keapalive-bench`)",
             path.display()
         ))
     }

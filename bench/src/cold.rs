@@ -134,6 +134,7 @@ pub async fn measure(
             let output = container.output_tail();
             container.stop().await;
             checked.map_err(|e| format!("{e}\nits output:\n{output}"))?;
+            world.consume(subject).await?;
             let peak_rss = peak_rss?;
 
             let after = world.snapshot(subject).await;

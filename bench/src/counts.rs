@@ -1,5 +1,6 @@
 //! Requests per operation: Keap's at the sandbox's request log, AWS's at the emulator's
-//! counter scoped to one table and one secret, and the floors they must not exceed.
+//! counter scoped to one table and one secret (and EventBridge's at its request log, scoped to
+//! one bus), and the floors they must not exceed.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -28,21 +29,41 @@ const WRITES: &[&str] = &[
 pub struct AwsScope {
     pub table: String,
     pub secret_id: String,
+    /// The EventBridge bus the function publishes to, if it has one.
+    pub event_bus: Option<String>,
 }
 
 #[derive(Debug, Clone, Default)]
 pub struct AwsSnapshot {
     table: HashMap<String, u64>,
     secret: HashMap<String, u64>,
+    put_events: u64,
 }
 
 impl AwsSnapshot {
     pub async fn take(emulator: &Emulator, scope: &AwsScope) -> Self {
+        let put_events = match &scope.event_bus {
+            Some(bus) => put_events_to(emulator, bus).await,
+            None => 0,
+        };
         Self {
             table: emulator.request_counts_for(&scope.table).await,
             secret: emulator.request_counts_for(&scope.secret_id).await,
+            put_events,
         }
     }
+}
+
+/// `PutEvents` requests to `bus` so far. The emulator's per-resource counter keys on a
+/// request's top-level name (`TableName`, `SecretId`, ...), and a `PutEvents` names its bus
+/// only inside each entry, so these are counted in the request log, which records the bus.
+async fn put_events_to(emulator: &Emulator, bus: &str) -> u64 {
+    emulator
+        .request_log()
+        .await
+        .iter()
+        .filter(|request| request["action"] == "PutEvents" && request["bus"].as_str() == Some(bus))
+        .count() as u64
 }
 
 /// What one operation cost.
@@ -54,6 +75,8 @@ pub struct Measured {
     /// DynamoDB operation name → requests.
     pub dynamodb: BTreeMap<String, u64>,
     pub secrets: u64,
+    /// EventBridge `PutEvents` requests.
+    pub put_events: u64,
 }
 
 impl Measured {
@@ -75,6 +98,7 @@ impl Measured {
             keap_requests,
             dynamodb,
             secrets: difference(&before.secret, &after.secret).values().sum(),
+            put_events: after.put_events.saturating_sub(before.put_events),
         }
     }
 
@@ -116,6 +140,7 @@ impl Measured {
             keap_requests,
             dynamodb,
             secrets: self.secrets.max(other.secrets),
+            put_events: self.put_events.max(other.put_events),
         }
     }
 
@@ -152,13 +177,15 @@ pub struct Floor {
     pub dynamodb_reads: u64,
     pub dynamodb_writes: u64,
     pub secrets: u64,
+    /// EventBridge `PutEvents` requests (counted only for a function given a bus).
+    pub put_events: u64,
 }
 
 impl Floor {
     pub fn describe(&self) -> String {
         format!(
-            "K{} R{} W{} S{}",
-            self.keap, self.dynamodb_reads, self.dynamodb_writes, self.secrets
+            "K{} R{} W{} S{} E{}",
+            self.keap, self.dynamodb_reads, self.dynamodb_writes, self.secrets, self.put_events
         )
     }
 }
@@ -190,6 +217,7 @@ impl OperationCount {
         check("DynamoDB writes", m.dynamodb_writes(), f.dynamodb_writes);
         check("DynamoDB other requests", m.dynamodb_other(), 0);
         check("Secrets Manager requests", m.secrets, f.secrets);
+        check("EventBridge PutEvents requests", m.put_events, f.put_events);
         over
     }
 }

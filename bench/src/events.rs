@@ -79,3 +79,60 @@ pub fn callback(raw_query: &str) -> Value {
         "isBase64Encoded": false
     })
 }
+
+/// The objects in the bench's one Keap delivery: a `contact.add` of three new contacts.
+pub const HOOK_DELIVERY_OBJECTS: [i64; 3] = [5_101, 5_102, 5_103];
+
+/// API Gateway HTTP API (payload 2.0): Keap POSTs one REST Hook delivery to
+/// `POST /keap/hooks/{token}`, the body as Keap sends it (an `apiUrl` per object, which
+/// keap-hooks drops).
+pub fn hook_delivery(token: &str) -> Value {
+    let object_keys: Vec<Value> = HOOK_DELIVERY_OBJECTS
+        .iter()
+        .map(|id| {
+            json!({
+                "apiUrl": format!("https://api.infusionsoft.com/crm/rest/v1/contacts/{id}"),
+                "id": id,
+                "timestamp": "2026-11-23T12:00:00.000Z"
+            })
+        })
+        .collect();
+    let body = json!({
+        "event_key": "contact.add",
+        "object_type": "contact",
+        "object_keys": object_keys
+    });
+    let path = format!("/keap/hooks/{token}");
+    json!({
+        "version": "2.0",
+        "routeKey": "POST /keap/hooks/{token}",
+        "rawPath": path,
+        "rawQueryString": "",
+        "headers": {
+            "host": "keapalive.test",
+            "user-agent": "keapalive-bench (a Keap REST Hook delivery)",
+            "content-type": "application/json"
+        },
+        "pathParameters": { "token": token },
+        "requestContext": {
+            "accountId": "123456789012",
+            "apiId": "bench",
+            "domainName": "keapalive.test",
+            "domainPrefix": "keapalive",
+            "http": {
+                "method": "POST",
+                "path": path,
+                "protocol": "HTTP/1.1",
+                "sourceIp": "127.0.0.1",
+                "userAgent": "keapalive-bench (a Keap REST Hook delivery)"
+            },
+            "requestId": "bench-request",
+            "routeKey": "POST /keap/hooks/{token}",
+            "stage": "$default",
+            "time": "23/Nov/2026:12:00:00 +0000",
+            "timeEpoch": 1_795_435_200_000u64
+        },
+        "body": body.to_string(),
+        "isBase64Encoded": false
+    })
+}

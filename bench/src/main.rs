@@ -109,6 +109,11 @@ async fn run(options: &Options) -> Result<Report, String> {
                 warm::CALLBACK_COLD,
                 "state consume + code exchange + pair write + state retired + projected read-back + secret read",
             ),
+            binaries::HOOKS => (
+                "cold hook delivery",
+                warm::HOOK_DELIVERY,
+                "first invocation: consistent read of the hook item + 1 PutEvents, no Keap request",
+            ),
             _ => continue,
         };
         operations.push(counts::OperationCount {
@@ -142,6 +147,12 @@ async fn run(options: &Options) -> Result<Report, String> {
     );
     let vending = warm::access_token(&world, options.warm_invocations).await?;
     operations.extend(vending.operations);
+    eprintln!(
+        "==> warm keap-hooks answer: {} deliveries interleaved with as many hello-lambda invocations",
+        options.warm_invocations
+    );
+    let hooks = warm::hooks(&world, options.warm_invocations).await?;
+    operations.extend(hooks.operations);
     // By function (a stable sort keeps cold before warm), for a table that reads top to bottom.
     operations.sort_by_key(|op| function_group(&op.operation));
     drop(world);
@@ -174,6 +185,7 @@ async fn run(options: &Options) -> Result<Report, String> {
         overhead: upsert.overhead,
         proxy_overhead: proxy.overhead,
         access_token_latency: vending.overhead,
+        hooks_answer: hooks.overhead,
         throughput,
         targets: Vec::new(),
         floor_violations: Vec::new(),
@@ -189,6 +201,8 @@ fn function_group(operation: &str) -> u8 {
         1
     } else if operation.contains("refresh") {
         2
+    } else if operation.contains("hook") {
+        4
     } else {
         3
     }

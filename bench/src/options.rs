@@ -7,8 +7,8 @@ pub const USAGE: &str = "usage: keapalive-bench [--quick] [--rounds N] [--warm N
 [--connections N[,N...]] [--concurrency L] [--rate R] [--json PATH]
 
   --quick          smoke run: 3 cold rounds, 100 warm invocations, 50 connections
-  --rounds N       measured cold-start rounds per function (default 20: keap-proxy's cold init is judged on medians of at least 20 interleaved runs)
-  --warm N         warm upserts (and hello-world invocations) for the overhead (default 1000)
+  --rounds N       measured cold-start rounds per function (default 20: keap-proxy's and keap-hooks' cold init are judged on medians of at least 20 interleaved runs)
+  --warm N         warm invocations (and as many hello-world ones) per warm loop: upsert, proxy, access-token, keap-hooks (default 1000)
   --connections    refresher throughput runs (default 1000,10000)
   --concurrency L  refresher concurrency (default 8, KEAPALIVE_REFRESH_CONCURRENCY's default)
   --rate R         Keap requests per second (default 25: Keap's 1,500 a minute per client id)

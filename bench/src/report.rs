@@ -25,6 +25,10 @@ pub const TARGET_OVERHEAD_MS: f64 = 1.0;
 pub const TARGET_PROXY_INIT_RATIO: f64 = 1.1;
 pub const ACCEPT_PROXY_INIT_RATIO: f64 = 1.3;
 pub const TARGET_THROUGHPUT_RATIO: f64 = 1.2;
+/// keap-hooks (issue 25): a warm answer's p99, `PutEvents` included, and its cold init against
+/// contact-upsert's (medians of at least 20 interleaved runs).
+pub const TARGET_HOOKS_ANSWER_P99_MS: f64 = 1_000.0;
+pub const TARGET_HOOKS_INIT_RATIO: f64 = 1.1;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Target {
@@ -67,6 +71,8 @@ pub struct Report {
     pub proxy_overhead: Overhead,
     /// access-token warm: no Keap request, so its invocation time is its latency.
     pub access_token_latency: Overhead,
+    /// keap-hooks warm: no Keap request, so its invocation time is the answer Keap waits for.
+    pub hooks_answer: Overhead,
     pub throughput: Vec<ThroughputRun>,
     pub targets: Vec<Target>,
     pub floor_violations: Vec<String>,
@@ -173,6 +179,29 @@ impl Report {
                 2,
             ));
         }
+        targets.push(Target::at_most(
+            "keap-hooks cold init, ratio to contact-upsert's (goal)".to_owned(),
+            TARGET_HOOKS_INIT_RATIO,
+            ratio(
+                init_of(crate::binaries::HOOKS),
+                init_of(crate::binaries::UPSERT),
+            ),
+            "×",
+            2,
+        ));
+        let answer = &self.hooks_answer.upsert_ms;
+        let mut hooks_answer = Target::at_most(
+            "keap-hooks warm answer p99, PutEvents included".to_owned(),
+            TARGET_HOOKS_ANSWER_P99_MS,
+            answer.p99,
+            " ms",
+            2,
+        );
+        hooks_answer.measured = format!(
+            "{} (p50 {:.2} ms, max {:.2} ms)",
+            hooks_answer.measured, answer.median, answer.max
+        );
+        targets.push(hooks_answer);
         for run in &self.throughput {
             let mut target = Target::at_most(
                 format!(
@@ -347,13 +376,13 @@ impl Report {
         let _ = writeln!(
             out,
             "\n3. Requests per operation — Keap counted at the sandbox, AWS at the emulator \
-             (scoped to the function's table and secret); floor K=Keap R/W=DynamoDB reads/writes \
-             S=Secrets Manager"
+             (scoped to the function's table, secret and bus); floor K=Keap R/W=DynamoDB \
+             reads/writes S=Secrets Manager E=EventBridge PutEvents"
         );
         let _ = writeln!(
             out,
-            "{:<38} {:>5} {:<34} {:>3} {:<20} {:<4} {:>7}  notes",
-            "operation", "Keap", "DynamoDB", "SM", "floor", "ok", "samples"
+            "{:<38} {:>5} {:<34} {:>3} {:>5} {:<26} {:<4} {:>7}  notes",
+            "operation", "Keap", "DynamoDB", "SM", "EB", "floor", "ok", "samples"
         );
         for op in &self.operations {
             let ok = if op.violations().is_empty() {
@@ -363,11 +392,12 @@ impl Report {
             };
             let _ = writeln!(
                 out,
-                "{:<38} {:>5} {:<34} {:>3} {:<20} {:<4} {:>7}  {}",
+                "{:<38} {:>5} {:<34} {:>3} {:>5} {:<26} {:<4} {:>7}  {}",
                 op.operation,
                 op.measured.keap,
                 op.measured.dynamodb_summary(),
                 op.measured.secrets,
+                op.measured.put_events,
                 op.floor.describe(),
                 ok,
                 op.samples,
@@ -386,6 +416,41 @@ impl Report {
             "(none: a cached token)",
             &self.access_token_latency,
         );
+        self.hooks_answer_table(out);
+    }
+
+    /// keap-hooks' answer has a tail target, so its table shows the tail.
+    fn hooks_answer_table(&self, out: &mut String) {
+        let o = &self.hooks_answer;
+        let _ = writeln!(
+            out,
+            "\n4d. Warm keap-hooks answer — {} warm deliveries (contact.add, 3 objects) \
+             interleaved with {} hello-world invocations through the runtime API host, in ms; \
+             each a consistent GetItem and a PutEvents against moto (a consumer rule routes it to \
+             an SQS queue, emptied between deliveries), no Keap request",
+            o.invocations, o.invocations
+        );
+        let _ = writeln!(
+            out,
+            "{:<48} {:>8} {:>8} {:>8} {:>8} {:>8}",
+            "", "p10", "p50", "p90", "p99", "max"
+        );
+        for (label, s) in [
+            (
+                "keap-hooks answer (host queues → host gets it)",
+                &o.upsert_ms,
+            ),
+            (
+                "hello-world invocation (runtime API round trip)",
+                &o.hello_ms,
+            ),
+        ] {
+            let _ = writeln!(
+                out,
+                "{label:<48} {:>8.3} {:>8.3} {:>8.3} {:>8.3} {:>8.3}",
+                s.p10, s.median, s.p90, s.p99, s.max
+            );
+        }
     }
 
     fn one_overhead_table(

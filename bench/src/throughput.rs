@@ -86,6 +86,8 @@ pub async fn measure(
     let scope = AwsScope {
         table: fixture.table.clone(),
         secret_id: fixture.secret_id.clone(),
+        // The refresher runs without a bus here: no lifecycle event to count.
+        event_bus: None,
     };
     let refresher = Container::start(&binaries::locate(binaries::REFRESHER)?, &env).await?;
     fixture.sandbox.clear_requests();
@@ -131,6 +133,7 @@ pub async fn measure(
             // One read per container per secret cache lifetime: a run longer than that may
             // read it again when the cache expires.
             secrets: 1 + (wall_s / SECRET_CACHE.as_secs_f64()) as u64,
+            put_events: 0,
         },
         note: "per connection: 2 conditional writes + 1 Keap; the read is one status-index query per status (paged); \
                1 secret read per 5 min of run"

@@ -15,6 +15,7 @@ fn quick_bench_prints_the_table_and_keeps_every_request_floor() {
         "oauth-callback",
         "keap-proxy",
         "access-token",
+        "keap-hooks",
     ] {
         binary_path(function);
     }
@@ -51,6 +52,9 @@ fn quick_bench_prints_the_table_and_keeps_every_request_floor() {
         "Warm proxy overhead",
         "Warm access-token overhead",
         "keap-proxy cold init, ratio to contact-upsert's",
+        "Warm keap-hooks answer",
+        "keap-hooks cold init, ratio to contact-upsert's",
+        "keap-hooks warm answer p99, PutEvents included",
         "Refresher throughput",
         "Request floors: all kept.",
     ] {
@@ -63,6 +67,7 @@ fn quick_bench_prints_the_table_and_keeps_every_request_floor() {
         "oauth-callback",
         "keap-proxy",
         "access-token",
+        "keap-hooks",
     ] {
         assert!(
             stdout.contains(function),
@@ -119,4 +124,22 @@ fn quick_bench_prints_the_table_and_keeps_every_request_floor() {
         "{warm}"
     );
     assert_eq!(warm["measured"]["secrets"], 0, "{warm}");
+
+    // keap-hooks: no Keap request; per delivery one consistent GetItem and one PutEvents (the
+    // warm loop's row holds totals over its 20 deliveries).
+    for (expected, deliveries) in [("cold hook delivery", 1), ("warm hook delivery", 20)] {
+        let op = operations
+            .iter()
+            .find(|op| op["operation"] == expected)
+            .unwrap_or_else(|| panic!("no {expected:?} in {operations:?}"));
+        assert_eq!(op["measured"]["keap"], 0, "{op}");
+        assert_eq!(
+            op["measured"]["dynamodb"],
+            serde_json::json!({ "GetItem": deliveries }),
+            "{op}"
+        );
+        assert_eq!(op["measured"]["put_events"], deliveries, "{op}");
+        assert_eq!(op["measured"]["secrets"], 0, "{op}");
+    }
+    assert_eq!(results["hooks_answer"]["invocations"], 20);
 }
